@@ -1,0 +1,315 @@
+//! The neoc target catalog and host detection.
+//!
+//! A target is data: a name, the Rust/LLVM triple of the device, its
+//! architecture, the CPU features a bundle built for it may assume, and its
+//! accelerator. Device presets follow SageMaker Neo's names (`ml_c5`,
+//! `rasp4b`, …); generic targets exist for each architecture. This crate does
+//! no I/O beyond asking the CPU which features it has ([`Host::detect`]).
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// CPU architecture of a target or host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+    Armv7,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+            Arch::Armv7 => "armv7",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            "armv7" => Some(Arch::Armv7),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The accelerator a target computes on, besides its CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Accelerator {
+    None,
+}
+
+impl Accelerator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::None => "none",
+        }
+    }
+}
+
+/// One entry of the catalog.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// The name given to `--target` and recorded in bundles.
+    pub name: &'static str,
+    /// Rust/LLVM triple of the device's userland.
+    pub triple: &'static str,
+    pub arch: Arch,
+    /// CPU features a bundle for this target may assume; the runtime checks
+    /// each of them on the host before loading the bundle.
+    pub features: &'static [&'static str],
+    pub accelerator: Accelerator,
+    /// The Neo device or instance family this preset stands for, if any.
+    pub device: Option<&'static str>,
+    pub description: &'static str,
+}
+
+const X86_64_AVX512: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"];
+
+/// Every target neoc knows, in the order `neoc targets` lists them.
+pub static CATALOG: &[Target] = &[
+    Target {
+        name: "x86_64",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: &[],
+        accelerator: Accelerator::None,
+        device: None,
+        description: "any x86-64 Linux machine (baseline SSE2; kernels pick wider SIMD at run time)",
+    },
+    Target {
+        name: "x86_64-avx512",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AVX512,
+        accelerator: Accelerator::None,
+        device: None,
+        description: "x86-64 with AVX-512 (Skylake-SP and later Xeons, Zen 4)",
+    },
+    Target {
+        name: "aarch64",
+        triple: "aarch64-unknown-linux-gnu",
+        arch: Arch::Aarch64,
+        features: &["neon"],
+        accelerator: Accelerator::None,
+        device: None,
+        description: "any 64-bit ARM Linux device (ARMv8-A with NEON)",
+    },
+    Target {
+        name: "armv7",
+        triple: "armv7-unknown-linux-gnueabihf",
+        arch: Arch::Armv7,
+        features: &["neon"],
+        accelerator: Accelerator::None,
+        device: None,
+        description: "32-bit ARM Linux device (ARMv7-A, hard float, NEON)",
+    },
+    Target {
+        name: "ml_c5",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AVX512,
+        accelerator: Accelerator::None,
+        device: Some("Amazon EC2 C5 (Intel Xeon Platinum, Skylake-SP / Cascade Lake)"),
+        description: "SageMaker ml.c5 instances",
+    },
+    Target {
+        name: "ml_m6g",
+        triple: "aarch64-unknown-linux-gnu",
+        arch: Arch::Aarch64,
+        features: &["neon", "fp16"],
+        accelerator: Accelerator::None,
+        device: Some("Amazon EC2 M6g (AWS Graviton2, Neoverse N1)"),
+        description: "SageMaker ml.m6g instances",
+    },
+    Target {
+        name: "rasp4b",
+        triple: "aarch64-unknown-linux-gnu",
+        arch: Arch::Aarch64,
+        features: &["neon"],
+        accelerator: Accelerator::None,
+        device: Some("Raspberry Pi 4 Model B (Cortex-A72), 64-bit OS"),
+        description: "Raspberry Pi 4B running a 64-bit Linux",
+    },
+    Target {
+        name: "jetson_orin",
+        triple: "aarch64-unknown-linux-gnu",
+        arch: Arch::Aarch64,
+        features: &["neon", "fp16"],
+        accelerator: Accelerator::None,
+        device: Some("NVIDIA Jetson Orin (Cortex-A78AE CPU cores)"),
+        description: "Jetson Orin, CPU cores only: its GPU is not used by this target yet",
+    },
+];
+
+/// Why a target name could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error("unknown target `{name}`; known targets: {}", known.join(", "))]
+    Unknown { name: String, known: Vec<&'static str> },
+}
+
+/// Finds a target by name.
+pub fn lookup(name: &str) -> Result<&'static Target, LookupError> {
+    CATALOG.iter().find(|t| t.name == name).ok_or_else(|| LookupError::Unknown {
+        name: name.to_string(),
+        known: CATALOG.iter().map(|t| t.name).collect(),
+    })
+}
+
+/// The machine the current process runs on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Host {
+    pub arch: Arch,
+    /// Features detected at run time, in the catalog's spelling.
+    pub features: Vec<&'static str>,
+}
+
+/// Why a bundle built for some target cannot run on this host.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Incompatible {
+    #[error("bundle was compiled for {target} ({built_arch}), this host is {host_arch}")]
+    Arch { target: String, built_arch: String, host_arch: String },
+    #[error(
+        "bundle was compiled for {target}, which assumes CPU features this host lacks: {}; this host is {host_arch} with [{}]",
+        missing.join(", "), host_features.join(", ")
+    )]
+    Features { target: String, missing: Vec<String>, host_arch: String, host_features: Vec<String> },
+}
+
+impl Host {
+    /// Detects the current host. Only this function looks at the CPU.
+    pub fn detect() -> Host {
+        Host { arch: host_arch(), features: detect_features() }
+    }
+
+    /// Checks that a bundle built for `target_name` (architecture `arch`,
+    /// assuming `features`) can run here.
+    pub fn check(&self, target_name: &str, arch: Arch, features: &[String]) -> Result<(), Incompatible> {
+        if arch != self.arch {
+            return Err(Incompatible::Arch {
+                target: target_name.to_string(),
+                built_arch: arch.to_string(),
+                host_arch: self.arch.to_string(),
+            });
+        }
+        let missing: Vec<String> =
+            features.iter().filter(|f| !self.features.contains(&f.as_str())).cloned().collect();
+        if !missing.is_empty() {
+            return Err(Incompatible::Features {
+                target: target_name.to_string(),
+                missing,
+                host_arch: self.arch.to_string(),
+                host_features: self.features.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The catalog targets this host can run, most specific last.
+    pub fn runnable_targets(&self) -> Vec<&'static Target> {
+        CATALOG
+            .iter()
+            .filter(|t| {
+                let features: Vec<String> = t.features.iter().map(|s| s.to_string()).collect();
+                self.check(t.name, t.arch, &features).is_ok()
+            })
+            .collect()
+    }
+}
+
+fn host_arch() -> Arch {
+    if cfg!(target_arch = "x86_64") {
+        Arch::X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        Arch::Aarch64
+    } else {
+        Arch::Armv7
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    macro_rules! probe {
+        ($($name:tt),*) => {$(
+            if std::arch::is_x86_feature_detected!($name) { f.push($name); }
+        )*};
+    }
+    probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16");
+    f
+}
+
+#[cfg(target_arch = "aarch64")]
+fn detect_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    macro_rules! probe {
+        ($($name:tt),*) => {$(
+            if std::arch::is_aarch64_feature_detected!($name) { f.push($name); }
+        )*};
+    }
+    probe!("neon", "fp16", "dotprod", "i8mm", "bf16", "sve");
+    f
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn detect_features() -> Vec<&'static str> {
+    // armv7: NEON is part of the armv7-unknown-linux-gnueabihf baseline neoc builds for
+    if cfg!(target_feature = "neon") {
+        vec!["neon"]
+    } else {
+        vec![]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_triples_match_arch() {
+        for (i, t) in CATALOG.iter().enumerate() {
+            assert!(CATALOG[i + 1..].iter().all(|u| u.name != t.name), "duplicate {}", t.name);
+            assert!(t.triple.starts_with(t.arch.as_str()), "{} triple {}", t.name, t.triple);
+        }
+    }
+
+    #[test]
+    fn unknown_target_lists_known_ones() {
+        let err = lookup("ml_c99").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown target `ml_c99`"), "{msg}");
+        assert!(msg.contains("rasp4b") && msg.contains("x86_64-avx512"), "{msg}");
+    }
+
+    #[test]
+    fn host_runs_its_generic_target() {
+        let host = Host::detect();
+        let generic = lookup(host.arch.as_str()).unwrap();
+        let f: Vec<String> = generic.features.iter().map(|s| s.to_string()).collect();
+        if host.arch != Arch::Armv7 {
+            host.check(generic.name, generic.arch, &f).unwrap();
+        }
+    }
+
+    #[test]
+    fn foreign_arch_and_missing_features_are_refused() {
+        let host = Host { arch: Arch::X86_64, features: vec!["avx2"] };
+        let e = host.check("rasp4b", Arch::Aarch64, &["neon".into()]).unwrap_err();
+        assert_eq!(e.to_string(), "bundle was compiled for rasp4b (aarch64), this host is x86_64");
+        let e = host.check("ml_c5", Arch::X86_64, &["avx2".into(), "avx512f".into()]).unwrap_err();
+        assert!(e.to_string().contains("lacks: avx512f"), "{e}");
+    }
+}
