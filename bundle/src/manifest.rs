@@ -121,6 +121,9 @@ pub struct Verification {
     pub status: String,
     /// What the compiled model was compared with.
     pub reference: String,
+    /// The machine the verification ran on (`x86_64`, …): when it is not the
+    /// target's architecture, the target's own kernels were not exercised.
+    pub host: String,
     /// Where the inputs came from: `test_data_set` (shipped with the model)
     /// or `seeded` (random, fixed seed).
     pub inputs: String,

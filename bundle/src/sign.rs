@@ -219,6 +219,16 @@ pub fn verify(data: &[u8], signature: &[u8], trusted: &[TrustedKey]) -> Result<(
     Ok((found, comment))
 }
 
+/// Reads a `.minisig` file's key id and trusted comment without checking it.
+pub fn inspect(signature: &[u8]) -> Result<(String, String), BundleError> {
+    let text = std::str::from_utf8(signature)
+        .map_err(|_| BundleError::BadSignature("signature file is not text".into()))?;
+    let sig_box = minisign::SignatureBox::from_string(text)
+        .map_err(|e| BundleError::BadSignature(format!("malformed signature file: {e}")))?;
+    let comment = sig_box.trusted_comment().map_err(|e| BundleError::BadSignature(e.to_string()))?;
+    Ok((key_id_string(sig_box.keynum()), format!("{comment} (signature NOT checked)")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

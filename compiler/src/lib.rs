@@ -1,1 +1,10 @@
+//! neoc: imports, compiles, verifies, signs and packages models into bundles.
+//!
+//! The pipeline is [`pipeline::compile`]; [`source`] fetches models, [`import`]
+//! reads them. This crate runs on the build host and is never linked into
+//! the runtime.
 
+pub mod import;
+pub mod pipeline;
+pub mod printer;
+pub mod source;

@@ -1,1 +1,160 @@
-fn main() {}
+//! `neorun`: the neoc edge runtime.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use neoc_bundle::sign::TrustedKey;
+use neoc_runtime::request::{self, Format};
+use neoc_runtime::{LoadError, Model, OpenOptions, PredictError};
+
+const EXIT_HELP: &str = "Exit status: 0 success; 1 other error; 2 usage error; \
+3 bundle refused (signature, digest, format, target or runtime version); 4 bad request.";
+
+#[derive(Parser)]
+#[command(name = "neorun", version, about = "Verify and run neoc bundles", after_help = EXIT_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Trust {
+    /// Public key (minisign .pub) trusted to sign bundles; repeatable
+    #[arg(long = "trusted-key", value_name = "PUB", env = "NEORUN_TRUSTED_KEY")]
+    trusted_keys: Vec<PathBuf>,
+    /// Run bundles that carry no signature (signed ones are still checked)
+    #[arg(long)]
+    allow_unsigned: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one request: read it from a file or stdin, print the result on stdout
+    Predict {
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+        /// Request body; `-` for stdin
+        #[arg(long, short, default_value = "-")]
+        input: String,
+        /// Request format: csv, json, text/csv, application/json (default: from the file name or content)
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Response format: json or csv
+        #[arg(long, default_value = "json")]
+        accept: String,
+    },
+    /// Verify a bundle, load it and run its test vectors (the device health check)
+    Check {
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+    },
+}
+
+enum Failure {
+    Refused(LoadError),
+    BadRequest(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Other(e)
+    }
+}
+
+fn open(bundle: &PathBuf, trust: &Trust) -> Result<Model, Failure> {
+    let mut trusted_keys = Vec::new();
+    for p in &trust.trusted_keys {
+        trusted_keys.push(TrustedKey::from_file(p).map_err(|e| Failure::Refused(e.into()))?);
+    }
+    if trusted_keys.is_empty() && !trust.allow_unsigned {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "no trusted key given\nhint: pass --trusted-key KEY.pub (the signer's public key), or --allow-unsigned for unsigned bundles"
+        )));
+    }
+    Model::open(bundle, &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned })
+        .map_err(Failure::Refused)
+}
+
+fn predict(bundle: PathBuf, trust: Trust, input: String, content_type: Option<String>, accept: String) -> Result<(), Failure> {
+    let accept_fmt = Format::parse(&accept)
+        .ok_or_else(|| anyhow::anyhow!("--accept {accept:?} is not supported; use json or csv"))?;
+    let given_fmt = match &content_type {
+        Some(ct) => Some(Format::parse(ct).ok_or_else(|| anyhow::anyhow!("--content-type {ct:?} is not supported; use csv or json"))?),
+        None => None,
+    };
+    let model = open(&bundle, &trust)?;
+    let body = if input == "-" {
+        let mut v = Vec::new();
+        std::io::stdin().read_to_end(&mut v).map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
+        v
+    } else {
+        std::fs::read(&input).map_err(|e| anyhow::anyhow!("{input}: {e}"))?
+    };
+    let format = given_fmt.unwrap_or_else(|| {
+        if input.ends_with(".csv") {
+            Format::Csv
+        } else if input.ends_with(".json") {
+            Format::Json
+        } else {
+            Format::sniff(&body)
+        }
+    });
+    let batch = request::parse(&body, format, &model.manifest.inputs)
+        .map_err(|e| Failure::BadRequest(format!("{e}\nhint: the model's inputs are {}", request::describe_inputs(&model.manifest.inputs))))?;
+    let rows = batch.rows;
+    let outputs = model.predict(batch).map_err(|e| match e {
+        PredictError::BadRequest(b) => Failure::BadRequest(b.0),
+        PredictError::Engine(m) => Failure::Other(anyhow::anyhow!("inference failed: {m}")),
+    })?;
+    let names = model.output_names();
+    let out = match accept_fmt {
+        Format::Json => request::to_json(&names, &outputs),
+        Format::Csv => request::to_csv(&names, &outputs, rows),
+    }
+    .map_err(|e| Failure::BadRequest(e.to_string()))?;
+    std::io::stdout().write_all(&out).map_err(|e| anyhow::anyhow!("writing stdout: {e}"))?;
+    Ok(())
+}
+
+fn check(bundle: PathBuf, trust: Trust) -> Result<(), Failure> {
+    let model = open(&bundle, &trust)?;
+    let m = &model.manifest;
+    let signer = match &model.signer {
+        neoc_bundle::container::Signer::Key { key_id, .. } => format!("signed by {key_id}"),
+        neoc_bundle::container::Signer::Unsigned => "UNSIGNED".to_string(),
+    };
+    let st = model.self_test().map_err(|e| anyhow::anyhow!("health check failed: {e}"))?;
+    println!(
+        "ok: {}:{} for {} ({signer}), {} test vectors pass (max abs error {:.2e})",
+        m.model.name, m.model.version, m.target.name, st.cases, st.max_abs_error
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Predict { bundle, trust, input, content_type, accept } => predict(bundle, trust, input, content_type, accept),
+        Command::Check { bundle, trust } => check(bundle, trust),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(e)) => {
+            eprintln!("error: bundle refused: {e}");
+            ExitCode::from(3)
+        }
+        Err(Failure::BadRequest(m)) => {
+            eprintln!("error: bad request: {m}");
+            ExitCode::from(4)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The tract engine: loads a bundle's NNEF model and runs it.
+//!
+//! Only the NNEF side of tract is linked here (`tract-nnef`, plus the
+//! protobuf-free `tract-onnx-opl` operator library for ONNX operators that
+//! NNEF has no word for); the runtime never parses ONNX.
+
+use anyhow::Context;
+use tract_core::prelude::*;
+use tract_onnx_opl::WithOnnx;
+
+/// Name of the engine in manifests.
+pub const ENGINE_NAME: &str = "tract";
+/// The tract version this runtime embeds (kept in step with Cargo.toml by a test).
+pub const TRACT_VERSION: &str = "0.23.9";
+/// The only model format this engine loads.
+pub const MODEL_FORMAT: &str = "tract-nnef-tar";
+/// Registries (beyond tract_core) this engine can provide.
+pub const REGISTRIES: &[&str] = &["tract_onnx"];
+
+/// The NNEF framework with every registry the runtime ships.
+pub fn nnef() -> tract_nnef::internal::Nnef {
+    tract_nnef::nnef().with_onnx()
+}
+
+/// A model ready to run.
+pub struct TractEngine {
+    plan: Box<dyn Runnable>,
+}
+
+impl std::fmt::Debug for TractEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TractEngine")
+    }
+}
+
+impl TractEngine {
+    /// Loads an NNEF tar (as written by `neoc`) and optimizes it for this CPU.
+    pub fn from_nnef_tar(bytes: &[u8]) -> TractResult<TractEngine> {
+        let model = nnef().model_for_read(&mut &bytes[..]).context("loading the NNEF model")?;
+        TractEngine::from_typed(model)
+    }
+
+    pub fn from_typed(model: TypedModel) -> TractResult<TractEngine> {
+        let runtime = runtime_for_name("cpu")?.context("tract's CPU runtime is not registered")?;
+        let plan = runtime.prepare(model).context("optimizing the model for this CPU")?;
+        Ok(TractEngine { plan })
+    }
+
+    /// Runs the model once; inputs in model order, shapes already checked.
+    pub fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
+        let outputs = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
+        Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
+    }
+}

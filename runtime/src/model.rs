@@ -1,0 +1,233 @@
+//! A verified, loaded bundle.
+
+use std::path::Path;
+
+use neoc_bundle::container::{self, Signer, Trust};
+use neoc_bundle::manifest::{shape_string, version_at_least, Dim, Manifest};
+use neoc_bundle::sign::TrustedKey;
+use neoc_bundle::BundleError;
+use neoc_targets::{Arch, Host, Incompatible};
+use anyhow::bail;
+use tract_core::prelude::*;
+
+use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, REGISTRIES};
+use crate::request::{BadRequest, Batch};
+use crate::tensors::{compare, TestVectors};
+
+/// This runtime's version, compared with bundles' `min_runtime_version`.
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a bundle was not loaded. The variants say whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file, its signature or the trust set-up.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// This host cannot run the bundle's target.
+    #[error(transparent)]
+    Incompatible(#[from] Incompatible),
+    #[error("bundle needs neorun {need} or newer; this is neorun {have}\nhint: upgrade neorun on this device")]
+    RuntimeTooOld { need: String, have: String },
+    #[error("bundle uses engine `{0}`, which this neorun does not have (it has: {ENGINE_NAME})")]
+    UnknownEngine(String),
+    #[error("bundle's model could not be loaded by {ENGINE_NAME}: {0}")]
+    Engine(String),
+}
+
+/// Who to trust when opening bundles.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    pub trusted_keys: Vec<TrustedKey>,
+    pub allow_unsigned: bool,
+}
+
+/// A bundle that passed every check, with its model ready to run.
+#[derive(Debug)]
+pub struct Model {
+    pub manifest: Manifest,
+    pub signer: Signer,
+    /// sha256 of the bundle file.
+    pub digest: String,
+    pub test_vectors: Option<TestVectors>,
+    engine: TractEngine,
+}
+
+impl Model {
+    /// Opens a bundle, checking in this order before anything else is read:
+    /// signature, file digests and container, format version, target, runtime
+    /// version, engine. Only then is the model parsed.
+    pub fn open(path: &Path, options: &OpenOptions) -> Result<Model, LoadError> {
+        let trust = if options.allow_unsigned {
+            Trust::KeysOrUnsigned(options.trusted_keys.clone())
+        } else {
+            Trust::Keys(options.trusted_keys.clone())
+        };
+        let bundle = container::read(path, &trust)?;
+        let m = &bundle.manifest;
+        let arch = Arch::parse(&m.target.arch).ok_or_else(|| {
+            BundleError::Manifest(format!("unknown architecture `{}` in target {}", m.target.arch, m.target.name))
+        })?;
+        Host::detect().check(&m.target.name, arch, &m.target.features)?;
+        match version_at_least(RUNTIME_VERSION, &m.min_runtime_version) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(LoadError::RuntimeTooOld { need: m.min_runtime_version.clone(), have: RUNTIME_VERSION.into() })
+            }
+            None => return Err(BundleError::Manifest(format!("bad min_runtime_version `{}`", m.min_runtime_version)).into()),
+        }
+        if m.engine.name != ENGINE_NAME || m.engine.model_format != MODEL_FORMAT {
+            return Err(LoadError::UnknownEngine(format!("{} ({})", m.engine.name, m.engine.model_format)));
+        }
+        if let Some(r) = m.engine.registries.iter().find(|r| !REGISTRIES.contains(&r.as_str())) {
+            return Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun")));
+        }
+        let model_bytes = bundle.file(&m.engine.model_file).expect("manifest checked: model file present");
+        let engine = TractEngine::from_nnef_tar(model_bytes).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let test_vectors = match &m.test_vectors {
+            Some(name) => Some(
+                serde_json::from_slice::<TestVectors>(bundle.file(name).expect("manifest checked: test vectors present"))
+                    .map_err(|e| BundleError::Manifest(format!("{name}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Model { manifest: bundle.manifest, signer: bundle.signer, digest: bundle.digest, test_vectors, engine })
+    }
+
+    /// Builds a model from parts already verified (used by the compiler's
+    /// verify stage, which runs exactly what it is about to package).
+    pub fn from_parts(manifest: Manifest, nnef_tar: &[u8], test_vectors: Option<TestVectors>) -> TractResult<Model> {
+        Ok(Model {
+            manifest,
+            signer: Signer::Unsigned,
+            digest: String::new(),
+            test_vectors,
+            engine: TractEngine::from_nnef_tar(nnef_tar)?,
+        })
+    }
+
+    pub fn output_names(&self) -> Vec<String> {
+        self.manifest.outputs.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// Runs a batch of rows in as few model runs as the batch axis allows:
+    /// one run when the axis is symbolic or matches, one run per row when the
+    /// model takes exactly one row; outputs are concatenated back in order.
+    pub fn predict(&self, batch: Batch) -> Result<Vec<Tensor>, PredictError> {
+        let fixed_batch = self.manifest.inputs.iter().find_map(|i| match i.shape.first() {
+            Some(Dim::Fixed(n)) => Some(*n as usize),
+            _ => None,
+        });
+        match fixed_batch {
+            None => self.run(batch.inputs),
+            Some(n) if n == batch.rows => self.run(batch.inputs),
+            Some(1) => {
+                let mut per_row: Vec<Vec<Tensor>> = Vec::with_capacity(batch.rows);
+                for r in 0..batch.rows {
+                    let inputs = batch
+                        .inputs
+                        .iter()
+                        .map(|t| t.slice(0, r, r + 1))
+                        .collect::<TractResult<Vec<_>>>()
+                        .map_err(|e| PredictError::Engine(e.to_string()))?;
+                    per_row.push(self.run(inputs)?);
+                }
+                let outputs = (0..per_row[0].len())
+                    .map(|o| {
+                        let parts: Vec<&Tensor> = per_row.iter().map(|r| &r[o]).collect();
+                        if parts[0].rank() == 0 {
+                            bail!("output {o} is a scalar and cannot be stacked per row");
+                        }
+                        Tensor::stack_tensors(0, &parts)
+                    })
+                    .collect::<TractResult<Vec<_>>>()
+                    .map_err(|e| PredictError::Engine(e.to_string()))?;
+                Ok(outputs)
+            }
+            Some(n) => Err(PredictError::BadRequest(BadRequest(format!(
+                "this model takes exactly {n} rows per request (input shape {}); got {}",
+                shape_string(&self.manifest.inputs[0].shape),
+                batch.rows
+            )))),
+        }
+    }
+
+    /// One run; input shapes and dtypes are checked against the manifest first.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, PredictError> {
+        if inputs.len() != self.manifest.inputs.len() {
+            return Err(PredictError::BadRequest(BadRequest(format!(
+                "model takes {} inputs, got {}",
+                self.manifest.inputs.len(),
+                inputs.len()
+            ))));
+        }
+        for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
+            let fits = t.rank() == spec.shape.len()
+                && t.shape().iter().zip(&spec.shape).all(|(n, d)| match d {
+                    Dim::Fixed(f) => *n as u64 == *f,
+                    Dim::Symbol(_) => true,
+                });
+            if !fits {
+                return Err(PredictError::BadRequest(BadRequest(format!(
+                    "input `{}` expects shape {}, got {:?}",
+                    spec.name,
+                    shape_string(&spec.shape),
+                    t.shape()
+                ))));
+            }
+            let dt = crate::tensors::dtype_name(t.datum_type()).unwrap_or("?");
+            if dt != spec.dtype {
+                return Err(PredictError::BadRequest(BadRequest(format!(
+                    "input `{}` expects {}, got {dt}",
+                    spec.name, spec.dtype
+                ))));
+            }
+        }
+        self.engine.run(inputs).map_err(|e| PredictError::Engine(format!("{e:#}")))
+    }
+
+    /// Runs the bundle's own test vectors and compares with their expected
+    /// outputs, within the tolerances recorded with them: the device-side
+    /// health check.
+    pub fn self_test(&self) -> Result<SelfTest, String> {
+        let Some(tv) = &self.test_vectors else {
+            return Ok(SelfTest { cases: 0, max_abs_error: 0.0 });
+        };
+        let mut max_abs: f64 = 0.0;
+        for (i, case) in tv.cases.iter().enumerate() {
+            let inputs = case
+                .inputs
+                .iter()
+                .map(|t| t.to_tensor())
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(|e| format!("test vector {i}: {e}"))?;
+            let outputs = self.run(inputs).map_err(|e| format!("test vector {i}: {e}"))?;
+            for (got, want) in outputs.iter().zip(&case.outputs) {
+                let want_t = want.to_tensor().map_err(|e| format!("test vector {i}: {e}"))?;
+                let c = compare(got, &want_t, tv.atol, tv.rtol).map_err(|e| format!("test vector {i}, output `{}`: {e}", want.name))?;
+                max_abs = max_abs.max(c.max_abs);
+                if !c.within {
+                    return Err(format!(
+                        "test vector {i}, output `{}`: max abs error {:.3e} exceeds tolerance (atol {:.1e}, rtol {:.1e})",
+                        want.name, c.max_abs, tv.atol, tv.rtol
+                    ));
+                }
+            }
+        }
+        Ok(SelfTest { cases: tv.cases.len(), max_abs_error: max_abs })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelfTest {
+    pub cases: usize,
+    pub max_abs_error: f64,
+}
+
+/// Why a prediction failed: the request (4xx) or the engine (5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    #[error("inference failed: {0}")]
+    Engine(String),
+}

@@ -1,0 +1,171 @@
+//! Host tensors at the runtime's edges: dtype names, JSON values, and the
+//! typed data arrays written to responses and test vectors.
+
+use serde::{Deserialize, Serialize};
+use anyhow::{bail, ensure, Context};
+use tract_core::prelude::*;
+
+/// The dtype spellings of manifests (`f32`, `i64`, …) and tract's datum types.
+pub fn datum_type(name: &str) -> Option<DatumType> {
+    Some(match name {
+        "f32" => DatumType::F32,
+        "f64" => DatumType::F64,
+        "f16" => DatumType::F16,
+        "i64" => DatumType::I64,
+        "i32" => DatumType::I32,
+        "i16" => DatumType::I16,
+        "i8" => DatumType::I8,
+        "u64" => DatumType::U64,
+        "u32" => DatumType::U32,
+        "u16" => DatumType::U16,
+        "u8" => DatumType::U8,
+        "bool" => DatumType::Bool,
+        _ => return None,
+    })
+}
+
+pub fn dtype_name(dt: DatumType) -> Option<&'static str> {
+    Some(match dt {
+        DatumType::F32 => "f32",
+        DatumType::F64 => "f64",
+        DatumType::F16 => "f16",
+        DatumType::I64 => "i64",
+        DatumType::I32 => "i32",
+        DatumType::I16 => "i16",
+        DatumType::I8 => "i8",
+        DatumType::U64 => "u64",
+        DatumType::U32 => "u32",
+        DatumType::U16 => "u16",
+        DatumType::U8 => "u8",
+        DatumType::Bool => "bool",
+        _ => return None,
+    })
+}
+
+/// Flat tensor data, serialized as a JSON array of the element type (f32
+/// values print in their shortest round-trip form).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    Bool(Vec<bool>),
+    I64(Vec<i64>),
+    U64(Vec<u64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// A named tensor as written in JSON responses and test vectors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+macro_rules! with_plain {
+    ($t:expr, $ty:ty) => {
+        $t.try_as_plain_ram()?.as_slice::<$ty>()?
+    };
+}
+
+impl NamedTensor {
+    pub fn from_tensor(name: &str, t: &Tensor) -> TractResult<NamedTensor> {
+        let dt = t.datum_type();
+        let data = match dt {
+            DatumType::F32 => Data::F32(with_plain!(t, f32).to_vec()),
+            DatumType::F16 => Data::F32(t.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
+            DatumType::F64 => Data::F64(with_plain!(t, f64).to_vec()),
+            DatumType::Bool => Data::Bool(with_plain!(t, bool).to_vec()),
+            DatumType::U64 => Data::U64(with_plain!(t, u64).to_vec()),
+            DatumType::I64 | DatumType::I32 | DatumType::I16 | DatumType::I8 | DatumType::U32 | DatumType::U16 | DatumType::U8 => {
+                Data::I64(t.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec())
+            }
+            other => bail!("output `{name}` has type {other:?}, which neorun cannot encode"),
+        };
+        Ok(NamedTensor {
+            name: name.to_string(),
+            dtype: dtype_name(dt).unwrap_or("unknown").to_string(),
+            shape: t.shape().to_vec(),
+            data,
+        })
+    }
+
+    /// Rebuilds the tract tensor, in the dtype recorded.
+    pub fn to_tensor(&self) -> TractResult<Tensor> {
+        let dt = datum_type(&self.dtype).with_context(|| format!("unknown dtype {}", self.dtype))?;
+        let n: usize = self.shape.iter().product();
+        let t = match &self.data {
+            Data::F32(v) => Tensor::from_shape(&self.shape, v)?,
+            Data::F64(v) => Tensor::from_shape(&self.shape, v)?,
+            Data::I64(v) => Tensor::from_shape(&self.shape, v)?,
+            Data::U64(v) => Tensor::from_shape(&self.shape, v)?,
+            Data::Bool(v) => Tensor::from_shape(&self.shape, v)?,
+        };
+        ensure!(t.len() == n, "tensor `{}`: {} values for shape {:?}", self.name, t.len(), self.shape);
+        Ok(t.cast_to_dt(dt)?.into_owned())
+    }
+}
+
+/// Values as f64 for numeric comparison.
+pub fn to_f64(t: &Tensor) -> TractResult<Vec<f64>> {
+    if t.datum_type() == DatumType::Bool {
+        return Ok(with_plain!(t, bool).iter().map(|b| *b as u8 as f64).collect());
+    }
+    Ok(t.cast_to::<f64>()?.try_as_plain_ram()?.as_slice::<f64>()?.to_vec())
+}
+
+/// Largest absolute and relative differences between two tensors, and whether
+/// every element passes |a-b| <= atol + rtol*|b| (NaN only matches NaN).
+pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractResult<Comparison> {
+    ensure!(
+        got.shape() == expected.shape(),
+        "shape {:?} differs from the expected {:?}",
+        got.shape(),
+        expected.shape()
+    );
+    let a = to_f64(got)?;
+    let b = to_f64(expected)?;
+    let mut c = Comparison { max_abs: 0.0, max_rel: 0.0, within: true, worst_index: None };
+    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        if x.is_nan() && y.is_nan() {
+            continue;
+        }
+        let abs = (x - y).abs();
+        let abs = if abs.is_nan() { f64::INFINITY } else { abs };
+        let rel = if y.abs() > 0.0 { abs / y.abs() } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
+        if abs > c.max_abs {
+            c.max_abs = abs;
+            c.worst_index = Some(i);
+        }
+        c.max_rel = c.max_rel.max(rel);
+        if abs > atol + rtol * y.abs() {
+            c.within = false;
+        }
+    }
+    Ok(c)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub within: bool,
+    pub worst_index: Option<usize>,
+}
+
+/// Test vectors stored in bundles (`test_vectors.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestVectors {
+    /// Where the expected outputs come from.
+    pub source: String,
+    pub atol: f64,
+    pub rtol: f64,
+    pub cases: Vec<TestCase>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub inputs: Vec<NamedTensor>,
+    pub outputs: Vec<NamedTensor>,
+}
