@@ -1,1 +1,108 @@
+//! Helpers for neoc's end-to-end tests: locate the real binaries, run them,
+//! read the sample models' reference outputs.
+//!
+//! The binaries are the ones `cargo test --release --workspace` builds next to
+//! this test (the compiler and runtime crates have integration tests of their
+//! own, so cargo always rebuilds `neoc` and `neorun` before running tests).
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Path of a workspace binary (`neoc`, `neorun`), from `NEOC_BIN_DIR` or the
+/// target directory this test runs from.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("NEOC_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_path_buf() // target/<profile>/deps/.. 
+        }
+    };
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not found; build the binaries first (cargo build --release --workspace)", p.display());
+    p
+}
+
+/// Runs a binary in `cwd` with arguments and optional stdin.
+pub fn run(name: &str, cwd: &Path, args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    let mut c = Command::new(bin(name));
+    c.current_dir(cwd).args(args).env_remove("NEOC_SIGNING_KEY").env_remove("NEORUN_TRUSTED_KEY").env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed with {:?}\nstdout: {}\nstderr: {}", o.status.code(), stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+/// Asserts failure with this exit code and returns stderr.
+#[track_caller]
+pub fn fails(o: Output, code: i32) -> String {
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "expected exit {code}\nstdout: {}\nstderr: {err}", stdout(&o));
+    assert!(!err.contains("panicked"), "panic: {err}");
+    err
+}
+
+/// A scratch directory with a fresh key pair `k.key`/`k.pub`.
+pub fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    ok(run("neoc", dir.path(), &["keygen", "-o", "k"], &[], None));
+    dir
+}
+
+/// The reference outputs of a sample model (computed by onnxruntime or XGBoost).
+pub fn expected(model: &str) -> Vec<f64> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models").join(model).join("expected.json")).unwrap()).unwrap();
+    doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
+/// The data of the first output of a `neorun predict` JSON response.
+pub fn response_data(json: &str) -> Vec<f64> {
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
+#[track_caller]
+pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "element {i}: {g} vs {w} (tolerance {tol})");
+    }
+}
+
+/// Compiles a registry model for the host into `dir/NAME.neo`, signed with `dir/k.key`.
+pub fn compile(dir: &Path, model: &str, target: &str, extra: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{}.{target}.neo", model.replace(':', "-")));
+    let registry = root().join("models/registry");
+    let mut args = vec!["compile", model, "--target", target, "--key", "k.key", "-o", out.to_str().unwrap(), "--registry", registry.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ok(run("neoc", dir, &args, &[], None));
+    out
+}
