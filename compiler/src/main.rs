@@ -68,7 +68,7 @@ enum Command {
 struct CompileArgs {
     /// Model: path to model.tar.gz or a model file, or NAME[:VERSION] in the local registry
     model: String,
-    /// Target name (see `neoc targets`)
+    /// Target name (see `neoc targets`), or `host` for this machine's generic target
     #[arg(long, short)]
     target: String,
     /// Input configuration NAME=DIMS[:DTYPE] (e.g. image=1,3,224,224:f32, features=N,30), or Neo JSON {"data":[1,3,224,224]}; repeatable

@@ -157,12 +157,14 @@ pub static CATALOG: &[Target] = &[
 /// Why a target name could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LookupError {
-    #[error("unknown target `{name}`; known targets: {}", known.join(", "))]
+    #[error("unknown target `{name}`; known targets: {}, or `host` for this machine", known.join(", "))]
     Unknown { name: String, known: Vec<&'static str> },
 }
 
-/// Finds a target by name.
+/// Finds a target by name. `host` names the generic target of the machine
+/// this runs on (`x86_64`, `aarch64` or `armv7`).
 pub fn lookup(name: &str) -> Result<&'static Target, LookupError> {
+    let name = if name == "host" { Host::detect().arch.as_str() } else { name };
     CATALOG.iter().find(|t| t.name == name).ok_or_else(|| LookupError::Unknown {
         name: name.to_string(),
         known: CATALOG.iter().map(|t| t.name).collect(),
@@ -292,6 +294,11 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("unknown target `ml_c99`"), "{msg}");
         assert!(msg.contains("rasp4b") && msg.contains("x86_64-avx512"), "{msg}");
+    }
+
+    #[test]
+    fn host_alias_is_the_generic_target() {
+        assert_eq!(lookup("host").unwrap().arch, Host::detect().arch);
     }
 
     #[test]
