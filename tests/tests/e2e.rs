@@ -395,3 +395,27 @@ fn exit_codes_are_documented() {
     assert!(h.contains("Exit status"), "{h}");
     fails(run("neoc", dir.path(), &["compile"], &[], None), 2);
 }
+
+#[test]
+fn nnef_models_compile_too() {
+    // the NNEF archive inside a compiled bundle is itself a model neoc takes
+    let dir = scratch();
+    let d = dir.path();
+    let b = compile(d, "image-cnn:1", host_target(), &[]);
+    let mut ar = tar::Archive::new(std::fs::File::open(&b).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("model.nnef.tar") {
+            e.unpack(d.join("cnn.nnef.tar")).unwrap();
+        }
+    }
+    let out = ok(run("neoc", d, &["compile", "cnn.nnef.tar", "--target", host_target(), "--key", "k.key", "-o", "n.neo", "--json"], &[], None));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["model"]["framework"], "nnef");
+    assert_eq!(doc["verification"]["status"], "passed");
+    let sample = root().join("models/image-cnn/sample.json");
+    let out = ok(run("neorun", d, &["predict", "n.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None));
+    assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
+    let err = fails(run("neoc", d, &["compile", "cnn.nnef.tar", "--target", host_target(), "--unsigned", "--input", "image=1,3,8,8"], &[], None), 1);
+    assert!(err.contains("not supported for NNEF"), "{err}");
+}
