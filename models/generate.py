@@ -352,6 +352,7 @@ def fraud_xgb(x, y):
         json.dump(doc, f, sort_keys=True, separators=(",", ":"))
     onx = convert_xgboost(clf, initial_types=[("features", FloatTensorType([None, 30]))],
                           target_opset=15)
+    onx.graph.name = "fraud_xgb"  # onnxmltools names graphs with a random uuid
     onnx_bytes = onx.SerializeToString()
     with open(os.path.join(d, "model.onnx"), "wb") as f:
         f.write(onnx_bytes)
@@ -359,16 +360,33 @@ def fraud_xgb(x, y):
     write_csv(os.path.join(d, "sample.csv"), sample)
     proba = clf.predict_proba(sample).astype(np.float32)
     write_json(os.path.join(d, "expected.json"), expected_doc("xgboost", ["probabilities"], [proba]))
+    # the same rows with missing values (NaN; empty CSV fields), routed by XGBoost's default directions
+    rng = np.random.default_rng(11)
+    holes = sample.copy()
+    holes[rng.random(holes.shape) < 0.3] = np.nan
+    with open(os.path.join(d, "sample-missing.csv"), "w") as f:
+        for r in holes:
+            f.write(",".join("" if np.isnan(v) else repr(float(v)) for v in r) + "\n")
+    proba_holes = clf.predict_proba(holes).astype(np.float32)
+    write_json(os.path.join(d, "expected-missing.json"), expected_doc("xgboost", ["probabilities"], [proba_holes]))
+    tv_in = np.concatenate([sample, holes])
+    tv_proba = clf.predict_proba(tv_in).astype(np.float32)
+    tv_label = clf.predict(tv_in).astype(np.int64)
+    test_data = [
+        ("test_data_set_0/input_0.pb", tensor_pb(tv_in, "features")),
+        ("test_data_set_0/output_0.pb", tensor_pb(tv_label, "label")),
+        ("test_data_set_0/output_1.pb", tensor_pb(tv_proba, "probabilities")),
+    ]
     cfg = {"features": ["N", 30]}
     write_json(os.path.join(d, "model.json"), {"Framework": "XGBOOST", "DataInputConfig": cfg})
     model_json = open(path, "rb").read()
     # the ONNX-ML export of the same model, as its own tarball and registry tag 1-onnx
     onnx_tar = os.path.join(d, "model-onnx.tar.gz")
-    make_tarball(onnx_tar, [("model.onnx", onnx_bytes)])
+    make_tarball(onnx_tar, [("model.onnx", onnx_bytes)] + test_data)
     publish("fraud-xgb", "1", "xgboost", [
         ("xgboost-model.json", model_json),
         ("model.json", open(os.path.join(d, "model.json"), "rb").read()),
-    ], cfg, extra=(("1-onnx", onnx_tar, "onnx"),))
+    ] + test_data, cfg, extra=(("1-onnx", onnx_tar, "onnx"),))
     print(f"fraud-xgb: train acc {clf.score(x, y):.4f}")
 
 

@@ -305,23 +305,25 @@ const TREE_OPS: &[&str] = &["TreeEnsembleClassifier", "TreeEnsembleRegressor", "
 
 pub fn not_yet(framework: Framework) -> ImportError {
     ImportError::NotYet(match framework {
-        Framework::Xgboost | Framework::Lightgbm => format!(
-            "{} models are compiled by neoc's tree-ensemble engine, which this build does not have yet; neoc does not fall back to another engine for them",
-            framework.as_str()
-        ),
+        Framework::Lightgbm => "lightgbm models are not supported by this build yet (the trees engine takes XGBoost JSON and ONNX-ML tree ensembles); neoc does not fall back to another engine for them\nhint: convert the model with onnxmltools.convert_lightgbm and compile the ONNX file".into(),
+        Framework::Xgboost => "xgboost models go through the trees engine".into(),
         Framework::Tflite => "TFLite import is not supported by this build yet (tract's TFLite importer lacks DEQUANTIZE, PRELU and more)\nhint: convert the model to ONNX (tf2onnx) and compile that".into(),
         _ => "unsupported framework".into(),
     })
 }
 
-/// ONNX import. Parses the protobuf, lists every operator no target can run
-/// (all at once), then translates with the input configuration applied.
-pub fn onnx(located: &Located, inputs: &BTreeMap<String, InputConfig>, target: &str) -> Result<InferenceModel> {
-    let onnx = tract_onnx::onnx();
+/// Reads an ONNX file's protobuf.
+pub fn onnx_proto(located: &Located) -> Result<pb::ModelProto> {
     let bytes = std::fs::read(&located.path).with_context(|| located.path.display().to_string())?;
-    let proto = onnx
+    tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow::anyhow!("{}: not a valid ONNX model ({e})", located.rel))?;
+        .map_err(|e| anyhow::anyhow!("{}: not a valid ONNX model ({e})", located.rel))
+}
+
+/// ONNX import. Lists every operator no target can run (all at once), then
+/// translates with the input configuration applied.
+pub fn onnx(located: &Located, proto: &pb::ModelProto, inputs: &BTreeMap<String, InputConfig>, target: &str) -> Result<InferenceModel> {
+    let onnx = tract_onnx::onnx();
     let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
     let mut list = Vec::new();
     preflight(graph, &onnx, &mut list);
@@ -329,7 +331,7 @@ pub fn onnx(located: &Located, inputs: &BTreeMap<String, InputConfig>, target: &
         return Err(ImportError::UnsupportedOps { target: target.into(), list }.into());
     }
     let dir = located.path.parent().and_then(|p| p.to_str());
-    let parsed = onnx.parse(&proto, dir).with_context(|| format!("{}: translating the ONNX graph", located.rel))?;
+    let parsed = onnx.parse(proto, dir).with_context(|| format!("{}: translating the ONNX graph", located.rel))?;
     if !parsed.unresolved_inputs.is_empty() {
         bail!("{}: graph refers to undefined values: {}", located.rel, parsed.unresolved_inputs.join(", "));
     }
@@ -346,7 +348,7 @@ fn preflight(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx, list: &mut Vec<Uns
             list.push(Unsupported {
                 node: name,
                 op,
-                why: "tree ensembles are compiled by neoc's tree-ensemble engine, which this build does not have yet".into(),
+                why: "tree ensembles are compiled by neoc's trees engine, which takes graphs of one tree-ensemble operator (plus Identity/Cast/ZipMap) only".into(),
             });
         } else if !onnx.op_register.0.contains_key(&node.op_type) {
             list.push(Unsupported { node: name, op, why: "no implementation in the tract engine".into() });

@@ -8,3 +8,4 @@ pub mod import;
 pub mod pipeline;
 pub mod printer;
 pub mod source;
+pub mod trees;

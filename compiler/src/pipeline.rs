@@ -64,6 +64,19 @@ impl<'p> Timer<'p> {
     }
 }
 
+/// A model lowered for one engine, with a way to compute reference outputs.
+struct Lowered {
+    engine: EngineInfo,
+    model_bytes: Vec<u8>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    /// Runs the source model as imported (before any layout or optimisation).
+    reference: Box<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>>,
+    reference_desc: String,
+    /// Inputs to use when the model ships no test data.
+    seeded: Box<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>,
+}
+
 pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) -> Result<Compiled> {
     let mut timer = Timer { printer, stage_ms: vec![("fetch", fetch_ms)], current: None };
     timer.start("import", "importing");
@@ -72,20 +85,21 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     for (k, v) in &opts.inputs {
         inputs.insert(k.clone(), v.clone());
     }
-    let (reference, mut model, registries) = match located.framework {
+    let lowered = match located.framework {
         Framework::Onnx => {
-            let inference = match import::onnx(&located, &inputs, opts.target.name) {
-                Ok(m) => m,
-                Err(e) => {
-                    timer.finish();
-                    return Err(e);
-                }
-            };
-            timer.start("passes", "typing and decluttering");
-            let typed = inference.into_typed().map_err(|e| {
-                anyhow::anyhow!("type and shape inference failed: {e:#}\nhint: give input shapes and types with --input NAME=DIMS[:DTYPE] (e.g. --input image=1,3,224,224:f32)")
-            })?;
-            (typed.clone(), typed, vec!["tract_onnx".to_string()])
+            let proto = import::onnx_proto(&located)?;
+            let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
+            if crate::trees::has_tree_ops(graph) {
+                let tm = crate::trees::onnx_ml(graph, None).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
+                lower_trees(tm, &inputs, &mut timer)?
+            } else {
+                let inference = import::onnx(&located, &proto, &inputs, opts.target.name)?;
+                timer.start("passes", "typing and decluttering");
+                let typed = inference.into_typed().map_err(|e| {
+                    anyhow::anyhow!("type and shape inference failed: {e:#}\nhint: give input shapes and types with --input NAME=DIMS[:DTYPE] (e.g. --input image=1,3,224,224:f32)")
+                })?;
+                lower_tract(typed, opts, &mut timer)?
+            }
         }
         Framework::Nnef => {
             if !opts.inputs.is_empty() {
@@ -93,29 +107,18 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             }
             let typed = import::nnef(&located)?;
             timer.start("passes", "decluttering");
-            (typed.clone(), typed, vec!["tract_onnx".to_string()])
+            lower_tract(typed, opts, &mut timer)?
+        }
+        Framework::Xgboost => {
+            let tm = crate::trees::xgboost_json(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
+            lower_trees(tm, &inputs, &mut timer)?
         }
         other => return Err(import::not_yet(other).into()),
     };
-    model.declutter().context("decluttering the model")?;
-    check_io_types(&model)?;
-
-    timer.start("coverage", "checking the bundle format can carry every operator");
-    let nnef = neoc_runtime::engine::nnef();
-    let unserializable = unserializable_nodes(&model, &nnef);
-    if !unserializable.is_empty() {
-        timer.finish();
-        return Err(ImportError::UnsupportedOps { target: opts.target.name.into(), list: unserializable }.into());
-    }
-
-    timer.start("serialize", "writing the NNEF model");
-    let nnef_tar = nnef
-        .write_to_tar_with_config(&model, Vec::new(), false, true)
-        .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
-    let nnef_tar = canonical_tar(&nnef_tar).context("re-encoding the NNEF archive")?;
 
     let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
     let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
+    let model_file = lowered.engine.model_file.clone();
     let mut manifest = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -134,21 +137,15 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             features: opts.target.features.iter().map(|s| s.to_string()).collect(),
             accelerator: opts.target.accelerator.as_str().into(),
         },
-        engine: EngineInfo {
-            name: ENGINE_NAME.into(),
-            version: TRACT_VERSION.into(),
-            model_file: "model.nnef.tar".into(),
-            model_format: MODEL_FORMAT.into(),
-            registries,
-        },
+        engine: lowered.engine.clone(),
         compiler: ToolInfo { name: "neoc".into(), version: env!("CARGO_PKG_VERSION").into() },
         min_runtime_version: env!("CARGO_PKG_VERSION").into(),
         created: opts.created,
-        inputs: specs(&model, &model.input_outlets()?)?,
-        outputs: specs(&model, &model.output_outlets()?)?,
+        inputs: lowered.inputs.clone(),
+        outputs: lowered.outputs.clone(),
         verification: Verification {
             status: "pending".into(),
-            reference: String::new(),
+            reference: lowered.reference_desc.clone(),
             host: Host::detect().arch.to_string(),
             inputs: String::new(),
             cases: 0,
@@ -163,16 +160,148 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     };
 
     timer.start("verify", "comparing the compiled model with the source");
-    let (verification, vectors) = verify(&reference, &nnef_tar, &manifest, &located, opts)?;
+    let (verification, vectors) = verify(&lowered, &manifest, &located, opts)?;
     manifest.verification = verification;
 
     timer.start("package", "packaging");
     let mut tv = serde_json::to_vec(&vectors)?;
     tv.push(b'\n');
-    let files = vec![("model.nnef.tar".to_string(), nnef_tar), ("test_vectors.json".to_string(), tv)];
+    let mut files = vec![(model_file, lowered.model_bytes), ("test_vectors.json".to_string(), tv)];
+    files.sort_by(|a, b| a.0.cmp(&b.0));
     manifest.files = container::file_entries(&files);
     timer.finish();
     Ok(Compiled { manifest, files, stage_ms: timer.stage_ms })
+}
+
+fn lower_tract(mut model: TypedModel, opts: &Options, timer: &mut Timer) -> Result<Lowered> {
+    let reference = model.clone();
+    model.declutter().context("decluttering the model")?;
+    check_io_types(&model)?;
+
+    timer.start("coverage", "checking the bundle format can carry every operator");
+    let nnef = neoc_runtime::engine::nnef();
+    let unserializable = unserializable_nodes(&model, &nnef);
+    if !unserializable.is_empty() {
+        timer.finish();
+        return Err(ImportError::UnsupportedOps { target: opts.target.name.into(), list: unserializable }.into());
+    }
+
+    timer.start("serialize", "writing the NNEF model");
+    let nnef_tar = nnef
+        .write_to_tar_with_config(&model, Vec::new(), false, true)
+        .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
+    let nnef_tar = canonical_tar(&nnef_tar).context("re-encoding the NNEF archive")?;
+    let inputs = specs(&model, &model.input_outlets()?)?;
+    let outputs = specs(&model, &model.output_outlets()?)?;
+    let plan = reference.into_runnable().context("preparing the reference model")?;
+    let seed_specs = inputs.clone();
+    Ok(Lowered {
+        engine: EngineInfo {
+            name: ENGINE_NAME.into(),
+            version: TRACT_VERSION.into(),
+            model_file: "model.nnef.tar".into(),
+            model_format: MODEL_FORMAT.into(),
+            registries: vec!["tract_onnx".into()],
+        },
+        model_bytes: nnef_tar,
+        inputs,
+        outputs,
+        reference: Box::new(move |ins: &[Tensor]| {
+            Ok(plan
+                .run(ins.iter().cloned().map(|t| t.into_tvalue()).collect())
+                .context("running the reference model")?
+                .into_iter()
+                .map(|t| t.into_tensor())
+                .collect())
+        }),
+        reference_desc: format!("source model imported by tract {TRACT_VERSION}, unoptimized"),
+        seeded: Box::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
+    })
+}
+
+fn lower_trees(tm: crate::trees::TreeModel, inputs: &BTreeMap<String, InputConfig>, timer: &mut Timer) -> Result<Lowered> {
+    timer.start("serialize", "laying out the trees");
+    let f = tm.forest;
+    let nf = f.num_features;
+    // the batch axis stays symbolic unless --input/model.json fixes it
+    let batch = match inputs.get(&tm.input_name) {
+        Some(cfg) => {
+            if cfg.shape.len() != 2 || cfg.shape[1].is_some_and(|w| w != nf) {
+                bail!("input `{}` of this tree model has shape [N,{nf}]; the input configuration says {:?}", tm.input_name, cfg.shape);
+            }
+            cfg.shape[0].map(|b| Dim::Fixed(b as u64)).unwrap_or(Dim::Symbol("N".into()))
+        }
+        None => Dim::Symbol("N".into()),
+    };
+    for k in inputs.keys() {
+        if *k != tm.input_name {
+            bail!("input `{k}` given in the input configuration is not an input of the model; its input is `{}`", tm.input_name);
+        }
+    }
+    let seed_rows = match &batch {
+        Dim::Fixed(b) => *b as usize,
+        Dim::Symbol(_) => 64,
+    };
+    let input = TensorSpec { name: tm.input_name.clone(), dtype: "f32".into(), shape: vec![batch.clone(), Dim::Fixed(nf as u64)] };
+    let width = Dim::Fixed(f.output_width() as u64);
+    let outputs = match &f.task {
+        neoc_runtime::trees::Task::Classifier { .. } => vec![
+            TensorSpec { name: tm.output_names[0].clone(), dtype: "i64".into(), shape: vec![batch.clone()] },
+            TensorSpec { name: tm.output_names.get(1).cloned().unwrap_or_else(|| "probabilities".into()), dtype: "f32".into(), shape: vec![batch, width] },
+        ],
+        neoc_runtime::trees::Task::Regressor => {
+            vec![TensorSpec { name: tm.output_names[0].clone(), dtype: "f32".into(), shape: vec![batch, width] }]
+        }
+    };
+    let mut bytes = serde_json::to_vec(&f)?;
+    bytes.push(b'\n');
+    let ir = tm.ir;
+    let forest = f.clone();
+    // seeded rows: values around the thresholds each feature is split on, and some NaNs
+    let mut cuts: Vec<Vec<f32>> = vec![vec![]; nf];
+    for i in 0..f.feature.len() {
+        if f.flags[i] & neoc_runtime::trees::LEAF == 0 {
+            cuts[f.feature[i] as usize].push(f.threshold[i]);
+        }
+    }
+    Ok(Lowered {
+        engine: EngineInfo {
+            name: neoc_runtime::trees::ENGINE_NAME.into(),
+            version: neoc_runtime::trees::VERSION.to_string(),
+            model_file: "model.trees.json".into(),
+            model_format: neoc_runtime::trees::MODEL_FORMAT.into(),
+            registries: vec![],
+        },
+        model_bytes: bytes,
+        inputs: vec![input],
+        outputs,
+        reference: Box::new(move |ins: &[Tensor]| {
+            let x = ins[0].cast_to::<f32>()?;
+            let rows = x.shape()[0];
+            let m = crate::trees::reference_margins(&ir, &forest, x.try_as_plain_ram()?.as_slice::<f32>()?, rows);
+            let (labels, values) = forest.finish(m, rows);
+            neoc_runtime::model::forest_outputs(&forest, labels, values, rows)
+        }),
+        reference_desc: "imported trees evaluated node by node, before layout".into(),
+        seeded: Box::new(move |rng: &mut SplitMix| {
+            let rows = seed_rows;
+            let mut v = Vec::with_capacity(rows * nf);
+            for _ in 0..rows {
+                for c in &cuts {
+                    let r = rng.next();
+                    v.push(if r % 20 == 0 {
+                        f32::NAN
+                    } else if c.is_empty() {
+                        (rng.unit() * 2.0 - 1.0) as f32
+                    } else {
+                        let t = c[(r as usize / 20) % c.len()];
+                        t + (rng.unit() as f32 - 0.5) * (t.abs() * 0.01 + 1e-3)
+                    });
+                }
+            }
+            Ok(vec![Tensor::from_shape(&[rows, nf], &v)?])
+        }),
+    })
 }
 
 /// Inputs and outputs must have types the runtime can take and give.
@@ -276,7 +405,7 @@ fn canonical_tar(bytes: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// A tiny deterministic PRNG (splitmix64) for seeded verification inputs.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(u64);
 
 impl SplitMix {
     fn next(&mut self) -> u64 {
@@ -310,21 +439,14 @@ fn named(specs: &[TensorSpec], tensors: &[Tensor]) -> Result<Vec<NamedTensor>> {
     specs.iter().zip(tensors).map(|(s, t)| NamedTensor::from_tensor(&s.name, t)).collect()
 }
 
-/// Runs the reference (the imported model, unoptimized) and the compiled
-/// model exactly as the runtime will load it, on the model's own test data
-/// when it ships some, else on seeded inputs; compares them, and compares the
-/// compiled model with the test data's expected outputs (computed by another
-/// engine) when present.
-fn verify(
-    reference: &TypedModel,
-    nnef_tar: &[u8],
-    manifest: &Manifest,
-    located: &Located,
-    opts: &Options,
-) -> Result<(Verification, TestVectors)> {
-    let compiled = neoc_runtime::Model::from_parts(manifest.clone(), nnef_tar, None)
-        .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e:#}"))?;
-    let reference_plan = reference.clone().into_runnable().context("preparing the reference model")?;
+/// Runs the reference (the imported model, before optimisation or layout)
+/// and the compiled model exactly as the runtime will load it, on the
+/// model's own test data when it ships some, else on seeded inputs; compares
+/// them, and compares the compiled model with the test data's expected outputs
+/// (computed by another engine) when present.
+fn verify(lowered: &Lowered, manifest: &Manifest, located: &Located, opts: &Options) -> Result<(Verification, TestVectors)> {
+    let compiled = neoc_runtime::Model::from_parts(manifest.clone(), &lowered.model_bytes, None)
+        .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e}"))?;
 
     // inputs (and, from test data, independent expected outputs)
     let mut cases: Vec<(Vec<Tensor>, Option<Vec<Tensor>>)> = Vec::new();
@@ -332,6 +454,11 @@ fn verify(
     for set in &located.test_sets {
         let ins = set.inputs.iter().map(|p| import::load_tensor_pb(p).map(|t| t.1)).collect::<Result<Vec<_>>>()?;
         let outs = set.outputs.iter().map(|p| import::load_tensor_pb(p).map(|t| t.1)).collect::<Result<Vec<_>>>()?;
+        let ins: Vec<Tensor> = ins
+            .into_iter()
+            .zip(&manifest.inputs)
+            .map(|(t, s)| Ok(t.cast_to_dt(neoc_runtime::tensors::datum_type(&s.dtype).context("dtype")?)?.into_owned()))
+            .collect::<Result<_>>()?;
         if ins.len() != manifest.inputs.len() || compiled.run(ins.clone()).is_err() {
             bail!(
                 "{}: its inputs do not fit the model's inputs ({})",
@@ -345,30 +472,19 @@ fn verify(
     if cases.is_empty() {
         let mut rng = SplitMix(0x6e656f63);
         for _ in 0..opts.seeded_cases {
-            cases.push((manifest.inputs.iter().map(|s| seeded_input(s, &mut rng)).collect::<Result<_>>()?, None));
+            cases.push(((lowered.seeded)(&mut rng)?, None));
         }
     }
 
     let mut v = manifest.verification.clone();
     v.inputs = source.into();
     v.cases = cases.len();
-    v.reference = format!("{} model imported by tract {TRACT_VERSION}, unoptimized", manifest.model.framework);
     let mut failures = Vec::new();
     let mut independent: Option<IndependentCheck> = None;
-    let mut vectors = TestVectors {
-        source: String::new(),
-        atol: opts.atol,
-        rtol: opts.rtol,
-        cases: Vec::new(),
-    };
+    let mut vectors = TestVectors { source: String::new(), atol: opts.atol, rtol: opts.rtol, cases: Vec::new() };
     let mut all_independent = true;
     for (i, (ins, expected)) in cases.iter().enumerate() {
-        let want: Vec<Tensor> = reference_plan
-            .run(ins.iter().cloned().map(|t| t.into_tvalue()).collect())
-            .context("running the reference model")?
-            .into_iter()
-            .map(|t| t.into_tensor())
-            .collect();
+        let want = (lowered.reference)(ins)?;
         let got = compiled.run(ins.clone()).map_err(|e| anyhow::anyhow!("running the compiled model: {e}"))?;
         for ((g, w), spec) in got.iter().zip(&want).zip(&manifest.outputs) {
             let c = compare(g, w, opts.atol, opts.rtol).with_context(|| format!("case {i}, output `{}`", spec.name))?;
@@ -386,6 +502,7 @@ fn verify(
                 max_rel_error: 0.0,
             });
             ind.cases += 1;
+            let mut exp_cast = Vec::new();
             for ((g, w), spec) in got.iter().zip(exp).zip(&manifest.outputs) {
                 let w = w.cast_to_dt(g.datum_type())?.into_owned();
                 let c = compare(g, &w, opts.atol, opts.rtol).with_context(|| format!("case {i}, output `{}` vs shipped expected output", spec.name))?;
@@ -394,18 +511,15 @@ fn verify(
                 if !c.within {
                     failures.push(format!("case {i}, output `{}`: compiled vs shipped expected output max abs error {:.3e}", spec.name, c.max_abs));
                 }
+                exp_cast.push(w);
             }
-            vectors.cases.push(TestCase { inputs: named(&manifest.inputs, ins)?, outputs: named(&manifest.outputs, exp)? });
+            vectors.cases.push(TestCase { inputs: named(&manifest.inputs, ins)?, outputs: named(&manifest.outputs, &exp_cast)? });
         } else {
             all_independent = false;
             vectors.cases.push(TestCase { inputs: named(&manifest.inputs, ins)?, outputs: named(&manifest.outputs, &want)? });
         }
     }
-    vectors.source = if all_independent && independent.is_some() {
-        "expected outputs shipped with the model".into()
-    } else {
-        v.reference.clone()
-    };
+    vectors.source = if all_independent && independent.is_some() { "expected outputs shipped with the model".into() } else { v.reference.clone() };
     for x in [&mut v.max_abs_error, &mut v.max_rel_error] {
         if !x.is_finite() {
             *x = f64::MAX;

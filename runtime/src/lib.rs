@@ -9,5 +9,6 @@ pub mod engine;
 pub mod model;
 pub mod request;
 pub mod tensors;
+pub mod trees;
 
 pub use model::{LoadError, Model, OpenOptions, PredictError};

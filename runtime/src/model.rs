@@ -11,6 +11,7 @@ use anyhow::bail;
 use tract_core::prelude::*;
 
 use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, REGISTRIES};
+use crate::trees::{self, Forest};
 use crate::request::{BadRequest, Batch};
 use crate::tensors::{compare, TestVectors};
 
@@ -28,9 +29,9 @@ pub enum LoadError {
     Incompatible(#[from] Incompatible),
     #[error("bundle needs neorun {need} or newer; this is neorun {have}\nhint: upgrade neorun on this device")]
     RuntimeTooOld { need: String, have: String },
-    #[error("bundle uses engine `{0}`, which this neorun does not have (it has: {ENGINE_NAME})")]
+    #[error("bundle uses engine `{0}`, which this neorun does not have (it has: tract, trees)")]
     UnknownEngine(String),
-    #[error("bundle's model could not be loaded by {ENGINE_NAME}: {0}")]
+    #[error("bundle's model could not be loaded: {0}")]
     Engine(String),
 }
 
@@ -49,7 +50,53 @@ pub struct Model {
     /// sha256 of the bundle file.
     pub digest: String,
     pub test_vectors: Option<TestVectors>,
-    engine: TractEngine,
+    engine: Engine,
+}
+
+/// The output tensors of a forest: `label` and `probabilities` for a
+/// classifier, `predictions` for a regressor.
+pub fn forest_outputs(f: &Forest, labels: Vec<i64>, values: Vec<f32>, rows: usize) -> TractResult<Vec<Tensor>> {
+    let values = Tensor::from_shape(&[rows, f.output_width()], &values)?;
+    Ok(match &f.task {
+        trees::Task::Classifier { .. } => vec![Tensor::from_shape(&[rows], &labels)?, values],
+        trees::Task::Regressor => vec![values],
+    })
+}
+
+/// The engines a bundle can name.
+#[derive(Debug)]
+enum Engine {
+    Tract(TractEngine),
+    Trees(Forest),
+}
+
+impl Engine {
+    fn load(name: &str, format: &str, bytes: &[u8]) -> Result<Engine, LoadError> {
+        match (name, format) {
+            (ENGINE_NAME, MODEL_FORMAT) => Ok(Engine::Tract(
+                TractEngine::from_nnef_tar(bytes).map_err(|e| LoadError::Engine(format!("{ENGINE_NAME}: {e:#}")))?,
+            )),
+            (trees::ENGINE_NAME, trees::MODEL_FORMAT) => {
+                let f: Forest = serde_json::from_slice(bytes).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
+                f.validate().map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
+                Ok(Engine::Trees(f))
+            }
+            _ => Err(LoadError::UnknownEngine(format!("{name} ({format})"))),
+        }
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
+        match self {
+            Engine::Tract(t) => t.run(inputs),
+            Engine::Trees(f) => {
+                let x = inputs[0].cast_to::<f32>()?;
+                let rows = x.shape()[0];
+                let data = x.try_as_plain_ram()?.as_slice::<f32>()?;
+                let (labels, values) = f.predict(data, rows);
+                forest_outputs(f, labels, values, rows)
+            }
+        }
+    }
 }
 
 impl Model {
@@ -75,14 +122,11 @@ impl Model {
             }
             None => return Err(BundleError::Manifest(format!("bad min_runtime_version `{}`", m.min_runtime_version)).into()),
         }
-        if m.engine.name != ENGINE_NAME || m.engine.model_format != MODEL_FORMAT {
-            return Err(LoadError::UnknownEngine(format!("{} ({})", m.engine.name, m.engine.model_format)));
-        }
         if let Some(r) = m.engine.registries.iter().find(|r| !REGISTRIES.contains(&r.as_str())) {
             return Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun")));
         }
         let model_bytes = bundle.file(&m.engine.model_file).expect("manifest checked: model file present");
-        let engine = TractEngine::from_nnef_tar(model_bytes).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let engine = Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?;
         let test_vectors = match &m.test_vectors {
             Some(name) => Some(
                 serde_json::from_slice::<TestVectors>(bundle.file(name).expect("manifest checked: test vectors present"))
@@ -95,14 +139,9 @@ impl Model {
 
     /// Builds a model from parts already verified (used by the compiler's
     /// verify stage, which runs exactly what it is about to package).
-    pub fn from_parts(manifest: Manifest, nnef_tar: &[u8], test_vectors: Option<TestVectors>) -> TractResult<Model> {
-        Ok(Model {
-            manifest,
-            signer: Signer::Unsigned,
-            digest: String::new(),
-            test_vectors,
-            engine: TractEngine::from_nnef_tar(nnef_tar)?,
-        })
+    pub fn from_parts(manifest: Manifest, model_file: &[u8], test_vectors: Option<TestVectors>) -> Result<Model, LoadError> {
+        let engine = Engine::load(&manifest.engine.name, &manifest.engine.model_format, model_file)?;
+        Ok(Model { manifest, signer: Signer::Unsigned, digest: String::new(), test_vectors, engine })
     }
 
     pub fn output_names(&self) -> Vec<String> {

@@ -133,18 +133,23 @@ fn tensor_from_strs(
     place: impl Fn(usize) -> String,
 ) -> Result<Tensor, BadRequest> {
     macro_rules! parse_as {
-        ($ty:ty, $what:expr) => {{
+        ($ty:ty, $what:expr, $empty:expr) => {{
             let mut v: Vec<$ty> = Vec::with_capacity(values.len());
             for (i, s) in values.iter().enumerate() {
-                v.push(s.parse::<$ty>().map_err(|_| bad(format!("{}: `{s}` is not {}", place(i), $what)))?);
+                let x = match ($empty, s.is_empty()) {
+                    (Some(missing), true) => missing,
+                    _ => s.parse::<$ty>().map_err(|_| bad(format!("{}: `{s}` is not {}", place(i), $what)))?,
+                };
+                v.push(x);
             }
             Tensor::from_shape(shape, &v).map_err(|e| bad(e.to_string()))?
         }};
     }
+    // an empty CSV field is a missing value (NaN) for float inputs
     Ok(match dt {
-        DatumType::F32 => parse_as!(f32, "a number"),
-        DatumType::F64 => parse_as!(f64, "a number"),
-        DatumType::F16 => parse_as!(f32, "a number").cast_to_dt(DatumType::F16).map_err(|e| bad(e.to_string()))?.into_owned(),
+        DatumType::F32 => parse_as!(f32, "a number", Some(f32::NAN)),
+        DatumType::F64 => parse_as!(f64, "a number", Some(f64::NAN)),
+        DatumType::F16 => parse_as!(f32, "a number", Some(f32::NAN)).cast_to_dt(DatumType::F16).map_err(|e| bad(e.to_string()))?.into_owned(),
         DatumType::Bool => {
             let mut v = Vec::with_capacity(values.len());
             for (i, s) in values.iter().enumerate() {
@@ -157,7 +162,7 @@ fn tensor_from_strs(
             Tensor::from_shape(shape, &v).map_err(|e| bad(e.to_string()))?
         }
         int => {
-            let t = parse_as!(i64, "an integer");
+            let t = parse_as!(i64, "an integer", None::<i64>);
             if let Some((lo, hi)) = int_bounds(int) {
                 let v = t.try_as_plain_ram().and_then(|p| p.as_slice::<i64>().map(|s| s.to_vec())).map_err(|e| bad(e.to_string()))?;
                 if let Some(i) = v.iter().position(|n| *n < lo || *n > hi) {
@@ -295,9 +300,19 @@ fn tensor_from_json(leaves: &[&Value], dt: DatumType, shape: &[usize], name: &st
     let at = |i: usize| format!("input `{name}`, element {i}");
     let t = match dt {
         DatumType::F32 | DatumType::F64 | DatumType::F16 => {
+            // null and "NaN" are missing values (tree models route them); "Infinity" too
             let mut v = Vec::with_capacity(leaves.len());
             for (i, x) in leaves.iter().enumerate() {
-                v.push(x.as_f64().ok_or_else(|| bad(format!("{}: {x} is not a number", at(i))))?);
+                v.push(match x {
+                    Value::Null => f64::NAN,
+                    Value::String(s) => match s.as_str() {
+                        "NaN" | "nan" => f64::NAN,
+                        "Infinity" | "inf" => f64::INFINITY,
+                        "-Infinity" | "-inf" => f64::NEG_INFINITY,
+                        _ => return Err(bad(format!("{}: {x} is not a number", at(i)))),
+                    },
+                    _ => x.as_f64().ok_or_else(|| bad(format!("{}: {x} is not a number", at(i))))?,
+                });
             }
             Tensor::from_shape(shape, &v).map_err(|e| bad(e.to_string()))?
         }

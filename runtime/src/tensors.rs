@@ -43,15 +43,89 @@ pub fn dtype_name(dt: DatumType) -> Option<&'static str> {
 }
 
 /// Flat tensor data, serialized as a JSON array of the element type (f32
-/// values print in their shortest round-trip form).
+/// values print in their shortest round-trip form; NaN and infinities, which
+/// JSON numbers cannot hold, as the strings "NaN", "Infinity", "-Infinity").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Data {
     Bool(Vec<bool>),
     I64(Vec<i64>),
     U64(Vec<u64>),
-    F32(Vec<f32>),
-    F64(Vec<f64>),
+    F32(#[serde(with = "floats")] Vec<f32>),
+    F64(#[serde(with = "floats")] Vec<f64>),
+}
+
+/// JSON arrays of floats that may hold non-finite values.
+mod floats {
+    use serde::de::{Deserializer, Error};
+    use serde::ser::{SerializeSeq, Serializer};
+    use serde::Deserialize;
+
+    pub trait Float: Copy + serde::Serialize + std::str::FromStr {
+        fn from_f64(v: f64) -> Self;
+        fn is_finite_(self) -> bool;
+        fn is_nan_(self) -> bool;
+        fn is_sign_negative_(self) -> bool;
+    }
+    macro_rules! float {
+        ($t:ty) => {
+            impl Float for $t {
+                fn from_f64(v: f64) -> Self {
+                    v as $t
+                }
+                fn is_finite_(self) -> bool {
+                    self.is_finite()
+                }
+                fn is_nan_(self) -> bool {
+                    self.is_nan()
+                }
+                fn is_sign_negative_(self) -> bool {
+                    self.is_sign_negative()
+                }
+            }
+        };
+    }
+    float!(f32);
+    float!(f64);
+
+    pub fn serialize<S: Serializer, T: Float>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for x in v {
+            if x.is_finite_() {
+                seq.serialize_element(x)?;
+            } else if x.is_nan_() {
+                seq.serialize_element("NaN")?;
+            } else if x.is_sign_negative_() {
+                seq.serialize_element("-Infinity")?;
+            } else {
+                seq.serialize_element("Infinity")?;
+            }
+        }
+        seq.end()
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Num(f64),
+        Str(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Float>(d: D) -> Result<Vec<T>, D::Error> {
+        let items = Vec::<Item>::deserialize(d)?;
+        items
+            .into_iter()
+            .map(|i| match i {
+                Item::Num(v) => Ok(T::from_f64(v)),
+                Item::Str(s) => match s.as_str() {
+                    "NaN" => Ok(T::from_f64(f64::NAN)),
+                    "Infinity" => Ok(T::from_f64(f64::INFINITY)),
+                    "-Infinity" => Ok(T::from_f64(f64::NEG_INFINITY)),
+                    other => Err(D::Error::custom(format!("`{other}` is not a number"))),
+                },
+            })
+            .collect()
+    }
 }
 
 /// A named tensor as written in JSON responses and test vectors.
@@ -144,6 +218,25 @@ pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractRe
         }
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_floats_round_trip_through_json() {
+        let d = Data::F32(vec![1.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.1]);
+        let s = serde_json::to_string(&d).unwrap();
+        assert_eq!(s, r#"[1.5,"NaN","Infinity","-Infinity",0.1]"#);
+        match serde_json::from_str::<Data>(&s).unwrap() {
+            Data::F32(v) => {
+                assert!(v[1].is_nan() && v[2] == f32::INFINITY && v[3] == f32::NEG_INFINITY && v[4] == 0.1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(serde_json::from_str::<Data>("[1,2]").unwrap(), Data::I64(_)));
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

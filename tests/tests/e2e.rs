@@ -303,14 +303,80 @@ fn unsupported_operators_are_all_listed_at_once() {
     assert!(!d.join("out.neo").exists());
 }
 
+/// Probabilities (second output) of a `neorun predict` JSON response.
+fn probabilities(json: &str) -> Vec<f64> {
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap();
+    doc["outputs"][1]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
 #[test]
-fn tree_models_are_a_clear_error_until_the_tree_engine_lands() {
+fn fraud_xgb_predicts_like_xgboost_from_json_and_from_onnx() {
     let dir = scratch();
-    let registry = root().join("models/registry");
-    for m in ["fraud-xgb:1", "fraud-xgb:1-onnx"] {
-        let err = fails(run("neoc", dir.path(), &["compile", m, "--target", host_target(), "--unsigned", "--registry", registry.to_str().unwrap()], &[], None), 4);
-        assert!(err.contains("tree-ensemble engine"), "{m}: {err}");
+    for tag in ["fraud-xgb:1", "fraud-xgb:1-onnx"] {
+        let b = compile(dir.path(), tag, host_target(), &[]);
+        let inspect = ok(run("neoc", dir.path(), &["inspect", b.to_str().unwrap(), "--json"], &[], None));
+        let doc: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        assert_eq!(doc["manifest"]["engine"]["name"], "trees", "{tag}");
+        // the tarball ships XGBoost's own outputs: verification compared with them
+        assert_eq!(doc["manifest"]["verification"]["inputs"], "test_data_set", "{tag}");
+        assert!(doc["manifest"]["verification"]["independent"]["max_abs_error"].as_f64().unwrap() <= 1e-6, "{tag}");
+        for (sample, want) in [("sample.csv", "expected.json"), ("sample-missing.csv", "expected-missing.json")] {
+            let input = root().join("models/fraud-xgb").join(sample);
+            let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()], &[], None));
+            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb").join(want)).unwrap()).unwrap();
+            let want: Vec<f64> = doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let got = probabilities(&out);
+            assert_close(&got, &want, 1e-6);
+            // labels come from the probabilities
+            let labels = response_data(&out);
+            for (r, l) in labels.iter().enumerate() {
+                assert_eq!(*l, if got[2 * r + 1] > got[2 * r] { 1.0 } else { 0.0 }, "{tag} {sample} row {r}");
+            }
+        }
     }
+}
+
+/// Writes a modified copy of the sample XGBoost model and tries to compile it.
+fn compile_edited_xgboost(d: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb/xgboost-model.json")).unwrap()).unwrap();
+    edit(&mut doc);
+    std::fs::write(d.join("xgboost-model.json"), serde_json::to_vec(&doc).unwrap()).unwrap();
+    let err = fails(compile_file(d, &d.join("xgboost-model.json")), 1);
+    assert!(!d.join("out.neo").exists());
+    err
+}
+
+#[test]
+fn malformed_xgboost_models_are_explained() {
+    let dir = scratch();
+    let d = dir.path();
+    let tree0 = "/learner/gradient_booster/model/trees/0";
+    let err = compile_edited_xgboost(d, |m| m.pointer_mut(&format!("{tree0}/left_children/0")).map(|v| *v = 5000.into()).unwrap());
+    assert!(err.contains("tree 0, node 0: child 5000 is out of range"), "{err}");
+    let err = compile_edited_xgboost(d, |m| m.pointer_mut(&format!("{tree0}/left_children/1")).map(|v| *v = 0.into()).unwrap());
+    assert!(err.contains("reached twice"), "{err}");
+    let err = compile_edited_xgboost(d, |m| m.pointer_mut(&format!("{tree0}/split_indices/0")).map(|v| *v = 31.into()).unwrap());
+    assert!(err.contains("feature 31 is beyond the input width 30"), "{err}");
+    let err = compile_edited_xgboost(d, |m| m.pointer_mut("/learner/objective/name").map(|v| *v = "survival:cox".into()).unwrap());
+    assert!(err.contains("objective `survival:cox` is not supported"), "{err}");
+    let err = compile_edited_xgboost(d, |m| {
+        m.pointer_mut(&format!("{tree0}/split_conditions")).unwrap().as_array_mut().unwrap().pop();
+    });
+    assert!(err.contains("different lengths"), "{err}");
+    // truncated file
+    let text = std::fs::read(root().join("models/fraud-xgb/xgboost-model.json")).unwrap();
+    std::fs::write(d.join("xgboost-model.json"), &text[..text.len() / 2]).unwrap();
+    let err = fails(compile_file(d, &d.join("xgboost-model.json")), 1);
+    assert!(err.contains("not a valid XGBoost JSON model"), "{err}");
+}
+
+#[test]
+fn lightgbm_is_a_clear_error_until_its_importer_lands() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::write(d.join("model.txt"), "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\n").unwrap();
+    let err = fails(compile_file(d, &d.join("model.txt")), 4);
+    assert!(err.contains("lightgbm") && err.contains("not fall back"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,455 @@
+//! Tree-ensemble importers: XGBoost's JSON model and ONNX-ML
+//! TreeEnsembleClassifier / TreeEnsembleRegressor, into the `trees` engine's
+//! IR (`neoc_runtime::trees::IrNode`), then laid out for speed.
+//!
+//! tract is not used for trees: its TreeEnsembleClassifier is 100–250× slower
+//! than onnxruntime and mislabels binary exports (FIELD-NOTES).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use neoc_runtime::trees::{self, Forest, IrNode, PostTransform, Task};
+use serde_json::Value;
+use tract_onnx::pb;
+
+/// A tree model ready to package, with its I/O names.
+pub struct TreeModel {
+    pub forest: Forest,
+    /// Trees as imported (node ids as in the source), for the reference evaluation.
+    pub ir: Vec<Vec<IrNode>>,
+    pub input_name: String,
+    pub output_names: Vec<String>,
+}
+
+// ------------------------------------------------------------------ XGBoost
+
+fn num(v: &Value, what: &str) -> Result<f64> {
+    match v {
+        Value::Number(n) => n.as_f64().with_context(|| format!("{what}: not a number")),
+        Value::String(s) => {
+            let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+            let first = s.split(',').next().unwrap_or("").trim();
+            first.parse::<f64>().with_context(|| format!("{what}: `{s}` is not a number"))
+        }
+        _ => bail!("{what}: expected a number, found {v}"),
+    }
+}
+
+fn num_list(v: &Value, what: &str) -> Result<Vec<f64>> {
+    match v {
+        Value::String(s) if s.trim().starts_with('[') => s
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(|x| x.trim().parse::<f64>().with_context(|| format!("{what}: `{x}` is not a number")))
+            .collect(),
+        other => Ok(vec![num(other, what)?]),
+    }
+}
+
+fn array<'a>(v: &'a Value, key: &str, tree: usize) -> Result<&'a Vec<Value>> {
+    v.get(key).and_then(|x| x.as_array()).with_context(|| format!("tree {tree}: `{key}` is missing or not an array"))
+}
+
+/// Parses XGBoost's JSON model format (`Booster.save_model("*.json")`).
+pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost JSON model ({e})", path.display()))?;
+    let learner = doc.get("learner").context("XGBoost model has no `learner` (is this an XGBoost JSON model?)")?;
+    let params = learner.get("learner_model_param").context("XGBoost model has no `learner_model_param`")?;
+    let num_feature = num(params.get("num_feature").context("missing num_feature")?, "num_feature")? as usize;
+    let num_class = params.get("num_class").map(|v| num(v, "num_class")).transpose()?.unwrap_or(0.0) as usize;
+    if params.get("num_target").map(|v| num(v, "num_target")).transpose()?.unwrap_or(1.0) as usize != 1 {
+        bail!("multi-target XGBoost models are not supported yet");
+    }
+    let base_scores = num_list(params.get("base_score").context("missing base_score")?, "base_score")?;
+    let objective = learner
+        .get("objective")
+        .and_then(|o| o.get("name"))
+        .and_then(|n| n.as_str())
+        .context("XGBoost model has no objective name")?
+        .to_string();
+    let booster = learner.get("gradient_booster").context("XGBoost model has no gradient_booster")?;
+    let booster_name = booster.get("name").and_then(|n| n.as_str()).unwrap_or("");
+    if booster_name != "gbtree" {
+        bail!("XGBoost booster `{booster_name}` is not supported (only gbtree)");
+    }
+    let model = booster.get("model").context("gbtree has no model")?;
+    let tree_docs = model.get("trees").and_then(|t| t.as_array()).context("gbtree model has no trees")?;
+    let tree_info: Vec<usize> = model
+        .get("tree_info")
+        .and_then(|t| t.as_array())
+        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(u64::MAX) as usize).collect())
+        .unwrap_or_else(|| vec![0; tree_docs.len()]);
+    if tree_info.len() != tree_docs.len() {
+        bail!("tree_info lists {} trees, the model has {}", tree_info.len(), tree_docs.len());
+    }
+    let groups = num_class.max(1);
+    let (post, task, margin_of): (PostTransform, Task, fn(f32) -> f32) = match objective.as_str() {
+        "binary:logistic" => (PostTransform::BinarySigmoid, Task::Classifier { labels: vec![0, 1] }, logit),
+        "reg:logistic" => (PostTransform::Sigmoid, Task::Regressor, logit),
+        "multi:softprob" | "multi:softmax" => {
+            if num_class < 2 {
+                bail!("objective {objective} with num_class {num_class}");
+            }
+            (PostTransform::Softmax, Task::Classifier { labels: (0..num_class as i64).collect() }, |x| x)
+        }
+        "reg:squarederror" | "reg:linear" | "reg:absoluteerror" | "reg:pseudohubererror" | "reg:quantileerror" => {
+            (PostTransform::None, Task::Regressor, |x| x)
+        }
+        other => bail!(
+            "XGBoost objective `{other}` is not supported yet (supported: binary:logistic, reg:logistic, multi:softprob, multi:softmax, reg:squarederror, reg:absoluteerror, reg:pseudohubererror)"
+        ),
+    };
+    let base_margin: Vec<f32> = (0..groups)
+        .map(|g| margin_of(*base_scores.get(g).or(base_scores.first()).unwrap_or(&0.5) as f32))
+        .collect();
+    let mut ir = Vec::with_capacity(tree_docs.len());
+    for (t, tree) in tree_docs.iter().enumerate() {
+        let group = tree_info[t];
+        if group >= groups {
+            bail!("tree {t} belongs to group {group}, but the model has {groups}");
+        }
+        if let Some(p) = tree.get("tree_param") {
+            if p.get("size_leaf_vector").map(|v| num(v, "size_leaf_vector")).transpose()?.unwrap_or(1.0) > 1.0 {
+                bail!("tree {t}: vector leaves (multi-target trees) are not supported yet");
+            }
+        }
+        let left = array(tree, "left_children", t)?;
+        let right = array(tree, "right_children", t)?;
+        let index = array(tree, "split_indices", t)?;
+        let cond = array(tree, "split_conditions", t)?;
+        let default_left = array(tree, "default_left", t)?;
+        let split_type = tree.get("split_type").and_then(|v| v.as_array());
+        let n = left.len();
+        if right.len() != n || index.len() != n || cond.len() != n || default_left.len() != n {
+            bail!("tree {t}: node arrays have different lengths (the model is truncated or edited)");
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let l = left[i].as_i64().with_context(|| format!("tree {t}, node {i}: bad left child"))?;
+            let value = cond[i].as_f64().with_context(|| format!("tree {t}, node {i}: bad split condition"))? as f32;
+            if l == -1 {
+                nodes.push(IrNode::Leaf { weights: vec![(group as u32, value)] });
+                continue;
+            }
+            if split_type.and_then(|s| s.get(i)).and_then(|v| v.as_i64()).unwrap_or(0) != 0 {
+                bail!("tree {t}, node {i}: categorical splits are not supported yet");
+            }
+            let r = right[i].as_i64().with_context(|| format!("tree {t}, node {i}: bad right child"))?;
+            let f = index[i].as_u64().with_context(|| format!("tree {t}, node {i}: bad split index"))?;
+            if l < 0 || r < 0 {
+                bail!("tree {t}, node {i}: child index {} is negative", l.min(r));
+            }
+            let dl = match &default_left[i] {
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_u64() == Some(1),
+                other => bail!("tree {t}, node {i}: bad default_left {other}"),
+            };
+            // XGBoost: x < threshold goes left; a missing value follows default_left
+            nodes.push(IrNode::Split {
+                feature: f as u32,
+                threshold: value,
+                op: trees::OP_LT,
+                missing_first: dl,
+                first: l as usize,
+                second: r as usize,
+            });
+        }
+        ir.push(nodes);
+    }
+    let forest = trees::layout(&ir, num_feature, groups, base_margin, post, task.clone())
+        .map_err(|e| anyhow::anyhow!("invalid XGBoost model: {e}"))?;
+    let output_names = match task {
+        Task::Classifier { .. } => vec!["label".into(), "probabilities".into()],
+        Task::Regressor => vec!["predictions".into()],
+    };
+    Ok(TreeModel { forest, ir, input_name: "features".into(), output_names })
+}
+
+fn logit(p: f32) -> f32 {
+    // as XGBoost's ProbToMargin for logistic objectives, in f32
+    -(1.0f32 / p - 1.0f32).ln()
+}
+
+// ------------------------------------------------------------------ ONNX-ML
+
+/// True when the graph holds a tree-ensemble operator.
+pub fn has_tree_ops(graph: &pb::GraphProto) -> bool {
+    graph.node.iter().any(|n| n.op_type.starts_with("TreeEnsemble"))
+}
+
+struct Attrs<'a>(&'a pb::NodeProto);
+
+impl Attrs<'_> {
+    fn get(&self, name: &str) -> Option<&pb::AttributeProto> {
+        self.0.attribute.iter().find(|a| a.name == name)
+    }
+    fn ints(&self, name: &str) -> Vec<i64> {
+        self.get(name).map(|a| a.ints.clone()).unwrap_or_default()
+    }
+    fn floats(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some(a) = self.get(name) {
+            return Ok(a.floats.clone());
+        }
+        if let Some(a) = self.get(&format!("{name}_as_tensor")) {
+            let t = a.t.as_ref().context("tensor attribute without tensor")?;
+            let t = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)?;
+            let t = t.cast_to::<f32>()?;
+            return Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec());
+        }
+        Ok(vec![])
+    }
+    fn strings(&self, name: &str) -> Vec<String> {
+        self.get(name).map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).to_string()).collect()).unwrap_or_default()
+    }
+    fn string(&self, name: &str) -> Option<String> {
+        self.get(name).map(|a| String::from_utf8_lossy(&a.s).to_string())
+    }
+}
+
+/// Imports a graph made of one TreeEnsembleClassifier/Regressor, optionally
+/// followed by Identity, Cast or ZipMap nodes (converter post-processing;
+/// ZipMap's sequence of maps is replaced by the probability tensor itself).
+pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Result<TreeModel> {
+    let tree_nodes: Vec<&pb::NodeProto> = graph.node.iter().filter(|n| n.op_type.starts_with("TreeEnsemble")).collect();
+    let [node] = tree_nodes.as_slice() else { bail!("graph has {} tree-ensemble operators; neoc supports one per model", tree_nodes.len()) };
+    let others: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| !n.op_type.starts_with("TreeEnsemble") && !["Identity", "Cast", "ZipMap"].contains(&n.op_type.as_str()))
+        .map(|n| format!("`{}` ({})", n.name, n.op_type))
+        .collect();
+    if !others.is_empty() {
+        bail!("tree-ensemble graphs may only add Identity, Cast or ZipMap nodes; this one also has {} (pipelines mixing trees and other operators are not supported yet)", others.join(", "));
+    }
+    let a = Attrs(node);
+    let input = graph.input.first().context("graph has no input")?;
+    let input_name = input.name.clone();
+    let width = input
+        .r#type
+        .as_ref()
+        .and_then(|t| match &t.value {
+            Some(pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
+            _ => None,
+        })
+        .and_then(|s| s.dim.get(1))
+        .and_then(|d| match &d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(*v as usize),
+            _ => None,
+        });
+    let tree_ids = a.ints("nodes_treeids");
+    let node_ids = a.ints("nodes_nodeids");
+    let features = a.ints("nodes_featureids");
+    let values = a.floats("nodes_values")?;
+    let modes = a.strings("nodes_modes");
+    let trues = a.ints("nodes_truenodeids");
+    let falses = a.ints("nodes_falsenodeids");
+    let missing = a.ints("nodes_missing_value_tracks_true");
+    let n = tree_ids.len();
+    for (name, len) in [("nodes_nodeids", node_ids.len()), ("nodes_featureids", features.len()), ("nodes_values", values.len()), ("nodes_modes", modes.len()), ("nodes_truenodeids", trues.len()), ("nodes_falsenodeids", falses.len())] {
+        if len != n {
+            bail!("node `{}`: {name} has {len} entries, nodes_treeids {n}", node.name);
+        }
+    }
+    let classifier = node.op_type == "TreeEnsembleClassifier";
+    if node.op_type == "TreeEnsemble" {
+        bail!("the ai.onnx.ml v5 TreeEnsemble operator is not supported yet");
+    }
+    let (w_tree, w_node, w_id, w_weight) = if classifier {
+        (a.ints("class_treeids"), a.ints("class_nodeids"), a.ints("class_ids"), a.floats("class_weights")?)
+    } else {
+        (a.ints("target_treeids"), a.ints("target_nodeids"), a.ints("target_ids"), a.floats("target_weights")?)
+    };
+    if w_node.len() != w_tree.len() || w_id.len() != w_tree.len() || w_weight.len() != w_tree.len() {
+        bail!("node `{}`: leaf weight attributes have different lengths", node.name);
+    }
+    // group trees by id, nodes by (tree, node id)
+    let mut trees_by_id: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for i in 0..n {
+        trees_by_id.entry(tree_ids[i]).or_default().push(i);
+    }
+    let distinct_ids: std::collections::BTreeSet<i64> = w_id.iter().cloned().collect();
+    let labels = a.ints("classlabels_int64s");
+    if classifier && labels.is_empty() {
+        bail!("node `{}`: string class labels are not supported yet (use integer labels)", node.name);
+    }
+    let post = a.string("post_transform").unwrap_or_else(|| "NONE".into());
+    let base_values = a.floats("base_values")?;
+    let all_positive = w_weight.iter().all(|w| *w >= 0.0);
+    let binary = classifier && labels.len() == 2 && distinct_ids.len() == 1;
+    let (groups, post_transform, task, id_to_group): (usize, PostTransform, Task, Box<dyn Fn(i64) -> Option<u32>>) = if classifier {
+        if binary {
+            let pt = match (post.as_str(), all_positive) {
+                ("LOGISTIC", false) => PostTransform::BinarySigmoidSymmetric,
+                (p, _) => bail!("binary TreeEnsembleClassifier with post_transform {p}{} is not supported yet (LOGISTIC with signed weights, as XGBoost exports, is)", if all_positive { " and only non-negative weights" } else { "" }),
+            };
+            if base_values.len() > 1 {
+                bail!("binary TreeEnsembleClassifier with {} base_values is not supported yet", base_values.len());
+            }
+            (1, pt, Task::Classifier { labels: labels.clone() }, Box::new(|_| Some(0)))
+        } else {
+            let pt = match post.as_str() {
+                "NONE" => PostTransform::None,
+                "LOGISTIC" => PostTransform::Sigmoid,
+                "SOFTMAX" => PostTransform::Softmax,
+                p => bail!("TreeEnsembleClassifier post_transform {p} is not supported yet"),
+            };
+            let k = labels.len();
+            (k, pt, Task::Classifier { labels: labels.clone() }, Box::new(move |id| (id >= 0 && (id as usize) < k).then_some(id as u32)))
+        }
+    } else {
+        let targets = a.get("n_targets").map(|x| x.i as usize).unwrap_or(1).max(1);
+        if post != "NONE" {
+            bail!("TreeEnsembleRegressor post_transform {post} is not supported yet");
+        }
+        if let Some(agg) = a.string("aggregate_function") {
+            if agg != "SUM" {
+                bail!("TreeEnsembleRegressor aggregate_function {agg} is not supported yet (SUM is)");
+            }
+        }
+        (targets, PostTransform::None, Task::Regressor, Box::new(move |id| (id >= 0 && (id as usize) < targets).then_some(id as u32)))
+    };
+    let mut base_margin = vec![0f32; groups];
+    if !base_values.is_empty() {
+        if base_values.len() != groups {
+            bail!("node `{}`: {} base_values for {groups} outputs", node.name, base_values.len());
+        }
+        base_margin = base_values.clone();
+    }
+    let mut leaf_weights: BTreeMap<(i64, i64), Vec<(u32, f32)>> = BTreeMap::new();
+    for k in 0..w_tree.len() {
+        let g = id_to_group(w_id[k]).with_context(|| format!("node `{}`: leaf weight for unknown class/target {}", node.name, w_id[k]))?;
+        leaf_weights.entry((w_tree[k], w_node[k])).or_default().push((g, w_weight[k]));
+    }
+    let mut ir = Vec::new();
+    let mut max_feature = 0usize;
+    for (tid, idx) in &trees_by_id {
+        let local: BTreeMap<i64, usize> = idx.iter().enumerate().map(|(li, &gi)| (node_ids[gi], li)).collect();
+        if local.len() != idx.len() {
+            bail!("tree {tid}: duplicate node ids");
+        }
+        let child = |id: i64, from: i64| -> Result<usize> {
+            local.get(&id).copied().with_context(|| format!("tree {tid}, node {from}: child {id} does not exist"))
+        };
+        let mut nodes = Vec::with_capacity(idx.len());
+        let mut is_child = vec![false; idx.len()];
+        for &gi in idx {
+            let mode = modes[gi].as_str();
+            if mode == "LEAF" {
+                nodes.push(IrNode::Leaf { weights: leaf_weights.remove(&(*tid, node_ids[gi])).unwrap_or_default() });
+                continue;
+            }
+            let op = match mode {
+                "BRANCH_LT" => trees::OP_LT,
+                "BRANCH_LEQ" => trees::OP_LE,
+                "BRANCH_GT" => trees::OP_GT,
+                "BRANCH_GTE" => trees::OP_GE,
+                "BRANCH_EQ" => trees::OP_EQ,
+                "BRANCH_NEQ" => trees::OP_NE,
+                other => bail!("tree {tid}, node {}: unknown mode {other}", node_ids[gi]),
+            };
+            let first = child(trues[gi], node_ids[gi])?;
+            let second = child(falses[gi], node_ids[gi])?;
+            is_child[first] = true;
+            is_child[second] = true;
+            if features[gi] < 0 {
+                bail!("tree {tid}, node {}: negative feature id", node_ids[gi]);
+            }
+            max_feature = max_feature.max(features[gi] as usize);
+            nodes.push(IrNode::Split {
+                feature: features[gi] as u32,
+                threshold: values[gi],
+                op,
+                missing_first: missing.get(gi).copied().unwrap_or(0) == 1,
+                first,
+                second,
+            });
+        }
+        // the root is the node no other node points to; put it first
+        let roots: Vec<usize> = (0..nodes.len()).filter(|i| !is_child[*i]).collect();
+        let [root] = roots.as_slice() else { bail!("tree {tid} has {} roots (a cycle or a forest in one tree)", roots.len()) };
+        let nodes = reroot(nodes, *root);
+        ir.push(nodes);
+    }
+    if !leaf_weights.is_empty() {
+        let (t, nid) = leaf_weights.keys().next().unwrap();
+        bail!("leaf weight for tree {t}, node {nid}, which is not a leaf");
+    }
+    let num_features = width.or(num_features_hint).unwrap_or(max_feature + 1);
+    let forest = trees::layout(&ir, num_features, groups, base_margin, post_transform, task)
+        .map_err(|e| anyhow::anyhow!("invalid tree ensemble in node `{}`: {e}", node.name))?;
+    // outputs keep the graph's names; ZipMap/Cast/Identity are folded away
+    let mut names: Vec<String> = node.output.clone();
+    for out in &graph.output {
+        let mut src = out.name.clone();
+        while let Some(n) = graph.node.iter().find(|n| n.output.first() == Some(&src) && !n.op_type.starts_with("TreeEnsemble")) {
+            src = n.input.first().cloned().unwrap_or_default();
+        }
+        if let Some(pos) = names.iter().position(|x| *x == src) {
+            names[pos] = out.name.clone();
+        }
+    }
+    let output_names = if classifier { names.into_iter().take(2).collect() } else { names.into_iter().take(1).collect() };
+    Ok(TreeModel { forest, ir, input_name, output_names })
+}
+
+/// Renumbers a tree so that `root` is node 0.
+fn reroot(nodes: Vec<IrNode>, root: usize) -> Vec<IrNode> {
+    if root == 0 {
+        return nodes;
+    }
+    let map = |i: usize| if i == root { 0 } else if i == 0 { root } else { i };
+    let mut out = nodes;
+    out.swap(0, root);
+    for n in out.iter_mut() {
+        if let IrNode::Split { first, second, .. } = n {
+            *first = map(*first);
+            *second = map(*second);
+        }
+    }
+    out
+}
+
+/// Direct evaluation of the imported trees (source node ids, no layout): the
+/// reference the compiled forest is verified against.
+pub fn reference_margins(ir: &[Vec<IrNode>], forest: &Forest, x: &[f32], rows: usize) -> Vec<f32> {
+    let g = forest.num_groups;
+    let nf = forest.num_features;
+    let mut m: Vec<f32> = (0..rows).flat_map(|_| forest.base_margin.iter().cloned()).collect();
+    for tree in ir {
+        for r in 0..rows {
+            let row = &x[r * nf..(r + 1) * nf];
+            let mut i = 0;
+            let mut steps = 0;
+            while let IrNode::Split { feature, threshold, op, missing_first, first, second } = &tree[i] {
+                let v = row[*feature as usize];
+                let t = *threshold;
+                let go_first = if v.is_nan() && (*missing_first || *op == trees::OP_NE) {
+                    true
+                } else {
+                    match *op {
+                        trees::OP_LT => v < t,
+                        trees::OP_LE => v <= t,
+                        trees::OP_GT => v > t,
+                        trees::OP_GE => v >= t,
+                        trees::OP_EQ => v == t,
+                        _ => v != t,
+                    }
+                };
+                i = if go_first { *first } else { *second };
+                steps += 1;
+                assert!(steps <= tree.len(), "layout() refuses cycles");
+            }
+            if let IrNode::Leaf { weights } = &tree[i] {
+                for (grp, w) in weights {
+                    m[r * g + *grp as usize] += w;
+                }
+            }
+        }
+    }
+    m
+}

@@ -1,0 +1,414 @@
+//! The `trees` engine: neoc's own evaluator for gradient-boosted trees and
+//! random forests (XGBoost, ONNX-ML tree ensembles).
+//!
+//! A forest is stored as flat arrays in one JSON document (`model.trees.json`).
+//! Nodes of a tree are laid out so that a split's two children are adjacent
+//! (`left` and `left + 1`) and always come after it: a walk only moves
+//! forward, so it terminates, and the hot path is one compare and one add per
+//! level. The loader checks every index before anything runs.
+//!
+//! Semantics (shared by every source): a split sends a row to its first child
+//! when `x op threshold` holds (`op` one of `<`, `<=`, `>`, `>=`, `==`, `!=`,
+//! compared in f32 as XGBoost and onnxruntime do), or when `x` is NaN and the
+//! split's missing-value direction is the first child. Leaves add weights to
+//! per-group margins, which start at `base_margin`; the post-transform turns
+//! margins into outputs.
+
+use serde::{Deserialize, Serialize};
+
+/// Value of [`Forest::format`].
+pub const FORMAT: &str = "neoc-trees";
+/// Name of the engine in manifests.
+pub const ENGINE_NAME: &str = "trees";
+pub const MODEL_FORMAT: &str = "neoc-trees-json";
+pub const VERSION: u32 = 1;
+
+pub const OP_LT: u8 = 0;
+pub const OP_LE: u8 = 1;
+pub const OP_GT: u8 = 2;
+pub const OP_GE: u8 = 3;
+pub const OP_EQ: u8 = 4;
+pub const OP_NE: u8 = 5;
+/// Flag bit: NaN goes to the first child.
+pub const MISSING_FIRST: u8 = 0x08;
+/// Flag bit: the node is a leaf; `left` indexes `leaf_group`/`leaf_value`,
+/// `feature` is the number of (group, value) pairs.
+pub const LEAF: u8 = 0x80;
+
+/// How margins become outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostTransform {
+    /// Margins are the outputs (regression).
+    None,
+    /// One margin `m`: probabilities `[1 - σ(m), σ(m)]` (XGBoost binary:logistic).
+    BinarySigmoid,
+    /// One margin `m`: probabilities `[σ(-m), σ(m)]` (onnxruntime's binary
+    /// TreeEnsembleClassifier with LOGISTIC).
+    BinarySigmoidSymmetric,
+    /// Sigmoid of each margin.
+    Sigmoid,
+    /// Softmax over the groups (multi-class).
+    Softmax,
+}
+
+/// What the model predicts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    /// Outputs: `label` (i64, from the probabilities' argmax) and `probabilities` (f32).
+    Classifier { labels: Vec<i64> },
+    /// Output: one f32 per group.
+    Regressor,
+}
+
+/// A compiled forest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forest {
+    pub format: String,
+    pub version: u32,
+    pub num_features: usize,
+    pub num_groups: usize,
+    pub base_margin: Vec<f32>,
+    pub post_transform: PostTransform,
+    pub task: Task,
+    /// Index of each tree's root in the node arrays.
+    pub roots: Vec<u32>,
+    /// Per node.
+    pub feature: Vec<u32>,
+    pub threshold: Vec<f32>,
+    pub left: Vec<u32>,
+    pub flags: Vec<u8>,
+    /// Leaf weights: group and value.
+    pub leaf_group: Vec<u32>,
+    pub leaf_value: Vec<f32>,
+}
+
+impl Forest {
+    /// Checks every index and value so that evaluation cannot go out of
+    /// bounds or loop; a forest that passes is safe to run on any input.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != FORMAT || self.version != VERSION {
+            return Err(format!("not a {FORMAT} v{VERSION} document (format {:?} v{})", self.format, self.version));
+        }
+        let n = self.feature.len();
+        if self.threshold.len() != n || self.left.len() != n || self.flags.len() != n {
+            return Err("node arrays have different lengths".into());
+        }
+        if self.leaf_group.len() != self.leaf_value.len() {
+            return Err("leaf arrays have different lengths".into());
+        }
+        if self.num_groups == 0 || self.base_margin.len() != self.num_groups {
+            return Err(format!("base_margin has {} values for {} groups", self.base_margin.len(), self.num_groups));
+        }
+        if self.num_features == 0 {
+            return Err("forest reads no features".into());
+        }
+        match (&self.task, self.post_transform) {
+            (Task::Classifier { labels }, PostTransform::BinarySigmoid | PostTransform::BinarySigmoidSymmetric) => {
+                if self.num_groups != 1 || labels.len() != 2 {
+                    return Err("binary classifier needs one group and two labels".into());
+                }
+            }
+            (Task::Classifier { labels }, _) => {
+                if labels.len() != self.num_groups || labels.len() < 2 {
+                    return Err(format!("classifier has {} labels for {} groups", labels.len(), self.num_groups));
+                }
+            }
+            (Task::Regressor, PostTransform::BinarySigmoid | PostTransform::BinarySigmoidSymmetric) => {
+                return Err("binary post-transform on a regressor".into())
+            }
+            _ => {}
+        }
+        for &r in &self.roots {
+            if r as usize >= n {
+                return Err(format!("tree root {r} is beyond the {n} nodes"));
+            }
+        }
+        for i in 0..n {
+            let f = self.flags[i];
+            if f & LEAF != 0 {
+                let start = self.left[i] as usize;
+                let count = self.feature[i] as usize;
+                if start.checked_add(count).is_none_or(|e| e > self.leaf_value.len()) {
+                    return Err(format!("leaf {i} points beyond the leaf table"));
+                }
+                for k in start..start + count {
+                    if self.leaf_group[k] as usize >= self.num_groups {
+                        return Err(format!("leaf {i} adds to group {} of {}", self.leaf_group[k], self.num_groups));
+                    }
+                }
+            } else {
+                if f & 0x07 > OP_NE || f & 0x70 != 0 {
+                    return Err(format!("node {i} has unknown flags {f:#x}"));
+                }
+                if self.feature[i] as usize >= self.num_features {
+                    return Err(format!("node {i} reads feature {} of {}", self.feature[i], self.num_features));
+                }
+                let l = self.left[i] as usize;
+                if l <= i || l + 1 >= n {
+                    return Err(format!("node {i} has children {l},{} out of order or out of range", l + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn num_trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// Width of the probabilities (classifier) or predictions (regressor) output.
+    pub fn output_width(&self) -> usize {
+        match (&self.task, self.post_transform) {
+            (Task::Classifier { labels }, _) => labels.len(),
+            (Task::Regressor, _) => self.num_groups,
+        }
+    }
+
+    /// Margins for `rows` rows of `num_features` f32 values each, row-major:
+    /// `rows * num_groups` values. Trees are the outer loop so that one tree's
+    /// nodes stay in cache while every row walks it.
+    pub fn margins(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let g = self.num_groups;
+        let nf = self.num_features;
+        debug_assert_eq!(x.len(), rows * nf);
+        let mut m = vec![0f32; rows * g];
+        for r in 0..rows {
+            m[r * g..(r + 1) * g].copy_from_slice(&self.base_margin);
+        }
+        let (feature, threshold, left, flags) = (&self.feature[..], &self.threshold[..], &self.left[..], &self.flags[..]);
+        for &root in &self.roots {
+            for r in 0..rows {
+                let row = &x[r * nf..(r + 1) * nf];
+                let mut i = root as usize;
+                loop {
+                    let f = flags[i];
+                    if f & LEAF != 0 {
+                        break;
+                    }
+                    let v = row[feature[i] as usize];
+                    let t = threshold[i];
+                    let first = if v.is_nan() {
+                        f & MISSING_FIRST != 0 || (f & 0x07) == OP_NE
+                    } else {
+                        match f & 0x07 {
+                            OP_LT => v < t,
+                            OP_LE => v <= t,
+                            OP_GT => v > t,
+                            OP_GE => v >= t,
+                            OP_EQ => v == t,
+                            _ => v != t,
+                        }
+                    };
+                    i = left[i] as usize + (!first) as usize;
+                }
+                let start = left[i] as usize;
+                let out = &mut m[r * g..(r + 1) * g];
+                for k in start..start + feature[i] as usize {
+                    out[self.leaf_group[k] as usize] += self.leaf_value[k];
+                }
+            }
+        }
+        m
+    }
+
+    /// Runs the forest: returns (labels, values) where values are the
+    /// probabilities (`rows × width`) of a classifier or the predictions of a
+    /// regressor; labels are empty for regressors.
+    pub fn predict(&self, x: &[f32], rows: usize) -> (Vec<i64>, Vec<f32>) {
+        self.finish(self.margins(x, rows), rows)
+    }
+
+    /// Post-transform and labels, from margins (`rows × num_groups`).
+    pub fn finish(&self, m: Vec<f32>, rows: usize) -> (Vec<i64>, Vec<f32>) {
+        let g = self.num_groups;
+        let w = self.output_width();
+        let mut out = Vec::with_capacity(rows * w);
+        for r in 0..rows {
+            let mr = &m[r * g..(r + 1) * g];
+            match self.post_transform {
+                PostTransform::None => out.extend_from_slice(mr),
+                PostTransform::BinarySigmoid => {
+                    let p = sigmoid(mr[0]);
+                    out.extend_from_slice(&[1.0 - p, p]);
+                }
+                PostTransform::BinarySigmoidSymmetric => out.extend_from_slice(&[sigmoid(-mr[0]), sigmoid(mr[0])]),
+                PostTransform::Sigmoid => out.extend(mr.iter().map(|v| sigmoid(*v))),
+                PostTransform::Softmax => {
+                    let max = mr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = mr.iter().map(|v| (v - max).exp()).collect();
+                    let s: f32 = e.iter().sum();
+                    out.extend(e.iter().map(|v| v / s));
+                }
+            }
+        }
+        let labels = match &self.task {
+            Task::Classifier { labels } => (0..rows)
+                .map(|r| {
+                    let p = &out[r * w..(r + 1) * w];
+                    let mut best = 0;
+                    for (k, v) in p.iter().enumerate() {
+                        if *v > p[best] {
+                            best = k;
+                        }
+                    }
+                    labels[best]
+                })
+                .collect(),
+            Task::Regressor => vec![],
+        };
+        (labels, out)
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// A tree as importers see it, before layout: nodes with explicit children.
+#[derive(Clone, Debug)]
+pub enum IrNode {
+    Split { feature: u32, threshold: f32, op: u8, missing_first: bool, first: usize, second: usize },
+    Leaf { weights: Vec<(u32, f32)> },
+}
+
+/// Lays out trees (root at index 0 of each) into a forest: breadth-first, the
+/// two children of a split adjacent. Checks child indices, cycles and features.
+pub fn layout(
+    trees: &[Vec<IrNode>],
+    num_features: usize,
+    num_groups: usize,
+    base_margin: Vec<f32>,
+    post_transform: PostTransform,
+    task: Task,
+) -> Result<Forest, String> {
+    let mut f = Forest {
+        format: FORMAT.into(),
+        version: VERSION,
+        num_features,
+        num_groups,
+        base_margin,
+        post_transform,
+        task,
+        roots: vec![],
+        feature: vec![],
+        threshold: vec![],
+        left: vec![],
+        flags: vec![],
+        leaf_group: vec![],
+        leaf_value: vec![],
+    };
+    for (t, nodes) in trees.iter().enumerate() {
+        if nodes.is_empty() {
+            return Err(format!("tree {t} has no nodes"));
+        }
+        let base = f.feature.len();
+        f.roots.push(base as u32);
+        // queue of source node ids in output order; children pushed in pairs
+        let mut order = vec![0usize];
+        let mut seen = vec![false; nodes.len()];
+        seen[0] = true;
+        let mut k = 0;
+        while k < order.len() {
+            if let IrNode::Split { first, second, feature, .. } = &nodes[order[k]] {
+                if *feature as usize >= num_features {
+                    return Err(format!("tree {t}, node {}: feature {feature} is beyond the input width {num_features}", order[k]));
+                }
+                for c in [*first, *second] {
+                    if c >= nodes.len() {
+                        return Err(format!("tree {t}, node {}: child {c} is out of range (the tree has {} nodes)", order[k], nodes.len()));
+                    }
+                    if seen[c] {
+                        return Err(format!("tree {t}, node {}: child {c} is reached twice (a cycle or a shared node)", order[k]));
+                    }
+                    seen[c] = true;
+                    order.push(c);
+                }
+            }
+            k += 1;
+        }
+        let mut pos = vec![0u32; nodes.len()];
+        for (p, &src) in order.iter().enumerate() {
+            pos[src] = (base + p) as u32;
+        }
+        for &src in &order {
+            match &nodes[src] {
+                IrNode::Split { feature, threshold, op, missing_first, first, .. } => {
+                    f.feature.push(*feature);
+                    f.threshold.push(*threshold);
+                    f.left.push(pos[*first]);
+                    f.flags.push(op | if *missing_first { MISSING_FIRST } else { 0 });
+                }
+                IrNode::Leaf { weights } => {
+                    f.feature.push(weights.len() as u32);
+                    f.threshold.push(0.0);
+                    f.left.push(f.leaf_value.len() as u32);
+                    f.flags.push(LEAF);
+                    for (g, v) in weights {
+                        f.leaf_group.push(*g);
+                        f.leaf_value.push(*v);
+                    }
+                }
+            }
+        }
+    }
+    f.validate()?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stump(t: f32, missing_first: bool) -> Vec<IrNode> {
+        vec![
+            IrNode::Split { feature: 1, threshold: t, op: OP_LT, missing_first, first: 1, second: 2 },
+            IrNode::Leaf { weights: vec![(0, -1.0)] },
+            IrNode::Leaf { weights: vec![(0, 2.0)] },
+        ]
+    }
+
+    #[test]
+    fn stumps_walk_and_missing_values_follow_the_default() {
+        let f = layout(&[stump(0.5, true), stump(0.0, false)], 2, 1, vec![0.5], PostTransform::None, Task::Regressor).unwrap();
+        let x = [0.0, 0.2, 0.0, 0.7, 0.0, f32::NAN, 0.0, -1.0];
+        let m = f.margins(&x, 4);
+        // 0.2: first tree left (-1), second right (+2); 0.7: +2 +2; NaN: left (-1), right (+2); -1: -1 -1
+        assert_eq!(m, vec![1.5, 4.5, 1.5, -1.5]);
+    }
+
+    #[test]
+    fn malformed_trees_are_refused() {
+        let cyc = vec![
+            IrNode::Split { feature: 0, threshold: 0.0, op: OP_LT, missing_first: false, first: 1, second: 0 },
+            IrNode::Leaf { weights: vec![(0, 1.0)] },
+        ];
+        assert!(layout(&[cyc], 1, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap_err().contains("reached twice"));
+        let oob = vec![IrNode::Split { feature: 0, threshold: 0.0, op: OP_LT, missing_first: false, first: 1, second: 7 }, IrNode::Leaf { weights: vec![] }];
+        assert!(layout(&[oob], 1, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap_err().contains("out of range"));
+        assert!(layout(&[stump(0.0, false)], 1, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap_err().contains("beyond the input width"));
+    }
+
+    #[test]
+    fn hand_edited_forests_fail_validation() {
+        let mut f = layout(&[stump(0.5, true)], 2, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap();
+        f.left[0] = 0;
+        assert!(f.validate().is_err());
+        let mut f = layout(&[stump(0.5, true)], 2, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap();
+        f.feature[0] = 9;
+        assert!(f.validate().is_err());
+        let mut f = layout(&[stump(0.5, true)], 2, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap();
+        f.left[1] = 99;
+        assert!(f.validate().is_err());
+    }
+
+    #[test]
+    fn binary_classifier_outputs_probabilities_and_labels() {
+        let f = layout(&[stump(0.5, true)], 2, 1, vec![0.0], PostTransform::BinarySigmoid, Task::Classifier { labels: vec![0, 1] }).unwrap();
+        let (labels, p) = f.predict(&[0.0, 0.9, 0.0, 0.1], 2);
+        assert_eq!(labels, vec![1, 0]);
+        assert!((p[1] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-7);
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-7);
+    }
+}
