@@ -390,6 +390,49 @@ def fraud_xgb(x, y):
     print(f"fraud-xgb: train acc {clf.score(x, y):.4f}")
 
 
+# ---------------------------------------------------------------- fraud-lgbm
+def fraud_lgbm(x, y):
+    import lightgbm as lgb
+
+    clf = lgb.LGBMClassifier(n_estimators=100, num_leaves=31, learning_rate=0.1, random_state=0,
+                             n_jobs=1, deterministic=True, force_row_wise=True, verbose=-1)
+    # some missing values in training, so that splits learn a NaN direction
+    xm = x.copy()
+    xm[np.random.default_rng(5).random(xm.shape) < 0.02] = np.nan
+    clf.fit(xm, y)
+    d = os.path.join(HERE, "fraud-lgbm")
+    os.makedirs(d, exist_ok=True)
+    text = clf.booster_.model_to_string()
+    # drop the parameters block: it records the absolute data path and thread count
+    text = text.split("\nparameters:\n")[0] + "\n"
+    path = os.path.join(d, "lightgbm-model.txt")
+    with open(path, "w") as f:
+        f.write(text)
+    booster = lgb.Booster(model_file=path)
+    sample = pick_sample(x, y)
+    write_csv(os.path.join(d, "sample.csv"), sample)
+    p = booster.predict(sample).astype(np.float64)
+    proba = np.stack([1 - p, p], axis=1).astype(np.float32)
+    write_json(os.path.join(d, "expected.json"), expected_doc("lightgbm", ["probabilities"], [proba]))
+    cfg = {"features": ["N", 30]}
+    write_json(os.path.join(d, "model.json"), {"Framework": "LIGHTGBM", "DataInputConfig": cfg})
+    rng = np.random.default_rng(12)
+    holes = sample.copy()
+    holes[rng.random(holes.shape) < 0.3] = np.nan
+    tv_in = np.concatenate([sample, holes]).astype(np.float32)
+    tp = booster.predict(tv_in)
+    tv_proba = np.stack([1 - tp, tp], axis=1).astype(np.float32)
+    tv_label = (tp > 0.5).astype(np.int64)
+    publish("fraud-lgbm", "1", "lightgbm", [
+        ("lightgbm-model.txt", text.encode()),
+        ("model.json", open(os.path.join(d, "model.json"), "rb").read()),
+        ("test_data_set_0/input_0.pb", tensor_pb(tv_in, "features")),
+        ("test_data_set_0/output_0.pb", tensor_pb(tv_label, "label")),
+        ("test_data_set_0/output_1.pb", tensor_pb(tv_proba, "probabilities")),
+    ], cfg)
+    print(f"fraud-lgbm: train acc {clf.score(x, y):.4f}")
+
+
 # ---------------------------------------------------------------- bad inputs
 def bad_models():
     d = os.path.join(HERE, "bad")
@@ -430,6 +473,7 @@ def main():
     fraud_mlp(x, y)
     image_cnn()
     fraud_xgb(x, y)
+    fraud_lgbm(x, y)
     bad_models()
 
 

@@ -113,6 +113,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             let tm = crate::trees::xgboost_json(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
             lower_trees(tm, &inputs, &mut timer)?
         }
+        Framework::Lightgbm => {
+            let tm = crate::trees::lightgbm_text(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
+            lower_trees(tm, &inputs, &mut timer)?
+        }
         other => return Err(import::not_yet(other).into()),
     };
 

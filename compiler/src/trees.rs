@@ -175,6 +175,139 @@ fn logit(p: f32) -> f32 {
     -(1.0f32 / p - 1.0f32).ln()
 }
 
+// ------------------------------------------------------------------ LightGBM
+
+/// Parses LightGBM's text model format (`Booster.save_model()`).
+pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: not a LightGBM text model ({e})", path.display()))?;
+    let mut blocks = text.split("\nTree=");
+    let header = blocks.next().unwrap_or("");
+    if !header.starts_with("tree") {
+        bail!("{}: not a LightGBM text model (it does not start with `tree`)", path.display());
+    }
+    let kv = |block: &str| -> BTreeMap<String, String> {
+        block.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+    };
+    let h = kv(header);
+    let get_usize = |m: &BTreeMap<String, String>, k: &str| -> Result<usize> {
+        m.get(k).with_context(|| format!("LightGBM model has no `{k}`"))?.parse::<usize>().with_context(|| format!("`{k}` is not a number"))
+    };
+    let num_class = get_usize(&h, "num_class")?;
+    let per_iter = get_usize(&h, "num_tree_per_iteration")?.max(1);
+    let num_features = get_usize(&h, "max_feature_idx")? + 1;
+    let objective = h.get("objective").cloned().unwrap_or_default();
+    let mut obj = objective.split_whitespace();
+    let obj_name = obj.next().unwrap_or("");
+    let obj_params: BTreeMap<&str, &str> = obj.filter_map(|p| p.split_once(':')).collect();
+    let mut scale = 1.0f64;
+    let (post, task, groups) = match obj_name {
+        "binary" => {
+            scale = obj_params.get("sigmoid").map(|s| s.parse::<f64>()).transpose().context("bad sigmoid parameter")?.unwrap_or(1.0);
+            (PostTransform::BinarySigmoid, Task::Classifier { labels: vec![0, 1] }, 1)
+        }
+        "multiclass" | "softmax" => (PostTransform::Softmax, Task::Classifier { labels: (0..num_class as i64).collect() }, num_class),
+        "cross_entropy" | "xentropy" => (PostTransform::Sigmoid, Task::Regressor, 1),
+        "regression" | "regression_l2" | "l2" | "mean_squared_error" | "mse" | "regression_l1" | "l1" | "huber" | "fair" | "quantile" | "mape"
+        | "lambdarank" | "rank_xendcg" => (PostTransform::None, Task::Regressor, num_class.max(1)),
+        other => bail!("LightGBM objective `{other}` is not supported yet (supported: binary, multiclass, regression and its variants, cross_entropy, ranking scores)"),
+    };
+    if groups != per_iter {
+        bail!("LightGBM model has {per_iter} trees per iteration for {groups} outputs");
+    }
+    let tree_blocks: Vec<&str> = blocks.map(|b| b.split("\nend of trees").next().unwrap_or(b)).collect();
+    if tree_blocks.is_empty() {
+        bail!("LightGBM model has no trees");
+    }
+    if h.contains_key("average_output") {
+        scale /= (tree_blocks.len() / per_iter).max(1) as f64;
+    }
+    let mut ir = Vec::with_capacity(tree_blocks.len());
+    for (t, block) in tree_blocks.iter().enumerate() {
+        let m = kv(block);
+        let group = (t % per_iter) as u32;
+        let leaves = get_usize(&m, "num_leaves").with_context(|| format!("tree {t}"))?;
+        let list = |k: &str| -> Result<Vec<f64>> {
+            m.get(k)
+                .with_context(|| format!("tree {t}: `{k}` is missing (the model is truncated or edited)"))?
+                .split_whitespace()
+                .map(|v| v.parse::<f64>().with_context(|| format!("tree {t}: `{k}` holds `{v}`, not a number")))
+                .collect()
+        };
+        let leaf_value = list("leaf_value")?;
+        if leaf_value.len() != leaves {
+            bail!("tree {t}: {} leaf values for {leaves} leaves", leaf_value.len());
+        }
+        if leaves == 1 {
+            ir.push(vec![IrNode::Leaf { weights: vec![(group, (leaf_value[0] * scale) as f32)] }]);
+            continue;
+        }
+        if m.get("is_linear").is_some_and(|v| v != "0") {
+            bail!("tree {t}: linear trees are not supported yet");
+        }
+        if m.get("num_cat").is_some_and(|v| v != "0") {
+            bail!("tree {t}: categorical splits are not supported yet");
+        }
+        let internal = leaves - 1;
+        let feature = list("split_feature")?;
+        let threshold = list("threshold")?;
+        let decision = list("decision_type")?;
+        let left = list("left_child")?;
+        let right = list("right_child")?;
+        for (k, v) in [("split_feature", &feature), ("threshold", &threshold), ("decision_type", &decision), ("left_child", &left), ("right_child", &right)] {
+            if v.len() != internal {
+                bail!("tree {t}: `{k}` has {} entries for {internal} splits (the model is truncated or edited)", v.len());
+            }
+        }
+        let child = |c: f64| -> Result<usize> {
+            let c = c as i64;
+            let idx = if c >= 0 { c as usize } else { internal + (-c - 1) as usize };
+            if idx >= internal + leaves {
+                bail!("tree {t}: child {c} is out of range");
+            }
+            Ok(idx)
+        };
+        let mut nodes = Vec::with_capacity(internal + leaves);
+        for i in 0..internal {
+            let dt = decision[i] as u32;
+            if dt & 1 != 0 {
+                bail!("tree {t}, split {i}: categorical splits are not supported yet");
+            }
+            let default_left = dt & 2 != 0;
+            // LightGBM compares the feature, as a double, with a double threshold:
+            // x <= t holds for an f32 x exactly when x <= (t rounded down to f32)
+            let t64 = threshold[i];
+            let mut t32 = t64 as f32;
+            if t32 as f64 > t64 {
+                t32 = t32.next_down();
+            }
+            let missing_first = match (dt >> 2) & 3 {
+                0 => 0.0 <= t64, // no missing type: NaN is read as 0.0
+                2 => default_left,
+                _ => bail!("tree {t}, split {i}: zero-as-missing splits are not supported yet"),
+            };
+            nodes.push(IrNode::Split {
+                feature: feature[i] as u32,
+                threshold: t32,
+                op: trees::OP_LE,
+                missing_first,
+                first: child(left[i])?,
+                second: child(right[i])?,
+            });
+        }
+        for v in &leaf_value {
+            nodes.push(IrNode::Leaf { weights: vec![(group, (v * scale) as f32)] });
+        }
+        ir.push(nodes);
+    }
+    let forest = trees::layout(&ir, num_features, groups, vec![0.0; groups], post, task.clone())
+        .map_err(|e| anyhow::anyhow!("invalid LightGBM model: {e}"))?;
+    let output_names = match task {
+        Task::Classifier { .. } => vec!["label".into(), "probabilities".into()],
+        Task::Regressor => vec!["predictions".into()],
+    };
+    Ok(TreeModel { forest, ir, input_name: "features".into(), output_names })
+}
+
 // ------------------------------------------------------------------ ONNX-ML
 
 /// True when the graph holds a tree-ensemble operator.

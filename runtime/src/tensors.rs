@@ -56,7 +56,7 @@ pub enum Data {
 }
 
 /// JSON arrays of floats that may hold non-finite values.
-mod floats {
+pub(crate) mod floats {
     use serde::de::{Deserializer, Error};
     use serde::ser::{SerializeSeq, Serializer};
     use serde::Deserialize;

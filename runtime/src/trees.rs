@@ -69,6 +69,7 @@ pub struct Forest {
     pub version: u32,
     pub num_features: usize,
     pub num_groups: usize,
+    #[serde(with = "crate::tensors::floats")]
     pub base_margin: Vec<f32>,
     pub post_transform: PostTransform,
     pub task: Task,
@@ -76,11 +77,13 @@ pub struct Forest {
     pub roots: Vec<u32>,
     /// Per node.
     pub feature: Vec<u32>,
+    #[serde(with = "crate::tensors::floats")]
     pub threshold: Vec<f32>,
     pub left: Vec<u32>,
     pub flags: Vec<u8>,
     /// Leaf weights: group and value.
     pub leaf_group: Vec<u32>,
+    #[serde(with = "crate::tensors::floats")]
     pub leaf_value: Vec<f32>,
 }
 

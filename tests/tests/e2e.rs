@@ -371,12 +371,31 @@ fn malformed_xgboost_models_are_explained() {
 }
 
 #[test]
-fn lightgbm_is_a_clear_error_until_its_importer_lands() {
+fn fraud_lgbm_predicts_like_lightgbm() {
+    let dir = scratch();
+    let b = compile(dir.path(), "fraud-lgbm:1", host_target(), &[]);
+    let sample = root().join("models/fraud-lgbm/sample.csv");
+    let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None));
+    assert_close(&probabilities(&out), &expected("fraud-lgbm"), 1e-6);
+    let check = ok(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None));
+    assert!(check.contains("1 test vectors pass"), "{check}");
+}
+
+#[test]
+fn malformed_lightgbm_models_are_explained() {
     let dir = scratch();
     let d = dir.path();
-    std::fs::write(d.join("model.txt"), "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\n").unwrap();
-    let err = fails(compile_file(d, &d.join("model.txt")), 4);
-    assert!(err.contains("lightgbm") && err.contains("not fall back"), "{err}");
+    let text = std::fs::read_to_string(root().join("models/fraud-lgbm/lightgbm-model.txt")).unwrap();
+    let cut = text.find("leaf_value=").unwrap();
+    std::fs::write(d.join("lightgbm-model.txt"), &text[..cut]).unwrap();
+    let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
+    assert!(err.contains("`leaf_value` is missing"), "{err}");
+    std::fs::write(d.join("lightgbm-model.txt"), text.replacen("objective=binary sigmoid:1", "objective=poisson", 1)).unwrap();
+    let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
+    assert!(err.contains("objective `poisson` is not supported"), "{err}");
+    std::fs::write(d.join("lightgbm-model.txt"), text.replacen("left_child=2 ", "left_child=99 ", 1)).unwrap();
+    let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
+    assert!(err.contains("out of range"), "{err}");
 }
 
 #[test]
