@@ -25,7 +25,33 @@ pub fn bin(name: &str) -> PathBuf {
     };
     let p = dir.join(name);
     assert!(p.exists(), "{} not found; build the binaries first (cargo build --release --workspace)", p.display());
+    if std::env::var_os("NEOC_BIN_DIR").is_none() {
+        assert_fresh(&p);
+    }
     p
+}
+
+/// Refuses to test a binary older than the sources it is built from (as
+/// happens with `cargo test -p neoc-e2e`, which does not rebuild them).
+fn assert_fresh(bin: &Path) {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut t = std::time::SystemTime::UNIX_EPOCH;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let m = if p.is_dir() { newest(&p) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
+            t = t.max(m);
+        }
+        t
+    }
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).unwrap();
+    for krate in ["bundle", "targets", "compiler", "runtime"] {
+        let src = newest(&root().join(krate).join("src"));
+        assert!(
+            built >= src,
+            "{} is older than {krate}/src: rebuild it (cargo build --release --workspace) or run the whole workspace's tests",
+            bin.display()
+        );
+    }
 }
 
 /// Runs a binary in `cwd` with arguments and optional stdin.
