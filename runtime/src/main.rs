@@ -46,6 +46,27 @@ enum Command {
         #[arg(long, default_value = "json")]
         accept: String,
     },
+    /// Measure in-process latency and throughput on the bundle's test vectors
+    Bench {
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+        /// Inference threads
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Rows per run (models with a symbolic batch axis; test rows are repeated to fill it)
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Timed runs
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Untimed runs first
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a bundle, load it and run its test vectors (the device health check)
     Check {
         bundle: PathBuf,
@@ -136,11 +157,77 @@ fn check(bundle: PathBuf, trust: Trust) -> Result<(), Failure> {
     Ok(())
 }
 
+fn bench(bundle: PathBuf, trust: Trust, threads: usize, batch: Option<usize>, iterations: usize, warmup: usize, json: bool) -> Result<(), Failure> {
+    use neoc_bundle::manifest::Dim;
+    use neoc_runtime::tensors::NamedTensor;
+    let mut model = open(&bundle, &trust)?;
+    model.set_threads(threads);
+    let case = model
+        .test_vectors
+        .as_ref()
+        .and_then(|tv| tv.cases.first())
+        .ok_or_else(|| anyhow::anyhow!("bundle has no test vectors to benchmark with"))?;
+    let symbolic = model.manifest.inputs.iter().all(|i| matches!(i.shape.first(), Some(Dim::Symbol(_))));
+    let mut inputs = Vec::new();
+    for t in &case.inputs {
+        let t: NamedTensor = t.clone();
+        let tensor = t.to_tensor().map_err(|e| anyhow::anyhow!("test vector: {e}"))?;
+        let tensor = match batch {
+            Some(b) if symbolic && tensor.rank() >= 1 && tensor.shape()[0] > 0 => {
+                let have = tensor.shape()[0];
+                let parts: Vec<_> = (0..b).map(|r| tensor.slice(0, r % have, r % have + 1)).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("{e}"))?;
+                tract_core::prelude::Tensor::stack_tensors(0, &parts).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+            Some(b) if tensor.shape().first() != Some(&b) => {
+                return Err(Failure::Other(anyhow::anyhow!("this model's batch axis is fixed at {:?}; --batch {b} is not possible", tensor.shape().first())))
+            }
+            _ => tensor,
+        };
+        inputs.push(tensor);
+    }
+    let rows = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    for _ in 0..warmup {
+        model.run(inputs.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut times = Vec::with_capacity(iterations.max(1));
+    let start = std::time::Instant::now();
+    for _ in 0..iterations.max(1) {
+        let ins = inputs.clone();
+        let t0 = std::time::Instant::now();
+        let out = model.run(ins).map_err(|e| anyhow::anyhow!("{e}"))?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(out);
+    }
+    let total = start.elapsed().as_secs_f64();
+    times.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    let (median, p99) = (pct(0.5), pct(0.99));
+    let throughput = (rows * times.len()) as f64 / total;
+    let m = &model.manifest;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema_version": 1, "model": format!("{}:{}", m.model.name, m.model.version), "engine": m.engine.name,
+                "threads": threads, "batch": rows, "iterations": times.len(),
+                "median_us": median, "p99_us": p99, "throughput_per_s": throughput,
+            })
+        );
+    } else {
+        println!(
+            "{}:{} ({}), batch {rows}, {threads} thread(s), {} runs: median {median:.1} µs, p99 {p99:.1} µs, {throughput:.0} rows/s",
+            m.model.name, m.model.version, m.engine.name, times.len()
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Predict { bundle, trust, input, content_type, accept } => predict(bundle, trust, input, content_type, accept),
         Command::Check { bundle, trust } => check(bundle, trust),
+        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json } => bench(bundle, trust, threads, batch, iterations, warmup, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ use anyhow::bail;
 use tract_core::prelude::*;
 
 use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, REGISTRIES};
-use crate::trees::{self, Forest};
+use crate::trees::{self, Compiled, Forest};
 use crate::request::{BadRequest, Batch};
 use crate::tensors::{compare, TestVectors};
 
@@ -67,7 +67,7 @@ pub fn forest_outputs(f: &Forest, labels: Vec<i64>, values: Vec<f32>, rows: usiz
 #[derive(Debug)]
 enum Engine {
     Tract(TractEngine),
-    Trees(Forest),
+    Trees(Compiled, usize),
 }
 
 impl Engine {
@@ -78,8 +78,8 @@ impl Engine {
             )),
             (trees::ENGINE_NAME, trees::MODEL_FORMAT) => {
                 let f: Forest = serde_json::from_slice(bytes).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
-                f.validate().map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
-                Ok(Engine::Trees(f))
+                let c = Compiled::new(f).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
+                Ok(Engine::Trees(c, 1))
             }
             _ => Err(LoadError::UnknownEngine(format!("{name} ({format})"))),
         }
@@ -88,11 +88,30 @@ impl Engine {
     fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
         match self {
             Engine::Tract(t) => t.run(inputs),
-            Engine::Trees(f) => {
+            Engine::Trees(c, threads) => {
+                let f = &c.forest;
                 let x = inputs[0].cast_to::<f32>()?;
                 let rows = x.shape()[0];
                 let data = x.try_as_plain_ram()?.as_slice::<f32>()?;
-                let (labels, values) = f.predict(data, rows);
+                let (labels, values) = if *threads > 1 && rows >= 256 {
+                    // rows split across threads; each walks every tree for its rows
+                    let nf = f.num_features;
+                    let chunk = rows.div_ceil(*threads);
+                    let parts: Vec<(Vec<i64>, Vec<f32>)> = std::thread::scope(|s| {
+                        let handles: Vec<_> = data
+                            .chunks(chunk * nf)
+                            .map(|part| s.spawn(move || c.predict(part, part.len() / nf)))
+                            .collect();
+                        handles.into_iter().map(|h| h.join().expect("tree worker panicked")).collect()
+                    });
+                    parts.into_iter().fold((vec![], vec![]), |(mut l, mut v), (pl, pv)| {
+                        l.extend(pl);
+                        v.extend(pv);
+                        (l, v)
+                    })
+                } else {
+                    c.predict(data, rows)
+                };
                 forest_outputs(f, labels, values, rows)
             }
         }
@@ -142,6 +161,19 @@ impl Model {
     pub fn from_parts(manifest: Manifest, model_file: &[u8], test_vectors: Option<TestVectors>) -> Result<Model, LoadError> {
         let engine = Engine::load(&manifest.engine.name, &manifest.engine.model_format, model_file)?;
         Ok(Model { manifest, signer: Signer::Unsigned, digest: String::new(), test_vectors, engine })
+    }
+
+    /// Threads used for inference: tract's executor (process-wide), or the
+    /// trees engine's row split (batches of 256 rows and more).
+    pub fn set_threads(&mut self, threads: usize) {
+        let threads = threads.max(1);
+        match &mut self.engine {
+            Engine::Tract(_) => {
+                use tract_linalg::multithread::{set_default_executor, Executor};
+                set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
+            }
+            Engine::Trees(_, t) => *t = threads,
+        }
     }
 
     pub fn output_names(&self) -> Vec<String> {

@@ -169,60 +169,6 @@ impl Forest {
         }
     }
 
-    /// Margins for `rows` rows of `num_features` f32 values each, row-major:
-    /// `rows * num_groups` values. Trees are the outer loop so that one tree's
-    /// nodes stay in cache while every row walks it.
-    pub fn margins(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let g = self.num_groups;
-        let nf = self.num_features;
-        debug_assert_eq!(x.len(), rows * nf);
-        let mut m = vec![0f32; rows * g];
-        for r in 0..rows {
-            m[r * g..(r + 1) * g].copy_from_slice(&self.base_margin);
-        }
-        let (feature, threshold, left, flags) = (&self.feature[..], &self.threshold[..], &self.left[..], &self.flags[..]);
-        for &root in &self.roots {
-            for r in 0..rows {
-                let row = &x[r * nf..(r + 1) * nf];
-                let mut i = root as usize;
-                loop {
-                    let f = flags[i];
-                    if f & LEAF != 0 {
-                        break;
-                    }
-                    let v = row[feature[i] as usize];
-                    let t = threshold[i];
-                    let first = if v.is_nan() {
-                        f & MISSING_FIRST != 0 || (f & 0x07) == OP_NE
-                    } else {
-                        match f & 0x07 {
-                            OP_LT => v < t,
-                            OP_LE => v <= t,
-                            OP_GT => v > t,
-                            OP_GE => v >= t,
-                            OP_EQ => v == t,
-                            _ => v != t,
-                        }
-                    };
-                    i = left[i] as usize + (!first) as usize;
-                }
-                let start = left[i] as usize;
-                let out = &mut m[r * g..(r + 1) * g];
-                for k in start..start + feature[i] as usize {
-                    out[self.leaf_group[k] as usize] += self.leaf_value[k];
-                }
-            }
-        }
-        m
-    }
-
-    /// Runs the forest: returns (labels, values) where values are the
-    /// probabilities (`rows × width`) of a classifier or the predictions of a
-    /// regressor; labels are empty for regressors.
-    pub fn predict(&self, x: &[f32], rows: usize) -> (Vec<i64>, Vec<f32>) {
-        self.finish(self.margins(x, rows), rows)
-    }
-
     /// Post-transform and labels, from margins (`rows × num_groups`).
     pub fn finish(&self, m: Vec<f32>, rows: usize) -> (Vec<i64>, Vec<f32>) {
         let g = self.num_groups;
@@ -262,6 +208,225 @@ impl Forest {
             Task::Regressor => vec![],
         };
         (labels, out)
+    }
+}
+
+/// A split or leaf as the evaluator reads it: one 16-byte load per level.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Node {
+    threshold: f32,
+    feature: u32,
+    /// first child; a leaf points at itself
+    left: u32,
+    /// bit 0: split (0 for leaves, which then absorb the walk); bit 1: NaN goes first
+    bits: u32,
+}
+
+/// A validated forest in its evaluation layout.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub forest: Forest,
+    nodes: Vec<Node>,
+    /// per node: start and count in the leaf table (leaves only)
+    leaf: Vec<(u32, u32)>,
+    /// per tree: levels to walk so that every path ends on a leaf
+    depth: Vec<u32>,
+    /// the comparison every split uses, when it is the same for all
+    uniform_op: Option<u8>,
+}
+
+impl Compiled {
+    pub fn new(forest: Forest) -> Result<Compiled, String> {
+        forest.validate()?;
+        let n = forest.feature.len();
+        let mut nodes = Vec::with_capacity(n);
+        let mut leaf = vec![(0u32, 0u32); n];
+        let mut ops = std::collections::BTreeSet::new();
+        for i in 0..n {
+            let f = forest.flags[i];
+            if f & LEAF != 0 {
+                nodes.push(Node { threshold: 0.0, feature: 0, left: i as u32, bits: 0 });
+                leaf[i] = (forest.left[i], forest.feature[i]);
+            } else {
+                ops.insert(f & 0x07);
+                let missing = if f & MISSING_FIRST != 0 { 2 } else { 0 };
+                nodes.push(Node { threshold: forest.threshold[i], feature: forest.feature[i], left: forest.left[i], bits: 1 | missing });
+            }
+        }
+        // height of every node; children come after parents, so go backwards
+        let mut height = vec![0u32; n];
+        for i in (0..n).rev() {
+            if nodes[i].bits & 1 != 0 {
+                let l = nodes[i].left as usize;
+                height[i] = 1 + height[l].max(height[l + 1]);
+            }
+        }
+        let depth = forest.roots.iter().map(|r| height[*r as usize]).collect();
+        let uniform_op = if ops.len() <= 1 { Some(ops.into_iter().next().unwrap_or(OP_LT)) } else { None };
+        Ok(Compiled { forest, nodes, leaf, depth, uniform_op })
+    }
+
+    /// Margins for `rows` rows of `num_features` f32 values each, row-major:
+    /// `rows * num_groups` values. Trees are the outer loop so that one
+    /// tree's nodes stay in cache while every row walks it; each walk is a
+    /// fixed number of branch-free steps (leaves absorb), so the CPU overlaps
+    /// the walks of consecutive rows.
+    pub fn margins(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match self.uniform_op {
+            Some(OP_LT) => self.margins_op::<OP_LT>(x, rows),
+            Some(OP_LE) => self.margins_op::<OP_LE>(x, rows),
+            Some(OP_GT) => self.margins_op::<OP_GT>(x, rows),
+            Some(OP_GE) => self.margins_op::<OP_GE>(x, rows),
+            _ => self.margins_mixed(x, rows),
+        }
+    }
+
+    /// One step of a walk: the next node from node `i` for the value `v`.
+    #[inline(always)]
+    fn step<const OP: u8>(&self, i: usize, row: &[f32]) -> usize {
+        debug_assert!(i < self.nodes.len());
+        // SAFETY: `i` is a root or a value this function returned, and
+        // Forest::validate (run by Compiled::new) proved every root, every
+        // `left` and `left + 1` of a split, and every leaf's self-index are
+        // < nodes.len(), and every split's feature < num_features == row.len()
+        // (margins_op slices rows of exactly num_features values; leaves read
+        // feature 0, and num_features > 0 is validated too).
+        let n = unsafe { *self.nodes.get_unchecked(i) };
+        debug_assert!((n.feature as usize) < row.len());
+        let v = unsafe { *row.get_unchecked(n.feature as usize) };
+        let cmp = match OP {
+            OP_LT => v < n.threshold,
+            OP_LE => v <= n.threshold,
+            OP_GT => v > n.threshold,
+            _ => v >= n.threshold,
+        };
+        let first = cmp | (v.is_nan() & (n.bits & 2 != 0));
+        (n.left + ((!first) as u32 & n.bits)) as usize
+    }
+
+    #[inline(always)]
+    fn add_leaf(&self, i: usize, out: &mut [f32]) {
+        let f = &self.forest;
+        let (start, count) = self.leaf[i];
+        for k in start as usize..(start + count) as usize {
+            out[f.leaf_group[k] as usize] += f.leaf_value[k];
+        }
+    }
+
+    fn margins_op<const OP: u8>(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        const LANES: usize = 8;
+        let f = &self.forest;
+        let (g, nf) = (f.num_groups, f.num_features);
+        assert!(x.len() >= rows * nf);
+        let mut m = vec![0f32; rows * g];
+        for r in 0..rows {
+            m[r * g..(r + 1) * g].copy_from_slice(&f.base_margin);
+        }
+        let row = |r: usize| &x[r * nf..(r + 1) * nf];
+        if rows >= LANES {
+            // eight rows walk the same tree in lockstep: eight independent
+            // dependency chains keep the core busy instead of waiting on loads
+            for (t, &root) in f.roots.iter().enumerate() {
+                let depth = self.depth[t];
+                let mut r = 0;
+                while r + LANES <= rows {
+                    let mut idx = [root as usize; LANES];
+                    for _ in 0..depth {
+                        for l in 0..LANES {
+                            idx[l] = self.step::<OP>(idx[l], row(r + l));
+                        }
+                    }
+                    for l in 0..LANES {
+                        self.add_leaf(idx[l], &mut m[(r + l) * g..(r + l + 1) * g]);
+                    }
+                    r += LANES;
+                }
+                for r in r..rows {
+                    let mut i = root as usize;
+                    for _ in 0..depth {
+                        i = self.step::<OP>(i, row(r));
+                    }
+                    self.add_leaf(i, &mut m[r * g..(r + 1) * g]);
+                }
+            }
+        } else {
+            // few rows: eight trees walk the same row in lockstep
+            let trees = f.roots.len();
+            for r in 0..rows {
+                let xr = row(r);
+                let out = &mut m[r * g..(r + 1) * g];
+                let mut t = 0;
+                while t + LANES <= trees {
+                    let mut idx = [0usize; LANES];
+                    let mut depth = 0;
+                    for l in 0..LANES {
+                        idx[l] = f.roots[t + l] as usize;
+                        depth = depth.max(self.depth[t + l]);
+                    }
+                    for _ in 0..depth {
+                        for l in 0..LANES {
+                            idx[l] = self.step::<OP>(idx[l], xr);
+                        }
+                    }
+                    // leaves are added in tree order, as the source engines sum them
+                    for l in 0..LANES {
+                        self.add_leaf(idx[l], out);
+                    }
+                    t += LANES;
+                }
+                for t in t..trees {
+                    let mut i = f.roots[t] as usize;
+                    for _ in 0..self.depth[t] {
+                        i = self.step::<OP>(i, xr);
+                    }
+                    self.add_leaf(i, out);
+                }
+            }
+        }
+        m
+    }
+
+    fn margins_mixed(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let f = &self.forest;
+        let (g, nf) = (f.num_groups, f.num_features);
+        assert!(x.len() >= rows * nf);
+        let mut m = vec![0f32; rows * g];
+        for r in 0..rows {
+            m[r * g..(r + 1) * g].copy_from_slice(&f.base_margin);
+        }
+        for (t, &root) in f.roots.iter().enumerate() {
+            for r in 0..rows {
+                let row = &x[r * nf..(r + 1) * nf];
+                let mut i = root as usize;
+                for _ in 0..self.depth[t] {
+                    let n = self.nodes[i];
+                    let v = row[n.feature as usize];
+                    let cmp = match f.flags[i] & 0x07 {
+                        OP_LT => v < n.threshold,
+                        OP_LE => v <= n.threshold,
+                        OP_GT => v > n.threshold,
+                        OP_GE => v >= n.threshold,
+                        OP_EQ => v == n.threshold,
+                        _ => v != n.threshold,
+                    };
+                    let first = cmp | (v.is_nan() & (n.bits & 2 != 0));
+                    i = (n.left + ((!first) as u32 & n.bits)) as usize;
+                }
+                let (start, count) = self.leaf[i];
+                for k in start as usize..(start + count) as usize {
+                    m[r * g + f.leaf_group[k] as usize] += f.leaf_value[k];
+                }
+            }
+        }
+        m
+    }
+
+    /// Runs the forest: returns (labels, values) where values are the
+    /// probabilities (`rows × width`) of a classifier or the predictions of a
+    /// regressor; labels are empty for regressors.
+    pub fn predict(&self, x: &[f32], rows: usize) -> (Vec<i64>, Vec<f32>) {
+        self.forest.finish(self.margins(x, rows), rows)
     }
 }
 
@@ -375,6 +540,7 @@ mod tests {
     #[test]
     fn stumps_walk_and_missing_values_follow_the_default() {
         let f = layout(&[stump(0.5, true), stump(0.0, false)], 2, 1, vec![0.5], PostTransform::None, Task::Regressor).unwrap();
+        let f = Compiled::new(f).unwrap();
         let x = [0.0, 0.2, 0.0, 0.7, 0.0, f32::NAN, 0.0, -1.0];
         let m = f.margins(&x, 4);
         // 0.2: first tree left (-1), second right (+2); 0.7: +2 +2; NaN: left (-1), right (+2); -1: -1 -1
@@ -409,6 +575,7 @@ mod tests {
     #[test]
     fn binary_classifier_outputs_probabilities_and_labels() {
         let f = layout(&[stump(0.5, true)], 2, 1, vec![0.0], PostTransform::BinarySigmoid, Task::Classifier { labels: vec![0, 1] }).unwrap();
+        let f = Compiled::new(f).unwrap();
         let (labels, p) = f.predict(&[0.0, 0.9, 0.0, 0.1], 2);
         assert_eq!(labels, vec![1, 0]);
         assert!((p[1] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-7);
