@@ -374,6 +374,9 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
             Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(*v as usize),
             _ => None,
         });
+    if node.op_type == "TreeEnsemble" {
+        return tree_ensemble_v5(graph, node, input_name, width, num_features_hint);
+    }
     let tree_ids = a.ints("nodes_treeids");
     let node_ids = a.ints("nodes_nodeids");
     let features = a.ints("nodes_featureids");
@@ -389,9 +392,7 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
         }
     }
     let classifier = node.op_type == "TreeEnsembleClassifier";
-    if node.op_type == "TreeEnsemble" {
-        bail!("the ai.onnx.ml v5 TreeEnsemble operator is not supported yet");
-    }
+
     let (w_tree, w_node, w_id, w_weight) = if classifier {
         (a.ints("class_treeids"), a.ints("class_nodeids"), a.ints("class_ids"), a.floats("class_weights")?)
     } else {
@@ -528,6 +529,135 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     }
     let output_names = if classifier { names.into_iter().take(2).collect() } else { names.into_iter().take(1).collect() };
     Ok(TreeModel { forest, ir, input_name, output_names })
+}
+
+/// The ai.onnx.ml opset 5 `TreeEnsemble` operator: nodes and leaves in
+/// separate arrays, one target and weight per leaf, output `[N, n_targets]`.
+fn tree_ensemble_v5(
+    graph: &pb::GraphProto,
+    node: &pb::NodeProto,
+    input_name: String,
+    width: Option<usize>,
+    num_features_hint: Option<usize>,
+) -> Result<TreeModel> {
+    let a = Attrs(node);
+    let name = &node.name;
+    let int_tensor = |k: &str| -> Result<Vec<i64>> {
+        let Some(attr) = a.get(k) else { return Ok(vec![]) };
+        let t = attr.t.as_ref().with_context(|| format!("node `{name}`: `{k}` is not a tensor"))?;
+        let t = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)?;
+        let t = t.cast_to::<i64>()?;
+        Ok(t.try_as_plain_ram()?.as_slice::<i64>()?.to_vec())
+    };
+    let float_tensor = |k: &str| -> Result<Vec<f32>> {
+        let Some(attr) = a.get(k) else { return Ok(vec![]) };
+        let t = attr.t.as_ref().with_context(|| format!("node `{name}`: `{k}` is not a tensor"))?;
+        if t.data_type != pb::tensor_proto::DataType::Float as i32 {
+            bail!("node `{name}`: `{k}` is not float32; double-precision tree ensembles are not supported yet");
+        }
+        let t = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)?;
+        Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+    };
+    let modes = int_tensor("nodes_modes")?;
+    let splits = float_tensor("nodes_splits")?;
+    let weights = float_tensor("leaf_weights")?;
+    let features = a.ints("nodes_featureids");
+    let true_ids = a.ints("nodes_truenodeids");
+    let false_ids = a.ints("nodes_falsenodeids");
+    let true_leaf = a.ints("nodes_trueleafs");
+    let false_leaf = a.ints("nodes_falseleafs");
+    let missing = a.ints("nodes_missing_value_tracks_true");
+    let leaf_targets = a.ints("leaf_targetids");
+    let roots = a.ints("tree_roots");
+    let n = modes.len();
+    for (k, len) in [("nodes_splits", splits.len()), ("nodes_featureids", features.len()), ("nodes_truenodeids", true_ids.len()), ("nodes_falsenodeids", false_ids.len()), ("nodes_trueleafs", true_leaf.len()), ("nodes_falseleafs", false_leaf.len())] {
+        if len != n {
+            bail!("node `{name}`: {k} has {len} entries, nodes_modes {n}");
+        }
+    }
+    if leaf_targets.len() != weights.len() {
+        bail!("node `{name}`: {} leaf targets for {} leaf weights", leaf_targets.len(), weights.len());
+    }
+    let targets = a.get("n_targets").map(|x| x.i as usize).unwrap_or(1).max(1);
+    let post = match a.get("post_transform").map(|x| x.i).unwrap_or(0) {
+        0 => PostTransform::None,
+        1 => PostTransform::Softmax,
+        2 => PostTransform::Sigmoid,
+        p => bail!("node `{name}`: post_transform {p} (SOFTMAX_ZERO or PROBIT) is not supported yet"),
+    };
+    let mut scale = 1.0f32;
+    match a.get("aggregate_function").map(|x| x.i).unwrap_or(1) {
+        1 => {}
+        0 => scale = 1.0 / roots.len().max(1) as f32,
+        f => bail!("node `{name}`: aggregate_function {f} (MIN or MAX) is not supported yet"),
+    }
+    let mut ir = Vec::with_capacity(roots.len());
+    let mut max_feature = 0usize;
+    for (t, &root) in roots.iter().enumerate() {
+        if root < 0 || root as usize >= n {
+            bail!("tree {t}: root {root} is out of range");
+        }
+        // depth-first from the root; a split reached twice is a cycle or a shared subtree
+        let mut nodes: Vec<IrNode> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack = vec![(root as usize, false, usize::MAX, false)];
+        while let Some((idx, is_leaf, parent, is_second)) = stack.pop() {
+            let me = nodes.len();
+            if let Some(IrNode::Split { first, second, .. }) = (parent != usize::MAX).then(|| &mut nodes[parent]).map(|p| p) {
+                if is_second { *second = me } else { *first = me }
+            }
+            if is_leaf {
+                let target = *leaf_targets.get(idx).with_context(|| format!("tree {t}: leaf {idx} is out of range"))?;
+                if target < 0 || target as usize >= targets {
+                    bail!("tree {t}: leaf {idx} targets {target} of {targets}");
+                }
+                nodes.push(IrNode::Leaf { weights: vec![(target as u32, weights[idx] * scale)] });
+                continue;
+            }
+            if !seen.insert(idx) {
+                bail!("tree {t}: node {idx} is reached twice (a cycle or a shared node)");
+            }
+            let op = match modes[idx] {
+                0 => trees::OP_LE,
+                1 => trees::OP_LT,
+                2 => trees::OP_GE,
+                3 => trees::OP_GT,
+                4 => trees::OP_EQ,
+                5 => trees::OP_NE,
+                6 => bail!("tree {t}, node {idx}: set-membership (categorical) splits are not supported yet"),
+                m => bail!("tree {t}, node {idx}: unknown mode {m}"),
+            };
+            if features[idx] < 0 {
+                bail!("tree {t}, node {idx}: negative feature id");
+            }
+            max_feature = max_feature.max(features[idx] as usize);
+            let child = |id: i64, leaf: i64| -> Result<(usize, bool)> {
+                let limit = if leaf == 1 { weights.len() } else { n };
+                if id < 0 || id as usize >= limit {
+                    bail!("tree {t}, node {idx}: child {id} is out of range");
+                }
+                Ok((id as usize, leaf == 1))
+            };
+            let (tc, tl) = child(true_ids[idx], true_leaf[idx])?;
+            let (fc, fl) = child(false_ids[idx], false_leaf[idx])?;
+            nodes.push(IrNode::Split {
+                feature: features[idx] as u32,
+                threshold: splits[idx],
+                op,
+                missing_first: missing.get(idx).copied().unwrap_or(0) == 1,
+                first: usize::MAX,
+                second: usize::MAX,
+            });
+            stack.push((fc, fl, me, true));
+            stack.push((tc, tl, me, false));
+        }
+        ir.push(nodes);
+    }
+    let num_features = width.or(num_features_hint).unwrap_or(max_feature + 1);
+    let forest = trees::layout(&ir, num_features, targets, vec![0.0; targets], post, Task::Regressor)
+        .map_err(|e| anyhow::anyhow!("invalid tree ensemble in node `{name}`: {e}"))?;
+    let out = graph.output.first().map(|o| o.name.clone()).unwrap_or_else(|| node.output[0].clone());
+    Ok(TreeModel { forest, ir, input_name, output_names: vec![out] })
 }
 
 /// Renumbers a tree so that `root` is node 0.

@@ -92,12 +92,16 @@ def lgbm_case(rng, out):
     return t, {"probabilities": p.astype(np.float32)}
 
 
-def onnx_case(rng, out):
+ONNX_KINDS = ["gb-binary", "gb-reg", "xgb-multi", "v5"]
+
+
+def onnx_case(rng, out, k=None):
     import onnxruntime as ort
     from skl2onnx import to_onnx
     from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
-    kind = rng.choice(["gb-binary", "gb-reg", "xgb-multi"])
+    # every kind in turn, so that a short run covers them all
+    kind = ONNX_KINDS[(k // 3) % len(ONNX_KINDS)] if k is not None else rng.choice(ONNX_KINDS)
     f = int(rng.integers(2, 20))
     if kind == "xgb-multi":
         import xgboost as xgb
@@ -112,6 +116,8 @@ def onnx_case(rng, out):
     else:
         # scikit-learn's trees take no NaN in training: fill them, keep NaN in probes
         x, y = data(rng, 500, f, 2 if kind == "gb-binary" else 0)
+        if kind == "v5":
+            return v5_case(rng, out, x, y)
         xf = np.nan_to_num(x)
         est = dict(n_estimators=int(rng.integers(1, 30)), max_depth=int(rng.integers(1, 6)), random_state=int(rng.integers(1e6)))
         m = GradientBoostingClassifier(**est) if kind == "gb-binary" else GradientBoostingRegressor(**est)
@@ -135,6 +141,81 @@ def onnx_case(rng, out):
     return t, res
 
 
+def v5_case(rng, out, x, y):
+    """A scikit-learn regressor exported as TreeEnsembleRegressor, rewritten
+    as the ai.onnx.ml opset 5 TreeEnsemble operator and run by onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    xf = np.nan_to_num(x)
+    m = GradientBoostingRegressor(n_estimators=int(rng.integers(1, 25)), max_depth=int(rng.integers(1, 6)),
+                                  random_state=int(rng.integers(1e6)))
+    m.fit(xf, y)
+    old = to_onnx(m, xf[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+    node = [n for n in old.graph.node if n.op_type == "TreeEnsembleRegressor"][0]
+    a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+    tids, nids = a["nodes_treeids"], a["nodes_nodeids"]
+    modes = [md.decode() for md in a["nodes_modes"]]
+    key = list(zip(tids, nids))
+    split_index, leaf_index = {}, {}
+    for k, md in zip(key, modes):
+        (leaf_index if md == "LEAF" else split_index)[k] = len(leaf_index if md == "LEAF" else split_index)
+    weight = {}
+    for t, n, w in zip(a["target_treeids"], a["target_nodeids"], a["target_weights"]):
+        weight[(t, n)] = weight.get((t, n), 0.0) + w
+    code = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5}
+    nm, ns, nf_, nt, nfl, ntl, nfa, miss = [], [], [], [], [], [], [], []
+    leaves = sorted(leaf_index, key=leaf_index.get)
+    splits = sorted(split_index, key=split_index.get)
+    pos = {k: i for i, k in enumerate(key)}
+    for k in splits:
+        i = pos[k]
+        nm.append(code[modes[i]]); ns.append(a["nodes_values"][i]); nf_.append(a["nodes_featureids"][i])
+        miss.append(a.get("nodes_missing_value_tracks_true", [0] * len(key))[i])
+        for child, ids, leafs in ((a["nodes_truenodeids"][i], nt, ntl), (a["nodes_falsenodeids"][i], nfa, nfl)):
+            ck = (k[0], child)
+            if ck in leaf_index:
+                ids.append(leaf_index[ck]); leafs.append(1)
+            else:
+                ids.append(split_index[ck]); leafs.append(0)
+    roots = []
+    for t in sorted(set(tids)):
+        r = (t, 0)
+        if r in split_index:
+            roots.append(split_index[r])
+        else:  # a one-leaf tree: a split whose both branches are that leaf
+            roots.append(len(nm)); nm.append(0); ns.append(0.0); nf_.append(0); miss.append(0)
+            nt.append(leaf_index[r]); ntl.append(1); nfa.append(leaf_index[r]); nfl.append(1)
+    base = a.get("base_values", [0.0])[0]
+    # the opset-5 operator has no base value: fold it into the first tree's leaves
+    first_tree_leaves = {leaf_index[k] for k in leaves if k[0] == min(tids)}
+    lw = [weight.get(k, 0.0) + (base if leaf_index[k] in first_tree_leaves else 0.0) for k in leaves]
+    v5 = helper.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", name="ensemble",
+        aggregate_function=1, post_transform=0, n_targets=1, tree_roots=roots,
+        nodes_modes=numpy_helper.from_array(np.array(nm, np.uint8)),
+        nodes_splits=numpy_helper.from_array(np.array(ns, np.float32)),
+        nodes_featureids=nf_, nodes_truenodeids=nt, nodes_trueleafs=ntl, nodes_falsenodeids=nfa, nodes_falseleafs=nfl,
+        nodes_missing_value_tracks_true=miss,
+        leaf_targetids=[0] * len(leaves), leaf_weights=numpy_helper.from_array(np.array(lw, np.float32)))
+    g = helper.make_graph([v5], "v5", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, x.shape[1]])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+    model.ir_version = 10
+    data_bytes = model.SerializeToString()
+    with open(os.path.join(out, "model.onnx"), "wb") as fh:
+        fh.write(data_bytes)
+    t = probe_rows(rng, x)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(data_bytes, so, providers=["CPUExecutionProvider"])
+    (y_out,) = sess.run(None, {"X": t})
+    return t, {"predictions": y_out.astype(np.float32).reshape(len(t), -1)}
+
+
 def main():
     out_dir, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(seed)
@@ -143,7 +224,7 @@ def main():
         d = os.path.join(out_dir, f"case-{k:03d}")
         os.makedirs(d, exist_ok=True)
         maker = makers[k % len(makers)]
-        t, expected = maker(rng, d)
+        t, expected = maker(rng, d, k) if maker is onnx_case else maker(rng, d)
         write_csv(os.path.join(d, "inputs.csv"), t)
         with open(os.path.join(d, "expected.json"), "w") as fh:
             json.dump({"source": maker.__name__,
