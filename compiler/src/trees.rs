@@ -53,11 +53,15 @@ fn array<'a>(v: &'a Value, key: &str, tree: usize) -> Result<&'a Vec<Value>> {
     v.get(key).and_then(|x| x.as_array()).with_context(|| format!("tree {tree}: `{key}` is missing or not an array"))
 }
 
-/// Parses XGBoost's JSON model format (`Booster.save_model("*.json")`).
+/// Parses XGBoost's JSON model format (`Booster.save_model("*.json")`), or
+/// its binary twin UBJSON (`*.ubj`, XGBoost's default since 2.1).
 pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    let doc: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost JSON model ({e})", path.display()))?;
+    let doc: Value = if bytes.first() == Some(&b'{') && bytes.get(1).is_some_and(|b| !b.is_ascii_whitespace() && *b != b'"') {
+        ubjson(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost UBJSON model ({e})", path.display()))?
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost JSON model ({e})", path.display()))?
+    };
     let learner = doc.get("learner").context("XGBoost model has no `learner` (is this an XGBoost JSON model?)")?;
     let params = learner.get("learner_model_param").context("XGBoost model has no `learner_model_param`")?;
     let num_feature = num(params.get("num_feature").context("missing num_feature")?, "num_feature")? as usize;
@@ -168,6 +172,130 @@ pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
         Task::Regressor => vec!["predictions".into()],
     };
     Ok(TreeModel { forest, ir, input_name: "features".into(), output_names })
+}
+
+/// Decodes UBJSON (Draft 12, as XGBoost writes it: big-endian numbers,
+/// optimised `$type#count` containers) into a JSON value. Bounded: depth 64,
+/// and no count may claim more elements than bytes remain.
+pub fn ubjson(data: &[u8]) -> Result<Value, String> {
+    struct R<'a> {
+        d: &'a [u8],
+        p: usize,
+    }
+    impl R<'_> {
+        fn take(&mut self, n: usize) -> Result<&[u8], String> {
+            if self.d.len() - self.p < n {
+                return Err(format!("truncated at byte {}", self.p));
+            }
+            let s = &self.d[self.p..self.p + n];
+            self.p += n;
+            Ok(s)
+        }
+        fn byte(&mut self) -> Result<u8, String> {
+            Ok(self.take(1)?[0])
+        }
+        fn int(&mut self, marker: u8) -> Result<i64, String> {
+            Ok(match marker {
+                b'i' => self.take(1)?[0] as i8 as i64,
+                b'U' => self.take(1)?[0] as i64,
+                b'I' => i16::from_be_bytes(self.take(2)?.try_into().unwrap()) as i64,
+                b'l' => i32::from_be_bytes(self.take(4)?.try_into().unwrap()) as i64,
+                b'L' => i64::from_be_bytes(self.take(8)?.try_into().unwrap()),
+                m => return Err(format!("expected an integer marker, found {:?} at byte {}", m as char, self.p - 1)),
+            })
+        }
+        fn count(&mut self, marker: u8) -> Result<usize, String> {
+            let n = self.int(marker)?;
+            if n < 0 || n as usize > self.d.len() - self.p + 1 {
+                return Err(format!("implausible length {n} at byte {}", self.p));
+            }
+            Ok(n as usize)
+        }
+        fn value(&mut self, marker: u8, depth: usize) -> Result<Value, String> {
+            if depth > 64 {
+                return Err("nesting deeper than 64".into());
+            }
+            Ok(match marker {
+                b'Z' => Value::Null,
+                b'T' => Value::Bool(true),
+                b'F' => Value::Bool(false),
+                b'i' | b'U' | b'I' | b'l' | b'L' => Value::from(self.int(marker)?),
+                b'd' => Value::from(f32::from_be_bytes(self.take(4)?.try_into().unwrap()) as f64),
+                b'D' => Value::from(f64::from_be_bytes(self.take(8)?.try_into().unwrap())),
+                b'C' => Value::String((self.byte()? as char).to_string()),
+                b'S' | b'H' => {
+                    let m = self.byte()?;
+                    let n = self.count(m)?;
+                    Value::String(String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "string is not UTF-8".to_string())?)
+                }
+                b'[' | b'{' => {
+                    let object = marker == b'{';
+                    let end = if object { b'}' } else { b']' };
+                    let mut ty = None;
+                    let mut count = None;
+                    if self.d.get(self.p) == Some(&b'$') {
+                        self.p += 1;
+                        ty = Some(self.byte()?);
+                        if self.d.get(self.p) != Some(&b'#') {
+                            return Err("typed container without a count".into());
+                        }
+                    }
+                    if self.d.get(self.p) == Some(&b'#') {
+                        self.p += 1;
+                        let m = self.byte()?;
+                        count = Some(self.count(m)?);
+                    }
+                    let mut arr = Vec::new();
+                    let mut obj = serde_json::Map::new();
+                    let mut i = 0;
+                    loop {
+                        match count {
+                            Some(c) if i == c => break,
+                            Some(_) => {}
+                            None => {
+                                if self.d.get(self.p) == Some(&end) {
+                                    self.p += 1;
+                                    break;
+                                }
+                            }
+                        }
+                        let key = if object {
+                            let km = self.byte()?;
+                            let n = self.count(km)?;
+                            Some(String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "key is not UTF-8".to_string())?)
+                        } else {
+                            None
+                        };
+                        let m = match ty {
+                            Some(t) => t,
+                            None => self.byte()?,
+                        };
+                        let v = self.value(m, depth + 1)?;
+                        match key {
+                            Some(k) => {
+                                obj.insert(k, v);
+                            }
+                            None => arr.push(v),
+                        }
+                        i += 1;
+                    }
+                    if object { Value::Object(obj) } else { Value::Array(arr) }
+                }
+                b'N' => {
+                    let m = self.byte()?;
+                    self.value(m, depth)?
+                }
+                m => return Err(format!("unknown marker {:?} at byte {}", m as char, self.p - 1)),
+            })
+        }
+    }
+    let mut r = R { d: data, p: 0 };
+    let m = r.byte()?;
+    let v = r.value(m, 0)?;
+    if r.p != data.len() {
+        return Err(format!("{} trailing bytes", data.len() - r.p));
+    }
+    Ok(v)
 }
 
 fn logit(p: f32) -> f32 {
@@ -715,4 +843,33 @@ pub fn reference_margins(ir: &[Vec<IrNode>], forest: &Forest, x: &[f32], rows: u
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ubjson_decodes_xgboost_style_containers() {
+        // {"a": [1.5f32, 2.5f32] as a typed array, "b": "x", "c": [int8 -3, true]}
+        let mut d = vec![b'{', b'i', 1, b'a', b'[', b'$', b'd', b'#', b'i', 2];
+        d.extend(1.5f32.to_be_bytes());
+        d.extend(2.5f32.to_be_bytes());
+        d.extend([b'i', 1, b'b', b'S', b'i', 1, b'x', b'i', 1, b'c', b'[', b'i', 0xfd, b'T', b']', b'}']);
+        let v = ubjson(&d).unwrap();
+        assert_eq!(v, serde_json::json!({"a": [1.5, 2.5], "b": "x", "c": [-3, true]}));
+    }
+
+    #[test]
+    fn malformed_ubjson_is_an_error_not_a_panic() {
+        assert!(ubjson(b"{i\x01a[$d#l\x7f\xff\xff\xff").unwrap_err().contains("implausible length"));
+        assert!(ubjson(b"{i\x01aS").unwrap_err().contains("truncated"));
+        assert!(ubjson(b"{i\x01a?}").unwrap_err().contains("unknown marker"));
+        let deep: Vec<u8> = std::iter::repeat_n(b'[', 200).collect();
+        assert!(ubjson(&deep).unwrap_err().contains("deeper"));
+        assert!(ubjson(b"Z!").unwrap_err().contains("trailing"));
+        for cut in 0..12 {
+            let _ = ubjson(&b"{i\x01a[$d#i\x01\x3f\x80\x00\x00}"[..cut]);
+        }
+    }
 }

@@ -35,7 +35,7 @@ fn random_ensembles_match_their_source_engines() {
     cases.sort();
     assert_eq!(cases.len().to_string(), count);
     for case in cases {
-        let model = ["xgboost-model.json", "lightgbm-model.txt", "model.onnx"].iter().map(|m| case.join(m)).find(|p| p.exists()).unwrap();
+        let model = ["xgboost-model.json", "xgboost-model.ubj", "lightgbm-model.txt", "model.onnx"].iter().map(|m| case.join(m)).find(|p| p.exists()).unwrap();
         let out = run("neoc", &case, &["compile", model.to_str().unwrap(), "--target", "host", "--unsigned", "-o", "b.neo", "--json"], &[], None);
         let summary = ok(out);
         let doc: serde_json::Value = serde_json::from_str(&summary).unwrap();

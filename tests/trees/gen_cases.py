@@ -59,7 +59,8 @@ def xgb_case(rng, out):
     else:
         m = xgb.XGBClassifier(**params)
     m.fit(x, y)
-    m.get_booster().save_model(os.path.join(out, "xgboost-model.json"))
+    # XGBoost's two model formats: JSON, and UBJSON (its default since 2.1)
+    m.get_booster().save_model(os.path.join(out, "xgboost-model." + str(rng.choice(["json", "ubj"]))))
     t = probe_rows(rng, x)
     if kind == "reg":
         return t, {"predictions": m.predict(t).astype(np.float32).reshape(len(t), -1)}
