@@ -504,3 +504,22 @@ fn nnef_models_compile_too() {
     let err = fails(run("neoc", d, &["compile", "cnn.nnef.tar", "--target", host_target(), "--unsigned", "--input", "image=1,3,8,8"], &[], None), 1);
     assert!(err.contains("not supported for NNEF"), "{err}");
 }
+
+#[test]
+fn verification_beyond_tolerance_fails_unless_allowed() {
+    let dir = scratch();
+    let d = dir.path();
+    let registry = root().join("models/registry");
+    let reg = registry.to_str().unwrap();
+    // the compiled CNN differs from onnxruntime's shipped outputs by ~6e-8: a zero tolerance trips
+    let args = ["compile", "image-cnn:1", "--target", host_target(), "--key", "k.key", "-o", "m.neo", "--registry", reg, "--tolerance", "0", "--rtol", "0"];
+    let err = fails(run("neoc", d, &args, &[], None), 3);
+    assert!(err.contains("verification failed") && err.contains("--allow-mismatch"), "{err}");
+    assert!(!d.join("m.neo").exists());
+    let mut allowed = args.to_vec();
+    allowed.extend(["--allow-mismatch", "--json"]);
+    let out = ok(run("neoc", d, &allowed, &[], None));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["verification"]["status"], "mismatch-allowed");
+    assert!(doc["verification"]["independent"]["max_abs_error"].as_f64().unwrap() > 0.0);
+}
