@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod model;
 pub mod request;
+pub mod serve;
 pub mod tensors;
 pub mod trees;
 

@@ -46,6 +46,46 @@ enum Command {
         #[arg(long, default_value = "json")]
         accept: String,
     },
+    /// Serve bundles over HTTP: SageMaker's inference contract and the Open Inference Protocol v2
+    Serve {
+        /// Bundles to serve; each is named by its manifest (the first answers /invocations)
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+        #[command(flatten)]
+        trust: Trust,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port; 0 picks a free one (printed on stdout)
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Name of the (single) model, instead of the manifest's
+        #[arg(long)]
+        name: Option<String>,
+        /// Inferences running at once (default: the number of CPUs)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Requests allowed to wait for an inference slot; beyond, 503 with Retry-After
+        #[arg(long, default_value_t = 256)]
+        max_queue: usize,
+        /// Largest request body, in bytes
+        #[arg(long, default_value_t = 6 * 1024 * 1024)]
+        max_body: usize,
+        /// Request timeout, in seconds
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Require `Authorization: Bearer TOKEN` on every route but health checks
+        #[arg(long, env = "NEORUN_AUTH_TOKEN", conflicts_with = "auth_token_file")]
+        auth_token: Option<String>,
+        /// Read the bearer token from a file
+        #[arg(long)]
+        auth_token_file: Option<PathBuf>,
+        /// Production variant name (X-Amzn-Invoked-Production-Variant)
+        #[arg(long, default_value = "AllTraffic")]
+        variant: String,
+        /// Log format on stderr: text or json
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    },
     /// Measure in-process latency and throughput on the bundle's test vectors
     Bench {
         bundle: PathBuf,
@@ -222,11 +262,96 @@ fn bench(bundle: PathBuf, trust: Trust, threads: usize, batch: Option<usize>, it
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    bundles: Vec<PathBuf>,
+    trust: Trust,
+    host: String,
+    port: u16,
+    name: Option<String>,
+    threads: Option<usize>,
+    max_queue: usize,
+    max_body: usize,
+    timeout: u64,
+    auth_token: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    variant: String,
+    log_format: String,
+) -> Result<(), Failure> {
+    use neoc_runtime::serve::{self, Config, Served};
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match log_format.as_str() {
+        "json" => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        "text" => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr).init()
+        }
+        other => return Err(Failure::Other(anyhow::anyhow!("--log-format {other:?}: use text or json"))),
+    }
+    if name.is_some() && bundles.len() > 1 {
+        return Err(Failure::Other(anyhow::anyhow!("--name names a single model; with several bundles each is named by its manifest")));
+    }
+    let token = match (auth_token, auth_token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(p)) => Some(
+            std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.trim().to_string(),
+        ),
+        _ => None,
+    };
+    if token.as_deref() == Some("") {
+        return Err(Failure::Other(anyhow::anyhow!("the auth token is empty")));
+    }
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let mut models = Vec::new();
+    for b in &bundles {
+        let model = open(b, &trust)?;
+        let st = model.self_test().map_err(|e| anyhow::anyhow!("{}: health check failed: {e}", b.display()))?;
+        let model_name = name.clone().unwrap_or_else(|| model.manifest.model.name.clone());
+        if models.iter().any(|m: &Served| m.name == model_name) {
+            return Err(Failure::Other(anyhow::anyhow!("two bundles are both named `{model_name}`")));
+        }
+        tracing::info!(model = %model_name, version = %model.manifest.model.version, engine = %model.manifest.engine.name, test_vectors = st.cases, "loaded {}", b.display());
+        models.push(Served { name: model_name, model });
+    }
+    let cfg = Config {
+        max_body_bytes: max_body,
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+        max_queue,
+        threads,
+        auth_token: token,
+        variant,
+        draining: Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(threads + 2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("listening on http://{addr}");
+        std::io::stdout().flush().ok();
+        tracing::info!(%addr, threads, "serving");
+        serve::serve(listener, models, cfg).await.map_err(|e| anyhow::anyhow!("server error: {e}"))?;
+        tracing::info!("drained; exiting");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Predict { bundle, trust, input, content_type, accept } => predict(bundle, trust, input, content_type, accept),
         Command::Check { bundle, trust } => check(bundle, trust),
+        Command::Serve { bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format } => {
+            serve(bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format)
+        }
         Command::Bench { bundle, trust, threads, batch, iterations, warmup, json } => bench(bundle, trust, threads, batch, iterations, warmup, json),
     };
     match result {
