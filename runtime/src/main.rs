@@ -79,6 +79,12 @@ enum Command {
         /// Read the bearer token from a file
         #[arg(long)]
         auth_token_file: Option<PathBuf>,
+        /// Dynamic batching: merge concurrent requests into runs of at most this many rows (1 = off)
+        #[arg(long, default_value_t = 64)]
+        max_batch: usize,
+        /// Dynamic batching: how long a request may wait for others to join its batch, in µs
+        #[arg(long, default_value_t = 0)]
+        max_queue_delay: u64,
         /// Production variant name (X-Amzn-Invoked-Production-Variant)
         #[arg(long, default_value = "AllTraffic")]
         variant: String,
@@ -277,6 +283,8 @@ fn serve(
     auth_token_file: Option<PathBuf>,
     variant: String,
     log_format: String,
+    max_batch: usize,
+    max_queue_delay: u64,
 ) -> Result<(), Failure> {
     use neoc_runtime::serve::{self, Config, Served};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -322,6 +330,8 @@ fn serve(
         auth_token: token,
         variant,
         draining: Default::default(),
+        max_batch: max_batch.max(1),
+        max_queue_delay_us: max_queue_delay,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -349,8 +359,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Predict { bundle, trust, input, content_type, accept } => predict(bundle, trust, input, content_type, accept),
         Command::Check { bundle, trust } => check(bundle, trust),
-        Command::Serve { bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format } => {
-            serve(bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format)
+        Command::Serve { bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay } => {
+            serve(bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay)
         }
         Command::Bench { bundle, trust, threads, batch, iterations, warmup, json } => bench(bundle, trust, threads, batch, iterations, warmup, json),
     };

@@ -224,6 +224,12 @@ impl Model {
 
     /// One run; input shapes and dtypes are checked against the manifest first.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, PredictError> {
+        self.check_inputs(&inputs)?;
+        self.engine.run(inputs).map_err(|e| PredictError::Engine(format!("{e:#}")))
+    }
+
+    /// Checks input count, shapes and dtypes against the manifest.
+    pub fn check_inputs(&self, inputs: &[Tensor]) -> Result<(), PredictError> {
         if inputs.len() != self.manifest.inputs.len() {
             return Err(PredictError::BadRequest(BadRequest(format!(
                 "model takes {} inputs, got {}",
@@ -253,7 +259,7 @@ impl Model {
                 ))));
             }
         }
-        self.engine.run(inputs).map_err(|e| PredictError::Engine(format!("{e:#}")))
+        Ok(())
     }
 
     /// Runs the bundle's own test vectors and compares with their expected

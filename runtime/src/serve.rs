@@ -40,6 +40,12 @@ pub struct Config {
     pub variant: String,
     /// Set when shutdown starts: new requests get 503 while in-flight ones finish.
     pub draining: Arc<AtomicBool>,
+    /// Dynamic batching: concurrent requests to a model with a symbolic batch
+    /// axis are merged into one run of at most this many rows (1 = off).
+    pub max_batch: usize,
+    /// How long the first request of a batch may wait for others, in µs
+    /// (0: merge only what is already queued, adding no latency).
+    pub max_queue_delay_us: u64,
 }
 
 /// One served model.
@@ -105,17 +111,35 @@ impl ModelMetrics {
     }
 }
 
+/// A request waiting for the batcher.
+struct Job {
+    batch: Batch,
+    queued: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Tensor>, ApiError>>,
+}
+
 struct AppState {
     models: BTreeMap<String, Arc<Served>>,
+    batchers: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Job>>,
     default_model: String,
     cfg: Config,
     metrics: BTreeMap<String, ModelMetrics>,
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
     rejected: AtomicU64,
 }
 
 /// An error response: status and message, sent as `{"error": message}`.
+trait CloneAcquire {
+    async fn clone_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit>;
+}
+
+impl CloneAcquire for Arc<tokio::sync::Semaphore> {
+    async fn clone_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.clone().acquire_owned().await.ok()
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -146,15 +170,29 @@ impl IntoResponse for ApiError {
 pub fn router(models: Vec<Served>, cfg: Config) -> Router {
     let default_model = models.first().map(|m| m.name.clone()).unwrap_or_default();
     let metrics = models.iter().map(|m| (m.name.clone(), ModelMetrics::new())).collect();
+    let models: BTreeMap<String, Arc<Served>> = models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect();
+    let mut receivers = Vec::new();
+    let mut batchers = BTreeMap::new();
+    for (name, s) in &models {
+        if cfg.max_batch > 1 && batchable(&s.model) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            batchers.insert(name.clone(), tx);
+            receivers.push((s.clone(), rx));
+        }
+    }
     let state = Arc::new(AppState {
-        slots: tokio::sync::Semaphore::new(cfg.threads.max(1)),
-        models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect(),
+        slots: Arc::new(tokio::sync::Semaphore::new(cfg.threads.max(1))),
+        models,
+        batchers,
         default_model,
         metrics,
         waiting: AtomicUsize::new(0),
         rejected: AtomicU64::new(0),
         cfg,
     });
+    for (served, rx) in receivers {
+        tokio::spawn(batcher(state.clone(), served, rx));
+    }
     Router::new()
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
@@ -220,7 +258,106 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
     }
 }
 
-/// Runs a prediction on the blocking pool, behind the bounded queue.
+/// A model can be batched dynamically when every input and output has a
+/// symbolic first axis: requests then concatenate and split along it.
+fn batchable(model: &Model) -> bool {
+    let m = &model.manifest;
+    m.inputs.iter().chain(&m.outputs).all(|s| matches!(s.shape.first(), Some(Dim::Symbol(_))))
+}
+
+fn engine_error(e: PredictError) -> ApiError {
+    match e {
+        PredictError::BadRequest(b) => ApiError::bad(b.0),
+        PredictError::Engine(msg) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {msg}")),
+    }
+}
+
+/// Merges queued requests of one model into batched runs: it takes the first
+/// waiting request, then whatever else arrives within `max_queue_delay_us`
+/// (or is already queued) up to `max_batch` rows, runs them as one batch,
+/// and splits the outputs back. Runs proceed while the next batch gathers.
+async fn batcher(st: Arc<AppState>, served: Arc<Served>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+    let max_rows = st.cfg.max_batch;
+    let delay = Duration::from_micros(st.cfg.max_queue_delay_us);
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let mut rows = first.batch.rows;
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + delay;
+        while rows < max_rows {
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(_) if delay.is_zero() => None,
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+            };
+            let Some(j) = next else { break };
+            if rows + j.batch.rows > max_rows {
+                carry = Some(j);
+                break;
+            }
+            rows += j.batch.rows;
+            jobs.push(j);
+        }
+        st.waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
+        let permit = match st.slots.clone_acquire().await {
+            Some(p) => p,
+            None => return,
+        };
+        let m = &st.metrics[&served.name];
+        for j in &jobs {
+            m.queue.observe(j.queued.elapsed().as_secs_f64());
+        }
+        m.batch.observe(rows as f64);
+        let served = served.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (inputs, parts): (Vec<Vec<Tensor>>, Vec<(usize, tokio::sync::oneshot::Sender<_>)>) =
+                jobs.into_iter().map(|j| (j.batch.inputs, (j.batch.rows, j.reply))).unzip();
+            let result = tokio::task::spawn_blocking(move || -> Result<Vec<Tensor>, ApiError> {
+                let n_inputs = inputs[0].len();
+                let merged = (0..n_inputs)
+                    .map(|i| {
+                        let all: Vec<&Tensor> = inputs.iter().map(|ins| &ins[i]).collect();
+                        if all.len() == 1 { Ok(all[0].clone()) } else { Tensor::stack_tensors(0, &all) }
+                    })
+                    .collect::<TractResult<Vec<_>>>()
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("merging a batch: {e}")))?;
+                served.model.run(merged).map_err(engine_error)
+            })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}"))));
+            match result {
+                Ok(outputs) => {
+                    let mut start = 0;
+                    for (n, reply) in parts {
+                        let mine = outputs
+                            .iter()
+                            .map(|t| t.slice(0, start, start + n))
+                            .collect::<TractResult<Vec<_>>>()
+                            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("splitting a batch: {e}")));
+                        let _ = reply.send(mine);
+                        start += n;
+                    }
+                }
+                Err(e) => {
+                    for (_, reply) in parts {
+                        let _ = reply.send(Err(ApiError { status: e.status, message: e.message.clone(), retry_after: false }));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs a prediction on the blocking pool, behind the bounded queue; through
+/// the model's batcher when it has one.
 async fn infer(st: &Arc<AppState>, served: Arc<Served>, batch: Batch) -> Result<Vec<Tensor>, ApiError> {
     let m = &st.metrics[&served.name];
     let queued = Instant::now();
@@ -231,6 +368,19 @@ async fn infer(st: &Arc<AppState>, served: Arc<Served>, batch: Batch) -> Result<
         e.retry_after = true;
         return Err(e);
     }
+    if let Some(tx) = st.batchers.get(&served.name) {
+        // check this request alone first: a bad one must not fail a merged batch
+        if let Err(e) = served.model.check_inputs(&batch.inputs) {
+            st.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(engine_error(e));
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if tx.send(Job { batch, queued, reply }).is_err() {
+            st.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"));
+        }
+        return rx.await.unwrap_or_else(|_| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "batcher stopped")));
+    }
     let permit = st.slots.acquire().await;
     st.waiting.fetch_sub(1, Ordering::SeqCst);
     let _permit = permit.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"))?;
@@ -239,10 +389,7 @@ async fn infer(st: &Arc<AppState>, served: Arc<Served>, batch: Batch) -> Result<
     let result = tokio::task::spawn_blocking(move || served.model.predict(batch))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")))?;
-    result.map_err(|e| match e {
-        PredictError::BadRequest(b) => ApiError::bad(b.0),
-        PredictError::Engine(msg) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {msg}")),
-    })
+    result.map_err(engine_error)
 }
 
 /// Counts a request and its outcome in the model's metrics.

@@ -241,3 +241,89 @@ fn stock_boto3_and_tritonclient_work_unchanged() {
     assert_close(&p, &expected_output("image-cnn", "expected.json"), 1e-4);
     assert_eq!(doc["triton_meta_inputs"][0]["datatype"], "FP32");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn sixty_four_clients_get_answers_batches_merge_and_sigterm_drains() {
+    let secs: u64 = std::env::var("NEOC_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let mut s = start(&["--max-queue", "32"]);
+    let pid = s.child.id();
+    let base = s.base.clone();
+    let row = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap().lines().next().unwrap().to_string();
+    let rss_before = rss_kb(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (base, row, stop) = (base.clone(), row.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                let (mut ok, mut busy, mut other) = (0u64, 0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match a.post(&format!("{base}/invocations")).set("Content-Type", "text/csv").send_string(&row) {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Err(ureq::Error::Status(503, r)) => {
+                            assert!(r.header("Retry-After").is_some());
+                            busy += 1
+                        }
+                        Ok(r) => other.push(format!("status {}", r.status())),
+                        Err(e) => other.push(e.to_string()),
+                    }
+                }
+                (ok, busy, other)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    let metrics = call(agent().get(&format!("{base}/metrics")), None).1;
+    let rss_during = rss_kb(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut busy) = (0, 0);
+    for w in workers {
+        let (o, b, other) = w.join().unwrap();
+        assert!(other.is_empty(), "unexpected answers under load: {other:?}");
+        ok += o;
+        busy += b;
+    }
+    assert!(ok > 100, "only {ok} requests answered ({busy} busy)");
+    assert!(rss_during < rss_before + 200_000, "RSS grew from {rss_before} kB to {rss_during} kB");
+    // requests were merged: fewer batches than requests
+    let value = |name: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    let batches = value("neorun_batch_rows_count{model=\"fraud-xgb\"");
+    let requests = value("neorun_requests_total{model=\"fraud-xgb\"");
+    assert!(batches > 0.0 && batches < requests, "batches {batches}, requests {requests}");
+
+    // SIGTERM while clients are still sending: in-flight requests finish, the process exits 0
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..16)
+        .map(|_| {
+            let (base, row, stop) = (base.clone(), row.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = a.post(&format!("{base}/invocations")).set("Content-Type", "text/csv").send_string(&row);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "no exit after SIGTERM under load");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.join().unwrap();
+    }
+    assert!(status.success(), "exit status {status:?}");
+}
