@@ -92,6 +92,30 @@ enum Command {
         #[arg(long, default_value = "text")]
         log_format: String,
     },
+    /// Batch transform: run every line of a CSV or JSON Lines file, write the results in input order
+    Batch {
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+        /// Input file: one row per line (CSV, or JSON Lines of arrays)
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Output file (written whole or not at all)
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Input format: csv or jsonlines (default: from the file name)
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Output format: csv or jsonlines (default: the input's)
+        #[arg(long)]
+        accept: Option<String>,
+        /// Rows per model run
+        #[arg(long, default_value_t = 1024)]
+        max_rows: usize,
+        /// Inference threads
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Measure in-process latency and throughput on the bundle's test vectors
     Bench {
         bundle: PathBuf,
@@ -354,11 +378,92 @@ fn serve(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn batch(bundle: PathBuf, trust: Trust, input: PathBuf, output: PathBuf, content_type: Option<String>, accept: Option<String>, max_rows: usize, threads: usize) -> Result<(), Failure> {
+    use std::io::BufRead;
+    let kind = |s: &str| -> Result<bool, Failure> {
+        match s.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+            "csv" | "text/csv" => Ok(false),
+            "jsonlines" | "jsonl" | "application/jsonlines" | "application/x-jsonlines" => Ok(true),
+            other => Err(Failure::Other(anyhow::anyhow!("format {other:?} is not supported for batch; use csv or jsonlines"))),
+        }
+    };
+    let name = input.to_string_lossy().to_string();
+    let in_lines = match &content_type {
+        Some(c) => kind(c)?,
+        None => name.ends_with(".jsonl") || name.ends_with(".jsonlines"),
+    };
+    let out_lines = match &accept {
+        Some(a) => kind(a)?,
+        None => in_lines,
+    };
+    let mut model = open(&bundle, &trust)?;
+    model.set_threads(threads);
+    let names = model.output_names();
+    let reader = std::io::BufReader::new(std::fs::File::open(&input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?);
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let result = (|| -> Result<usize, Failure> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?);
+        let mut chunk: Vec<String> = Vec::new();
+        let mut first_line = 1;
+        let mut done = 0;
+        let flush = |chunk: &mut Vec<String>, first_line: usize, out: &mut dyn Write| -> Result<usize, Failure> {
+            if chunk.is_empty() {
+                return Ok(0);
+            }
+            let body = chunk.join("\n");
+            let body = if in_lines { request::jsonlines_to_instances(body.as_bytes()).map_err(|e| Failure::BadRequest(e.0))? } else { body.into_bytes() };
+            let fmt = if in_lines { Format::Json } else { Format::Csv };
+            let b = request::parse(&body, fmt, &model.manifest.inputs)
+                .map_err(|e| Failure::BadRequest(format!("lines {}-{}: {e}", first_line, first_line + chunk.len() - 1)))?;
+            let rows = b.rows;
+            let outputs = model.predict(b).map_err(|e| Failure::BadRequest(format!("lines {}-{}: {e}", first_line, first_line + chunk.len() - 1)))?;
+            let bytes = if out_lines { request::to_jsonlines(&names, &outputs, rows) } else { request::to_csv(&names, &outputs, rows) }
+                .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
+            out.write_all(&bytes).map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
+            let n = chunk.len();
+            chunk.clear();
+            Ok(n)
+        };
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.map_err(|e| anyhow::anyhow!("{}: line {}: {e}", input.display(), i + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if chunk.is_empty() {
+                first_line = i + 1;
+            }
+            chunk.push(line);
+            if chunk.len() >= max_rows.max(1) {
+                done += flush(&mut chunk, first_line, &mut out)?;
+            }
+        }
+        done += flush(&mut chunk, first_line, &mut out)?;
+        out.flush().map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
+        Ok(done)
+    })();
+    match result {
+        Ok(n) => {
+            std::fs::rename(&tmp, &output).map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+            eprintln!("{n} rows -> {}", output.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Predict { bundle, trust, input, content_type, accept } => predict(bundle, trust, input, content_type, accept),
         Command::Check { bundle, trust } => check(bundle, trust),
+        Command::Batch { bundle, trust, input, output, content_type, accept, max_rows, threads } => {
+            batch(bundle, trust, input, output, content_type, accept, max_rows, threads)
+        }
         Command::Serve { bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay } => {
             serve(bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay)
         }

@@ -491,7 +491,7 @@ async fn sagemaker_inner(st: &Arc<AppState>, name: &str, headers: &HeaderMap, bo
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad("empty body"));
     }
-    let body = if lines { jsonlines_to_instances(&bytes)? } else { bytes.to_vec() };
+    let body = if lines { request::jsonlines_to_instances(&bytes).map_err(|e| ApiError::bad(e.0))? } else { bytes.to_vec() };
     let batch = request::parse(&body, format, &served.model.manifest.inputs)
         .map_err(|e| ApiError::bad(format!("{e} (the model's inputs are {})", request::describe_inputs(&served.model.manifest.inputs))))?;
     let rows = batch.rows;
@@ -500,44 +500,10 @@ async fn sagemaker_inner(st: &Arc<AppState>, name: &str, headers: &HeaderMap, bo
     let (ct, bytes) = match out {
         Out::Json => ("application/json", request::to_json(&names, &outputs)),
         Out::Csv => ("text/csv", request::to_csv(&names, &outputs, rows)),
-        Out::JsonLines => ("application/jsonlines", to_jsonlines(&names, &outputs, rows)),
+        Out::JsonLines => ("application/jsonlines", request::to_jsonlines(&names, &outputs, rows)),
     };
     let bytes = bytes.map_err(|e| ApiError::new(StatusCode::NOT_ACCEPTABLE, e.to_string()))?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response())
-}
-
-/// JSON Lines: one row (a JSON array) per line → `{"instances": [...]}`.
-fn jsonlines_to_instances(bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad("JSON Lines body is not UTF-8"))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).map_err(|e| ApiError::bad(format!("JSON Lines line {}: {e}", i + 1)))?;
-        let v = match v {
-            Value::Object(mut o) if o.contains_key("features") => o.remove("features").unwrap(),
-            other => other,
-        };
-        rows.push(v);
-    }
-    Ok(json!({ "instances": rows }).to_string().into_bytes())
-}
-
-/// One JSON object per row: output name → that row's values.
-fn to_jsonlines(names: &[String], outputs: &[Tensor], rows: usize) -> TractResult<Vec<u8>> {
-    let mut lines = String::new();
-    let tensors: Vec<NamedTensor> = names.iter().zip(outputs).map(|(n, t)| NamedTensor::from_tensor(n, t)).collect::<TractResult<_>>()?;
-    for r in 0..rows {
-        let mut obj = serde_json::Map::new();
-        for t in &tensors {
-            anyhow::ensure!(t.shape.first() == Some(&rows), "output `{}` has no batch axis; ask for JSON", t.name);
-            let w = t.shape.iter().skip(1).product::<usize>();
-            let v = serde_json::to_value(&t.data)?;
-            let slice: Vec<Value> = v.as_array().map(|a| a[r * w..(r + 1) * w].to_vec()).unwrap_or_default();
-            obj.insert(t.name.clone(), if t.shape.len() == 1 { slice.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(slice) });
-        }
-        lines.push_str(&Value::Object(obj).to_string());
-        lines.push('\n');
-    }
-    Ok(lines.into_bytes())
 }
 
 // ------------------------------------------------------------------ OIP v2

@@ -523,3 +523,49 @@ fn verification_beyond_tolerance_fails_unless_allowed() {
     assert_eq!(doc["verification"]["status"], "mismatch-allowed");
     assert!(doc["verification"]["independent"]["max_abs_error"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn batch_transform_keeps_input_order_and_fails_whole() {
+    let dir = scratch();
+    let d = dir.path();
+    let b = compile(d, "fraud-xgb:1", host_target(), &[]);
+    let sample = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap();
+    let rows: Vec<&str> = sample.lines().collect();
+    // 2,400 rows: 8 sample rows in a rotating order, so any reordering shows
+    let mut input = String::new();
+    let mut order = Vec::new();
+    for i in 0..2400 {
+        let k = (i * 5 + i / 8) % 8;
+        order.push(k);
+        input.push_str(rows[k]);
+        input.push('\n');
+    }
+    std::fs::write(d.join("in.csv"), &input).unwrap();
+    ok(run("neorun", d, &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "in.csv", "-o", "out.csv", "--max-rows", "1000"], &[], None));
+    let out = std::fs::read_to_string(d.join("out.csv")).unwrap();
+    let want = expected("fraud-xgb");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2400);
+    for (line, k) in lines.iter().zip(&order) {
+        let v: Vec<f64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+        assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
+    }
+    // JSON Lines in and out
+    let jl: String = order.iter().take(50).map(|k| format!("[{}]\n", rows[*k])).collect();
+    std::fs::write(d.join("in.jsonl"), jl).unwrap();
+    ok(run("neorun", d, &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "in.jsonl", "-o", "out.jsonl"], &[], None));
+    let out = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    for (line, k) in out.lines().zip(&order) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let p: Vec<f64> = v["probabilities"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_close(&p, &want[2 * k..2 * k + 2], 1e-6);
+    }
+    // one bad line fails the job, names the lines, and leaves no output
+    let mut bad = input.clone();
+    bad.push_str("1,2,3\n");
+    std::fs::write(d.join("bad.csv"), bad).unwrap();
+    let err = fails(run("neorun", d, &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "bad.csv", "-o", "bad-out.csv", "--max-rows", "1000"], &[], None), 4);
+    assert!(err.contains("lines 2001-2401") && err.contains("has 3 values"), "{err}");
+    assert!(!d.join("bad-out.csv").exists());
+    assert!(std::fs::read_dir(d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+}
