@@ -592,17 +592,17 @@ async fn v2_model_ready_version(State(st): State<Arc<AppState>>, Path((model, ve
     }
 }
 
-async fn v2_infer(State(st): State<Arc<AppState>>, Path(model): Path<String>, body: Body) -> Response {
-    v2_infer_any(st, model, None, body).await
+async fn v2_infer(State(st): State<Arc<AppState>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    v2_infer_any(st, model, None, headers, body).await
 }
 
-async fn v2_infer_version(State(st): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>, body: Body) -> Response {
-    v2_infer_any(st, model, Some(version), body).await
+async fn v2_infer_version(State(st): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+    v2_infer_any(st, model, Some(version), headers, body).await
 }
 
-async fn v2_infer_any(st: Arc<AppState>, model: String, version: Option<String>, body: Body) -> Response {
+async fn v2_infer_any(st: Arc<AppState>, model: String, version: Option<String>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let r = v2_infer_inner(&st, &model, version.as_deref(), body).await;
+    let r = v2_infer_inner(&st, &model, version.as_deref(), &headers, body).await;
     account(&st, &model, started, &r);
     r.unwrap_or_else(|e| e.into_response())
 }
@@ -615,12 +615,99 @@ fn flatten_data(v: &Value, out: &mut Vec<Value>) {
     }
 }
 
-async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, body: Body) -> Result<Response, ApiError> {
+/// Size in bytes of one element of an OIP datatype, for the binary extension.
+fn v2_elem_size(dt: &str) -> Option<usize> {
+    Some(match dt {
+        "BOOL" | "INT8" | "UINT8" => 1,
+        "INT16" | "UINT16" | "FP16" => 2,
+        "INT32" | "UINT32" | "FP32" => 4,
+        "INT64" | "UINT64" | "FP64" => 8,
+        _ => return None,
+    })
+}
+
+/// Decodes a binary-extension input (little-endian, row-major).
+fn tensor_from_raw(dt: &str, shape: &[usize], raw: &[u8]) -> TractResult<Tensor> {
+    macro_rules! le {
+        ($ty:ty, $n:expr) => {{
+            let v: Vec<$ty> = raw.chunks_exact($n).map(|c| <$ty>::from_le_bytes(c.try_into().unwrap())).collect();
+            Tensor::from_shape(shape, &v)?
+        }};
+    }
+    Ok(match dt {
+        "FP32" => le!(f32, 4),
+        "FP64" => le!(f64, 8),
+        "INT64" => le!(i64, 8),
+        "INT32" => le!(i32, 4),
+        "INT16" => le!(i16, 2),
+        "INT8" => le!(i8, 1),
+        "UINT64" => le!(u64, 8),
+        "UINT32" => le!(u32, 4),
+        "UINT16" => le!(u16, 2),
+        "UINT8" => le!(u8, 1),
+        "BOOL" => Tensor::from_shape(shape, &raw.iter().map(|b| *b != 0).collect::<Vec<bool>>())?,
+        other => anyhow::bail!("binary data of type {other} is not supported"),
+    })
+}
+
+/// Encodes an output for the binary extension (little-endian, row-major).
+fn tensor_to_raw(t: &Tensor) -> TractResult<Vec<u8>> {
+    let p = t.try_as_plain_ram()?;
+    macro_rules! le {
+        ($ty:ty) => {
+            p.as_slice::<$ty>()?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+    }
+    Ok(match t.datum_type() {
+        DatumType::F32 => le!(f32),
+        DatumType::F64 => le!(f64),
+        DatumType::I64 => le!(i64),
+        DatumType::I32 => le!(i32),
+        DatumType::I16 => le!(i16),
+        DatumType::I8 => le!(i8),
+        DatumType::U64 => le!(u64),
+        DatumType::U32 => le!(u32),
+        DatumType::U16 => le!(u16),
+        DatumType::U8 => le!(u8),
+        DatumType::Bool => p.as_slice::<bool>()?.iter().map(|b| *b as u8).collect(),
+        other => anyhow::bail!("output type {other:?} cannot be sent as binary data"),
+    })
+}
+
+async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let served = model_or_404(st, name, version)?.clone();
     let bytes = read_body(st, body).await?;
-    let req: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))?;
+    // binary tensor extension: a JSON header of the given length, then raw tensors
+    let header_len = match headers.get("Inference-Header-Content-Length") {
+        Some(v) => {
+            let n = v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| ApiError::bad("Inference-Header-Content-Length is not a number"))?;
+            if n > bytes.len() {
+                return Err(ApiError::bad(format!("Inference-Header-Content-Length {n} is beyond the {} byte body", bytes.len())));
+            }
+            n
+        }
+        None => bytes.len(),
+    };
+    let (json_part, mut binary) = bytes.split_at(header_len);
+    let req: Value = serde_json::from_slice(json_part).map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))?;
     let specs = &served.model.manifest.inputs;
     let inputs = req.get("inputs").and_then(|i| i.as_array()).ok_or_else(|| ApiError::bad("request has no \"inputs\" array"))?;
+    // binary sections follow the order of the request's inputs
+    let mut raw_of: BTreeMap<String, &[u8]> = BTreeMap::new();
+    for inp in inputs {
+        if let Some(size) = inp.get("parameters").and_then(|p| p.get("binary_data_size")).and_then(|s| s.as_u64()) {
+            let size = size as usize;
+            if size > binary.len() {
+                return Err(ApiError::bad(format!("binary data of input {} is truncated", inp.get("name").unwrap_or(&Value::Null))));
+            }
+            let (mine, rest) = binary.split_at(size);
+            raw_of.insert(inp.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string(), mine);
+            binary = rest;
+        }
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad(format!("{} bytes of binary data belong to no input", binary.len())));
+    }
     let mut tensors = Vec::with_capacity(specs.len());
     let mut rows = None;
     for spec in specs {
@@ -640,6 +727,21 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, b
             .iter()
             .map(|d| d.as_u64().map(|n| n as usize).ok_or_else(|| ApiError::bad(format!("input `{}`: shape must hold non-negative integers", spec.name))))
             .collect::<Result<_, _>>()?;
+        if let Some(raw) = raw_of.get(&spec.name) {
+            let n: usize = shape.iter().product();
+            let size = v2_elem_size(dt).ok_or_else(|| ApiError::bad(format!("input `{}`: binary {dt} is not supported", spec.name)))?;
+            if raw.len() != n * size {
+                return Err(ApiError::bad(format!("input `{}`: {} bytes of binary data for shape {shape:?} of {dt} ({} expected)", spec.name, raw.len(), n * size)));
+            }
+            let t = tensor_from_raw(dt, &shape, raw).map_err(|e| ApiError::bad(format!("input `{}`: {e}", spec.name)))?;
+            let r = shape.first().copied().unwrap_or(1);
+            if rows.is_some_and(|x| x != r) {
+                return Err(ApiError::bad("inputs have different batch sizes"));
+            }
+            rows = Some(r);
+            tensors.push(t);
+            continue;
+        }
         let mut leaves = Vec::new();
         flatten_data(inp.get("data").ok_or_else(|| ApiError::bad(format!("input `{}` has no data", spec.name)))?, &mut leaves);
         let n: usize = shape.iter().product();
@@ -664,9 +766,23 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, b
         .and_then(|o| o.as_array())
         .map(|a| a.iter().filter_map(|o| o.get("name").and_then(|n| n.as_str())).collect());
     let m = &served.model.manifest;
+    let all_binary = req.get("parameters").and_then(|p| p.get("binary_data_output")).and_then(|b| b.as_bool()).unwrap_or(false);
+    let binary_wanted = |name: &str| {
+        all_binary
+            || req.get("outputs").and_then(|o| o.as_array()).is_some_and(|a| {
+                a.iter().any(|o| o.get("name").and_then(|n| n.as_str()) == Some(name) && o.get("parameters").and_then(|p| p.get("binary_data")).and_then(|b| b.as_bool()) == Some(true))
+            })
+    };
     let mut outs = Vec::new();
+    let mut out_binary: Vec<u8> = Vec::new();
     for (spec, t) in m.outputs.iter().zip(&outputs) {
         if wanted.as_ref().is_some_and(|w| !w.contains(&spec.name.as_str())) {
+            continue;
+        }
+        if binary_wanted(&spec.name) {
+            let raw = tensor_to_raw(t).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            outs.push(json!({"name": spec.name, "datatype": v2_datatype(&spec.dtype), "shape": t.shape(), "parameters": {"binary_data_size": raw.len()}}));
+            out_binary.extend(raw);
             continue;
         }
         let nt = NamedTensor::from_tensor(&spec.name, t).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -681,7 +797,18 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, b
     if let Some(id) = req.get("id") {
         resp["id"] = id.clone();
     }
-    Ok(axum::Json(resp).into_response())
+    if out_binary.is_empty() {
+        return Ok(axum::Json(resp).into_response());
+    }
+    let mut body = resp.to_string().into_bytes();
+    let json_len = body.len();
+    body.extend(out_binary);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static("inference-header-content-length"), json_len.to_string())],
+        body,
+    )
+        .into_response())
 }
 
 fn nest(leaves: &[Value], shape: &[usize]) -> Value {

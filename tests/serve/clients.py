@@ -38,6 +38,17 @@ def main():
     inp.set_data_from_numpy(img, binary_data=False)
     res = client.infer("image-cnn", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)])
     out["triton_cnn"] = res.as_numpy("probabilities").reshape(-1).tolist()
+    # the binary tensor extension, both ways
+    inp = httpclient.InferInput("image", list(img.shape), "FP32")
+    inp.set_data_from_numpy(img, binary_data=True)
+    res = client.infer("image-cnn", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=True)])
+    out["triton_cnn_binary"] = res.as_numpy("probabilities").reshape(-1).tolist()
+    rows_np = np.array(rows, dtype=np.float32)
+    inp = httpclient.InferInput("features", list(rows_np.shape), "FP32")
+    inp.set_data_from_numpy(rows_np, binary_data=True)
+    res = client.infer("fraud-xgb", [inp])
+    out["triton_xgb_label"] = res.as_numpy("label").reshape(-1).tolist()
+    out["triton_xgb_proba"] = res.as_numpy("probabilities").reshape(-1).tolist()
     meta = client.get_model_metadata("fraud-xgb")
     out["triton_meta_inputs"] = meta["inputs"]
     print(json.dumps(out))

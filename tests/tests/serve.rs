@@ -240,6 +240,11 @@ fn stock_boto3_and_tritonclient_work_unchanged() {
     let p: Vec<f64> = doc["triton_cnn"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_close(&p, &expected_output("image-cnn", "expected.json"), 1e-4);
     assert_eq!(doc["triton_meta_inputs"][0]["datatype"], "FP32");
+    let p: Vec<f64> = doc["triton_cnn_binary"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_close(&p, &expected_output("image-cnn", "expected.json"), 1e-4);
+    let p: Vec<f64> = doc["triton_xgb_proba"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_close(&p, &expected("fraud-xgb"), 1e-6);
+    assert_eq!(doc["triton_xgb_label"], serde_json::json!([0, 0, 0, 1, 1, 0, 0, 0]));
 }
 
 fn rss_kb(pid: u32) -> u64 {
