@@ -259,6 +259,21 @@ impl Model {
                 ))));
             }
         }
+        // neural models have no notion of a missing value: a NaN would flow
+        // silently into every output, so it is refused (trees route NaN)
+        if matches!(self.engine, Engine::Tract(_)) {
+            for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
+                if t.datum_type().is_float() {
+                    let v = crate::tensors::to_f64(t).map_err(|e| PredictError::Engine(e.to_string()))?;
+                    if let Some(i) = v.iter().position(|x| x.is_nan()) {
+                        return Err(PredictError::BadRequest(BadRequest(format!(
+                            "input `{}` holds NaN (element {i}); this model has no missing-value handling",
+                            spec.name
+                        ))));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

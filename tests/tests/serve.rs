@@ -141,6 +141,12 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
         (a.post(&inv).set("Content-Type", "text/csv"), vec!["0.5"; 29].join(",").into_bytes(), 400, "has 29 values"),
         (a.post(&inv).set("Content-Type", "text/csv"), row30.replace("0.5,0.5", "0.5,zz").into_bytes(), 400, "`zz` is not a number"),
         (a.post(&inv).set("Content-Type", "text/csv"), b"   ".to_vec(), 400, "empty body"),
+        (
+            a.post(&inv).set("Content-Type", "text/csv").set("X-Amzn-SageMaker-Target-Model", "fraud-mlp"),
+            row30.replacen("0.5", "NaN", 1).into_bytes(),
+            400,
+            "holds NaN",
+        ),
         (a.post(&inv).set("Content-Type", "text/csv"), vec![b'1'; 30000], 413, "byte limit"),
         (a.post(&inv).set("Content-Type", "application/xml"), row30.clone().into_bytes(), 415, "not supported"),
         (a.post(&inv).set("Content-Type", "text/csv").set("Accept", "image/png"), row30.clone().into_bytes(), 406, "cannot answer"),
@@ -254,7 +260,7 @@ fn rss_kb(pid: u32) -> u64 {
 
 #[test]
 fn sixty_four_clients_get_answers_batches_merge_and_sigterm_drains() {
-    let secs: u64 = std::env::var("NEOC_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let secs: u64 = std::env::var("NEOC_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let mut s = start(&["--max-queue", "32"]);
     let pid = s.child.id();
     let base = s.base.clone();
