@@ -314,20 +314,23 @@ impl Compiled {
         }
     }
 
+    /// Every row's margins, set to the base margin; checks `x` holds the rows.
+    fn base_margins(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let f = &self.forest;
+        assert!(x.len() >= rows * f.num_features, "{} values for {rows} rows of {}", x.len(), f.num_features);
+        f.base_margin.iter().copied().cycle().take(rows * f.num_groups).collect()
+    }
+
     fn margins_op<const OP: u8>(&self, x: &[f32], rows: usize) -> Vec<f32> {
         // 6 measured best here: 8 spills and runs 56 or 90 µs at batch 64 depending on
         // the process's address layout; 6 runs a steady 62 µs (bench/trees)
         const LANES: usize = 6;
         let f = &self.forest;
         let (g, nf) = (f.num_groups, f.num_features);
-        assert!(x.len() >= rows * nf);
-        let mut m = vec![0f32; rows * g];
-        for r in 0..rows {
-            m[r * g..(r + 1) * g].copy_from_slice(&f.base_margin);
-        }
+        let mut m = self.base_margins(x, rows);
         let row = |r: usize| &x[r * nf..(r + 1) * nf];
         if rows >= LANES {
-            // eight rows walk the same tree in lockstep: eight independent
+            // LANES rows walk the same tree in lockstep: independent
             // dependency chains keep the core busy instead of waiting on loads
             for (t, &root) in f.roots.iter().enumerate() {
                 let depth = self.depth[t];
@@ -354,7 +357,7 @@ impl Compiled {
                 }
             }
         } else {
-            // few rows: eight trees walk the same row in lockstep
+            // few rows: LANES trees walk the same row in lockstep
             let trees = f.roots.len();
             for r in 0..rows {
                 let xr = row(r);
@@ -393,11 +396,7 @@ impl Compiled {
     fn margins_mixed(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let f = &self.forest;
         let (g, nf) = (f.num_groups, f.num_features);
-        assert!(x.len() >= rows * nf);
-        let mut m = vec![0f32; rows * g];
-        for r in 0..rows {
-            m[r * g..(r + 1) * g].copy_from_slice(&f.base_margin);
-        }
+        let mut m = self.base_margins(x, rows);
         for (t, &root) in f.roots.iter().enumerate() {
             for r in 0..rows {
                 let row = &x[r * nf..(r + 1) * nf];
