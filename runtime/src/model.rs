@@ -184,6 +184,9 @@ impl Model {
     /// one run when the axis is symbolic or matches, one run per row when the
     /// model takes exactly one row; outputs are concatenated back in order.
     pub fn predict(&self, batch: Batch) -> Result<Vec<Tensor>, PredictError> {
+        if batch.rows == 0 {
+            return Err(PredictError::BadRequest(BadRequest("the request has no rows".into())));
+        }
         let fixed_batch = self.manifest.inputs.iter().find_map(|i| match i.shape.first() {
             Some(Dim::Fixed(n)) => Some(*n as usize),
             _ => None,

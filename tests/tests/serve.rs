@@ -164,6 +164,18 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
             "expects shape [N,30]",
         ),
         (a.post(&format!("{}/v2/models/fraud-mlp/versions/9/infer", s.base)), b"{}".to_vec(), 404, "no version `9`"),
+        (
+            a.post(&format!("{}/v2/models/image-cnn/infer", s.base)).set("Inference-Header-Content-Length", "103"),
+            br#"{"inputs":[{"name":"image","shape":[0,3,64,64],"datatype":"FP32","parameters":{"binary_data_size":0}}]}"#.to_vec(),
+            400,
+            "",
+        ),
+        (
+            a.post(&format!("{}/v2/models/image-cnn/infer", s.base)).set("Inference-Header-Content-Length", "9999"),
+            br#"{"inputs":[]}"#.to_vec(),
+            400,
+            "beyond the",
+        ),
         (a.post(&format!("{}/v2/models/ghost/infer", s.base)), b"{}".to_vec(), 404, "unknown model"),
     ];
     for (req, body, want, msg) in cases {
