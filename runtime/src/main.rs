@@ -136,6 +136,9 @@ enum Command {
         /// Print one JSON document
         #[arg(long)]
         json: bool,
+        /// Try thread counts 1..=CPUs and batches 1, 8, 64, 256 (symbolic-batch models), and recommend the best for latency and for throughput
+        #[arg(long)]
+        sweep: bool,
     },
     /// Verify a bundle, load it and run its test vectors (the device health check)
     Check {
@@ -227,10 +230,77 @@ fn check(bundle: PathBuf, trust: Trust) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One measured configuration of `bench`.
+struct Measured {
+    threads: usize,
+    batch: usize,
+    median_us: f64,
+    p99_us: f64,
+    throughput: f64,
+}
+
+fn bench_sweep(bundle: PathBuf, trust: Trust, iterations: usize, warmup: usize, json: bool) -> Result<(), Failure> {
+    use neoc_bundle::manifest::Dim;
+    let model = open(&bundle, &trust)?;
+    let symbolic = model.manifest.inputs.iter().all(|i| matches!(i.shape.first(), Some(Dim::Symbol(_))));
+    drop(model);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let batches: Vec<Option<usize>> = if symbolic { vec![Some(1), Some(8), Some(64), Some(256)] } else { vec![None] };
+    let mut results = Vec::new();
+    for t in 1..=cpus {
+        for b in &batches {
+            results.push(measure(&bundle, &trust, t, *b, iterations, warmup)?);
+        }
+    }
+    let latency = results.iter().filter(|r| r.batch == results[0].batch).min_by(|a, b| a.median_us.total_cmp(&b.median_us)).expect("one result");
+    let throughput = results.iter().max_by(|a, b| a.throughput.total_cmp(&b.throughput)).expect("one result");
+    if json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|r| serde_json::json!({"threads": r.threads, "batch": r.batch, "median_us": r.median_us, "p99_us": r.p99_us, "throughput_per_s": r.throughput}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"schema_version": 1, "results": rows,
+                "recommended": {"latency": {"threads": latency.threads, "batch": latency.batch},
+                                "throughput": {"threads": throughput.threads, "batch": throughput.batch}}})
+        );
+    } else {
+        println!("{:>7} {:>6} {:>11} {:>11} {:>12}", "threads", "batch", "median µs", "p99 µs", "rows/s");
+        for r in &results {
+            println!("{:>7} {:>6} {:>11.1} {:>11.1} {:>12.0}", r.threads, r.batch, r.median_us, r.p99_us, r.throughput);
+        }
+        println!("recommended for latency: --threads {} (batch {}); for throughput: --threads {} --max-batch {}", latency.threads, latency.batch, throughput.threads, throughput.batch);
+    }
+    Ok(())
+}
+
 fn bench(bundle: PathBuf, trust: Trust, threads: usize, batch: Option<usize>, iterations: usize, warmup: usize, json: bool) -> Result<(), Failure> {
+    let r = measure(&bundle, &trust, threads, batch, iterations, warmup)?;
+    let model = open(&bundle, &trust)?;
+    let m = &model.manifest;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema_version": 1, "model": format!("{}:{}", m.model.name, m.model.version), "engine": m.engine.name,
+                "threads": r.threads, "batch": r.batch, "iterations": iterations.max(1),
+                "median_us": r.median_us, "p99_us": r.p99_us, "throughput_per_s": r.throughput,
+            })
+        );
+    } else {
+        println!(
+            "{}:{} ({}), batch {}, {} thread(s), {} runs: median {:.1} µs, p99 {:.1} µs, {:.0} rows/s",
+            m.model.name, m.model.version, m.engine.name, r.batch, r.threads, iterations.max(1), r.median_us, r.p99_us, r.throughput
+        );
+    }
+    Ok(())
+}
+
+fn measure(bundle: &PathBuf, trust: &Trust, threads: usize, batch: Option<usize>, iterations: usize, warmup: usize) -> Result<Measured, Failure> {
     use neoc_bundle::manifest::Dim;
     use neoc_runtime::tensors::NamedTensor;
-    let mut model = open(&bundle, &trust)?;
+    let mut model = open(bundle, trust)?;
     model.set_threads(threads);
     let case = model
         .test_vectors
@@ -273,23 +343,7 @@ fn bench(bundle: PathBuf, trust: Trust, threads: usize, batch: Option<usize>, it
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
     let (median, p99) = (pct(0.5), pct(0.99));
     let throughput = (rows * times.len()) as f64 / total;
-    let m = &model.manifest;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "schema_version": 1, "model": format!("{}:{}", m.model.name, m.model.version), "engine": m.engine.name,
-                "threads": threads, "batch": rows, "iterations": times.len(),
-                "median_us": median, "p99_us": p99, "throughput_per_s": throughput,
-            })
-        );
-    } else {
-        println!(
-            "{}:{} ({}), batch {rows}, {threads} thread(s), {} runs: median {median:.1} µs, p99 {p99:.1} µs, {throughput:.0} rows/s",
-            m.model.name, m.model.version, m.engine.name, times.len()
-        );
-    }
-    Ok(())
+    Ok(Measured { threads, batch: rows, median_us: median, p99_us: p99, throughput })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -467,7 +521,8 @@ fn main() -> ExitCode {
         Command::Serve { bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay } => {
             serve(bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay)
         }
-        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json } => bench(bundle, trust, threads, batch, iterations, warmup, json),
+        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json, sweep: false } => bench(bundle, trust, threads, batch, iterations, warmup, json),
+        Command::Bench { bundle, trust, iterations, warmup, json, sweep: true, .. } => bench_sweep(bundle, trust, iterations, warmup, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,7 +93,7 @@ impl Engine {
                 let x = inputs[0].cast_to::<f32>()?;
                 let rows = x.shape()[0];
                 let data = x.try_as_plain_ram()?.as_slice::<f32>()?;
-                let (labels, values) = if *threads > 1 && rows >= 256 {
+                let (labels, values) = if *threads > 1 && rows >= 1024 {
                     // rows split across threads; each walks every tree for its rows
                     let nf = f.num_features;
                     let chunk = rows.div_ceil(*threads);
@@ -164,7 +164,8 @@ impl Model {
     }
 
     /// Threads used for inference: tract's executor (process-wide), or the
-    /// trees engine's row split (batches of 256 rows and more).
+    /// trees engine's row split (batches of 1024 rows and more: below, spawning
+    /// the workers costs more than it saves; measured with `neorun bench --sweep`).
     pub fn set_threads(&mut self, threads: usize) {
         let threads = threads.max(1);
         match &mut self.engine {
