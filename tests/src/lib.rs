@@ -33,7 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Refuses to test a binary older than the sources it is built from (as
 /// happens with `cargo test -p neoc-e2e`, which does not rebuild them).
-fn assert_fresh(bin: &Path) {
+pub fn assert_fresh(bin: &Path) {
     // a crate's main.rs only feeds its own binary
     fn newest(dir: &Path, skip_main: bool) -> std::time::SystemTime {
         let mut t = std::time::SystemTime::UNIX_EPOCH;
