@@ -100,7 +100,9 @@ pub fn encode(
         entries.push((SIGNATURE_NAME, key.sign(&manifest_bytes, trusted_comment).into_bytes()));
     }
     let mut out = Vec::new();
-    for (name, data) in entries.iter().map(|(n, d)| (*n, d.as_slice())).chain(files.iter().map(|(n, d)| (n.as_str(), d.as_slice()))) {
+    for (name, data) in
+        entries.iter().map(|(n, d)| (*n, d.as_slice())).chain(files.iter().map(|(n, d)| (n.as_str(), d.as_slice())))
+    {
         check_entry_name(name).map_err(BundleError::Manifest)?;
         out.extend_from_slice(header(name, data.len() as u64, manifest.created)?.as_bytes());
         out.extend_from_slice(data);
@@ -198,8 +200,8 @@ pub fn read_from(r: impl Read, len: u64, trust: &Trust) -> Result<VerifiedBundle
     let mut ignored = Hasher::default();
 
     // 1. the manifest, bounded, not interpreted yet beyond JSON parsing after the signature
-    let (name, size, manifest_mtime) = read_header(&mut r, None)?
-        .ok_or_else(|| BundleError::NotABundle("empty archive".into()))?;
+    let (name, size, manifest_mtime) =
+        read_header(&mut r, None)?.ok_or_else(|| BundleError::NotABundle("empty archive".into()))?;
     if name != MANIFEST_NAME {
         return Err(BundleError::NotABundle(format!("first entry is `{name}`, expected `{MANIFEST_NAME}`")));
     }
@@ -244,7 +246,9 @@ pub fn read_from(r: impl Read, len: u64, trust: &Trust) -> Result<VerifiedBundle
             BundleError::NotABundle(format!("file `{}` listed in manifest.json is missing", entry.path))
         })?;
         if mtime != manifest.created {
-            return Err(BundleError::NotCanonical(format!("time of entry `{name}` differs from manifest.json's `created`")));
+            return Err(BundleError::NotCanonical(format!(
+                "time of entry `{name}` differs from manifest.json's `created`"
+            )));
         }
         if name != entry.path {
             return Err(BundleError::NotCanonical(format!(
@@ -337,7 +341,8 @@ mod tests {
             ("model.nnef.tar".to_string(), (0..1500u32).map(|i| (i * 7) as u8).collect()),
             ("test_vectors.json".to_string(), b"{\"cases\":[]}\n".to_vec()),
         ];
-        let spec = TensorSpec { name: "x".into(), dtype: "f32".into(), shape: vec![Dim::Symbol("N".into()), Dim::Fixed(3)] };
+        let spec =
+            TensorSpec { name: "x".into(), dtype: "f32".into(), shape: vec![Dim::Symbol("N".into()), Dim::Fixed(3)] };
         let m = Manifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
@@ -349,14 +354,37 @@ mod tests {
                 source_digest: sha256(b"m"),
                 source_file: "m.onnx".into(),
             },
-            target: TargetInfo { name: "x86_64".into(), triple: "x86_64-unknown-linux-gnu".into(), arch: "x86_64".into(), features: vec![], accelerator: "none".into() },
-            engine: EngineInfo { name: "tract".into(), version: "0.23.9".into(), model_file: "model.nnef.tar".into(), model_format: "tract-nnef-tar".into(), registries: vec![] },
+            target: TargetInfo {
+                name: "x86_64".into(),
+                triple: "x86_64-unknown-linux-gnu".into(),
+                arch: "x86_64".into(),
+                features: vec![],
+                accelerator: "none".into(),
+            },
+            engine: EngineInfo {
+                name: "tract".into(),
+                version: "0.23.9".into(),
+                model_file: "model.nnef.tar".into(),
+                model_format: "tract-nnef-tar".into(),
+                registries: vec![],
+            },
             compiler: ToolInfo { name: "neoc".into(), version: "0.1.0".into() },
             min_runtime_version: "0.1.0".into(),
             created: 1_700_000_000,
             inputs: vec![spec.clone()],
             outputs: vec![spec],
-            verification: Verification { status: "passed".into(), reference: "r".into(), host: "x86_64".into(), inputs: "seeded".into(), cases: 1, max_abs_error: 0.0, max_rel_error: 0.0, atol: 1e-4, rtol: 1e-4, independent: None },
+            verification: Verification {
+                status: "passed".into(),
+                reference: "r".into(),
+                host: "x86_64".into(),
+                inputs: "seeded".into(),
+                cases: 1,
+                max_abs_error: 0.0,
+                max_rel_error: 0.0,
+                atol: 1e-4,
+                rtol: 1e-4,
+                independent: None,
+            },
             test_vectors: Some("test_vectors.json".into()),
             files: file_entries(&files),
         };
@@ -386,7 +414,8 @@ mod tests {
         assert!(matches!(b.signer, Signer::Key { .. }));
         // a standard tar reader sees the same entries
         let mut ar = tar::Archive::new(&a[..]);
-        let names: Vec<String> = ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let names: Vec<String> =
+            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, ["manifest.json", "manifest.json.minisig", "model.nnef.tar", "test_vectors.json"]);
     }
 

@@ -17,11 +17,15 @@ pub enum BundleError {
     DigestMismatch { file: String, expected: String, actual: String },
     #[error("invalid manifest.json: {0}")]
     Manifest(String),
-    #[error("bundle is not signed\nhint: sign it with `neoc compile --key KEY`, or pass --allow-unsigned to run it anyway")]
+    #[error(
+        "bundle is not signed\nhint: sign it with `neoc compile --key KEY`, or pass --allow-unsigned to run it anyway"
+    )]
     Unsigned,
     #[error("bundle is signed by key {found}, which is not trusted (trusted: {})\nhint: pass the signer's public key with --trusted-key", trusted.join(", "))]
     UntrustedKey { found: String, trusted: Vec<String> },
-    #[error("bad signature on manifest.json: {0}; the bundle was modified after signing or its signature is corrupted")]
+    #[error(
+        "bad signature on manifest.json: {0}; the bundle was modified after signing or its signature is corrupted"
+    )]
     BadSignature(String),
     #[error("{}: {reason}", path.display())]
     Key { path: PathBuf, reason: String },

@@ -171,8 +171,8 @@ impl Manifest {
             format: Option<String>,
             format_version: Option<u32>,
         }
-        let probe: Probe = serde_json::from_slice(bytes)
-            .map_err(|e| BundleError::Manifest(format!("not JSON: {e}")))?;
+        let probe: Probe =
+            serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest(format!("not JSON: {e}")))?;
         if probe.format.as_deref() != Some(FORMAT) {
             return Err(BundleError::Manifest(format!(
                 "format is {:?}, expected \"{FORMAT}\"",
@@ -188,8 +188,7 @@ impl Manifest {
             }
             None => return Err(BundleError::Manifest("format_version is missing".into())),
         }
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
         m.check_files()?;
         Ok(m)
     }

@@ -61,11 +61,8 @@ pub fn generate_keypair() -> Result<(String, String), BundleError> {
         .to_box(Some("neoc secret key (no password)"))
         .map_err(|e| BundleError::Key { path: "<new key>".into(), reason: e.to_string() })?
         .into_string();
-    let pk = kp
-        .pk
-        .to_box()
-        .map_err(|e| BundleError::Key { path: "<new key>".into(), reason: e.to_string() })?
-        .into_string();
+    let pk =
+        kp.pk.to_box().map_err(|e| BundleError::Key { path: "<new key>".into(), reason: e.to_string() })?.into_string();
     Ok((sk, pk))
 }
 
@@ -80,7 +77,8 @@ impl SigningKey {
         let text = std::str::from_utf8(text).map_err(|_| "not a minisign secret key (not text)".to_string())?;
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let first = lines.next().ok_or("empty key file")?;
-        let b64 = if first.starts_with("untrusted comment:") { lines.next().ok_or("key line is missing")? } else { first };
+        let b64 =
+            if first.starts_with("untrusted comment:") { lines.next().ok_or("key line is missing")? } else { first };
         let raw = Base64::decode_to_vec(b64, None)
             .map_err(|_| "not a minisign secret key (the key line is not base64)".to_string())?;
         if raw.len() != SECRET_KEY_LEN {
@@ -181,8 +179,7 @@ impl TrustedKey {
         if raw.len() == SECRET_KEY_LEN {
             return Err("this is a secret key; pass the public key (.pub)".into());
         }
-        let key = minisign::PublicKey::from_base64(b64)
-            .map_err(|e| format!("not a minisign public key: {e}"))?;
+        let key = minisign::PublicKey::from_base64(b64).map_err(|e| format!("not a minisign public key: {e}"))?;
         Ok(TrustedKey { id: key_id_string(&raw[2..10]), key })
     }
 
@@ -198,8 +195,8 @@ impl TrustedKey {
 /// that no byte of it can change without the bundle being refused. Returns the
 /// id of the key that signed and the trusted comment.
 pub fn verify(data: &[u8], signature: &[u8], trusted: &[TrustedKey]) -> Result<(String, String), BundleError> {
-    let text = std::str::from_utf8(signature)
-        .map_err(|_| BundleError::BadSignature("signature file is not text".into()))?;
+    let text =
+        std::str::from_utf8(signature).map_err(|_| BundleError::BadSignature("signature file is not text".into()))?;
     let sig_box = minisign::SignatureBox::from_string(text)
         .map_err(|e| BundleError::BadSignature(format!("malformed signature file: {e}")))?;
     if sig_box.to_string() != text || sig_box.untrusted_comment().ok().as_deref() != Some(UNTRUSTED_COMMENT) {
@@ -223,8 +220,8 @@ pub fn verify(data: &[u8], signature: &[u8], trusted: &[TrustedKey]) -> Result<(
 
 /// Reads a `.minisig` file's key id and trusted comment without checking it.
 pub fn inspect(signature: &[u8]) -> Result<(String, String), BundleError> {
-    let text = std::str::from_utf8(signature)
-        .map_err(|_| BundleError::BadSignature("signature file is not text".into()))?;
+    let text =
+        std::str::from_utf8(signature).map_err(|_| BundleError::BadSignature("signature file is not text".into()))?;
     let sig_box = minisign::SignatureBox::from_string(text)
         .map_err(|e| BundleError::BadSignature(format!("malformed signature file: {e}")))?;
     let comment = sig_box.trusted_comment().map_err(|e| BundleError::BadSignature(e.to_string()))?;

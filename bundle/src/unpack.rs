@@ -48,11 +48,8 @@ pub fn is_tar(head: &[u8]) -> bool {
     let h = tar::Header::from_byte_slice(&head[..512]);
     match h.cksum() {
         Ok(sum) => {
-            let computed: u32 = head[..512]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
-                .sum();
+            let computed: u32 =
+                head[..512].iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 }).sum();
             sum == computed && head[..100].iter().any(|b| *b != 0)
         }
         Err(_) => false,
@@ -128,8 +125,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, B
     } else {
         Box::new(Guard { inner: raw, out: 0, compressed: std::rc::Rc::new(std::cell::Cell::new(u64::MAX)), limits })
     };
-    unpack_reader(reader, dest, limits)
-        .map_err(|e| BundleError::Unpack(format!("{}: {e}", archive.display())))
+    unpack_reader(reader, dest, limits).map_err(|e| BundleError::Unpack(format!("{}: {e}", archive.display())))
 }
 
 fn unpack_reader(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpacked, String> {
@@ -144,7 +140,8 @@ fn unpack_reader(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpac
         }
         let raw_path = entry.path().map_err(|e| format!("unreadable entry name: {e}"))?.into_owned();
         let shown = raw_path.display().to_string();
-        let rel = safe_relative(&raw_path).ok_or_else(|| format!("entry `{shown}` escapes the archive (absolute path or `..`)"))?;
+        let rel = safe_relative(&raw_path)
+            .ok_or_else(|| format!("entry `{shown}` escapes the archive (absolute path or `..`)"))?;
         let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Directory => {

@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::framework::Framework as _;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::source::Source;
 
@@ -63,9 +63,9 @@ pub fn parse_input_flag(s: &str) -> Result<Vec<(String, InputConfig)>> {
         let v: Value = serde_json::from_str(s).with_context(|| format!("--input {s}: not valid JSON"))?;
         return parse_data_input_config(&v).with_context(|| format!("--input {s}"));
     }
-    let (name, rest) = s
-        .split_once('=')
-        .with_context(|| format!("--input {s:?}: expected NAME=DIMS[:DTYPE], e.g. features=N,30:f32 or image=1,3,224,224"))?;
+    let (name, rest) = s.split_once('=').with_context(|| {
+        format!("--input {s:?}: expected NAME=DIMS[:DTYPE], e.g. features=N,30:f32 or image=1,3,224,224")
+    })?;
     let (dims, dtype) = match rest.split_once(':') {
         Some((d, t)) => (d, Some(parse_dtype(t).with_context(|| format!("--input {s}"))?)),
         None => (rest, None),
@@ -181,7 +181,11 @@ fn detect(path: &Path) -> Option<Framework> {
     if name.ends_with(".onnx") {
         return Some(Framework::Onnx);
     }
-    if name.ends_with(".nnef.tgz") || name.ends_with(".nnef.tar") || name.ends_with(".nnef.tar.gz") || name == "graph.nnef" {
+    if name.ends_with(".nnef.tgz")
+        || name.ends_with(".nnef.tar")
+        || name.ends_with(".nnef.tar.gz")
+        || name == "graph.nnef"
+    {
         return Some(Framework::Nnef);
     }
     if name.ends_with(".tflite") {
@@ -225,15 +229,19 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
             let v: Value = serde_json::from_slice(&std::fs::read(root.join(rel))?)
                 .with_context(|| format!("{}: model.json is not valid JSON", src.given))?;
             if let Some(cfg) = v.get("DataInputConfig").or_else(|| v.get("data_input_config")) {
-                for (name, c) in parse_data_input_config(cfg).with_context(|| format!("{}: model.json DataInputConfig", src.given))? {
+                for (name, c) in parse_data_input_config(cfg)
+                    .with_context(|| format!("{}: model.json DataInputConfig", src.given))?
+                {
                     model_json.insert(name, c);
                 }
             }
-            json_framework = v.get("Framework").or_else(|| v.get("framework")).and_then(|f| f.as_str()).map(String::from);
+            json_framework =
+                v.get("Framework").or_else(|| v.get("framework")).and_then(|f| f.as_str()).map(String::from);
             continue;
         }
         if let Some(set) = parent.filter(|p| p.starts_with("test_data_set_")) {
-            let entry = test_sets.entry(set.clone()).or_insert_with(|| TestSet { name: set, inputs: vec![], outputs: vec![] });
+            let entry =
+                test_sets.entry(set.clone()).or_insert_with(|| TestSet { name: set, inputs: vec![], outputs: vec![] });
             if file_name.starts_with("input_") && file_name.ends_with(".pb") {
                 entry.inputs.push(root.join(rel));
             } else if file_name.starts_with("output_") && file_name.ends_with(".pb") {
@@ -251,7 +259,14 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
         [] => bail!(
             "{}: no model file found (looked for *.onnx, *.nnef.tgz, *.tflite, xgboost-model*, LightGBM text models){}",
             src.given,
-            if src.files.is_empty() { String::new() } else { format!("; it holds: {}", src.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")) }
+            if src.files.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; it holds: {}",
+                    src.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+                )
+            }
         ),
         [one] => one.clone(),
         many => bail!(
@@ -263,7 +278,13 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
     let framework = match (forced, json_framework.as_deref().and_then(Framework::from_model_json)) {
         (Some(f), _) => f,
         (None, Some(f)) if f != detected => {
-            bail!("{}: model.json says the framework is {}, but {} looks like {}\nhint: pass --framework to choose", src.given, f.as_str(), rel.display(), detected.as_str())
+            bail!(
+                "{}: model.json says the framework is {}, but {} looks like {}\nhint: pass --framework to choose",
+                src.given,
+                f.as_str(),
+                rel.display(),
+                detected.as_str()
+            )
         }
         _ => detected,
     };
@@ -322,7 +343,12 @@ pub fn onnx_proto(located: &Located) -> Result<pb::ModelProto> {
 
 /// ONNX import. Lists every operator no target can run (all at once), then
 /// translates with the input configuration applied.
-pub fn onnx(located: &Located, proto: &pb::ModelProto, inputs: &BTreeMap<String, InputConfig>, target: &str) -> Result<InferenceModel> {
+pub fn onnx(
+    located: &Located,
+    proto: &pb::ModelProto,
+    inputs: &BTreeMap<String, InputConfig>,
+    target: &str,
+) -> Result<InferenceModel> {
     let onnx = tract_onnx::onnx();
     let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
     let mut list = Vec::new();
@@ -342,8 +368,10 @@ pub fn onnx(located: &Located, proto: &pb::ModelProto, inputs: &BTreeMap<String,
 
 fn preflight(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx, list: &mut Vec<Unsupported>) {
     for node in &graph.node {
-        let name = if node.name.is_empty() { node.output.first().cloned().unwrap_or_default() } else { node.name.clone() };
-        let op = if node.domain.is_empty() { node.op_type.clone() } else { format!("{}::{}", node.domain, node.op_type) };
+        let name =
+            if node.name.is_empty() { node.output.first().cloned().unwrap_or_default() } else { node.name.clone() };
+        let op =
+            if node.domain.is_empty() { node.op_type.clone() } else { format!("{}::{}", node.domain, node.op_type) };
         if TREE_OPS.contains(&node.op_type.as_str()) {
             list.push(Unsupported {
                 node: name,
@@ -368,7 +396,10 @@ fn apply_inputs(model: &mut InferenceModel, inputs: &BTreeMap<String, InputConfi
     let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
     for name in inputs.keys() {
         if !names.contains(name) {
-            bail!("input `{name}` given in the input configuration is not an input of the model; its inputs are: {}", names.join(", "));
+            bail!(
+                "input `{name}` given in the input configuration is not an input of the model; its inputs are: {}",
+                names.join(", ")
+            );
         }
     }
     for (ix, name) in names.iter().enumerate() {
@@ -404,7 +435,8 @@ pub fn nnef(located: &Located) -> Result<TypedModel> {
 /// Loads an ONNX TensorProto file (test data).
 pub fn load_tensor_pb(path: &Path) -> Result<(String, Tensor)> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    let proto = tract_onnx::tensor::proto_from_reader(&bytes[..]).with_context(|| format!("{}: not a TensorProto", path.display()))?;
+    let proto = tract_onnx::tensor::proto_from_reader(&bytes[..])
+        .with_context(|| format!("{}: not a TensorProto", path.display()))?;
     let t = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, &proto, None)
         .with_context(|| format!("{}: unreadable tensor", path.display()))?;
     Ok((proto.name.clone(), t))

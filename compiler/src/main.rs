@@ -188,12 +188,20 @@ fn compile(args: CompileArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if !args.quiet {
         let io = |specs: &[neoc_bundle::manifest::TensorSpec]| {
-            specs.iter().map(|s| format!("{} {}{}", s.name, s.dtype, shape_string(&s.shape))).collect::<Vec<_>>().join(", ")
+            specs
+                .iter()
+                .map(|s| format!("{} {}{}", s.name, s.dtype, shape_string(&s.shape)))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         println!("compiled {}:{} for {} -> {}", m.model.name, m.model.version, m.target.name, out.display());
         println!("  inputs:  {}", io(&m.inputs));
         println!("  outputs: {}", io(&m.outputs));
-        let ind = v.independent.as_ref().map(|i| format!("; vs shipped expected outputs {:.2e}", i.max_abs_error)).unwrap_or_default();
+        let ind = v
+            .independent
+            .as_ref()
+            .map(|i| format!("; vs shipped expected outputs {:.2e}", i.max_abs_error))
+            .unwrap_or_default();
         println!(
             "  verify:  {} on {} {} case(s), max abs error {:.2e} vs reference{ind}",
             v.status, v.cases, v.inputs, v.max_abs_error
@@ -234,7 +242,12 @@ fn keygen(output: &Path, force: bool) -> Result<()> {
         f.write_all(sk.as_bytes()).with_context(|| sk_path.display().to_string())?;
     }
     std::fs::write(&pk_path, pk).with_context(|| pk_path.display().to_string())?;
-    println!("key id {}: secret key {} (keep it private), public key {}", key.key_id(), sk_path.display(), pk_path.display());
+    println!(
+        "key id {}: secret key {} (keep it private), public key {}",
+        key.key_id(),
+        sk_path.display(),
+        pk_path.display()
+    );
     Ok(())
 }
 
@@ -251,17 +264,33 @@ fn inspect(bundle: &Path, key: Option<&Path>, json_out: bool) -> Result<()> {
     let b = load_bundle(bundle, key)?;
     let m = &b.manifest;
     let signer = match &b.signer {
-        Signer::Key { key_id, trusted_comment } => json!({"key_id": key_id, "trusted_comment": trusted_comment, "checked": key.is_some()}),
+        Signer::Key { key_id, trusted_comment } => {
+            json!({"key_id": key_id, "trusted_comment": trusted_comment, "checked": key.is_some()})
+        }
         Signer::Unsigned => serde_json::Value::Null,
     };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"schema_version": 1, "digest": b.digest, "signature": signer, "manifest": m}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"schema_version": 1, "digest": b.digest, "signature": signer, "manifest": m})
+            )?
+        );
         return Ok(());
     }
     println!("bundle:    {} ({})", bundle.display(), b.digest);
-    println!("model:     {}:{} ({}, {} from {})", m.model.name, m.model.version, m.model.framework, m.model.source_file, m.model.source);
+    println!(
+        "model:     {}:{} ({}, {} from {})",
+        m.model.name, m.model.version, m.model.framework, m.model.source_file, m.model.source
+    );
     println!("source:    {}", m.model.source_digest);
-    println!("target:    {} ({}, features [{}], accelerator {})", m.target.name, m.target.triple, m.target.features.join(", "), m.target.accelerator);
+    println!(
+        "target:    {} ({}, features [{}], accelerator {})",
+        m.target.name,
+        m.target.triple,
+        m.target.features.join(", "),
+        m.target.accelerator
+    );
     println!("engine:    {} {} ({})", m.engine.name, m.engine.version, m.engine.model_format);
     println!("compiler:  {} {}; needs neorun >= {}", m.compiler.name, m.compiler.version, m.min_runtime_version);
     for s in &m.inputs {
@@ -271,12 +300,17 @@ fn inspect(bundle: &Path, key: Option<&Path>, json_out: bool) -> Result<()> {
         println!("output:    {} {} {}", s.name, s.dtype, shape_string(&s.shape));
     }
     let v = &m.verification;
-    println!("verified:  {} ({} {} cases on {}, max abs {:.2e}, max rel {:.2e}, atol {:.0e}, rtol {:.0e})", v.status, v.cases, v.inputs, v.host, v.max_abs_error, v.max_rel_error, v.atol, v.rtol);
+    println!(
+        "verified:  {} ({} {} cases on {}, max abs {:.2e}, max rel {:.2e}, atol {:.0e}, rtol {:.0e})",
+        v.status, v.cases, v.inputs, v.host, v.max_abs_error, v.max_rel_error, v.atol, v.rtol
+    );
     if let Some(i) = &v.independent {
         println!("           vs {}: max abs {:.2e} over {} cases", i.source, i.max_abs_error, i.cases);
     }
     match &b.signer {
-        Signer::Key { key_id, trusted_comment } => println!("signature: key {key_id}{}; {trusted_comment}", if key.is_some() { " (verified)" } else { "" }),
+        Signer::Key { key_id, trusted_comment } => {
+            println!("signature: key {key_id}{}; {trusted_comment}", if key.is_some() { " (verified)" } else { "" })
+        }
         Signer::Unsigned => println!("signature: none (UNSIGNED)"),
     }
     for f in &m.files {
@@ -289,7 +323,12 @@ fn verify(bundle: &Path, key: &Path, json_out: bool) -> Result<()> {
     let trusted = TrustedKey::from_file(key)?;
     let b = container::read(bundle, &Trust::Keys(vec![trusted]))?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"schema_version": 1, "ok": true, "digest": b.digest, "files": b.manifest.files.len()}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"schema_version": 1, "ok": true, "digest": b.digest, "files": b.manifest.files.len()})
+            )?
+        );
     } else {
         println!("ok: {} verifies (signature, {} file digests, container)", bundle.display(), b.manifest.files.len());
     }
@@ -313,7 +352,13 @@ fn targets(json_out: bool) -> Result<()> {
     }
     println!("{:<15} {:<32} {:<10} {}", "TARGET", "TRIPLE", "HERE", "DESCRIPTION");
     for t in neoc_targets::CATALOG {
-        println!("{:<15} {:<32} {:<10} {}", t.name, t.triple, if runnable.contains(&t.name) { "yes" } else { "no" }, t.description);
+        println!(
+            "{:<15} {:<32} {:<10} {}",
+            t.name,
+            t.triple,
+            if runnable.contains(&t.name) { "yes" } else { "no" },
+            t.description
+        );
     }
     Ok(())
 }
@@ -326,7 +371,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     } else if let Some(b) = e.downcast_ref::<neoc_bundle::BundleError>() {
         use neoc_bundle::BundleError::*;
         match b {
-            NotABundle(_) | NotCanonical(_) | DigestMismatch { .. } | BadSignature(_) | UntrustedKey { .. } | Unsigned => 3,
+            NotABundle(_)
+            | NotCanonical(_)
+            | DigestMismatch { .. }
+            | BadSignature(_)
+            | UntrustedKey { .. }
+            | Unsigned => 3,
             _ => 1,
         }
     } else {

@@ -110,11 +110,13 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             lower_tract(typed, opts, &mut timer)?
         }
         Framework::Xgboost => {
-            let tm = crate::trees::xgboost_json(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
+            let tm =
+                crate::trees::xgboost_json(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
             lower_trees(tm, &inputs, &mut timer)?
         }
         Framework::Lightgbm => {
-            let tm = crate::trees::lightgbm_text(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
+            let tm =
+                crate::trees::lightgbm_text(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
             lower_trees(tm, &inputs, &mut timer)?
         }
         other => return Err(import::not_yet(other).into()),
@@ -223,7 +225,11 @@ fn lower_tract(mut model: TypedModel, opts: &Options, timer: &mut Timer) -> Resu
     })
 }
 
-fn lower_trees(tm: crate::trees::TreeModel, inputs: &BTreeMap<String, InputConfig>, timer: &mut Timer) -> Result<Lowered> {
+fn lower_trees(
+    tm: crate::trees::TreeModel,
+    inputs: &BTreeMap<String, InputConfig>,
+    timer: &mut Timer,
+) -> Result<Lowered> {
     timer.start("serialize", "laying out the trees");
     let f = tm.forest;
     let nf = f.num_features;
@@ -231,7 +237,11 @@ fn lower_trees(tm: crate::trees::TreeModel, inputs: &BTreeMap<String, InputConfi
     let batch = match inputs.get(&tm.input_name) {
         Some(cfg) => {
             if cfg.shape.len() != 2 || cfg.shape[1].is_some_and(|w| w != nf) {
-                bail!("input `{}` of this tree model has shape [N,{nf}]; the input configuration says {:?}", tm.input_name, cfg.shape);
+                bail!(
+                    "input `{}` of this tree model has shape [N,{nf}]; the input configuration says {:?}",
+                    tm.input_name,
+                    cfg.shape
+                );
             }
             cfg.shape[0].map(|b| Dim::Fixed(b as u64)).unwrap_or(Dim::Symbol("N".into()))
         }
@@ -239,19 +249,30 @@ fn lower_trees(tm: crate::trees::TreeModel, inputs: &BTreeMap<String, InputConfi
     };
     for k in inputs.keys() {
         if *k != tm.input_name {
-            bail!("input `{k}` given in the input configuration is not an input of the model; its input is `{}`", tm.input_name);
+            bail!(
+                "input `{k}` given in the input configuration is not an input of the model; its input is `{}`",
+                tm.input_name
+            );
         }
     }
     let seed_rows = match &batch {
         Dim::Fixed(b) => *b as usize,
         Dim::Symbol(_) => 64,
     };
-    let input = TensorSpec { name: tm.input_name.clone(), dtype: "f32".into(), shape: vec![batch.clone(), Dim::Fixed(nf as u64)] };
+    let input = TensorSpec {
+        name: tm.input_name.clone(),
+        dtype: "f32".into(),
+        shape: vec![batch.clone(), Dim::Fixed(nf as u64)],
+    };
     let width = Dim::Fixed(f.output_width() as u64);
     let outputs = match &f.task {
         neoc_runtime::trees::Task::Classifier { .. } => vec![
             TensorSpec { name: tm.output_names[0].clone(), dtype: "i64".into(), shape: vec![batch.clone()] },
-            TensorSpec { name: tm.output_names.get(1).cloned().unwrap_or_else(|| "probabilities".into()), dtype: "f32".into(), shape: vec![batch, width] },
+            TensorSpec {
+                name: tm.output_names.get(1).cloned().unwrap_or_else(|| "probabilities".into()),
+                dtype: "f32".into(),
+                shape: vec![batch, width],
+            },
         ],
         neoc_runtime::trees::Task::Regressor => {
             vec![TensorSpec { name: tm.output_names[0].clone(), dtype: "f32".into(), shape: vec![batch, width] }]
@@ -354,7 +375,10 @@ fn unserializable_nodes(model: &TypedModel, nnef: &tract_nnef::internal::Nnef) -
     let mut out = Vec::new();
     for node in model.nodes() {
         let op = node.op();
-        if node.op_is::<ops::source::TypedSource>() || node.op_is::<ops::konst::Const>() || node.op_is::<ops::identity::Identity>() {
+        if node.op_is::<ops::source::TypedSource>()
+            || node.op_is::<ops::konst::Const>()
+            || node.op_is::<ops::identity::Identity>()
+        {
             continue;
         }
         let covered = nnef.registries.iter().any(|reg| {
@@ -426,15 +450,26 @@ impl SplitMix {
 
 fn seeded_input(spec: &TensorSpec, rng: &mut SplitMix) -> Result<Tensor> {
     // symbolic dimensions (a batch) get 2, to exercise batching
-    let shape: Vec<usize> = spec.shape.iter().map(|d| match d { Dim::Fixed(n) => *n as usize, Dim::Symbol(_) => 2 }).collect();
+    let shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => *n as usize,
+            Dim::Symbol(_) => 2,
+        })
+        .collect();
     let n: usize = shape.iter().product();
     let dt = neoc_runtime::tensors::datum_type(&spec.dtype).context("dtype")?;
     let t = match dt {
         DatumType::Bool => Tensor::from_shape(&shape, &(0..n).map(|_| rng.next() & 1 == 1).collect::<Vec<_>>())?,
         DatumType::F32 | DatumType::F64 | DatumType::F16 => {
-            Tensor::from_shape(&shape, &(0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect::<Vec<_>>())?.cast_to_dt(dt)?.into_owned()
+            Tensor::from_shape(&shape, &(0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect::<Vec<_>>())?
+                .cast_to_dt(dt)?
+                .into_owned()
         }
-        _ => Tensor::from_shape(&shape, &(0..n).map(|_| (rng.next() % 8) as i64).collect::<Vec<_>>())?.cast_to_dt(dt)?.into_owned(),
+        _ => Tensor::from_shape(&shape, &(0..n).map(|_| (rng.next() % 8) as i64).collect::<Vec<_>>())?
+            .cast_to_dt(dt)?
+            .into_owned(),
     };
     Ok(t)
 }
@@ -448,7 +483,12 @@ fn named(specs: &[TensorSpec], tensors: &[Tensor]) -> Result<Vec<NamedTensor>> {
 /// model's own test data when it ships some, else on seeded inputs; compares
 /// them, and compares the compiled model with the test data's expected outputs
 /// (computed by another engine) when present.
-fn verify(lowered: &Lowered, manifest: &Manifest, located: &Located, opts: &Options) -> Result<(Verification, TestVectors)> {
+fn verify(
+    lowered: &Lowered,
+    manifest: &Manifest,
+    located: &Located,
+    opts: &Options,
+) -> Result<(Verification, TestVectors)> {
     let compiled = neoc_runtime::Model::from_parts(manifest.clone(), &lowered.model_bytes, None)
         .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e}"))?;
 
@@ -495,12 +535,18 @@ fn verify(lowered: &Lowered, manifest: &Manifest, located: &Located, opts: &Opti
             v.max_abs_error = v.max_abs_error.max(c.max_abs);
             v.max_rel_error = v.max_rel_error.max(c.max_rel);
             if !c.within {
-                failures.push(format!("case {i}, output `{}`: compiled vs reference max abs error {:.3e}", spec.name, c.max_abs));
+                failures.push(format!(
+                    "case {i}, output `{}`: compiled vs reference max abs error {:.3e}",
+                    spec.name, c.max_abs
+                ));
             }
         }
         if let Some(exp) = expected {
             let ind = independent.get_or_insert(IndependentCheck {
-                source: format!("expected outputs shipped with the model ({})", located.test_sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
+                source: format!(
+                    "expected outputs shipped with the model ({})",
+                    located.test_sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
                 cases: 0,
                 max_abs_error: 0.0,
                 max_rel_error: 0.0,
@@ -509,21 +555,34 @@ fn verify(lowered: &Lowered, manifest: &Manifest, located: &Located, opts: &Opti
             let mut exp_cast = Vec::new();
             for ((g, w), spec) in got.iter().zip(exp).zip(&manifest.outputs) {
                 let w = w.cast_to_dt(g.datum_type())?.into_owned();
-                let c = compare(g, &w, opts.atol, opts.rtol).with_context(|| format!("case {i}, output `{}` vs shipped expected output", spec.name))?;
+                let c = compare(g, &w, opts.atol, opts.rtol)
+                    .with_context(|| format!("case {i}, output `{}` vs shipped expected output", spec.name))?;
                 ind.max_abs_error = ind.max_abs_error.max(c.max_abs);
                 ind.max_rel_error = ind.max_rel_error.max(c.max_rel);
                 if !c.within {
-                    failures.push(format!("case {i}, output `{}`: compiled vs shipped expected output max abs error {:.3e}", spec.name, c.max_abs));
+                    failures.push(format!(
+                        "case {i}, output `{}`: compiled vs shipped expected output max abs error {:.3e}",
+                        spec.name, c.max_abs
+                    ));
                 }
                 exp_cast.push(w);
             }
-            vectors.cases.push(TestCase { inputs: named(&manifest.inputs, ins)?, outputs: named(&manifest.outputs, &exp_cast)? });
+            vectors.cases.push(TestCase {
+                inputs: named(&manifest.inputs, ins)?,
+                outputs: named(&manifest.outputs, &exp_cast)?,
+            });
         } else {
             all_independent = false;
-            vectors.cases.push(TestCase { inputs: named(&manifest.inputs, ins)?, outputs: named(&manifest.outputs, &want)? });
+            vectors
+                .cases
+                .push(TestCase { inputs: named(&manifest.inputs, ins)?, outputs: named(&manifest.outputs, &want)? });
         }
     }
-    vectors.source = if all_independent && independent.is_some() { "expected outputs shipped with the model".into() } else { v.reference.clone() };
+    vectors.source = if all_independent && independent.is_some() {
+        "expected outputs shipped with the model".into()
+    } else {
+        v.reference.clone()
+    };
     for x in [&mut v.max_abs_error, &mut v.max_rel_error] {
         if !x.is_finite() {
             *x = f64::MAX;
@@ -542,7 +601,13 @@ fn verify(lowered: &Lowered, manifest: &Manifest, located: &Located, opts: &Opti
     } else if opts.allow_mismatch {
         v.status = "mismatch-allowed".into();
     } else {
-        return Err(Mismatch(format!("beyond tolerance (atol {:.1e}, rtol {:.1e}):\n  {}", opts.atol, opts.rtol, failures.join("\n  "))).into());
+        return Err(Mismatch(format!(
+            "beyond tolerance (atol {:.1e}, rtol {:.1e}):\n  {}",
+            opts.atol,
+            opts.rtol,
+            failures.join("\n  ")
+        ))
+        .into());
     }
     Ok((v, vectors))
 }

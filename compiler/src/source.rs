@@ -157,7 +157,11 @@ fn from_path(given: &str, path: &Path) -> Result<Source> {
 
 fn sanitize(s: &str) -> String {
     let v: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
-    if v.is_empty() { "model".into() } else { v }
+    if v.is_empty() {
+        "model".into()
+    } else {
+        v
+    }
 }
 
 #[derive(Deserialize)]
@@ -197,9 +201,11 @@ fn from_registry(given: &str, root: &Path) -> Result<Source> {
             if known.is_empty() { String::new() } else { format!("\nhint: it has: {}", known.join(", ")) }
         );
     }
-    let index: Index = serde_json::from_slice(&std::fs::read(&index_path).with_context(|| index_path.display().to_string())?)
-        .with_context(|| format!("{}: not an OCI image index", index_path.display()))?;
-    let tags: Vec<&str> = index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str)).collect();
+    let index: Index =
+        serde_json::from_slice(&std::fs::read(&index_path).with_context(|| index_path.display().to_string())?)
+            .with_context(|| format!("{}: not an OCI image index", index_path.display()))?;
+    let tags: Vec<&str> =
+        index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str)).collect();
     let tag = match tag {
         Some(t) => t.to_string(),
         None if tags.contains(&"latest") => "latest".into(),
@@ -210,12 +216,15 @@ fn from_registry(given: &str, root: &Path) -> Result<Source> {
         .manifests
         .iter()
         .find(|d| d.annotations.get(REF_NAME) == Some(&tag))
-        .with_context(|| format!("`{name}` has no version `{tag}` in {}\nhint: versions: {}", root.display(), tags.join(", ")))?
+        .with_context(|| {
+            format!("`{name}` has no version `{tag}` in {}\nhint: versions: {}", root.display(), tags.join(", "))
+        })?
         .clone();
     let manifest_bytes = read_blob(&repo, &desc)?;
     let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
         .with_context(|| format!("{name}:{tag}: manifest {} is not an OCI image manifest", desc.digest))?;
-    let layer = pick_layer(&manifest.layers).with_context(|| format!("{name}:{tag}: artifact has no model tarball layer"))?;
+    let layer =
+        pick_layer(&manifest.layers).with_context(|| format!("{name}:{tag}: artifact has no model tarball layer"))?;
     let dir = workdir()?;
     let tarball = dir.path().join(".fetched-model.tar.gz");
     copy_blob(&repo, layer, &tarball)?;
@@ -274,7 +283,12 @@ fn read_blob(repo: &Path, d: &Descriptor) -> Result<Vec<u8>> {
     let data = std::fs::read(&p).with_context(|| format!("blob {} is missing from {}", d.digest, repo.display()))?;
     let actual = neoc_bundle::digest::sha256(&data);
     if actual != d.digest || data.len() as u64 != d.size {
-        bail!("blob {} in {} does not match its digest (found {actual}, {} bytes): the registry is corrupted", d.digest, repo.display(), data.len());
+        bail!(
+            "blob {} in {} does not match its digest (found {actual}, {} bytes): the registry is corrupted",
+            d.digest,
+            repo.display(),
+            data.len()
+        );
     }
     Ok(data)
 }
@@ -282,7 +296,8 @@ fn read_blob(repo: &Path, d: &Descriptor) -> Result<Vec<u8>> {
 /// Copies a blob while hashing it; a mismatch deletes the copy.
 fn copy_blob(repo: &Path, d: &Descriptor, to: &Path) -> Result<()> {
     let p = blob_path(repo, &d.digest)?;
-    let mut src = std::fs::File::open(&p).with_context(|| format!("blob {} is missing from {}", d.digest, repo.display()))?;
+    let mut src =
+        std::fs::File::open(&p).with_context(|| format!("blob {} is missing from {}", d.digest, repo.display()))?;
     let mut dst = std::fs::File::create(to)?;
     let mut h = Hasher::default();
     let mut buf = vec![0u8; 1 << 16];
@@ -299,7 +314,11 @@ fn copy_blob(repo: &Path, d: &Descriptor, to: &Path) -> Result<()> {
     let actual = h.finish();
     if actual != d.digest || n_total != d.size {
         std::fs::remove_file(to).ok();
-        bail!("blob {} in {} does not match its digest (found {actual}, {n_total} bytes): the registry is corrupted", d.digest, repo.display());
+        bail!(
+            "blob {} in {} does not match its digest (found {actual}, {n_total} bytes): the registry is corrupted",
+            d.digest,
+            repo.display()
+        );
     }
     Ok(())
 }

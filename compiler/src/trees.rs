@@ -57,11 +57,13 @@ fn array<'a>(v: &'a Value, key: &str, tree: usize) -> Result<&'a Vec<Value>> {
 /// its binary twin UBJSON (`*.ubj`, XGBoost's default since 2.1).
 pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    let doc: Value = if bytes.first() == Some(&b'{') && bytes.get(1).is_some_and(|b| !b.is_ascii_whitespace() && *b != b'"') {
-        ubjson(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost UBJSON model ({e})", path.display()))?
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost JSON model ({e})", path.display()))?
-    };
+    let doc: Value =
+        if bytes.first() == Some(&b'{') && bytes.get(1).is_some_and(|b| !b.is_ascii_whitespace() && *b != b'"') {
+            ubjson(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost UBJSON model ({e})", path.display()))?
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost JSON model ({e})", path.display()))?
+        };
     let learner = doc.get("learner").context("XGBoost model has no `learner` (is this an XGBoost JSON model?)")?;
     let params = learner.get("learner_model_param").context("XGBoost model has no `learner_model_param`")?;
     let num_feature = num(params.get("num_feature").context("missing num_feature")?, "num_feature")? as usize;
@@ -108,9 +110,8 @@ pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
             "XGBoost objective `{other}` is not supported yet (supported: binary:logistic, reg:logistic, multi:softprob, multi:softmax, reg:squarederror, reg:absoluteerror, reg:pseudohubererror)"
         ),
     };
-    let base_margin: Vec<f32> = (0..groups)
-        .map(|g| margin_of(*base_scores.get(g).or(base_scores.first()).unwrap_or(&0.5) as f32))
-        .collect();
+    let base_margin: Vec<f32> =
+        (0..groups).map(|g| margin_of(*base_scores.get(g).or(base_scores.first()).unwrap_or(&0.5) as f32)).collect();
     let mut ir = Vec::with_capacity(tree_docs.len());
     for (t, tree) in tree_docs.iter().enumerate() {
         let group = tree_info[t];
@@ -226,7 +227,9 @@ pub fn ubjson(data: &[u8]) -> Result<Value, String> {
                 b'S' | b'H' => {
                     let m = self.byte()?;
                     let n = self.count(m)?;
-                    Value::String(String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "string is not UTF-8".to_string())?)
+                    Value::String(
+                        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "string is not UTF-8".to_string())?,
+                    )
                 }
                 b'[' | b'{' => {
                     let object = marker == b'{';
@@ -262,7 +265,10 @@ pub fn ubjson(data: &[u8]) -> Result<Value, String> {
                         let key = if object {
                             let km = self.byte()?;
                             let n = self.count(km)?;
-                            Some(String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "key is not UTF-8".to_string())?)
+                            Some(
+                                String::from_utf8(self.take(n)?.to_vec())
+                                    .map_err(|_| "key is not UTF-8".to_string())?,
+                            )
                         } else {
                             None
                         };
@@ -279,7 +285,11 @@ pub fn ubjson(data: &[u8]) -> Result<Value, String> {
                         }
                         i += 1;
                     }
-                    if object { Value::Object(obj) } else { Value::Array(arr) }
+                    if object {
+                        Value::Object(obj)
+                    } else {
+                        Value::Array(arr)
+                    }
                 }
                 b'N' => {
                     let m = self.byte()?;
@@ -307,18 +317,26 @@ fn logit(p: f32) -> f32 {
 
 /// Parses LightGBM's text model format (`Booster.save_model()`).
 pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: not a LightGBM text model ({e})", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a LightGBM text model ({e})", path.display()))?;
     let mut blocks = text.split("\nTree=");
     let header = blocks.next().unwrap_or("");
     if !header.starts_with("tree") {
         bail!("{}: not a LightGBM text model (it does not start with `tree`)", path.display());
     }
     let kv = |block: &str| -> BTreeMap<String, String> {
-        block.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+        block
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
     };
     let h = kv(header);
     let get_usize = |m: &BTreeMap<String, String>, k: &str| -> Result<usize> {
-        m.get(k).with_context(|| format!("LightGBM model has no `{k}`"))?.parse::<usize>().with_context(|| format!("`{k}` is not a number"))
+        m.get(k)
+            .with_context(|| format!("LightGBM model has no `{k}`"))?
+            .parse::<usize>()
+            .with_context(|| format!("`{k}` is not a number"))
     };
     let num_class = get_usize(&h, "num_class")?;
     let per_iter = get_usize(&h, "num_tree_per_iteration")?.max(1);
@@ -381,9 +399,18 @@ pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
         let decision = list("decision_type")?;
         let left = list("left_child")?;
         let right = list("right_child")?;
-        for (k, v) in [("split_feature", &feature), ("threshold", &threshold), ("decision_type", &decision), ("left_child", &left), ("right_child", &right)] {
+        for (k, v) in [
+            ("split_feature", &feature),
+            ("threshold", &threshold),
+            ("decision_type", &decision),
+            ("left_child", &left),
+            ("right_child", &right),
+        ] {
             if v.len() != internal {
-                bail!("tree {t}: `{k}` has {} entries for {internal} splits (the model is truncated or edited)", v.len());
+                bail!(
+                    "tree {t}: `{k}` has {} entries for {internal} splits (the model is truncated or edited)",
+                    v.len()
+                );
             }
         }
         let child = |c: f64| -> Result<usize> {
@@ -465,7 +492,9 @@ impl Attrs<'_> {
         Ok(vec![])
     }
     fn strings(&self, name: &str) -> Vec<String> {
-        self.get(name).map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).to_string()).collect()).unwrap_or_default()
+        self.get(name)
+            .map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).to_string()).collect())
+            .unwrap_or_default()
     }
     fn string(&self, name: &str) -> Option<String> {
         self.get(name).map(|a| String::from_utf8_lossy(&a.s).to_string())
@@ -477,11 +506,15 @@ impl Attrs<'_> {
 /// ZipMap's sequence of maps is replaced by the probability tensor itself).
 pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Result<TreeModel> {
     let tree_nodes: Vec<&pb::NodeProto> = graph.node.iter().filter(|n| n.op_type.starts_with("TreeEnsemble")).collect();
-    let [node] = tree_nodes.as_slice() else { bail!("graph has {} tree-ensemble operators; neoc supports one per model", tree_nodes.len()) };
+    let [node] = tree_nodes.as_slice() else {
+        bail!("graph has {} tree-ensemble operators; neoc supports one per model", tree_nodes.len())
+    };
     let others: Vec<String> = graph
         .node
         .iter()
-        .filter(|n| !n.op_type.starts_with("TreeEnsemble") && !["Identity", "Cast", "ZipMap"].contains(&n.op_type.as_str()))
+        .filter(|n| {
+            !n.op_type.starts_with("TreeEnsemble") && !["Identity", "Cast", "ZipMap"].contains(&n.op_type.as_str())
+        })
         .map(|n| format!("`{}` ({})", n.name, n.op_type))
         .collect();
     if !others.is_empty() {
@@ -514,7 +547,14 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     let falses = a.ints("nodes_falsenodeids");
     let missing = a.ints("nodes_missing_value_tracks_true");
     let n = tree_ids.len();
-    for (name, len) in [("nodes_nodeids", node_ids.len()), ("nodes_featureids", features.len()), ("nodes_values", values.len()), ("nodes_modes", modes.len()), ("nodes_truenodeids", trues.len()), ("nodes_falsenodeids", falses.len())] {
+    for (name, len) in [
+        ("nodes_nodeids", node_ids.len()),
+        ("nodes_featureids", features.len()),
+        ("nodes_values", values.len()),
+        ("nodes_modes", modes.len()),
+        ("nodes_truenodeids", trues.len()),
+        ("nodes_falsenodeids", falses.len()),
+    ] {
         if len != n {
             bail!("node `{}`: {name} has {len} entries, nodes_treeids {n}", node.name);
         }
@@ -543,38 +583,49 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     let base_values = a.floats("base_values")?;
     let all_positive = w_weight.iter().all(|w| *w >= 0.0);
     let binary = classifier && labels.len() == 2 && distinct_ids.len() == 1;
-    let (groups, post_transform, task, id_to_group): (usize, PostTransform, Task, Box<dyn Fn(i64) -> Option<u32>>) = if classifier {
-        if binary {
-            let pt = match (post.as_str(), all_positive) {
+    let (groups, post_transform, task, id_to_group): (usize, PostTransform, Task, Box<dyn Fn(i64) -> Option<u32>>) =
+        if classifier {
+            if binary {
+                let pt = match (post.as_str(), all_positive) {
                 ("LOGISTIC", false) => PostTransform::BinarySigmoidSymmetric,
                 (p, _) => bail!("binary TreeEnsembleClassifier with post_transform {p}{} is not supported yet (LOGISTIC with signed weights, as XGBoost exports, is)", if all_positive { " and only non-negative weights" } else { "" }),
             };
-            if base_values.len() > 1 {
-                bail!("binary TreeEnsembleClassifier with {} base_values is not supported yet", base_values.len());
+                if base_values.len() > 1 {
+                    bail!("binary TreeEnsembleClassifier with {} base_values is not supported yet", base_values.len());
+                }
+                (1, pt, Task::Classifier { labels: labels.clone() }, Box::new(|_| Some(0)))
+            } else {
+                let pt = match post.as_str() {
+                    "NONE" => PostTransform::None,
+                    "LOGISTIC" => PostTransform::Sigmoid,
+                    "SOFTMAX" => PostTransform::Softmax,
+                    p => bail!("TreeEnsembleClassifier post_transform {p} is not supported yet"),
+                };
+                let k = labels.len();
+                (
+                    k,
+                    pt,
+                    Task::Classifier { labels: labels.clone() },
+                    Box::new(move |id| (id >= 0 && (id as usize) < k).then_some(id as u32)),
+                )
             }
-            (1, pt, Task::Classifier { labels: labels.clone() }, Box::new(|_| Some(0)))
         } else {
-            let pt = match post.as_str() {
-                "NONE" => PostTransform::None,
-                "LOGISTIC" => PostTransform::Sigmoid,
-                "SOFTMAX" => PostTransform::Softmax,
-                p => bail!("TreeEnsembleClassifier post_transform {p} is not supported yet"),
-            };
-            let k = labels.len();
-            (k, pt, Task::Classifier { labels: labels.clone() }, Box::new(move |id| (id >= 0 && (id as usize) < k).then_some(id as u32)))
-        }
-    } else {
-        let targets = a.get("n_targets").map(|x| x.i as usize).unwrap_or(1).max(1);
-        if post != "NONE" {
-            bail!("TreeEnsembleRegressor post_transform {post} is not supported yet");
-        }
-        if let Some(agg) = a.string("aggregate_function") {
-            if agg != "SUM" {
-                bail!("TreeEnsembleRegressor aggregate_function {agg} is not supported yet (SUM is)");
+            let targets = a.get("n_targets").map(|x| x.i as usize).unwrap_or(1).max(1);
+            if post != "NONE" {
+                bail!("TreeEnsembleRegressor post_transform {post} is not supported yet");
             }
-        }
-        (targets, PostTransform::None, Task::Regressor, Box::new(move |id| (id >= 0 && (id as usize) < targets).then_some(id as u32)))
-    };
+            if let Some(agg) = a.string("aggregate_function") {
+                if agg != "SUM" {
+                    bail!("TreeEnsembleRegressor aggregate_function {agg} is not supported yet (SUM is)");
+                }
+            }
+            (
+                targets,
+                PostTransform::None,
+                Task::Regressor,
+                Box::new(move |id| (id >= 0 && (id as usize) < targets).then_some(id as u32)),
+            )
+        };
     let mut base_margin = vec![0f32; groups];
     if !base_values.is_empty() {
         if base_values.len() != groups {
@@ -584,7 +635,8 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     }
     let mut leaf_weights: BTreeMap<(i64, i64), Vec<(u32, f32)>> = BTreeMap::new();
     for k in 0..w_tree.len() {
-        let g = id_to_group(w_id[k]).with_context(|| format!("node `{}`: leaf weight for unknown class/target {}", node.name, w_id[k]))?;
+        let g = id_to_group(w_id[k])
+            .with_context(|| format!("node `{}`: leaf weight for unknown class/target {}", node.name, w_id[k]))?;
         leaf_weights.entry((w_tree[k], w_node[k])).or_default().push((g, w_weight[k]));
     }
     let mut ir = Vec::new();
@@ -633,7 +685,9 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
         }
         // the root is the node no other node points to; put it first
         let roots: Vec<usize> = (0..nodes.len()).filter(|i| !is_child[*i]).collect();
-        let [root] = roots.as_slice() else { bail!("tree {tid} has {} roots (a cycle or a forest in one tree)", roots.len()) };
+        let [root] = roots.as_slice() else {
+            bail!("tree {tid} has {} roots (a cycle or a forest in one tree)", roots.len())
+        };
         let nodes = reroot(nodes, *root);
         ir.push(nodes);
     }
@@ -648,14 +702,17 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     let mut names: Vec<String> = node.output.clone();
     for out in &graph.output {
         let mut src = out.name.clone();
-        while let Some(n) = graph.node.iter().find(|n| n.output.first() == Some(&src) && !n.op_type.starts_with("TreeEnsemble")) {
+        while let Some(n) =
+            graph.node.iter().find(|n| n.output.first() == Some(&src) && !n.op_type.starts_with("TreeEnsemble"))
+        {
             src = n.input.first().cloned().unwrap_or_default();
         }
         if let Some(pos) = names.iter().position(|x| *x == src) {
             names[pos] = out.name.clone();
         }
     }
-    let output_names = if classifier { names.into_iter().take(2).collect() } else { names.into_iter().take(1).collect() };
+    let output_names =
+        if classifier { names.into_iter().take(2).collect() } else { names.into_iter().take(1).collect() };
     Ok(TreeModel { forest, ir, input_name, output_names })
 }
 
@@ -698,7 +755,14 @@ fn tree_ensemble_v5(
     let leaf_targets = a.ints("leaf_targetids");
     let roots = a.ints("tree_roots");
     let n = modes.len();
-    for (k, len) in [("nodes_splits", splits.len()), ("nodes_featureids", features.len()), ("nodes_truenodeids", true_ids.len()), ("nodes_falsenodeids", false_ids.len()), ("nodes_trueleafs", true_leaf.len()), ("nodes_falseleafs", false_leaf.len())] {
+    for (k, len) in [
+        ("nodes_splits", splits.len()),
+        ("nodes_featureids", features.len()),
+        ("nodes_truenodeids", true_ids.len()),
+        ("nodes_falsenodeids", false_ids.len()),
+        ("nodes_trueleafs", true_leaf.len()),
+        ("nodes_falseleafs", false_leaf.len()),
+    ] {
         if len != n {
             bail!("node `{name}`: {k} has {len} entries, nodes_modes {n}");
         }
@@ -731,8 +795,14 @@ fn tree_ensemble_v5(
         let mut stack = vec![(root as usize, false, usize::MAX, false)];
         while let Some((idx, is_leaf, parent, is_second)) = stack.pop() {
             let me = nodes.len();
-            if let Some(IrNode::Split { first, second, .. }) = (parent != usize::MAX).then(|| &mut nodes[parent]).map(|p| p) {
-                if is_second { *second = me } else { *first = me }
+            if let Some(IrNode::Split { first, second, .. }) =
+                (parent != usize::MAX).then(|| &mut nodes[parent]).map(|p| p)
+            {
+                if is_second {
+                    *second = me
+                } else {
+                    *first = me
+                }
             }
             if is_leaf {
                 let target = *leaf_targets.get(idx).with_context(|| format!("tree {t}: leaf {idx} is out of range"))?;
@@ -793,7 +863,15 @@ fn reroot(nodes: Vec<IrNode>, root: usize) -> Vec<IrNode> {
     if root == 0 {
         return nodes;
     }
-    let map = |i: usize| if i == root { 0 } else if i == 0 { root } else { i };
+    let map = |i: usize| {
+        if i == root {
+            0
+        } else if i == 0 {
+            root
+        } else {
+            i
+        }
+    };
     let mut out = nodes;
     out.swap(0, root);
     for n in out.iter_mut() {

@@ -170,15 +170,23 @@ fn open(bundle: &PathBuf, trust: &Trust) -> Result<Model, Failure> {
             "no trusted key given\nhint: pass --trusted-key KEY.pub (the signer's public key), or --allow-unsigned for unsigned bundles"
         )));
     }
-    Model::open(bundle, &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned })
-        .map_err(Failure::Refused)
+    Model::open(bundle, &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned }).map_err(Failure::Refused)
 }
 
-fn predict(bundle: PathBuf, trust: Trust, input: String, content_type: Option<String>, accept: String) -> Result<(), Failure> {
+fn predict(
+    bundle: PathBuf,
+    trust: Trust,
+    input: String,
+    content_type: Option<String>,
+    accept: String,
+) -> Result<(), Failure> {
     let accept_fmt = Format::parse(&accept)
         .ok_or_else(|| anyhow::anyhow!("--accept {accept:?} is not supported; use json or csv"))?;
     let given_fmt = match &content_type {
-        Some(ct) => Some(Format::parse(ct).ok_or_else(|| anyhow::anyhow!("--content-type {ct:?} is not supported; use csv or json"))?),
+        Some(ct) => Some(
+            Format::parse(ct)
+                .ok_or_else(|| anyhow::anyhow!("--content-type {ct:?} is not supported; use csv or json"))?,
+        ),
         None => None,
     };
     let model = open(&bundle, &trust)?;
@@ -198,8 +206,12 @@ fn predict(bundle: PathBuf, trust: Trust, input: String, content_type: Option<St
             Format::sniff(&body)
         }
     });
-    let batch = request::parse(&body, format, &model.manifest.inputs)
-        .map_err(|e| Failure::BadRequest(format!("{e}\nhint: the model's inputs are {}", request::describe_inputs(&model.manifest.inputs))))?;
+    let batch = request::parse(&body, format, &model.manifest.inputs).map_err(|e| {
+        Failure::BadRequest(format!(
+            "{e}\nhint: the model's inputs are {}",
+            request::describe_inputs(&model.manifest.inputs)
+        ))
+    })?;
     let rows = batch.rows;
     let outputs = model.predict(batch).map_err(|e| match e {
         PredictError::BadRequest(b) => Failure::BadRequest(b.0),
@@ -252,7 +264,11 @@ fn bench_sweep(bundle: PathBuf, trust: Trust, iterations: usize, warmup: usize, 
             results.push(measure(&bundle, &trust, t, *b, iterations, warmup)?);
         }
     }
-    let latency = results.iter().filter(|r| r.batch == results[0].batch).min_by(|a, b| a.median_us.total_cmp(&b.median_us)).expect("one result");
+    let latency = results
+        .iter()
+        .filter(|r| r.batch == results[0].batch)
+        .min_by(|a, b| a.median_us.total_cmp(&b.median_us))
+        .expect("one result");
     let throughput = results.iter().max_by(|a, b| a.throughput.total_cmp(&b.throughput)).expect("one result");
     if json {
         let rows: Vec<_> = results
@@ -270,12 +286,23 @@ fn bench_sweep(bundle: PathBuf, trust: Trust, iterations: usize, warmup: usize, 
         for r in &results {
             println!("{:>7} {:>6} {:>11.1} {:>11.1} {:>12.0}", r.threads, r.batch, r.median_us, r.p99_us, r.throughput);
         }
-        println!("recommended for latency: --threads {} (batch {}); for throughput: --threads {} --max-batch {}", latency.threads, latency.batch, throughput.threads, throughput.batch);
+        println!(
+            "recommended for latency: --threads {} (batch {}); for throughput: --threads {} --max-batch {}",
+            latency.threads, latency.batch, throughput.threads, throughput.batch
+        );
     }
     Ok(())
 }
 
-fn bench(bundle: PathBuf, trust: Trust, threads: usize, batch: Option<usize>, iterations: usize, warmup: usize, json: bool) -> Result<(), Failure> {
+fn bench(
+    bundle: PathBuf,
+    trust: Trust,
+    threads: usize,
+    batch: Option<usize>,
+    iterations: usize,
+    warmup: usize,
+    json: bool,
+) -> Result<(), Failure> {
     let r = measure(&bundle, &trust, threads, batch, iterations, warmup)?;
     let model = open(&bundle, &trust)?;
     let m = &model.manifest;
@@ -291,13 +318,28 @@ fn bench(bundle: PathBuf, trust: Trust, threads: usize, batch: Option<usize>, it
     } else {
         println!(
             "{}:{} ({}), batch {}, {} thread(s), {} runs: median {:.1} µs, p99 {:.1} µs, {:.0} rows/s",
-            m.model.name, m.model.version, m.engine.name, r.batch, r.threads, iterations.max(1), r.median_us, r.p99_us, r.throughput
+            m.model.name,
+            m.model.version,
+            m.engine.name,
+            r.batch,
+            r.threads,
+            iterations.max(1),
+            r.median_us,
+            r.p99_us,
+            r.throughput
         );
     }
     Ok(())
 }
 
-fn measure(bundle: &PathBuf, trust: &Trust, threads: usize, batch: Option<usize>, iterations: usize, warmup: usize) -> Result<Measured, Failure> {
+fn measure(
+    bundle: &PathBuf,
+    trust: &Trust,
+    threads: usize,
+    batch: Option<usize>,
+    iterations: usize,
+    warmup: usize,
+) -> Result<Measured, Failure> {
     use neoc_bundle::manifest::Dim;
     use neoc_runtime::tensors::NamedTensor;
     let mut model = open(bundle, trust)?;
@@ -315,11 +357,17 @@ fn measure(bundle: &PathBuf, trust: &Trust, threads: usize, batch: Option<usize>
         let tensor = match batch {
             Some(b) if symbolic && tensor.rank() >= 1 && tensor.shape()[0] > 0 => {
                 let have = tensor.shape()[0];
-                let parts: Vec<_> = (0..b).map(|r| tensor.slice(0, r % have, r % have + 1)).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let parts: Vec<_> = (0..b)
+                    .map(|r| tensor.slice(0, r % have, r % have + 1))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 tract_core::prelude::Tensor::stack_tensors(0, &parts).map_err(|e| anyhow::anyhow!("{e}"))?
             }
             Some(b) if tensor.shape().first() != Some(&b) => {
-                return Err(Failure::Other(anyhow::anyhow!("this model's batch axis is fixed at {:?}; --batch {b} is not possible", tensor.shape().first())))
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "this model's batch axis is fixed at {:?}; --batch {b} is not possible",
+                    tensor.shape().first()
+                )))
             }
             _ => tensor,
         };
@@ -376,13 +424,15 @@ fn serve(
         other => return Err(Failure::Other(anyhow::anyhow!("--log-format {other:?}: use text or json"))),
     }
     if name.is_some() && bundles.len() > 1 {
-        return Err(Failure::Other(anyhow::anyhow!("--name names a single model; with several bundles each is named by its manifest")));
+        return Err(Failure::Other(anyhow::anyhow!(
+            "--name names a single model; with several bundles each is named by its manifest"
+        )));
     }
     let token = match (auth_token, auth_token_file) {
         (Some(t), _) => Some(t),
-        (None, Some(p)) => Some(
-            std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.trim().to_string(),
-        ),
+        (None, Some(p)) => {
+            Some(std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.trim().to_string())
+        }
         _ => None,
     };
     if token.as_deref() == Some("") {
@@ -433,13 +483,24 @@ fn serve(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn batch(bundle: PathBuf, trust: Trust, input: PathBuf, output: PathBuf, content_type: Option<String>, accept: Option<String>, max_rows: usize, threads: usize) -> Result<(), Failure> {
+fn batch(
+    bundle: PathBuf,
+    trust: Trust,
+    input: PathBuf,
+    output: PathBuf,
+    content_type: Option<String>,
+    accept: Option<String>,
+    max_rows: usize,
+    threads: usize,
+) -> Result<(), Failure> {
     use std::io::BufRead;
     let kind = |s: &str| -> Result<bool, Failure> {
         match s.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
             "csv" | "text/csv" => Ok(false),
             "jsonlines" | "jsonl" | "application/jsonlines" | "application/x-jsonlines" => Ok(true),
-            other => Err(Failure::Other(anyhow::anyhow!("format {other:?} is not supported for batch; use csv or jsonlines"))),
+            other => Err(Failure::Other(anyhow::anyhow!(
+                "format {other:?} is not supported for batch; use csv or jsonlines"
+            ))),
         }
     };
     let name = input.to_string_lossy().to_string();
@@ -454,11 +515,22 @@ fn batch(bundle: PathBuf, trust: Trust, input: PathBuf, output: PathBuf, content
     let mut model = open(&bundle, &trust)?;
     model.set_threads(threads);
     let names = model.output_names();
-    let reader = std::io::BufReader::new(std::fs::File::open(&input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?);
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let reader =
+        std::io::BufReader::new(std::fs::File::open(&input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?);
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        std::process::id()
+    ));
     let result = (|| -> Result<usize, Failure> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?,
+        );
         let mut chunk: Vec<String> = Vec::new();
         let mut first_line = 1;
         let mut done = 0;
@@ -467,14 +539,25 @@ fn batch(bundle: PathBuf, trust: Trust, input: PathBuf, output: PathBuf, content
                 return Ok(0);
             }
             let body = chunk.join("\n");
-            let body = if in_lines { request::jsonlines_to_instances(body.as_bytes()).map_err(|e| Failure::BadRequest(e.0))? } else { body.into_bytes() };
+            let body = if in_lines {
+                request::jsonlines_to_instances(body.as_bytes()).map_err(|e| Failure::BadRequest(e.0))?
+            } else {
+                body.into_bytes()
+            };
             let fmt = if in_lines { Format::Json } else { Format::Csv };
-            let b = request::parse(&body, fmt, &model.manifest.inputs)
-                .map_err(|e| Failure::BadRequest(format!("lines {}-{}: {e}", first_line, first_line + chunk.len() - 1)))?;
+            let b = request::parse(&body, fmt, &model.manifest.inputs).map_err(|e| {
+                Failure::BadRequest(format!("lines {}-{}: {e}", first_line, first_line + chunk.len() - 1))
+            })?;
             let rows = b.rows;
-            let outputs = model.predict(b).map_err(|e| Failure::BadRequest(format!("lines {}-{}: {e}", first_line, first_line + chunk.len() - 1)))?;
-            let bytes = if out_lines { request::to_jsonlines(&names, &outputs, rows) } else { request::to_csv(&names, &outputs, rows) }
-                .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
+            let outputs = model.predict(b).map_err(|e| {
+                Failure::BadRequest(format!("lines {}-{}: {e}", first_line, first_line + chunk.len() - 1))
+            })?;
+            let bytes = if out_lines {
+                request::to_jsonlines(&names, &outputs, rows)
+            } else {
+                request::to_csv(&names, &outputs, rows)
+            }
+            .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
             out.write_all(&bytes).map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
             let n = chunk.len();
             chunk.clear();
@@ -513,16 +596,52 @@ fn batch(bundle: PathBuf, trust: Trust, input: PathBuf, output: PathBuf, content
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Predict { bundle, trust, input, content_type, accept } => predict(bundle, trust, input, content_type, accept),
+        Command::Predict { bundle, trust, input, content_type, accept } => {
+            predict(bundle, trust, input, content_type, accept)
+        }
         Command::Check { bundle, trust } => check(bundle, trust),
         Command::Batch { bundle, trust, input, output, content_type, accept, max_rows, threads } => {
             batch(bundle, trust, input, output, content_type, accept, max_rows, threads)
         }
-        Command::Serve { bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay } => {
-            serve(bundles, trust, host, port, name, threads, max_queue, max_body, timeout, auth_token, auth_token_file, variant, log_format, max_batch, max_queue_delay)
+        Command::Serve {
+            bundles,
+            trust,
+            host,
+            port,
+            name,
+            threads,
+            max_queue,
+            max_body,
+            timeout,
+            auth_token,
+            auth_token_file,
+            variant,
+            log_format,
+            max_batch,
+            max_queue_delay,
+        } => serve(
+            bundles,
+            trust,
+            host,
+            port,
+            name,
+            threads,
+            max_queue,
+            max_body,
+            timeout,
+            auth_token,
+            auth_token_file,
+            variant,
+            log_format,
+            max_batch,
+            max_queue_delay,
+        ),
+        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json, sweep: false } => {
+            bench(bundle, trust, threads, batch, iterations, warmup, json)
         }
-        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json, sweep: false } => bench(bundle, trust, threads, batch, iterations, warmup, json),
-        Command::Bench { bundle, trust, iterations, warmup, json, sweep: true, .. } => bench_sweep(bundle, trust, iterations, warmup, json),
+        Command::Bench { bundle, trust, iterations, warmup, json, sweep: true, .. } => {
+            bench_sweep(bundle, trust, iterations, warmup, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

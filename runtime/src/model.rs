@@ -2,18 +2,18 @@
 
 use std::path::Path;
 
+use anyhow::bail;
 use neoc_bundle::container::{self, Signer, Trust};
 use neoc_bundle::manifest::{shape_string, version_at_least, Dim, Manifest};
 use neoc_bundle::sign::TrustedKey;
 use neoc_bundle::BundleError;
 use neoc_targets::{Arch, Host, Incompatible};
-use anyhow::bail;
 use tract_core::prelude::*;
 
 use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, REGISTRIES};
-use crate::trees::{self, Compiled, Forest};
 use crate::request::{BadRequest, Batch};
 use crate::tensors::{compare, TestVectors};
+use crate::trees::{self, Compiled, Forest};
 
 /// This runtime's version, compared with bundles' `min_runtime_version`.
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -137,9 +137,14 @@ impl Model {
         match version_at_least(RUNTIME_VERSION, &m.min_runtime_version) {
             Some(true) => {}
             Some(false) => {
-                return Err(LoadError::RuntimeTooOld { need: m.min_runtime_version.clone(), have: RUNTIME_VERSION.into() })
+                return Err(LoadError::RuntimeTooOld {
+                    need: m.min_runtime_version.clone(),
+                    have: RUNTIME_VERSION.into(),
+                })
             }
-            None => return Err(BundleError::Manifest(format!("bad min_runtime_version `{}`", m.min_runtime_version)).into()),
+            None => {
+                return Err(BundleError::Manifest(format!("bad min_runtime_version `{}`", m.min_runtime_version)).into())
+            }
         }
         if let Some(r) = m.engine.registries.iter().find(|r| !REGISTRIES.contains(&r.as_str())) {
             return Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun")));
@@ -148,8 +153,10 @@ impl Model {
         let engine = Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?;
         let test_vectors = match &m.test_vectors {
             Some(name) => Some(
-                serde_json::from_slice::<TestVectors>(bundle.file(name).expect("manifest checked: test vectors present"))
-                    .map_err(|e| BundleError::Manifest(format!("{name}: {e}")))?,
+                serde_json::from_slice::<TestVectors>(
+                    bundle.file(name).expect("manifest checked: test vectors present"),
+                )
+                .map_err(|e| BundleError::Manifest(format!("{name}: {e}")))?,
             ),
             None => None,
         };
@@ -158,7 +165,11 @@ impl Model {
 
     /// Builds a model from parts already verified (used by the compiler's
     /// verify stage, which runs exactly what it is about to package).
-    pub fn from_parts(manifest: Manifest, model_file: &[u8], test_vectors: Option<TestVectors>) -> Result<Model, LoadError> {
+    pub fn from_parts(
+        manifest: Manifest,
+        model_file: &[u8],
+        test_vectors: Option<TestVectors>,
+    ) -> Result<Model, LoadError> {
         let engine = Engine::load(&manifest.engine.name, &manifest.engine.model_format, model_file)?;
         Ok(Model { manifest, signer: Signer::Unsigned, digest: String::new(), test_vectors, engine })
     }
@@ -299,7 +310,8 @@ impl Model {
             let outputs = self.run(inputs).map_err(|e| format!("test vector {i}: {e}"))?;
             for (got, want) in outputs.iter().zip(&case.outputs) {
                 let want_t = want.to_tensor().map_err(|e| format!("test vector {i}: {e}"))?;
-                let c = compare(got, &want_t, tv.atol, tv.rtol).map_err(|e| format!("test vector {i}, output `{}`: {e}", want.name))?;
+                let c = compare(got, &want_t, tv.atol, tv.rtol)
+                    .map_err(|e| format!("test vector {i}, output `{}`: {e}", want.name))?;
                 max_abs = max_abs.max(c.max_abs);
                 if !c.within {
                     return Err(format!(

@@ -6,9 +6,9 @@
 //! request may carry one row or many; [`crate::Model::predict`] runs them in
 //! as few model runs as the model's batch axis allows.
 
+use anyhow::ensure;
 use neoc_bundle::manifest::{shape_string, Dim, TensorSpec};
 use serde_json::Value;
-use anyhow::ensure;
 use tract_core::prelude::*;
 
 use crate::tensors::{datum_type, NamedTensor};
@@ -149,7 +149,10 @@ fn tensor_from_strs(
     Ok(match dt {
         DatumType::F32 => parse_as!(f32, "a number", Some(f32::NAN)),
         DatumType::F64 => parse_as!(f64, "a number", Some(f64::NAN)),
-        DatumType::F16 => parse_as!(f32, "a number", Some(f32::NAN)).cast_to_dt(DatumType::F16).map_err(|e| bad(e.to_string()))?.into_owned(),
+        DatumType::F16 => parse_as!(f32, "a number", Some(f32::NAN))
+            .cast_to_dt(DatumType::F16)
+            .map_err(|e| bad(e.to_string()))?
+            .into_owned(),
         DatumType::Bool => {
             let mut v = Vec::with_capacity(values.len());
             for (i, s) in values.iter().enumerate() {
@@ -164,7 +167,10 @@ fn tensor_from_strs(
         int => {
             let t = parse_as!(i64, "an integer", None::<i64>);
             if let Some((lo, hi)) = int_bounds(int) {
-                let v = t.try_as_plain_ram().and_then(|p| p.as_slice::<i64>().map(|s| s.to_vec())).map_err(|e| bad(e.to_string()))?;
+                let v = t
+                    .try_as_plain_ram()
+                    .and_then(|p| p.as_slice::<i64>().map(|s| s.to_vec()))
+                    .map_err(|e| bad(e.to_string()))?;
                 if let Some(i) = v.iter().position(|n| *n < lo || *n > hi) {
                     return Err(bad(format!("{}: {} is out of range for {}", place(i), v[i], dtype_label(int))));
                 }
@@ -331,7 +337,10 @@ fn tensor_from_json(leaves: &[&Value], dt: DatumType, shape: &[usize], name: &st
         _ => {
             let mut v = Vec::with_capacity(leaves.len());
             for (i, x) in leaves.iter().enumerate() {
-                v.push(x.as_i64().ok_or_else(|| bad(format!("{}: {x} is not an integer ({} input)", at(i), dtype_label(dt))))?);
+                v.push(
+                    x.as_i64()
+                        .ok_or_else(|| bad(format!("{}: {x} is not an integer ({} input)", at(i), dtype_label(dt))))?,
+                );
             }
             Tensor::from_shape(shape, &v).map_err(|e| bad(e.to_string()))?
         }
@@ -367,11 +376,7 @@ fn int_bounds(dt: DatumType) -> Option<(i64, i64)> {
 
 /// One line describing the inputs, for error messages.
 pub fn describe_inputs(inputs: &[TensorSpec]) -> String {
-    inputs
-        .iter()
-        .map(|i| format!("{}: {} {}", i.name, i.dtype, shape_string(&i.shape)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    inputs.iter().map(|i| format!("{}: {} {}", i.name, i.dtype, shape_string(&i.shape))).collect::<Vec<_>>().join(", ")
 }
 
 /// Encodes outputs as JSON: `{"outputs": [{name, dtype, shape, data}]}`.
@@ -380,11 +385,8 @@ pub fn to_json(names: &[String], outputs: &[Tensor]) -> TractResult<Vec<u8>> {
     struct Response {
         outputs: Vec<NamedTensor>,
     }
-    let outputs = names
-        .iter()
-        .zip(outputs)
-        .map(|(n, t)| NamedTensor::from_tensor(n, t))
-        .collect::<TractResult<Vec<_>>>()?;
+    let outputs =
+        names.iter().zip(outputs).map(|(n, t)| NamedTensor::from_tensor(n, t)).collect::<TractResult<Vec<_>>>()?;
     let mut v = serde_json::to_vec(&Response { outputs })?;
     v.push(b'\n');
     Ok(v)
@@ -445,7 +447,8 @@ pub fn jsonlines_to_instances(bytes: &[u8]) -> Result<Vec<u8>, BadRequest> {
 /// One JSON object per row: output name → that row's values.
 pub fn to_jsonlines(names: &[String], outputs: &[Tensor], rows: usize) -> TractResult<Vec<u8>> {
     let mut lines = String::new();
-    let tensors: Vec<NamedTensor> = names.iter().zip(outputs).map(|(n, t)| NamedTensor::from_tensor(n, t)).collect::<TractResult<_>>()?;
+    let tensors: Vec<NamedTensor> =
+        names.iter().zip(outputs).map(|(n, t)| NamedTensor::from_tensor(n, t)).collect::<TractResult<_>>()?;
     for r in 0..rows {
         let mut obj = serde_json::Map::new();
         for t in &tensors {
@@ -453,14 +456,16 @@ pub fn to_jsonlines(names: &[String], outputs: &[Tensor], rows: usize) -> TractR
             let w = t.shape.iter().skip(1).product::<usize>();
             let v = serde_json::to_value(&t.data)?;
             let slice: Vec<Value> = v.as_array().map(|a| a[r * w..(r + 1) * w].to_vec()).unwrap_or_default();
-            obj.insert(t.name.clone(), if t.shape.len() == 1 { slice.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(slice) });
+            obj.insert(
+                t.name.clone(),
+                if t.shape.len() == 1 { slice.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(slice) },
+            );
         }
         lines.push_str(&Value::Object(obj).to_string());
         lines.push('\n');
     }
     Ok(lines.into_bytes())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -491,7 +496,12 @@ mod tests {
     #[test]
     fn json_shapes_are_matched_to_the_input() {
         let s = [spec("x", "f32", vec![n(), f(2)])];
-        for body in [&b"[[1,2],[3,4]]"[..], b"{\"inputs\": [[1,2],[3,4]]}", b"{\"instances\": [[1,2],[3,4]]}", b"{\"x\": [[1,2],[3,4]]}"] {
+        for body in [
+            &b"[[1,2],[3,4]]"[..],
+            b"{\"inputs\": [[1,2],[3,4]]}",
+            b"{\"instances\": [[1,2],[3,4]]}",
+            b"{\"x\": [[1,2],[3,4]]}",
+        ] {
             let b = parse(body, Format::Json, &s).unwrap();
             assert_eq!((b.rows, b.inputs[0].shape()), (2, &[2usize, 2][..]));
         }

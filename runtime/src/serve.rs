@@ -62,12 +62,18 @@ struct Histogram {
     count: AtomicU64,
 }
 
-const LATENCY_BOUNDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const LATENCY_BOUNDS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram { bounds, counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0), count: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
     fn observe(&self, v: f64) {
         for (b, c) in self.bounds.iter().zip(&self.counts) {
@@ -158,7 +164,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.message }).to_string()).into_response();
+        let mut r =
+            (self.status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.message }).to_string())
+                .into_response();
         if self.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -225,7 +233,11 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
             if !ok {
-                return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer …)").into_response();
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token (Authorization: Bearer …)",
+                )
+                .into_response();
             }
         }
     }
@@ -236,7 +248,10 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     }
     match tokio::time::timeout(st.cfg.timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("request not completed within {:?}", st.cfg.timeout)).into_response(),
+        Err(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("request not completed within {:?}", st.cfg.timeout))
+                .into_response()
+        }
     }
 }
 
@@ -250,7 +265,10 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
         Err(e) => {
             let msg = e.to_string();
             if msg.contains("length limit") {
-                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than the {} byte limit", st.cfg.max_body_bytes)))
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is larger than the {} byte limit", st.cfg.max_body_bytes),
+                ))
             } else {
                 Err(ApiError::bad(format!("reading the body: {msg}")))
             }
@@ -268,7 +286,9 @@ fn batchable(model: &Model) -> bool {
 fn engine_error(e: PredictError) -> ApiError {
     match e {
         PredictError::BadRequest(b) => ApiError::bad(b.0),
-        PredictError::Engine(msg) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {msg}")),
+        PredictError::Engine(msg) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {msg}"))
+        }
     }
 }
 
@@ -325,14 +345,20 @@ async fn batcher(st: Arc<AppState>, served: Arc<Served>, mut rx: tokio::sync::mp
                 let merged = (0..n_inputs)
                     .map(|i| {
                         let all: Vec<&Tensor> = inputs.iter().map(|ins| &ins[i]).collect();
-                        if all.len() == 1 { Ok(all[0].clone()) } else { Tensor::stack_tensors(0, &all) }
+                        if all.len() == 1 {
+                            Ok(all[0].clone())
+                        } else {
+                            Tensor::stack_tensors(0, &all)
+                        }
                     })
                     .collect::<TractResult<Vec<_>>>()
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("merging a batch: {e}")))?;
                 served.model.run(merged).map_err(engine_error)
             })
             .await
-            .unwrap_or_else(|e| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}"))));
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")))
+            });
             match result {
                 Ok(outputs) => {
                     let mut start = 0;
@@ -341,14 +367,20 @@ async fn batcher(st: Arc<AppState>, served: Arc<Served>, mut rx: tokio::sync::mp
                             .iter()
                             .map(|t| t.slice(0, start, start + n))
                             .collect::<TractResult<Vec<_>>>()
-                            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("splitting a batch: {e}")));
+                            .map_err(|e| {
+                                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("splitting a batch: {e}"))
+                            });
                         let _ = reply.send(mine);
                         start += n;
                     }
                 }
                 Err(e) => {
                     for (_, reply) in parts {
-                        let _ = reply.send(Err(ApiError { status: e.status, message: e.message.clone(), retry_after: false }));
+                        let _ = reply.send(Err(ApiError {
+                            status: e.status,
+                            message: e.message.clone(),
+                            retry_after: false,
+                        }));
                     }
                 }
             }
@@ -445,14 +477,22 @@ fn accept(headers: &HeaderMap) -> Result<Out, ApiError> {
             _ => {}
         }
     }
-    Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, format!("cannot answer in `{a}`; accept application/json, text/csv or application/jsonlines")))
+    Err(ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        format!("cannot answer in `{a}`; accept application/json, text/csv or application/jsonlines"),
+    ))
 }
 
 async fn invocations(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     sagemaker(st, headers, body).await
 }
 
-async fn endpoint_invocations(State(st): State<Arc<AppState>>, Path(_endpoint): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn endpoint_invocations(
+    State(st): State<Arc<AppState>>,
+    Path(_endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     sagemaker(st, headers, body).await
 }
 
@@ -479,21 +519,32 @@ async fn sagemaker(st: Arc<AppState>, headers: HeaderMap, body: Body) -> Respons
     resp
 }
 
-async fn sagemaker_inner(st: &Arc<AppState>, name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let served = st
-        .models
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown model `{name}`; served: {}", st.models.keys().cloned().collect::<Vec<_>>().join(", "))))?;
+async fn sagemaker_inner(
+    st: &Arc<AppState>,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let served = st.models.get(name).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown model `{name}`; served: {}", st.models.keys().cloned().collect::<Vec<_>>().join(", ")),
+        )
+    })?;
     let (format, lines) = content_type(headers)?;
     let out = accept(headers)?;
     let bytes = read_body(st, body).await?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad("empty body"));
     }
-    let body = if lines { request::jsonlines_to_instances(&bytes).map_err(|e| ApiError::bad(e.0))? } else { bytes.to_vec() };
-    let batch = request::parse(&body, format, &served.model.manifest.inputs)
-        .map_err(|e| ApiError::bad(format!("{e} (the model's inputs are {})", request::describe_inputs(&served.model.manifest.inputs))))?;
+    let body =
+        if lines { request::jsonlines_to_instances(&bytes).map_err(|e| ApiError::bad(e.0))? } else { bytes.to_vec() };
+    let batch = request::parse(&body, format, &served.model.manifest.inputs).map_err(|e| {
+        ApiError::bad(format!(
+            "{e} (the model's inputs are {})",
+            request::describe_inputs(&served.model.manifest.inputs)
+        ))
+    })?;
     let rows = batch.rows;
     let outputs = infer(st, served.clone(), batch).await?;
     let names = served.model.output_names();
@@ -527,18 +578,33 @@ fn v2_datatype(dtype: &str) -> &'static str {
 }
 
 fn v2_shape(shape: &[Dim]) -> Vec<i64> {
-    shape.iter().map(|d| match d { Dim::Fixed(n) => *n as i64, Dim::Symbol(_) => -1 }).collect()
+    shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => *n as i64,
+            Dim::Symbol(_) => -1,
+        })
+        .collect()
 }
 
 fn v2_specs(specs: &[TensorSpec]) -> Value {
-    Value::Array(specs.iter().map(|s| json!({"name": s.name, "datatype": v2_datatype(&s.dtype), "shape": v2_shape(&s.shape)})).collect())
+    Value::Array(
+        specs
+            .iter()
+            .map(|s| json!({"name": s.name, "datatype": v2_datatype(&s.dtype), "shape": v2_shape(&s.shape)}))
+            .collect(),
+    )
 }
 
 fn model_or_404<'a>(st: &'a AppState, name: &str, version: Option<&str>) -> Result<&'a Arc<Served>, ApiError> {
-    let served = st.models.get(name).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown model `{name}`")))?;
+    let served =
+        st.models.get(name).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown model `{name}`")))?;
     if let Some(v) = version {
         if v != served.model.manifest.model.version {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("model `{name}` has no version `{v}` (serving {})", served.model.manifest.model.version)));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("model `{name}` has no version `{v}` (serving {})", served.model.manifest.model.version),
+            ));
         }
     }
     Ok(served)
@@ -554,7 +620,8 @@ async fn v2_live() -> Response {
 
 async fn v2_ready(State(st): State<Arc<AppState>>) -> Response {
     let ready = !st.models.is_empty();
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(json!({"ready": ready}))).into_response()
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(json!({"ready": ready})))
+        .into_response()
 }
 
 fn metadata(st: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -574,7 +641,10 @@ async fn v2_metadata(State(st): State<Arc<AppState>>, Path(model): Path<String>)
     metadata(&st, &model, None).unwrap_or_else(|e| e.into_response())
 }
 
-async fn v2_metadata_version(State(st): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Response {
+async fn v2_metadata_version(
+    State(st): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
     metadata(&st, &model, Some(&version)).unwrap_or_else(|e| e.into_response())
 }
 
@@ -585,22 +655,41 @@ async fn v2_model_ready(State(st): State<Arc<AppState>>, Path(model): Path<Strin
     }
 }
 
-async fn v2_model_ready_version(State(st): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>) -> Response {
+async fn v2_model_ready_version(
+    State(st): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
     match model_or_404(&st, &model, Some(&version)) {
         Ok(_) => axum::Json(json!({"name": model, "ready": true})).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn v2_infer(State(st): State<Arc<AppState>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn v2_infer(
+    State(st): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     v2_infer_any(st, model, None, headers, body).await
 }
 
-async fn v2_infer_version(State(st): State<Arc<AppState>>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+async fn v2_infer_version(
+    State(st): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     v2_infer_any(st, model, Some(version), headers, body).await
 }
 
-async fn v2_infer_any(st: Arc<AppState>, model: String, version: Option<String>, headers: HeaderMap, body: Body) -> Response {
+async fn v2_infer_any(
+    st: Arc<AppState>,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let r = v2_infer_inner(&st, &model, version.as_deref(), &headers, body).await;
     account(&st, &model, started, &r);
@@ -674,31 +763,49 @@ fn tensor_to_raw(t: &Tensor) -> TractResult<Vec<u8>> {
     })
 }
 
-async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn v2_infer_inner(
+    st: &Arc<AppState>,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let served = model_or_404(st, name, version)?.clone();
     let bytes = read_body(st, body).await?;
     // binary tensor extension: a JSON header of the given length, then raw tensors
     let header_len = match headers.get("Inference-Header-Content-Length") {
         Some(v) => {
-            let n = v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| ApiError::bad("Inference-Header-Content-Length is not a number"))?;
+            let n = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| ApiError::bad("Inference-Header-Content-Length is not a number"))?;
             if n > bytes.len() {
-                return Err(ApiError::bad(format!("Inference-Header-Content-Length {n} is beyond the {} byte body", bytes.len())));
+                return Err(ApiError::bad(format!(
+                    "Inference-Header-Content-Length {n} is beyond the {} byte body",
+                    bytes.len()
+                )));
             }
             n
         }
         None => bytes.len(),
     };
     let (json_part, mut binary) = bytes.split_at(header_len);
-    let req: Value = serde_json::from_slice(json_part).map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))?;
+    let req: Value =
+        serde_json::from_slice(json_part).map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))?;
     let specs = &served.model.manifest.inputs;
-    let inputs = req.get("inputs").and_then(|i| i.as_array()).ok_or_else(|| ApiError::bad("request has no \"inputs\" array"))?;
+    let inputs =
+        req.get("inputs").and_then(|i| i.as_array()).ok_or_else(|| ApiError::bad("request has no \"inputs\" array"))?;
     // binary sections follow the order of the request's inputs
     let mut raw_of: BTreeMap<String, &[u8]> = BTreeMap::new();
     for inp in inputs {
         if let Some(size) = inp.get("parameters").and_then(|p| p.get("binary_data_size")).and_then(|s| s.as_u64()) {
             let size = size as usize;
             if size > binary.len() {
-                return Err(ApiError::bad(format!("binary data of input {} is truncated", inp.get("name").unwrap_or(&Value::Null))));
+                return Err(ApiError::bad(format!(
+                    "binary data of input {} is truncated",
+                    inp.get("name").unwrap_or(&Value::Null)
+                )));
             }
             let (mine, rest) = binary.split_at(size);
             raw_of.insert(inp.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string(), mine);
@@ -725,15 +832,26 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, h
             .and_then(|s| s.as_array())
             .ok_or_else(|| ApiError::bad(format!("input `{}` has no shape", spec.name)))?
             .iter()
-            .map(|d| d.as_u64().map(|n| n as usize).ok_or_else(|| ApiError::bad(format!("input `{}`: shape must hold non-negative integers", spec.name))))
+            .map(|d| {
+                d.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    ApiError::bad(format!("input `{}`: shape must hold non-negative integers", spec.name))
+                })
+            })
             .collect::<Result<_, _>>()?;
         if let Some(raw) = raw_of.get(&spec.name) {
             let n: usize = shape.iter().product();
-            let size = v2_elem_size(dt).ok_or_else(|| ApiError::bad(format!("input `{}`: binary {dt} is not supported", spec.name)))?;
+            let size = v2_elem_size(dt)
+                .ok_or_else(|| ApiError::bad(format!("input `{}`: binary {dt} is not supported", spec.name)))?;
             if raw.len() != n * size {
-                return Err(ApiError::bad(format!("input `{}`: {} bytes of binary data for shape {shape:?} of {dt} ({} expected)", spec.name, raw.len(), n * size)));
+                return Err(ApiError::bad(format!(
+                    "input `{}`: {} bytes of binary data for shape {shape:?} of {dt} ({} expected)",
+                    spec.name,
+                    raw.len(),
+                    n * size
+                )));
             }
-            let t = tensor_from_raw(dt, &shape, raw).map_err(|e| ApiError::bad(format!("input `{}`: {e}", spec.name)))?;
+            let t =
+                tensor_from_raw(dt, &shape, raw).map_err(|e| ApiError::bad(format!("input `{}`: {e}", spec.name)))?;
             let r = shape.first().copied().unwrap_or(1);
             if rows.is_some_and(|x| x != r) {
                 return Err(ApiError::bad("inputs have different batch sizes"));
@@ -743,15 +861,23 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, h
             continue;
         }
         let mut leaves = Vec::new();
-        flatten_data(inp.get("data").ok_or_else(|| ApiError::bad(format!("input `{}` has no data", spec.name)))?, &mut leaves);
+        flatten_data(
+            inp.get("data").ok_or_else(|| ApiError::bad(format!("input `{}` has no data", spec.name)))?,
+            &mut leaves,
+        );
         let n: usize = shape.iter().product();
         if leaves.len() != n {
-            return Err(ApiError::bad(format!("input `{}`: {} values for shape {shape:?} ({n} expected)", spec.name, leaves.len())));
+            return Err(ApiError::bad(format!(
+                "input `{}`: {} values for shape {shape:?} ({n} expected)",
+                spec.name,
+                leaves.len()
+            )));
         }
         // reuse the request parser on a nested array of exactly this shape
         let nested = nest(&leaves, &shape);
         let one = TensorSpec { name: spec.name.clone(), dtype: spec.dtype.clone(), shape: spec.shape.clone() };
-        let b = request::parse(nested.to_string().as_bytes(), Format::Json, std::slice::from_ref(&one)).map_err(|e| ApiError::bad(e.0))?;
+        let b = request::parse(nested.to_string().as_bytes(), Format::Json, std::slice::from_ref(&one))
+            .map_err(|e| ApiError::bad(e.0))?;
         if rows.is_some_and(|r| r != b.rows) {
             return Err(ApiError::bad("inputs have different batch sizes"));
         }
@@ -766,11 +892,16 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, h
         .and_then(|o| o.as_array())
         .map(|a| a.iter().filter_map(|o| o.get("name").and_then(|n| n.as_str())).collect());
     let m = &served.model.manifest;
-    let all_binary = req.get("parameters").and_then(|p| p.get("binary_data_output")).and_then(|b| b.as_bool()).unwrap_or(false);
+    let all_binary =
+        req.get("parameters").and_then(|p| p.get("binary_data_output")).and_then(|b| b.as_bool()).unwrap_or(false);
     let binary_wanted = |name: &str| {
         all_binary
             || req.get("outputs").and_then(|o| o.as_array()).is_some_and(|a| {
-                a.iter().any(|o| o.get("name").and_then(|n| n.as_str()) == Some(name) && o.get("parameters").and_then(|p| p.get("binary_data")).and_then(|b| b.as_bool()) == Some(true))
+                a.iter().any(|o| {
+                    o.get("name").and_then(|n| n.as_str()) == Some(name)
+                        && o.get("parameters").and_then(|p| p.get("binary_data")).and_then(|b| b.as_bool())
+                            == Some(true)
+                })
             })
     };
     let mut outs = Vec::new();
@@ -785,7 +916,8 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, h
             out_binary.extend(raw);
             continue;
         }
-        let nt = NamedTensor::from_tensor(&spec.name, t).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let nt = NamedTensor::from_tensor(&spec.name, t)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         outs.push(json!({"name": spec.name, "datatype": v2_datatype(&spec.dtype), "shape": nt.shape, "data": nt.data}));
     }
     if let Some(w) = &wanted {
@@ -805,7 +937,10 @@ async fn v2_infer_inner(st: &Arc<AppState>, name: &str, version: Option<&str>, h
     body.extend(out_binary);
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static("inference-header-content-length"), json_len.to_string())],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::HeaderName::from_static("inference-header-content-length"), json_len.to_string()),
+        ],
         body,
     )
         .into_response())
@@ -828,14 +963,26 @@ async fn metrics_route(State(st): State<Arc<AppState>>) -> Response {
     for (name, m) in &st.metrics {
         let labels = format!("model=\"{name}\",variant=\"{}\"", st.cfg.variant);
         out.push_str(&format!("neorun_requests_total{{{labels}}} {}\n", m.requests.load(Ordering::Relaxed)));
-        out.push_str(&format!("neorun_errors_total{{{labels},class=\"4xx\"}} {}\n", m.errors_4xx.load(Ordering::Relaxed)));
-        out.push_str(&format!("neorun_errors_total{{{labels},class=\"5xx\"}} {}\n", m.errors_5xx.load(Ordering::Relaxed)));
+        out.push_str(&format!(
+            "neorun_errors_total{{{labels},class=\"4xx\"}} {}\n",
+            m.errors_4xx.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "neorun_errors_total{{{labels},class=\"5xx\"}} {}\n",
+            m.errors_5xx.load(Ordering::Relaxed)
+        ));
         m.latency.render(&mut out, "neorun_request_duration_seconds", &labels);
         m.queue.render(&mut out, "neorun_queue_duration_seconds", &labels);
         m.batch.render(&mut out, "neorun_batch_rows", &labels);
     }
-    out.push_str(&format!("# TYPE neorun_rejected_total counter\nneorun_rejected_total {}\n", st.rejected.load(Ordering::Relaxed)));
-    out.push_str(&format!("# TYPE neorun_queue_waiting gauge\nneorun_queue_waiting {}\n", st.waiting.load(Ordering::Relaxed)));
+    out.push_str(&format!(
+        "# TYPE neorun_rejected_total counter\nneorun_rejected_total {}\n",
+        st.rejected.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# TYPE neorun_queue_waiting gauge\nneorun_queue_waiting {}\n",
+        st.waiting.load(Ordering::Relaxed)
+    ));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

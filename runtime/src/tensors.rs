@@ -1,8 +1,8 @@
 //! Host tensors at the runtime's edges: dtype names, JSON values, and the
 //! typed data arrays written to responses and test vectors.
 
-use serde::{Deserialize, Serialize};
 use anyhow::{bail, ensure, Context};
+use serde::{Deserialize, Serialize};
 use tract_core::prelude::*;
 
 /// The dtype spellings of manifests (`f32`, `i64`, …) and tract's datum types.
@@ -152,9 +152,13 @@ impl NamedTensor {
             DatumType::F64 => Data::F64(with_plain!(t, f64).to_vec()),
             DatumType::Bool => Data::Bool(with_plain!(t, bool).to_vec()),
             DatumType::U64 => Data::U64(with_plain!(t, u64).to_vec()),
-            DatumType::I64 | DatumType::I32 | DatumType::I16 | DatumType::I8 | DatumType::U32 | DatumType::U16 | DatumType::U8 => {
-                Data::I64(t.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec())
-            }
+            DatumType::I64
+            | DatumType::I32
+            | DatumType::I16
+            | DatumType::I8
+            | DatumType::U32
+            | DatumType::U16
+            | DatumType::U8 => Data::I64(t.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec()),
             other => bail!("output `{name}` has type {other:?}, which neorun cannot encode"),
         };
         Ok(NamedTensor {
@@ -207,7 +211,13 @@ pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractRe
         }
         let abs = (x - y).abs();
         let abs = if abs.is_nan() { f64::INFINITY } else { abs };
-        let rel = if y.abs() > 0.0 { abs / y.abs() } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
+        let rel = if y.abs() > 0.0 {
+            abs / y.abs()
+        } else if abs == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        };
         if abs > c.max_abs {
             c.max_abs = abs;
             c.worst_index = Some(i);

@@ -251,7 +251,12 @@ impl Compiled {
             } else {
                 ops.insert(f & 0x07);
                 let missing = if f & MISSING_FIRST != 0 { 2 } else { 0 };
-                nodes.push(Node { threshold: forest.threshold[i], feature: forest.feature[i], left: forest.left[i], bits: 1 | missing });
+                nodes.push(Node {
+                    threshold: forest.threshold[i],
+                    feature: forest.feature[i],
+                    left: forest.left[i],
+                    bits: 1 | missing,
+                });
             }
         }
         // height of every node; children come after parents, so go backwards
@@ -483,14 +488,24 @@ pub fn layout(
         while k < order.len() {
             if let IrNode::Split { first, second, feature, .. } = &nodes[order[k]] {
                 if *feature as usize >= num_features {
-                    return Err(format!("tree {t}, node {}: feature {feature} is beyond the input width {num_features}", order[k]));
+                    return Err(format!(
+                        "tree {t}, node {}: feature {feature} is beyond the input width {num_features}",
+                        order[k]
+                    ));
                 }
                 for c in [*first, *second] {
                     if c >= nodes.len() {
-                        return Err(format!("tree {t}, node {}: child {c} is out of range (the tree has {} nodes)", order[k], nodes.len()));
+                        return Err(format!(
+                            "tree {t}, node {}: child {c} is out of range (the tree has {} nodes)",
+                            order[k],
+                            nodes.len()
+                        ));
                     }
                     if seen[c] {
-                        return Err(format!("tree {t}, node {}: child {c} is reached twice (a cycle or a shared node)", order[k]));
+                        return Err(format!(
+                            "tree {t}, node {}: child {c} is reached twice (a cycle or a shared node)",
+                            order[k]
+                        ));
                     }
                     seen[c] = true;
                     order.push(c);
@@ -541,7 +556,8 @@ mod tests {
 
     #[test]
     fn stumps_walk_and_missing_values_follow_the_default() {
-        let f = layout(&[stump(0.5, true), stump(0.0, false)], 2, 1, vec![0.5], PostTransform::None, Task::Regressor).unwrap();
+        let f = layout(&[stump(0.5, true), stump(0.0, false)], 2, 1, vec![0.5], PostTransform::None, Task::Regressor)
+            .unwrap();
         let f = Compiled::new(f).unwrap();
         let x = [0.0, 0.2, 0.0, 0.7, 0.0, f32::NAN, 0.0, -1.0];
         let m = f.margins(&x, 4);
@@ -555,10 +571,19 @@ mod tests {
             IrNode::Split { feature: 0, threshold: 0.0, op: OP_LT, missing_first: false, first: 1, second: 0 },
             IrNode::Leaf { weights: vec![(0, 1.0)] },
         ];
-        assert!(layout(&[cyc], 1, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap_err().contains("reached twice"));
-        let oob = vec![IrNode::Split { feature: 0, threshold: 0.0, op: OP_LT, missing_first: false, first: 1, second: 7 }, IrNode::Leaf { weights: vec![] }];
-        assert!(layout(&[oob], 1, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap_err().contains("out of range"));
-        assert!(layout(&[stump(0.0, false)], 1, 1, vec![0.0], PostTransform::None, Task::Regressor).unwrap_err().contains("beyond the input width"));
+        assert!(layout(&[cyc], 1, 1, vec![0.0], PostTransform::None, Task::Regressor)
+            .unwrap_err()
+            .contains("reached twice"));
+        let oob = vec![
+            IrNode::Split { feature: 0, threshold: 0.0, op: OP_LT, missing_first: false, first: 1, second: 7 },
+            IrNode::Leaf { weights: vec![] },
+        ];
+        assert!(layout(&[oob], 1, 1, vec![0.0], PostTransform::None, Task::Regressor)
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(layout(&[stump(0.0, false)], 1, 1, vec![0.0], PostTransform::None, Task::Regressor)
+            .unwrap_err()
+            .contains("beyond the input width"));
     }
 
     #[test]
@@ -576,7 +601,15 @@ mod tests {
 
     #[test]
     fn binary_classifier_outputs_probabilities_and_labels() {
-        let f = layout(&[stump(0.5, true)], 2, 1, vec![0.0], PostTransform::BinarySigmoid, Task::Classifier { labels: vec![0, 1] }).unwrap();
+        let f = layout(
+            &[stump(0.5, true)],
+            2,
+            1,
+            vec![0.0],
+            PostTransform::BinarySigmoid,
+            Task::Classifier { labels: vec![0, 1] },
+        )
+        .unwrap();
         let f = Compiled::new(f).unwrap();
         let (labels, p) = f.predict(&[0.0, 0.9, 0.0, 0.1], 2);
         assert_eq!(labels, vec![1, 0]);

@@ -165,10 +165,10 @@ pub enum LookupError {
 /// this runs on (`x86_64`, `aarch64` or `armv7`).
 pub fn lookup(name: &str) -> Result<&'static Target, LookupError> {
     let name = if name == "host" { Host::detect().arch.as_str() } else { name };
-    CATALOG.iter().find(|t| t.name == name).ok_or_else(|| LookupError::Unknown {
-        name: name.to_string(),
-        known: CATALOG.iter().map(|t| t.name).collect(),
-    })
+    CATALOG
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| LookupError::Unknown { name: name.to_string(), known: CATALOG.iter().map(|t| t.name).collect() })
 }
 
 /// The machine the current process runs on.
@@ -207,8 +207,7 @@ impl Host {
                 host_arch: self.arch.to_string(),
             });
         }
-        let missing: Vec<String> =
-            features.iter().filter(|f| !self.features.contains(&f.as_str())).cloned().collect();
+        let missing: Vec<String> = features.iter().filter(|f| !self.features.contains(&f.as_str())).cloned().collect();
         if !missing.is_empty() {
             return Err(Incompatible::Features {
                 target: target_name.to_string(),

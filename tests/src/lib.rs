@@ -20,7 +20,7 @@ pub fn bin(name: &str) -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => {
             let exe = std::env::current_exe().unwrap();
-            exe.parent().unwrap().parent().unwrap().to_path_buf() // target/<profile>/deps/.. 
+            exe.parent().unwrap().parent().unwrap().to_path_buf() // target/<profile>/deps/..
         }
     };
     let p = dir.join(name);
@@ -42,14 +42,19 @@ pub fn assert_fresh(bin: &Path) {
             if skip_main && p.file_name().is_some_and(|n| n == "main.rs") {
                 continue;
             }
-            let m = if p.is_dir() { newest(&p, skip_main) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
+            let m =
+                if p.is_dir() { newest(&p, skip_main) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
             t = t.max(m);
         }
         t
     }
     let own = if bin.ends_with("neorun") { "runtime" } else { "compiler" };
     let built = std::fs::metadata(bin).and_then(|m| m.modified()).unwrap();
-    let crates: &[&str] = if bin.ends_with("neorun") { &["bundle", "targets", "runtime"] } else { &["bundle", "targets", "compiler", "runtime"] };
+    let crates: &[&str] = if bin.ends_with("neorun") {
+        &["bundle", "targets", "runtime"]
+    } else {
+        &["bundle", "targets", "compiler", "runtime"]
+    };
     for krate in crates {
         let src = newest(&root().join(krate).join("src"), *krate != own);
         assert!(
@@ -63,7 +68,11 @@ pub fn assert_fresh(bin: &Path) {
 /// Runs a binary in `cwd` with arguments and optional stdin.
 pub fn run(name: &str, cwd: &Path, args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     let mut c = Command::new(bin(name));
-    c.current_dir(cwd).args(args).env_remove("NEOC_SIGNING_KEY").env_remove("NEORUN_TRUSTED_KEY").env_remove("SOURCE_DATE_EPOCH");
+    c.current_dir(cwd)
+        .args(args)
+        .env_remove("NEOC_SIGNING_KEY")
+        .env_remove("NEORUN_TRUSTED_KEY")
+        .env_remove("SOURCE_DATE_EPOCH");
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -111,7 +120,8 @@ pub fn scratch() -> tempfile::TempDir {
 /// The reference outputs of a sample model (computed by onnxruntime or XGBoost).
 pub fn expected(model: &str) -> Vec<f64> {
     let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("models").join(model).join("expected.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(root().join("models").join(model).join("expected.json")).unwrap())
+            .unwrap();
     doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
 }
 
@@ -133,7 +143,18 @@ pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
 pub fn compile(dir: &Path, model: &str, target: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join(format!("{}.{target}.neo", model.replace(':', "-")));
     let registry = root().join("models/registry");
-    let mut args = vec!["compile", model, "--target", target, "--key", "k.key", "-o", out.to_str().unwrap(), "--registry", registry.to_str().unwrap()];
+    let mut args = vec![
+        "compile",
+        model,
+        "--target",
+        target,
+        "--key",
+        "k.key",
+        "-o",
+        out.to_str().unwrap(),
+        "--registry",
+        registry.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     ok(run("neoc", dir, &args, &[], None));
     out

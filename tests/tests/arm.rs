@@ -48,10 +48,21 @@ fn aarch64_neorun_predicts_rasp4b_bundles_under_qemu() {
         ("image-cnn:1", "models/image-cnn/sample.json", 1e-4, 0),
     ] {
         let b = compile(d, model, "rasp4b", &[]);
-        let out = qemu(&["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", root().join(sample).to_str().unwrap()], d);
+        let out = qemu(
+            &[
+                "predict",
+                b.to_str().unwrap(),
+                "--trusted-key",
+                "k.pub",
+                "--input",
+                root().join(sample).to_str().unwrap(),
+            ],
+            d,
+        );
         assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let got: Vec<f64> = doc["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let got: Vec<f64> =
+            doc["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert_close(&got, &expected(model.split(':').next().unwrap()), tol);
     }
     // and it refuses an x86 bundle, saying both sides
@@ -72,7 +83,17 @@ fn aarch64_neorun_serves_under_qemu_to_a_host_client() {
     let b = compile(d, "fraud-xgb:1", "rasp4b", &[]);
     let mut child = Command::new("qemu-aarch64")
         .current_dir(d)
-        .args(["-L", "/usr/aarch64-linux-gnu", arm_neorun().to_str().unwrap(), "serve", b.to_str().unwrap(), "--trusted-key", "k.pub", "--port", "0"])
+        .args([
+            "-L",
+            "/usr/aarch64-linux-gnu",
+            arm_neorun().to_str().unwrap(),
+            "serve",
+            b.to_str().unwrap(),
+            "--trusted-key",
+            "k.pub",
+            "--port",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

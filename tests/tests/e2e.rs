@@ -18,21 +18,35 @@ fn fraud_mlp_predicts_like_onnxruntime() {
     let dir = scratch();
     let b = compile(dir.path(), "fraud-mlp:1", host_target(), &[]);
     let sample = root().join("models/fraud-mlp/sample.csv");
-    let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None));
+    let out = ok(run(
+        "neorun",
+        dir.path(),
+        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+        &[],
+        None,
+    ));
     assert_close(&response_data(&out), &expected("fraud-mlp"), 1e-5);
 
     // the same request from stdin, answered as CSV: one line per row
     let body = std::fs::read(&sample).unwrap();
-    let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--content-type", "text/csv", "--accept", "csv"], &[], Some(&body)));
+    let out = ok(run(
+        "neorun",
+        dir.path(),
+        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--content-type", "text/csv", "--accept", "csv"],
+        &[],
+        Some(&body),
+    ));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 8);
     let csv: Vec<f64> = lines.iter().flat_map(|l| l.split(',').map(|v| v.parse::<f64>().unwrap())).collect();
     assert_close(&csv, &expected("fraud-mlp"), 1e-5);
 
     // JSON instances too
-    let rows: Vec<Vec<f64>> = String::from_utf8(body).unwrap().lines().map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    let rows: Vec<Vec<f64>> =
+        String::from_utf8(body).unwrap().lines().map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
     let req = serde_json::to_vec(&serde_json::json!({ "instances": rows })).unwrap();
-    let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], Some(&req)));
+    let out =
+        ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], Some(&req)));
     assert_close(&response_data(&out), &expected("fraud-mlp"), 1e-5);
 }
 
@@ -41,7 +55,13 @@ fn image_cnn_predicts_like_onnxruntime() {
     let dir = scratch();
     let b = compile(dir.path(), "image-cnn:1", host_target(), &[]);
     let sample = root().join("models/image-cnn/sample.json");
-    let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None));
+    let out = ok(run(
+        "neorun",
+        dir.path(),
+        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+        &[],
+        None,
+    ));
     assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
     let check = ok(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None));
     assert!(check.contains("2 test vectors pass"), "{check}");
@@ -51,7 +71,13 @@ fn image_cnn_predicts_like_onnxruntime() {
 fn compile_from_tarball_and_bare_file_with_input_config() {
     let dir = scratch();
     let tarball = root().join("models/fraud-mlp/model.tar.gz");
-    ok(run("neoc", dir.path(), &["compile", tarball.to_str().unwrap(), "--target", host_target(), "--key", "k.key", "-o", "t.neo"], &[], None));
+    ok(run(
+        "neoc",
+        dir.path(),
+        &["compile", tarball.to_str().unwrap(), "--target", host_target(), "--key", "k.key", "-o", "t.neo"],
+        &[],
+        None,
+    ));
     let inspect = ok(run("neoc", dir.path(), &["inspect", "t.neo", "--key", "k.pub", "--json"], &[], None));
     let doc: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(doc["schema_version"], 1);
@@ -61,7 +87,25 @@ fn compile_from_tarball_and_bare_file_with_input_config() {
 
     // a bare ONNX file, its batch fixed by --input: verified on seeded inputs
     let onnx = root().join("models/fraud-mlp/model.onnx");
-    let out = ok(run("neoc", dir.path(), &["compile", onnx.to_str().unwrap(), "--target", host_target(), "--key", "k.key", "-o", "f.neo", "--input", "features=4,30:f32", "--json"], &[], None));
+    let out = ok(run(
+        "neoc",
+        dir.path(),
+        &[
+            "compile",
+            onnx.to_str().unwrap(),
+            "--target",
+            host_target(),
+            "--key",
+            "k.key",
+            "-o",
+            "f.neo",
+            "--input",
+            "features=4,30:f32",
+            "--json",
+        ],
+        &[],
+        None,
+    ));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["schema_version"], 1);
     assert_eq!(doc["inputs"][0]["shape"], serde_json::json!([4, 30]));
@@ -69,10 +113,25 @@ fn compile_from_tarball_and_bare_file_with_input_config() {
     assert_eq!(doc["verification"]["status"], "passed");
     // a fixed batch of 4 takes exactly 4 rows
     let sample = root().join("models/fraud-mlp/sample.csv");
-    let err = fails(run("neorun", dir.path(), &["predict", "f.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None), 4);
+    let err = fails(
+        run(
+            "neorun",
+            dir.path(),
+            &["predict", "f.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+            &[],
+            None,
+        ),
+        4,
+    );
     assert!(err.contains("exactly 4 rows"), "{err}");
     let four: String = std::fs::read_to_string(&sample).unwrap().lines().take(4).map(|l| format!("{l}\n")).collect();
-    let out = ok(run("neorun", dir.path(), &["predict", "f.neo", "--trusted-key", "k.pub", "--content-type", "csv"], &[], Some(four.as_bytes())));
+    let out = ok(run(
+        "neorun",
+        dir.path(),
+        &["predict", "f.neo", "--trusted-key", "k.pub", "--content-type", "csv"],
+        &[],
+        Some(four.as_bytes()),
+    ));
     assert_close(&response_data(&out), &expected("fraud-mlp")[..8], 1e-5);
 }
 
@@ -81,7 +140,11 @@ fn stock_minisign_verifies_the_manifest() {
     let dir = scratch();
     let b = compile(dir.path(), "fraud-mlp:1", host_target(), &[]);
     let d = dir.path();
-    let tar = std::process::Command::new("tar").current_dir(d).args(["-xf", b.to_str().unwrap(), "manifest.json", "manifest.json.minisig"]).status().unwrap();
+    let tar = std::process::Command::new("tar")
+        .current_dir(d)
+        .args(["-xf", b.to_str().unwrap(), "manifest.json", "manifest.json.minisig"])
+        .status()
+        .unwrap();
     assert!(tar.success());
     let v = std::process::Command::new("minisign")
         .current_dir(d)
@@ -105,12 +168,41 @@ fn keys_made_by_stock_minisign_sign_bundles() {
         .expect("the stock `minisign` tool must be installed (apt-get install minisign)");
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     let registry = root().join("models/registry");
-    ok(run("neoc", d, &["compile", "fraud-mlp:1", "--target", host_target(), "--key", "m.key", "-o", "b.neo", "--registry", registry.to_str().unwrap()], &[], None));
+    ok(run(
+        "neoc",
+        d,
+        &[
+            "compile",
+            "fraud-mlp:1",
+            "--target",
+            host_target(),
+            "--key",
+            "m.key",
+            "-o",
+            "b.neo",
+            "--registry",
+            registry.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    ));
     let sample = root().join("models/fraud-mlp/sample.csv");
-    let out = ok(run("neorun", d, &["predict", "b.neo", "--trusted-key", "m.pub", "--input", sample.to_str().unwrap()], &[], None));
+    let out = ok(run(
+        "neorun",
+        d,
+        &["predict", "b.neo", "--trusted-key", "m.pub", "--input", sample.to_str().unwrap()],
+        &[],
+        None,
+    ));
     assert_close(&response_data(&out), &expected("fraud-mlp"), 1e-5);
     // NEOC_SIGNING_KEY works as --key
-    ok(run("neoc", d, &["compile", "fraud-mlp:1", "--target", host_target(), "-o", "c.neo", "--registry", registry.to_str().unwrap()], &[("NEOC_SIGNING_KEY", "m.key")], None));
+    ok(run(
+        "neoc",
+        d,
+        &["compile", "fraud-mlp:1", "--target", host_target(), "-o", "c.neo", "--registry", registry.to_str().unwrap()],
+        &[("NEOC_SIGNING_KEY", "m.key")],
+        None,
+    ));
     assert_eq!(std::fs::read(d.join("b.neo")).unwrap(), std::fs::read(d.join("c.neo")).unwrap());
 }
 
@@ -120,7 +212,24 @@ fn identical_inputs_give_identical_bundles() {
     let d = dir.path();
     let registry = root().join("models/registry");
     let build = |out: &str, epoch: &str| {
-        ok(run("neoc", d, &["compile", "image-cnn:1", "--target", host_target(), "--key", "k.key", "-o", out, "--registry", registry.to_str().unwrap()], &[("SOURCE_DATE_EPOCH", epoch)], None));
+        ok(run(
+            "neoc",
+            d,
+            &[
+                "compile",
+                "image-cnn:1",
+                "--target",
+                host_target(),
+                "--key",
+                "k.key",
+                "-o",
+                out,
+                "--registry",
+                registry.to_str().unwrap(),
+            ],
+            &[("SOURCE_DATE_EPOCH", epoch)],
+            None,
+        ));
         std::fs::read(d.join(out)).unwrap()
     };
     let a = build("a.neo", "1700000000");
@@ -128,7 +237,27 @@ fn identical_inputs_give_identical_bundles() {
     assert!(a == b, "two compiles with the same inputs differ");
     let c = build("c.neo", "1700000001");
     assert!(a != c, "SOURCE_DATE_EPOCH is not recorded");
-    let err = fails(run("neoc", d, &["compile", "image-cnn:1", "--target", host_target(), "--key", "k.key", "-o", "e.neo", "--registry", registry.to_str().unwrap()], &[("SOURCE_DATE_EPOCH", "yesterday")], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &[
+                "compile",
+                "image-cnn:1",
+                "--target",
+                host_target(),
+                "--key",
+                "k.key",
+                "-o",
+                "e.neo",
+                "--registry",
+                registry.to_str().unwrap(),
+            ],
+            &[("SOURCE_DATE_EPOCH", "yesterday")],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("SOURCE_DATE_EPOCH"), "{err}");
 }
 
@@ -166,7 +295,16 @@ fn neorun_refuses_a_bundle_with_any_flipped_byte() {
         let mut bad = good.clone();
         bad[i] ^= 0xff;
         std::fs::write(d.join("bad.neo"), &bad).unwrap();
-        let err = fails(run("neorun", d, &["predict", "bad.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None), 3);
+        let err = fails(
+            run(
+                "neorun",
+                d,
+                &["predict", "bad.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+                &[],
+                None,
+            ),
+            3,
+        );
         assert!(err.contains("bundle refused"), "byte {i}: {err}");
     }
 }
@@ -203,11 +341,49 @@ fn wrong_missing_or_mixed_up_keys_are_refused() {
     // signing: a public key, a missing key, no key at all
     let registry = root().join("models/registry");
     let reg = registry.to_str().unwrap();
-    let err = fails(run("neoc", d, &["compile", "fraud-mlp:1", "--target", host_target(), "--key", "k.pub", "-o", "x.neo", "--registry", reg], &[], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &["compile", "fraud-mlp:1", "--target", host_target(), "--key", "k.pub", "-o", "x.neo", "--registry", reg],
+            &[],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("public key"), "{err}");
-    let err = fails(run("neoc", d, &["compile", "fraud-mlp:1", "--target", host_target(), "--key", "none.key", "-o", "x.neo", "--registry", reg], &[], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &[
+                "compile",
+                "fraud-mlp:1",
+                "--target",
+                host_target(),
+                "--key",
+                "none.key",
+                "-o",
+                "x.neo",
+                "--registry",
+                reg,
+            ],
+            &[],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("none.key"), "{err}");
-    let err = fails(run("neoc", d, &["compile", "fraud-mlp:1", "--target", host_target(), "-o", "x.neo", "--registry", reg], &[], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &["compile", "fraud-mlp:1", "--target", host_target(), "-o", "x.neo", "--registry", reg],
+            &[],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("no signing key") && err.contains("neoc keygen"), "{err}");
     assert!(!d.join("x.neo").exists());
     // keygen does not overwrite keys
@@ -220,7 +396,23 @@ fn unsigned_bundles_need_allow_unsigned() {
     let dir = scratch();
     let d = dir.path();
     let registry = root().join("models/registry");
-    ok(run("neoc", d, &["compile", "fraud-mlp:1", "--target", host_target(), "--unsigned", "-o", "u.neo", "--registry", registry.to_str().unwrap()], &[], None));
+    ok(run(
+        "neoc",
+        d,
+        &[
+            "compile",
+            "fraud-mlp:1",
+            "--target",
+            host_target(),
+            "--unsigned",
+            "-o",
+            "u.neo",
+            "--registry",
+            registry.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    ));
     let err = fails(run("neorun", d, &["check", "u.neo", "--trusted-key", "k.pub"], &[], None), 3);
     assert!(err.contains("not signed") && err.contains("--allow-unsigned"), "{err}");
     let out = ok(run("neorun", d, &["check", "u.neo", "--allow-unsigned"], &[], None));
@@ -233,7 +425,11 @@ fn bundles_for_another_architecture_are_refused() {
     let foreign = if cfg!(target_arch = "x86_64") { "rasp4b" } else { "ml_c5" };
     let b = compile(dir.path(), "fraud-mlp:1", foreign, &[]);
     let err = fails(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None), 3);
-    let expect = if cfg!(target_arch = "x86_64") { "compiled for rasp4b (aarch64), this host is x86_64" } else { "compiled for ml_c5 (x86_64)" };
+    let expect = if cfg!(target_arch = "x86_64") {
+        "compiled for rasp4b (aarch64), this host is x86_64"
+    } else {
+        "compiled for ml_c5 (x86_64)"
+    };
     assert!(err.contains(expect), "{err}");
 }
 
@@ -269,7 +465,13 @@ fn image_inputs_of_the_wrong_shape_are_explained() {
     let dir = scratch();
     let b = compile(dir.path(), "image-cnn:1", host_target(), &[]);
     let img = serde_json::json!({"inputs": vec![vec![vec![0.0f32; 32]; 32]; 3]});
-    let out = run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], Some(img.to_string().as_bytes()));
+    let out = run(
+        "neorun",
+        dir.path(),
+        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub"],
+        &[],
+        Some(img.to_string().as_bytes()),
+    );
     let err = fails(out, 4);
     assert!(err.contains("expects shape [1,3,64,64]") && err.contains("[3, 32, 32]"), "{err}");
 }
@@ -277,7 +479,10 @@ fn image_inputs_of_the_wrong_shape_are_explained() {
 #[test]
 fn unknown_target_lists_the_known_ones() {
     let dir = scratch();
-    let err = fails(run("neoc", dir.path(), &["compile", "fraud-mlp:1", "--target", "ml_c99", "--key", "k.key"], &[], None), 1);
+    let err = fails(
+        run("neoc", dir.path(), &["compile", "fraud-mlp:1", "--target", "ml_c99", "--key", "k.key"], &[], None),
+        1,
+    );
     assert!(err.contains("unknown target `ml_c99`") && err.contains("rasp4b") && err.contains("ml_m6g"), "{err}");
     let list = ok(run("neoc", dir.path(), &["targets", "--json"], &[], None));
     let doc: serde_json::Value = serde_json::from_str(&list).unwrap();
@@ -288,7 +493,13 @@ fn unknown_target_lists_the_known_ones() {
 }
 
 fn compile_file(d: &Path, model: &Path) -> std::process::Output {
-    run("neoc", d, &["compile", model.to_str().unwrap(), "--target", host_target(), "--unsigned", "-o", "out.neo"], &[], None)
+    run(
+        "neoc",
+        d,
+        &["compile", model.to_str().unwrap(), "--target", host_target(), "--unsigned", "-o", "out.neo"],
+        &[],
+        None,
+    )
 }
 
 #[test]
@@ -297,7 +508,11 @@ fn unsupported_operators_are_all_listed_at_once() {
     let d = dir.path();
     let err = fails(compile_file(d, &root().join("models/bad/unsupported-ops.onnx")), 4);
     assert!(err.contains("2 unsupported operators"), "{err}");
-    assert!(err.contains("`custom_act`: com.example::FancyActivation") && err.contains("`custom_norm`: com.example::MysteryNorm"), "{err}");
+    assert!(
+        err.contains("`custom_act`: com.example::FancyActivation")
+            && err.contains("`custom_norm`: com.example::MysteryNorm"),
+        "{err}"
+    );
     let err = fails(compile_file(d, &root().join("models/bad/unserializable-ops.onnx")), 4);
     assert!(err.contains("`remainder`") && err.contains("cannot carry"), "{err}");
     assert!(!d.join("out.neo").exists());
@@ -322,9 +537,17 @@ fn fraud_xgb_predicts_like_xgboost_from_json_and_from_onnx() {
         assert!(doc["manifest"]["verification"]["independent"]["max_abs_error"].as_f64().unwrap() <= 1e-6, "{tag}");
         for (sample, want) in [("sample.csv", "expected.json"), ("sample-missing.csv", "expected-missing.json")] {
             let input = root().join("models/fraud-xgb").join(sample);
-            let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()], &[], None));
-            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb").join(want)).unwrap()).unwrap();
-            let want: Vec<f64> = doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let out = ok(run(
+                "neorun",
+                dir.path(),
+                &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()],
+                &[],
+                None,
+            ));
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb").join(want)).unwrap()).unwrap();
+            let want: Vec<f64> =
+                doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             let got = probabilities(&out);
             assert_close(&got, &want, 1e-6);
             // labels come from the probabilities
@@ -338,7 +561,8 @@ fn fraud_xgb_predicts_like_xgboost_from_json_and_from_onnx() {
 
 /// Writes a modified copy of the sample XGBoost model and tries to compile it.
 fn compile_edited_xgboost(d: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> String {
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb/xgboost-model.json")).unwrap()).unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb/xgboost-model.json")).unwrap()).unwrap();
     edit(&mut doc);
     std::fs::write(d.join("xgboost-model.json"), serde_json::to_vec(&doc).unwrap()).unwrap();
     let err = fails(compile_file(d, &d.join("xgboost-model.json")), 1);
@@ -351,13 +575,21 @@ fn malformed_xgboost_models_are_explained() {
     let dir = scratch();
     let d = dir.path();
     let tree0 = "/learner/gradient_booster/model/trees/0";
-    let err = compile_edited_xgboost(d, |m| m.pointer_mut(&format!("{tree0}/left_children/0")).map(|v| *v = 5000.into()).unwrap());
+    let err = compile_edited_xgboost(d, |m| {
+        m.pointer_mut(&format!("{tree0}/left_children/0")).map(|v| *v = 5000.into()).unwrap()
+    });
     assert!(err.contains("tree 0, node 0: child 5000 is out of range"), "{err}");
-    let err = compile_edited_xgboost(d, |m| m.pointer_mut(&format!("{tree0}/left_children/1")).map(|v| *v = 0.into()).unwrap());
+    let err = compile_edited_xgboost(d, |m| {
+        m.pointer_mut(&format!("{tree0}/left_children/1")).map(|v| *v = 0.into()).unwrap()
+    });
     assert!(err.contains("reached twice"), "{err}");
-    let err = compile_edited_xgboost(d, |m| m.pointer_mut(&format!("{tree0}/split_indices/0")).map(|v| *v = 31.into()).unwrap());
+    let err = compile_edited_xgboost(d, |m| {
+        m.pointer_mut(&format!("{tree0}/split_indices/0")).map(|v| *v = 31.into()).unwrap()
+    });
     assert!(err.contains("feature 31 is beyond the input width 30"), "{err}");
-    let err = compile_edited_xgboost(d, |m| m.pointer_mut("/learner/objective/name").map(|v| *v = "survival:cox".into()).unwrap());
+    let err = compile_edited_xgboost(d, |m| {
+        m.pointer_mut("/learner/objective/name").map(|v| *v = "survival:cox".into()).unwrap()
+    });
     assert!(err.contains("objective `survival:cox` is not supported"), "{err}");
     let err = compile_edited_xgboost(d, |m| {
         m.pointer_mut(&format!("{tree0}/split_conditions")).unwrap().as_array_mut().unwrap().pop();
@@ -375,7 +607,13 @@ fn fraud_lgbm_predicts_like_lightgbm() {
     let dir = scratch();
     let b = compile(dir.path(), "fraud-lgbm:1", host_target(), &[]);
     let sample = root().join("models/fraud-lgbm/sample.csv");
-    let out = ok(run("neorun", dir.path(), &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None));
+    let out = ok(run(
+        "neorun",
+        dir.path(),
+        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+        &[],
+        None,
+    ));
     assert_close(&probabilities(&out), &expected("fraud-lgbm"), 1e-6);
     let check = ok(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None));
     assert!(check.contains("1 test vectors pass"), "{check}");
@@ -390,7 +628,8 @@ fn malformed_lightgbm_models_are_explained() {
     std::fs::write(d.join("lightgbm-model.txt"), &text[..cut]).unwrap();
     let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
     assert!(err.contains("`leaf_value` is missing"), "{err}");
-    std::fs::write(d.join("lightgbm-model.txt"), text.replacen("objective=binary sigmoid:1", "objective=poisson", 1)).unwrap();
+    std::fs::write(d.join("lightgbm-model.txt"), text.replacen("objective=binary sigmoid:1", "objective=poisson", 1))
+        .unwrap();
     let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
     assert!(err.contains("objective `poisson` is not supported"), "{err}");
     std::fs::write(d.join("lightgbm-model.txt"), text.replacen("left_child=2 ", "left_child=99 ", 1)).unwrap();
@@ -407,9 +646,43 @@ fn garbage_models_are_refused_without_output() {
     std::fs::write(d.join("empty.onnx"), b"").unwrap();
     let err = fails(compile_file(d, &d.join("empty.onnx")), 1);
     assert!(err.contains("empty.onnx"), "{err}");
-    let err = fails(run("neoc", d, &["compile", "no-such-model:3", "--target", host_target(), "--unsigned", "--registry", root().join("models/registry").to_str().unwrap()], &[], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &[
+                "compile",
+                "no-such-model:3",
+                "--target",
+                host_target(),
+                "--unsigned",
+                "--registry",
+                root().join("models/registry").to_str().unwrap(),
+            ],
+            &[],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("not in the local registry") && err.contains("fraud-mlp"), "{err}");
-    let err = fails(run("neoc", d, &["compile", "fraud-mlp:7", "--target", host_target(), "--unsigned", "--registry", root().join("models/registry").to_str().unwrap()], &[], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &[
+                "compile",
+                "fraud-mlp:7",
+                "--target",
+                host_target(),
+                "--unsigned",
+                "--registry",
+                root().join("models/registry").to_str().unwrap(),
+            ],
+            &[],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("no version `7`"), "{err}");
     assert!(!d.join("out.neo").exists());
 }
@@ -494,14 +767,35 @@ fn nnef_models_compile_too() {
             e.unpack(d.join("cnn.nnef.tar")).unwrap();
         }
     }
-    let out = ok(run("neoc", d, &["compile", "cnn.nnef.tar", "--target", host_target(), "--key", "k.key", "-o", "n.neo", "--json"], &[], None));
+    let out = ok(run(
+        "neoc",
+        d,
+        &["compile", "cnn.nnef.tar", "--target", host_target(), "--key", "k.key", "-o", "n.neo", "--json"],
+        &[],
+        None,
+    ));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["model"]["framework"], "nnef");
     assert_eq!(doc["verification"]["status"], "passed");
     let sample = root().join("models/image-cnn/sample.json");
-    let out = ok(run("neorun", d, &["predict", "n.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()], &[], None));
+    let out = ok(run(
+        "neorun",
+        d,
+        &["predict", "n.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+        &[],
+        None,
+    ));
     assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
-    let err = fails(run("neoc", d, &["compile", "cnn.nnef.tar", "--target", host_target(), "--unsigned", "--input", "image=1,3,8,8"], &[], None), 1);
+    let err = fails(
+        run(
+            "neoc",
+            d,
+            &["compile", "cnn.nnef.tar", "--target", host_target(), "--unsigned", "--input", "image=1,3,8,8"],
+            &[],
+            None,
+        ),
+        1,
+    );
     assert!(err.contains("not supported for NNEF"), "{err}");
 }
 
@@ -512,7 +806,22 @@ fn verification_beyond_tolerance_fails_unless_allowed() {
     let registry = root().join("models/registry");
     let reg = registry.to_str().unwrap();
     // the compiled CNN differs from onnxruntime's shipped outputs by ~6e-8: a zero tolerance trips
-    let args = ["compile", "image-cnn:1", "--target", host_target(), "--key", "k.key", "-o", "m.neo", "--registry", reg, "--tolerance", "0", "--rtol", "0"];
+    let args = [
+        "compile",
+        "image-cnn:1",
+        "--target",
+        host_target(),
+        "--key",
+        "k.key",
+        "-o",
+        "m.neo",
+        "--registry",
+        reg,
+        "--tolerance",
+        "0",
+        "--rtol",
+        "0",
+    ];
     let err = fails(run("neoc", d, &args, &[], None), 3);
     assert!(err.contains("verification failed") && err.contains("--allow-mismatch"), "{err}");
     assert!(!d.join("m.neo").exists());
@@ -541,7 +850,24 @@ fn batch_transform_keeps_input_order_and_fails_whole() {
         input.push('\n');
     }
     std::fs::write(d.join("in.csv"), &input).unwrap();
-    ok(run("neorun", d, &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "in.csv", "-o", "out.csv", "--max-rows", "1000"], &[], None));
+    ok(run(
+        "neorun",
+        d,
+        &[
+            "batch",
+            b.to_str().unwrap(),
+            "--trusted-key",
+            "k.pub",
+            "-i",
+            "in.csv",
+            "-o",
+            "out.csv",
+            "--max-rows",
+            "1000",
+        ],
+        &[],
+        None,
+    ));
     let out = std::fs::read_to_string(d.join("out.csv")).unwrap();
     let want = expected("fraud-xgb");
     let lines: Vec<&str> = out.lines().collect();
@@ -553,7 +879,13 @@ fn batch_transform_keeps_input_order_and_fails_whole() {
     // JSON Lines in and out
     let jl: String = order.iter().take(50).map(|k| format!("[{}]\n", rows[*k])).collect();
     std::fs::write(d.join("in.jsonl"), jl).unwrap();
-    ok(run("neorun", d, &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "in.jsonl", "-o", "out.jsonl"], &[], None));
+    ok(run(
+        "neorun",
+        d,
+        &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "in.jsonl", "-o", "out.jsonl"],
+        &[],
+        None,
+    ));
     let out = std::fs::read_to_string(d.join("out.jsonl")).unwrap();
     for (line, k) in out.lines().zip(&order) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -564,7 +896,27 @@ fn batch_transform_keeps_input_order_and_fails_whole() {
     let mut bad = input.clone();
     bad.push_str("1,2,3\n");
     std::fs::write(d.join("bad.csv"), bad).unwrap();
-    let err = fails(run("neorun", d, &["batch", b.to_str().unwrap(), "--trusted-key", "k.pub", "-i", "bad.csv", "-o", "bad-out.csv", "--max-rows", "1000"], &[], None), 4);
+    let err = fails(
+        run(
+            "neorun",
+            d,
+            &[
+                "batch",
+                b.to_str().unwrap(),
+                "--trusted-key",
+                "k.pub",
+                "-i",
+                "bad.csv",
+                "-o",
+                "bad-out.csv",
+                "--max-rows",
+                "1000",
+            ],
+            &[],
+            None,
+        ),
+        4,
+    );
     assert!(err.contains("lines 2001-2401") && err.contains("has 3 values"), "{err}");
     assert!(!d.join("bad-out.csv").exists());
     assert!(std::fs::read_dir(d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));

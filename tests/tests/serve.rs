@@ -38,7 +38,11 @@ fn start(extra: &[&str]) -> Server {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
     Server { child, base, _dir: dir }
 }
 
@@ -65,7 +69,8 @@ fn probabilities(json: &str) -> Vec<f64> {
 }
 
 fn expected_output(model: &str, file: &str) -> Vec<f64> {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("models").join(model).join(file)).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models").join(model).join(file)).unwrap()).unwrap();
     doc["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
 }
 
@@ -89,7 +94,10 @@ fn sagemaker_and_oip_routes_answer_like_predict() {
         .unwrap();
     assert_eq!(resp.header("X-Amzn-Invoked-Production-Variant"), Some("AllTraffic"));
     let text = resp.into_string().unwrap();
-    let probs: Vec<f64> = text.lines().flat_map(|l| l.split(',').skip(1).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>()).collect();
+    let probs: Vec<f64> = text
+        .lines()
+        .flat_map(|l| l.split(',').skip(1).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>())
+        .collect();
     assert_close(&probs, &expected("fraud-xgb"), 1e-6);
     // JSON Lines in and out, on another model named by the SageMaker header
     let rows: Vec<String> = String::from_utf8(csv.clone()).unwrap().lines().map(|l| format!("[{l}]")).collect();
@@ -103,7 +111,14 @@ fn sagemaker_and_oip_routes_answer_like_predict() {
     assert_eq!(code, 200, "{body}");
     let got: Vec<f64> = body
         .lines()
-        .flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>())
+        .flat_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_close(&got, &expected("fraud-mlp"), 1e-5);
 
@@ -115,7 +130,8 @@ fn sagemaker_and_oip_routes_answer_like_predict() {
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["inputs"][0], serde_json::json!({"name": "features", "datatype": "FP32", "shape": [-1, 30]}));
     assert_eq!(meta["outputs"][0]["datatype"], "INT64");
-    let img: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("models/image-cnn/sample.json")).unwrap()).unwrap();
+    let img: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/image-cnn/sample.json")).unwrap()).unwrap();
     let req = serde_json::json!({"id": "r1", "inputs": [{"name": "image", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": img["inputs"]}]});
     let (code, body) = call(a.post(&format!("{}/v2/models/image-cnn/infer", s.base)), Some(req.to_string().as_bytes()));
     assert_eq!(code, 200, "{body}");
@@ -207,7 +223,8 @@ fn a_client_that_never_finishes_its_body_times_out() {
     let addr = s.base.trim_start_matches("http://");
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    write!(c, "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\n0.5,0.5").unwrap();
+    write!(c, "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\n0.5,0.5")
+        .unwrap();
     let t0 = std::time::Instant::now();
     let mut buf = String::new();
     let _ = c.read_to_string(&mut buf);
@@ -243,15 +260,21 @@ fn stock_boto3_and_tritonclient_work_unchanged() {
     let py = venv.join("bin/python");
     assert!(py.exists(), "{} not found: run .ci/run (it creates the venv with boto3 and tritonclient)", py.display());
     let out = Command::new(py)
-        .args([root().join("tests/serve/clients.py").to_str().unwrap(), &s.base, root().join("models").to_str().unwrap()])
+        .args([
+            root().join("tests/serve/clients.py").to_str().unwrap(),
+            &s.base,
+            root().join("models").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "clients.py failed: {}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let p: Vec<f64> = doc["boto3_csv"]["outputs"][1]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let p: Vec<f64> =
+        doc["boto3_csv"]["outputs"][1]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_close(&p, &expected("fraud-xgb"), 1e-6);
     assert_eq!(doc["boto3_variant"], "AllTraffic");
-    let p: Vec<f64> = doc["boto3_json_mlp"]["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let p: Vec<f64> =
+        doc["boto3_json_mlp"]["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_close(&p, &expected("fraud-mlp"), 1e-5);
     assert_eq!(doc["triton_live"], true);
     assert_eq!(doc["triton_ready"], true);
@@ -267,7 +290,11 @@ fn stock_boto3_and_tritonclient_work_unchanged() {
 
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -276,7 +303,12 @@ fn sixty_four_clients_get_answers_batches_merge_and_sigterm_drains() {
     let mut s = start(&["--max-queue", "32"]);
     let pid = s.child.id();
     let base = s.base.clone();
-    let row = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap().lines().next().unwrap().to_string();
+    let row = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     let rss_before = rss_kb(pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..64)
@@ -315,7 +347,12 @@ fn sixty_four_clients_get_answers_batches_merge_and_sigterm_drains() {
     assert!(rss_during < rss_before + 200_000, "RSS grew from {rss_before} kB to {rss_during} kB");
     // requests were merged: fewer batches than requests
     let value = |name: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     };
     let batches = value("neorun_batch_rows_count{model=\"fraud-xgb\"");
     let requests = value("neorun_requests_total{model=\"fraud-xgb\"");

@@ -35,26 +35,45 @@ fn random_ensembles_match_their_source_engines() {
     cases.sort();
     assert_eq!(cases.len().to_string(), count);
     for case in cases {
-        let model = ["xgboost-model.json", "xgboost-model.ubj", "lightgbm-model.txt", "model.onnx"].iter().map(|m| case.join(m)).find(|p| p.exists()).unwrap();
-        let out = run("neoc", &case, &["compile", model.to_str().unwrap(), "--target", "host", "--unsigned", "-o", "b.neo", "--json"], &[], None);
+        let model = ["xgboost-model.json", "xgboost-model.ubj", "lightgbm-model.txt", "model.onnx"]
+            .iter()
+            .map(|m| case.join(m))
+            .find(|p| p.exists())
+            .unwrap();
+        let out = run(
+            "neoc",
+            &case,
+            &["compile", model.to_str().unwrap(), "--target", "host", "--unsigned", "-o", "b.neo", "--json"],
+            &[],
+            None,
+        );
         let summary = ok(out);
         let doc: serde_json::Value = serde_json::from_str(&summary).unwrap();
         assert_eq!(doc["verification"]["status"], "passed", "{}", case.display());
-        let out = ok(run("neorun", &case, &["predict", "b.neo", "--allow-unsigned", "--input", "inputs.csv"], &[], None));
+        let out =
+            ok(run("neorun", &case, &["predict", "b.neo", "--allow-unsigned", "--input", "inputs.csv"], &[], None));
         let got: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let want: serde_json::Value = serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(case.join("expected.json")).unwrap()).unwrap();
         for (name, values) in want["outputs"].as_object().unwrap() {
             let idx = if name == "probabilities" { 1 } else { 0 };
-            let g: Vec<f64> = got["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let g: Vec<f64> =
+                got["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             let w: Vec<f64> = values.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             assert_eq!(g.len(), w.len(), "{}: {name} length", case.display());
             for (i, (a, b)) in g.iter().zip(&w).enumerate() {
                 let tol = 1e-6 * b.abs().max(1.0);
-                assert!((a - b).abs() <= tol, "{} ({}): {name}[{i}] = {a}, source engine says {b}", case.display(), want["source"]);
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{} ({}): {name}[{i}] = {a}, source engine says {b}",
+                    case.display(),
+                    want["source"]
+                );
             }
             if name == "probabilities" {
                 // labels follow the probabilities
-                let labels: Vec<i64> = got["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+                let labels: Vec<i64> =
+                    got["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
                 let width = g.len() / labels.len();
                 for (r, l) in labels.iter().enumerate() {
                     let row = &g[r * width..(r + 1) * width];
