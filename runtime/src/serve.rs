@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tract_core::prelude::*;
 
 use crate::request::{self, Batch, Format};
-use crate::tensors::{datum_type, NamedTensor};
+use crate::tensors::NamedTensor;
 use crate::{Model, PredictError};
 
 /// Server settings (the `neorun serve` flags).
@@ -884,7 +884,6 @@ async fn v2_infer_inner(
         rows = Some(b.rows);
         tensors.extend(b.inputs);
     }
-    let _ = datum_type;
     let batch = Batch { rows: rows.unwrap_or(1), inputs: tensors };
     let outputs = infer(st, served.clone(), batch).await?;
     let wanted: Option<Vec<&str>> = req
