@@ -324,12 +324,11 @@ fn format_list(list: &[Unsupported]) -> String {
 
 const TREE_OPS: &[&str] = &["TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"];
 
+/// The error for a framework neoc recognises but has no importer for.
 pub fn not_yet(framework: Framework) -> ImportError {
     ImportError::NotYet(match framework {
-        Framework::Lightgbm => "lightgbm models are not supported by this build yet (the trees engine takes XGBoost JSON and ONNX-ML tree ensembles); neoc does not fall back to another engine for them\nhint: convert the model with onnxmltools.convert_lightgbm and compile the ONNX file".into(),
-        Framework::Xgboost => "xgboost models go through the trees engine".into(),
         Framework::Tflite => "TFLite import is not supported by this build yet (tract's TFLite importer lacks DEQUANTIZE, PRELU and more)\nhint: convert the model to ONNX (tf2onnx) and compile that".into(),
-        _ => "unsupported framework".into(),
+        other => format!("{} import is not supported by this build", other.as_str()),
     })
 }
 

@@ -921,3 +921,16 @@ fn batch_transform_keeps_input_order_and_fails_whole() {
     assert!(!d.join("bad-out.csv").exists());
     assert!(std::fs::read_dir(d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
 }
+
+#[test]
+fn tflite_models_are_refused_by_name() {
+    let dir = scratch();
+    let d = dir.path();
+    let mut flatbuffer = vec![0x1c, 0, 0, 0];
+    flatbuffer.extend_from_slice(b"TFL3");
+    flatbuffer.resize(256, 0);
+    std::fs::write(d.join("model.tflite"), &flatbuffer).unwrap();
+    let err = fails(compile_file(d, &d.join("model.tflite")), 4);
+    assert!(err.contains("TFLite import is not supported") && err.contains("tf2onnx"), "{err}");
+    assert!(!d.join("out.neo").exists());
+}
