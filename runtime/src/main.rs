@@ -47,51 +47,7 @@ enum Command {
         accept: String,
     },
     /// Serve bundles over HTTP: SageMaker's inference contract and the Open Inference Protocol v2
-    Serve {
-        /// Bundles to serve; each is named by its manifest (the first answers /invocations)
-        #[arg(required = true)]
-        bundles: Vec<PathBuf>,
-        #[command(flatten)]
-        trust: Trust,
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Port; 0 picks a free one (printed on stdout)
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Name of the (single) model, instead of the manifest's
-        #[arg(long)]
-        name: Option<String>,
-        /// Inferences running at once (default: the number of CPUs)
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Requests allowed to wait for an inference slot; beyond, 503 with Retry-After
-        #[arg(long, default_value_t = 256)]
-        max_queue: usize,
-        /// Largest request body, in bytes
-        #[arg(long, default_value_t = 6 * 1024 * 1024)]
-        max_body: usize,
-        /// Request timeout, in seconds
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// Require `Authorization: Bearer TOKEN` on every route but health checks
-        #[arg(long, env = "NEORUN_AUTH_TOKEN", conflicts_with = "auth_token_file")]
-        auth_token: Option<String>,
-        /// Read the bearer token from a file
-        #[arg(long)]
-        auth_token_file: Option<PathBuf>,
-        /// Dynamic batching: merge concurrent requests into runs of at most this many rows (1 = off)
-        #[arg(long, default_value_t = 64)]
-        max_batch: usize,
-        /// Dynamic batching: how long a request may wait for others to join its batch, in µs
-        #[arg(long, default_value_t = 0)]
-        max_queue_delay: u64,
-        /// Production variant name (X-Amzn-Invoked-Production-Variant)
-        #[arg(long, default_value = "AllTraffic")]
-        variant: String,
-        /// Log format on stderr: text or json
-        #[arg(long, default_value = "text")]
-        log_format: String,
-    },
+    Serve(ServeArgs),
     /// Batch transform: run every line of a CSV or JSON Lines file, write the results in input order
     Batch {
         bundle: PathBuf,
@@ -146,6 +102,53 @@ enum Command {
         #[command(flatten)]
         trust: Trust,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Bundles to serve; each is named by its manifest (the first answers /invocations)
+    #[arg(required = true)]
+    bundles: Vec<PathBuf>,
+    #[command(flatten)]
+    trust: Trust,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (printed on stdout)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Name of the (single) model, instead of the manifest's
+    #[arg(long)]
+    name: Option<String>,
+    /// Inferences running at once (default: the number of CPUs)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Requests allowed to wait for an inference slot; beyond, 503 with Retry-After
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body, in bytes
+    #[arg(long, default_value_t = 6 * 1024 * 1024)]
+    max_body: usize,
+    /// Request timeout, in seconds
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Require `Authorization: Bearer TOKEN` on every route but health checks
+    #[arg(long, env = "NEORUN_AUTH_TOKEN", conflicts_with = "auth_token_file")]
+    auth_token: Option<String>,
+    /// Read the bearer token from a file
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Dynamic batching: merge concurrent requests into runs of at most this many rows (1 = off)
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Dynamic batching: how long a request may wait for others to join its batch, in µs
+    #[arg(long, default_value_t = 0)]
+    max_queue_delay: u64,
+    /// Production variant name (X-Amzn-Invoked-Production-Variant)
+    #[arg(long, default_value = "AllTraffic")]
+    variant: String,
+    /// Log format on stderr: text or json
+    #[arg(long, default_value = "text")]
+    log_format: String,
 }
 
 enum Failure {
@@ -394,24 +397,24 @@ fn measure(
     Ok(Measured { threads, batch: rows, median_us: median, p99_us: p99, throughput })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    bundles: Vec<PathBuf>,
-    trust: Trust,
-    host: String,
-    port: u16,
-    name: Option<String>,
-    threads: Option<usize>,
-    max_queue: usize,
-    max_body: usize,
-    timeout: u64,
-    auth_token: Option<String>,
-    auth_token_file: Option<PathBuf>,
-    variant: String,
-    log_format: String,
-    max_batch: usize,
-    max_queue_delay: u64,
-) -> Result<(), Failure> {
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let ServeArgs {
+        bundles,
+        trust,
+        host,
+        port,
+        name,
+        threads,
+        max_queue,
+        max_body,
+        timeout,
+        auth_token,
+        auth_token_file,
+        variant,
+        log_format,
+        max_batch,
+        max_queue_delay,
+    } = args;
     use neoc_runtime::serve::{self, Config, Served};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     match log_format.as_str() {
@@ -603,39 +606,7 @@ fn main() -> ExitCode {
         Command::Batch { bundle, trust, input, output, content_type, accept, max_rows, threads } => {
             batch(bundle, trust, input, output, content_type, accept, max_rows, threads)
         }
-        Command::Serve {
-            bundles,
-            trust,
-            host,
-            port,
-            name,
-            threads,
-            max_queue,
-            max_body,
-            timeout,
-            auth_token,
-            auth_token_file,
-            variant,
-            log_format,
-            max_batch,
-            max_queue_delay,
-        } => serve(
-            bundles,
-            trust,
-            host,
-            port,
-            name,
-            threads,
-            max_queue,
-            max_body,
-            timeout,
-            auth_token,
-            auth_token_file,
-            variant,
-            log_format,
-            max_batch,
-            max_queue_delay,
-        ),
+        Command::Serve(args) => serve(args),
         Command::Bench { bundle, trust, threads, batch, iterations, warmup, json, sweep: false } => {
             bench(bundle, trust, threads, batch, iterations, warmup, json)
         }
