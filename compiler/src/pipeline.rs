@@ -530,17 +530,9 @@ fn verify(
     for (i, (ins, expected)) in cases.iter().enumerate() {
         let want = (lowered.reference)(ins)?;
         let got = compiled.run(ins.clone()).map_err(|e| anyhow::anyhow!("running the compiled model: {e}"))?;
-        for ((g, w), spec) in got.iter().zip(&want).zip(&manifest.outputs) {
-            let c = compare(g, w, opts.atol, opts.rtol).with_context(|| format!("case {i}, output `{}`", spec.name))?;
-            v.max_abs_error = v.max_abs_error.max(c.max_abs);
-            v.max_rel_error = v.max_rel_error.max(c.max_rel);
-            if !c.within {
-                failures.push(format!(
-                    "case {i}, output `{}`: compiled vs reference max abs error {:.3e}",
-                    spec.name, c.max_abs
-                ));
-            }
-        }
+        let (abs, rel) = compare_all(i, &got, &want, &manifest.outputs, opts, "reference", &mut failures)?;
+        v.max_abs_error = v.max_abs_error.max(abs);
+        v.max_rel_error = v.max_rel_error.max(rel);
         if let Some(exp) = expected {
             let ind = independent.get_or_insert(IndependentCheck {
                 source: format!(
@@ -552,21 +544,15 @@ fn verify(
                 max_rel_error: 0.0,
             });
             ind.cases += 1;
-            let mut exp_cast = Vec::new();
-            for ((g, w), spec) in got.iter().zip(exp).zip(&manifest.outputs) {
-                let w = w.cast_to_dt(g.datum_type())?.into_owned();
-                let c = compare(g, &w, opts.atol, opts.rtol)
-                    .with_context(|| format!("case {i}, output `{}` vs shipped expected output", spec.name))?;
-                ind.max_abs_error = ind.max_abs_error.max(c.max_abs);
-                ind.max_rel_error = ind.max_rel_error.max(c.max_rel);
-                if !c.within {
-                    failures.push(format!(
-                        "case {i}, output `{}`: compiled vs shipped expected output max abs error {:.3e}",
-                        spec.name, c.max_abs
-                    ));
-                }
-                exp_cast.push(w);
-            }
+            let exp_cast: Vec<Tensor> = got
+                .iter()
+                .zip(exp)
+                .map(|(g, w)| Ok(w.cast_to_dt(g.datum_type())?.into_owned()))
+                .collect::<Result<_>>()?;
+            let (abs, rel) =
+                compare_all(i, &got, &exp_cast, &manifest.outputs, opts, "shipped expected output", &mut failures)?;
+            ind.max_abs_error = ind.max_abs_error.max(abs);
+            ind.max_rel_error = ind.max_rel_error.max(rel);
             vectors.cases.push(TestCase {
                 inputs: named(&manifest.inputs, ins)?,
                 outputs: named(&manifest.outputs, &exp_cast)?,
@@ -583,17 +569,17 @@ fn verify(
     } else {
         v.reference.clone()
     };
-    for x in [&mut v.max_abs_error, &mut v.max_rel_error] {
+    // JSON has no infinity: an unbounded error is recorded as f64::MAX
+    let finite = |x: &mut f64| {
         if !x.is_finite() {
             *x = f64::MAX;
         }
-    }
+    };
+    finite(&mut v.max_abs_error);
+    finite(&mut v.max_rel_error);
     if let Some(ind) = &mut independent {
-        for x in [&mut ind.max_abs_error, &mut ind.max_rel_error] {
-            if !x.is_finite() {
-                *x = f64::MAX;
-            }
-        }
+        finite(&mut ind.max_abs_error);
+        finite(&mut ind.max_rel_error);
     }
     v.independent = independent;
     if failures.is_empty() {
@@ -610,6 +596,34 @@ fn verify(
         .into());
     }
     Ok((v, vectors))
+}
+
+/// Compares one case's outputs with `want` (from `what`), output by output;
+/// records every output beyond tolerance in `failures`. Returns the largest
+/// absolute and relative errors.
+fn compare_all(
+    case: usize,
+    got: &[Tensor],
+    want: &[Tensor],
+    specs: &[TensorSpec],
+    opts: &Options,
+    what: &str,
+    failures: &mut Vec<String>,
+) -> Result<(f64, f64)> {
+    let (mut abs, mut rel) = (0f64, 0f64);
+    for ((g, w), spec) in got.iter().zip(want).zip(specs) {
+        let c = compare(g, w, opts.atol, opts.rtol)
+            .with_context(|| format!("case {case}, output `{}` vs {what}", spec.name))?;
+        abs = abs.max(c.max_abs);
+        rel = rel.max(c.max_rel);
+        if !c.within {
+            failures.push(format!(
+                "case {case}, output `{}`: compiled vs {what} max abs error {:.3e}",
+                spec.name, c.max_abs
+            ));
+        }
+    }
+    Ok((abs, rel))
 }
 
 /// The default bundle file name: `NAME-VERSION.TARGET.neo`.

@@ -110,6 +110,11 @@ pub fn fails(o: Output, code: i32) -> String {
     err
 }
 
+/// `neorun predict BUNDLE --trusted-key k.pub --input INPUT` in `dir`.
+pub fn predict(dir: &Path, bundle: &str, input: &str) -> Output {
+    run("neorun", dir, &["predict", bundle, "--trusted-key", "k.pub", "--input", input], &[], None)
+}
+
 /// A scratch directory with a fresh key pair `k.key`/`k.pub`.
 pub fn scratch() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

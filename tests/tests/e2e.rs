@@ -18,13 +18,7 @@ fn fraud_mlp_predicts_like_onnxruntime() {
     let dir = scratch();
     let b = compile(dir.path(), "fraud-mlp:1", host_target(), &[]);
     let sample = root().join("models/fraud-mlp/sample.csv");
-    let out = ok(run(
-        "neorun",
-        dir.path(),
-        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
-        &[],
-        None,
-    ));
+    let out = ok(predict(dir.path(), b.to_str().unwrap(), sample.to_str().unwrap()));
     assert_close(&response_data(&out), &expected("fraud-mlp"), 1e-5);
 
     // the same request from stdin, answered as CSV: one line per row
@@ -55,13 +49,7 @@ fn image_cnn_predicts_like_onnxruntime() {
     let dir = scratch();
     let b = compile(dir.path(), "image-cnn:1", host_target(), &[]);
     let sample = root().join("models/image-cnn/sample.json");
-    let out = ok(run(
-        "neorun",
-        dir.path(),
-        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
-        &[],
-        None,
-    ));
+    let out = ok(predict(dir.path(), b.to_str().unwrap(), sample.to_str().unwrap()));
     assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
     let check = ok(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None));
     assert!(check.contains("2 test vectors pass"), "{check}");
@@ -113,16 +101,7 @@ fn compile_from_tarball_and_bare_file_with_input_config() {
     assert_eq!(doc["verification"]["status"], "passed");
     // a fixed batch of 4 takes exactly 4 rows
     let sample = root().join("models/fraud-mlp/sample.csv");
-    let err = fails(
-        run(
-            "neorun",
-            dir.path(),
-            &["predict", "f.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
-            &[],
-            None,
-        ),
-        4,
-    );
+    let err = fails(predict(dir.path(), "f.neo", sample.to_str().unwrap()), 4);
     assert!(err.contains("exactly 4 rows"), "{err}");
     let four: String = std::fs::read_to_string(&sample).unwrap().lines().take(4).map(|l| format!("{l}\n")).collect();
     let out = ok(run(
@@ -295,16 +274,7 @@ fn neorun_refuses_a_bundle_with_any_flipped_byte() {
         let mut bad = good.clone();
         bad[i] ^= 0xff;
         std::fs::write(d.join("bad.neo"), &bad).unwrap();
-        let err = fails(
-            run(
-                "neorun",
-                d,
-                &["predict", "bad.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
-                &[],
-                None,
-            ),
-            3,
-        );
+        let err = fails(predict(d, "bad.neo", sample.to_str().unwrap()), 3);
         assert!(err.contains("bundle refused"), "byte {i}: {err}");
     }
 }
@@ -537,13 +507,7 @@ fn fraud_xgb_predicts_like_xgboost_from_json_and_from_onnx() {
         assert!(doc["manifest"]["verification"]["independent"]["max_abs_error"].as_f64().unwrap() <= 1e-6, "{tag}");
         for (sample, want) in [("sample.csv", "expected.json"), ("sample-missing.csv", "expected-missing.json")] {
             let input = root().join("models/fraud-xgb").join(sample);
-            let out = ok(run(
-                "neorun",
-                dir.path(),
-                &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()],
-                &[],
-                None,
-            ));
+            let out = ok(predict(dir.path(), b.to_str().unwrap(), input.to_str().unwrap()));
             let doc: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb").join(want)).unwrap()).unwrap();
             let want: Vec<f64> =
@@ -607,13 +571,7 @@ fn fraud_lgbm_predicts_like_lightgbm() {
     let dir = scratch();
     let b = compile(dir.path(), "fraud-lgbm:1", host_target(), &[]);
     let sample = root().join("models/fraud-lgbm/sample.csv");
-    let out = ok(run(
-        "neorun",
-        dir.path(),
-        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
-        &[],
-        None,
-    ));
+    let out = ok(predict(dir.path(), b.to_str().unwrap(), sample.to_str().unwrap()));
     assert_close(&probabilities(&out), &expected("fraud-lgbm"), 1e-6);
     let check = ok(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None));
     assert!(check.contains("1 test vectors pass"), "{check}");
@@ -778,13 +736,7 @@ fn nnef_models_compile_too() {
     assert_eq!(doc["model"]["framework"], "nnef");
     assert_eq!(doc["verification"]["status"], "passed");
     let sample = root().join("models/image-cnn/sample.json");
-    let out = ok(run(
-        "neorun",
-        d,
-        &["predict", "n.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
-        &[],
-        None,
-    ));
+    let out = ok(predict(d, "n.neo", sample.to_str().unwrap()));
     assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
     let err = fails(
         run(
