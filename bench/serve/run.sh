@@ -3,14 +3,9 @@
 # off) vs onnxruntime behind FastAPI + uvicorn, same models, same requests,
 # wrk at 1, 8 and 64 connections. Prints a table; writes bench/out/serve.json.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)"
-cd "$root"
-venv="${NEOC_VENV:-$root/.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q -r models/requirements.txt -r bench/requirements.txt
+source "$(dirname "$0")/../setup.sh"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release -q
-out=bench/out; mkdir -p $out
+out=bench/out
 for m in fraud-xgb fraud-mlp image-cnn; do
   ./target/release/neoc compile $m:1 --target host --unsigned -o $out/$m.neo -q
 done
