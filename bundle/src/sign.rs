@@ -42,6 +42,7 @@ impl std::fmt::Debug for SigningKey {
 #[derive(Clone, Debug)]
 pub struct TrustedKey {
     key: minisign::PublicKey,
+    raw: [u8; 32],
     id: String,
 }
 
@@ -139,6 +140,12 @@ impl SigningKey {
         )
     }
 
+    /// A plain, deterministic Ed25519 signature over `msg` (for DSSE
+    /// envelopes, which sign their pre-authentication encoding directly).
+    pub fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        self.key.sign(msg).to_bytes()
+    }
+
     /// Signs `data` (prehashed, deterministic); returns the `.minisig` file contents.
     pub fn sign(&self, data: &[u8], trusted_comment: &str) -> String {
         assert!(!trusted_comment.contains('\n') && trusted_comment.trim() == trusted_comment);
@@ -180,11 +187,26 @@ impl TrustedKey {
             return Err("this is a secret key; pass the public key (.pub)".into());
         }
         let key = minisign::PublicKey::from_base64(b64).map_err(|e| format!("not a minisign public key: {e}"))?;
-        Ok(TrustedKey { id: key_id_string(&raw[2..10]), key })
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(&raw[10..42]);
+        Ok(TrustedKey { id: key_id_string(&raw[2..10]), raw: pk, key })
     }
 
     pub fn key_id(&self) -> &str {
         &self.id
+    }
+
+    /// The raw 32-byte Ed25519 public key.
+    pub fn ed25519(&self) -> &[u8; 32] {
+        &self.raw
+    }
+
+    /// Checks a plain Ed25519 signature (no prehash) over `msg`, as
+    /// [`SigningKey::sign_raw`] makes them for in-toto/DSSE envelopes.
+    pub fn verify_raw(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&self.raw) else { return false };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else { return false };
+        vk.verify_strict(msg, &sig).is_ok()
     }
 }
 

@@ -7,5 +7,8 @@
 pub mod import;
 pub mod pipeline;
 pub mod printer;
+pub mod provenance;
+pub mod publish;
+pub mod registry;
 pub mod source;
 pub mod trees;

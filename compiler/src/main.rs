@@ -13,7 +13,8 @@ use neoc_bundle::sign::{self, SigningKey, TrustedKey};
 use neoc_compiler::import::{self, Framework, ImportError};
 use neoc_compiler::pipeline::{self, Mismatch, Options};
 use neoc_compiler::printer::Printer;
-use neoc_compiler::source;
+use neoc_compiler::registry::{Access, Reference, Store};
+use neoc_compiler::{provenance, publish, source};
 use serde_json::json;
 
 const EXIT_HELP: &str = "Exit status: 0 success; 1 error; 2 usage error; 3 verification failed \
@@ -28,8 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile MODEL (a tarball, a model file, or NAME[:VERSION] in the local registry) for a target
+    /// Compile MODEL (a tarball, a model file, NAME[:VERSION] in the local registry, or oci://HOST/REPO:TAG) for one or more targets
     Compile(CompileArgs),
+    /// Download an artifact (model or bundle) from a registry
+    Pull(PullArgs),
+    /// Publish a model (file or tarball) or a compiled bundle to a registry
+    Push(PushArgs),
+    /// List the tags of a repository
+    Ls(LsArgs),
     /// Create a password-less minisign key pair: PREFIX.key and PREFIX.pub
     Keygen {
         /// Path prefix of the key files
@@ -54,6 +61,9 @@ enum Command {
         /// Public key (minisign .pub)
         #[arg(long)]
         key: PathBuf,
+        /// Also check this provenance envelope (BUNDLE.intoto.jsonl): its signature and that its subject is the bundle
+        #[arg(long, value_name = "FILE")]
+        provenance: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -66,17 +76,25 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CompileArgs {
-    /// Model: path to model.tar.gz or a model file, or NAME[:VERSION] in the local registry
+    /// Model: path to model.tar.gz or a model file, NAME[:VERSION] in the local registry, or oci://HOST[:PORT]/REPO:TAG
     model: String,
-    /// Target name (see `neoc targets`), or `host` for this machine's generic target
-    #[arg(long, short)]
-    target: String,
+    /// Target name (see `neoc targets`), or `host` for this machine's generic target; repeat for several targets (one import, one bundle each)
+    #[arg(long, short, required = true)]
+    target: Vec<String>,
     /// Input configuration NAME=DIMS[:DTYPE] (e.g. image=1,3,224,224:f32, features=N,30), or Neo JSON {"data":[1,3,224,224]}; repeatable
     #[arg(long = "input", value_name = "NAME=DIMS[:DTYPE]")]
     inputs: Vec<String>,
-    /// Bundle path (default: NAME-VERSION.TARGET.neo)
+    /// Bundle path (default: NAME-VERSION.TARGET.neo); with several targets, a directory for them
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Push each bundle to REF (oci://HOST/REPO[:TAG], or NAME[:TAG] in the local registry): tag TAG-TARGET (TAG defaults to the model version; one target with an explicit TAG uses TAG as is); several targets also get an index tagged TAG
+    #[arg(long, value_name = "REF")]
+    push: Option<String>,
+    /// Write signed SLSA v1 provenance (an in-toto statement in a DSSE envelope) to BUNDLE.intoto.jsonl, and attach it to pushed bundles
+    #[arg(long)]
+    provenance: bool,
+    #[command(flatten)]
+    reg: RegistryArgs,
     /// Secret key to sign with (minisign, password-less)
     #[arg(long, env = "NEOC_SIGNING_KEY", value_name = "SECRET_KEY")]
     key: Option<PathBuf>,
@@ -86,9 +104,6 @@ struct CompileArgs {
     /// Model framework (detected from the file when omitted)
     #[arg(long, value_enum)]
     framework: Option<Framework>,
-    /// Local registry directory (default: $NEOC_REGISTRY, or models/registry in this directory or a parent)
-    #[arg(long)]
-    registry: Option<PathBuf>,
     /// Model name recorded in the bundle (default: from the registry or file name)
     #[arg(long)]
     name: Option<String>,
@@ -115,6 +130,65 @@ struct CompileArgs {
     no_progress: bool,
 }
 
+/// Where registries are and how to reach them.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Local registry directory for NAME[:TAG] references (default: $NEOC_REGISTRY, or models/registry in this directory or a parent)
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// Allow plain HTTP to this registry host (loopback hosts always may); repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST", env = "NEOC_INSECURE_REGISTRY", value_delimiter = ',')]
+    insecure: Vec<String>,
+}
+
+impl RegistryArgs {
+    fn reference(&self, given: &str) -> Result<Reference> {
+        Reference::parse(given, || source::local_registry(self.registry.as_deref(), given))
+    }
+
+    fn store(&self, r: &Reference) -> Result<Store> {
+        Store::open(r, &Access { insecure: self.insecure.clone() })
+    }
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// oci://HOST[:PORT]/REPO[:TAG|@DIGEST], or NAME[:TAG] in the local registry
+    reference: String,
+    /// Directory to write into (created if needed)
+    #[arg(long, short, default_value = ".")]
+    output: PathBuf,
+    /// From a multi-target bundle index, only this target's bundle
+    #[arg(long)]
+    target: Option<String>,
+    #[command(flatten)]
+    reg: RegistryArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// A model file or model tarball, or a bundle (.neo)
+    file: PathBuf,
+    /// oci://HOST[:PORT]/REPO:TAG, or NAME:TAG in the local registry (a bundle's tag defaults to VERSION-TARGET)
+    reference: String,
+    #[command(flatten)]
+    reg: RegistryArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct LsArgs {
+    /// oci://HOST[:PORT]/REPO, or NAME in the local registry
+    repository: String,
+    #[command(flatten)]
+    reg: RegistryArgs,
+    #[arg(long)]
+    json: bool,
+}
+
 fn created_time() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => s.trim().parse::<u64>().with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds")),
@@ -122,9 +196,27 @@ fn created_time() -> Result<u64> {
     }
 }
 
+/// A tag made from free text (a model version): invalid characters become '-'.
+fn tag_from(s: &str) -> String {
+    let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect();
+    let t = t.trim_start_matches(['.', '-']).to_string();
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.chars().take(128).collect()
+    }
+}
+
 fn compile(args: CompileArgs) -> Result<()> {
     // everything that can be checked before work is checked first
-    let target = neoc_targets::lookup(&args.target)?;
+    let mut targets: Vec<&'static neoc_targets::Target> = Vec::new();
+    for t in &args.target {
+        let t = neoc_targets::lookup(t)?;
+        if targets.iter().any(|x| x.name == t.name) {
+            bail!("target {} is given twice", t.name);
+        }
+        targets.push(t);
+    }
     let key = match (&args.key, args.unsigned) {
         (Some(p), _) => Some(SigningKey::from_file(p)?),
         (None, true) => None,
@@ -132,6 +224,9 @@ fn compile(args: CompileArgs) -> Result<()> {
             "no signing key\nhint: pass --key SECRET_KEY (or set NEOC_SIGNING_KEY); create one with `neoc keygen -o PREFIX`; or pass --unsigned"
         ),
     };
+    if args.provenance && key.is_none() {
+        bail!("--provenance needs a signing key (provenance is signed with the bundle's key)\nhint: pass --key SECRET_KEY instead of --unsigned");
+    }
     let mut inputs = BTreeMap::new();
     for s in &args.inputs {
         for (name, cfg) in import::parse_input_flag(s)? {
@@ -141,14 +236,25 @@ fn compile(args: CompileArgs) -> Result<()> {
     if args.tolerance < 0.0 || args.rtol < 0.0 || !args.tolerance.is_finite() || !args.rtol.is_finite() {
         bail!("--tolerance and --rtol must be finite and non-negative");
     }
+    let access = Access { insecure: args.reg.insecure.clone() };
+    let push = match &args.push {
+        Some(p) => {
+            let r = args.reg.reference(p)?;
+            if r.digest.is_some() {
+                bail!("--push {p}: a push names a repository and optionally a tag, not a digest");
+            }
+            Some((args.reg.store(&r)?, r))
+        }
+        None => None,
+    };
     let created = created_time()?;
     let printer = Printer::new(args.json, args.quiet, args.no_progress);
     printer.stage("fetch", &format!("resolving {}", args.model));
     let t0 = Instant::now();
-    let src = source::resolve(&args.model, args.registry.as_deref())?;
+    let src = source::resolve(&args.model, args.reg.registry.as_deref(), &access)?;
     let fetch_ms = t0.elapsed().as_millis();
     let opts = Options {
-        target,
+        targets: targets.clone(),
         framework: args.framework,
         inputs,
         name: args.name.clone(),
@@ -160,30 +266,93 @@ fn compile(args: CompileArgs) -> Result<()> {
         created,
     };
     let compiled = pipeline::compile(&src, &opts, &printer, fetch_ms)?;
-    let m = &compiled.manifest;
-    let trusted_comment = format!(
-        "neoc bundle {}:{} target={} compiler={} created={}",
-        m.model.name, m.model.version, m.target.name, m.compiler.version, m.created
-    );
-    let bytes = container::encode(m, &compiled.files, key.as_ref(), &trusted_comment)?;
-    let out = args.output.clone().unwrap_or_else(|| pipeline::default_output(m));
-    container::write_atomic(&out, &bytes)?;
+    let several = compiled.len() > 1;
+    if several {
+        if let Some(dir) = &args.output {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+        }
+    }
+    let mut results = Vec::new();
+    let mut index_entries = Vec::new();
+    for c in &compiled {
+        let m = &c.manifest;
+        let trusted_comment = format!(
+            "neoc bundle {}:{} target={} compiler={} created={}",
+            m.model.name, m.model.version, m.target.name, m.compiler.version, m.created
+        );
+        let bytes = container::encode(m, &c.files, key.as_ref(), &trusted_comment)?;
+        let out = match (&args.output, several) {
+            (Some(p), false) => p.clone(),
+            (Some(dir), true) => dir.join(pipeline::default_output(m)),
+            (None, _) => pipeline::default_output(m),
+        };
+        container::write_atomic(&out, &bytes)?;
+        let digest = neoc_bundle::digest::sha256(&bytes);
+        let mut prov_path = None;
+        let mut envelope = None;
+        if let (true, Some(k)) = (args.provenance, key.as_ref()) {
+            let options = json!({
+                "inputs": args.inputs, "framework": args.framework.map(|f| f.as_str()), "tolerance": args.tolerance,
+                "rtol": args.rtol, "allow_mismatch": args.allow_mismatch, "name": args.name, "model_version": args.model_version,
+            });
+            let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let st = provenance::statement(&name, &digest, m, options);
+            let env = provenance::envelope(&st, k);
+            let p = PathBuf::from(format!("{}.intoto.jsonl", out.display()));
+            container::write_atomic(&p, &env)?;
+            prov_path = Some(p);
+            envelope = Some(env);
+        }
+        let mut pushed = None;
+        let mut prov_pushed = None;
+        if let Some((store, r)) = &push {
+            printer.stage("push", &format!("pushing the {} bundle", m.target.name));
+            let base = r.tag.clone().unwrap_or_else(|| tag_from(&m.model.version));
+            let tag = if r.tag.is_some() && !several { base } else { format!("{base}-{}", m.target.name) };
+            let (p, d) = publish::push_bundle(store, r, Some(&tag), &out)?;
+            if let Some(env) = &envelope {
+                prov_pushed = Some(publish::attach_provenance(store, r, &d, env, m.created)?);
+            }
+            index_entries.push(d);
+            pushed = Some(p);
+        }
+        results.push((c, out, bytes.len(), digest, pushed, prov_path, prov_pushed));
+    }
+    let index = match (&push, several) {
+        (Some((store, r)), true) => {
+            let tag = r.tag.clone().unwrap_or_else(|| tag_from(&compiled[0].manifest.model.version));
+            Some(publish::push_bundle_index(store, r, &tag, &index_entries)?)
+        }
+        _ => None,
+    };
     printer.done();
-    let digest = neoc_bundle::digest::sha256(&bytes);
-    let v = &m.verification;
+    let first = &compiled[0].manifest;
     if args.json {
+        let bundles: Vec<_> = results
+            .iter()
+            .map(|(c, out, size, digest, pushed, prov, prov_pushed)| {
+                let m = &c.manifest;
+                json!({
+                    "target": m.target,
+                    "path": out.display().to_string(),
+                    "digest": digest,
+                    "size": size,
+                    "signed_by": key.as_ref().map(|k| k.key_id()),
+                    "verification": m.verification,
+                    "pushed": pushed,
+                    "provenance": prov.as_ref().map(|p| json!({"path": p.display().to_string(), "pushed": prov_pushed})),
+                })
+            })
+            .collect();
         let doc = json!({
-            "schema_version": 1,
-            "bundle": out.display().to_string(),
-            "digest": digest,
-            "size": bytes.len(),
-            "signed_by": key.as_ref().map(|k| k.key_id()),
-            "model": m.model,
-            "target": m.target,
-            "inputs": m.inputs,
-            "outputs": m.outputs,
-            "verification": v,
-            "stages_ms": compiled.stage_ms.iter().map(|(s, ms)| json!({"stage": s, "ms": ms})).collect::<Vec<_>>(),
+            "schema_version": 2,
+            "model": first.model,
+            "inputs": first.inputs,
+            "outputs": first.outputs,
+            "engine": first.engine,
+            "bundles": bundles,
+            "index": index,
+            "stages_ms": compiled[0].stage_ms.iter().map(|(s, ms)| json!({"stage": s, "ms": ms})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if !args.quiet {
@@ -194,9 +363,11 @@ fn compile(args: CompileArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        println!("compiled {}:{} for {} -> {}", m.model.name, m.model.version, m.target.name, out.display());
-        println!("  inputs:  {}", io(&m.inputs));
-        println!("  outputs: {}", io(&m.outputs));
+        let v = &first.verification;
+        let targets = compiled.iter().map(|c| c.manifest.target.name.as_str()).collect::<Vec<_>>().join(", ");
+        println!("compiled {}:{} for {targets}", first.model.name, first.model.version);
+        println!("  inputs:  {}", io(&first.inputs));
+        println!("  outputs: {}", io(&first.outputs));
         let ind = v
             .independent
             .as_ref()
@@ -206,15 +377,100 @@ fn compile(args: CompileArgs) -> Result<()> {
             "  verify:  {} on {} {} case(s), max abs error {:.2e} vs reference{ind}",
             v.status, v.cases, v.inputs, v.max_abs_error
         );
-        if v.host != m.target.arch {
-            println!("  note:    verified on this {} host; the target's own CPU was not exercised", v.host);
+        if compiled.iter().any(|c| c.manifest.target.arch != v.host) {
+            println!("  note:    verified on this {} host; other targets' own CPUs were not exercised", v.host);
         }
+        for (c, out, size, digest, pushed, prov, _) in &results {
+            println!(
+                "  bundle:  {} ({}): {size} bytes, {digest}, {}",
+                out.display(),
+                c.manifest.target.name,
+                key.as_ref().map(|k| format!("signed by {}", k.key_id())).unwrap_or_else(|| "UNSIGNED".into())
+            );
+            if let Some(p) = prov {
+                println!("           provenance {}", p.display());
+            }
+            if let Some(p) = pushed {
+                println!("           pushed {} ({})", p.reference, p.digest);
+            }
+        }
+        if let Some(i) = &index {
+            println!("  index:   {} ({}) lists every target", i.reference, i.digest);
+        }
+    }
+    Ok(())
+}
+
+fn pull(args: PullArgs) -> Result<()> {
+    let r = args.reg.reference(&args.reference)?;
+    let store = args.reg.store(&r)?;
+    let files = publish::pull(&store, &r, &args.output, args.target.as_deref())?;
+    if args.json {
         println!(
-            "  bundle:  {} bytes, {}, {}",
-            bytes.len(),
-            digest,
-            key.as_ref().map(|k| format!("signed by {}", k.key_id())).unwrap_or_else(|| "UNSIGNED".into())
+            "{}",
+            serde_json::to_string_pretty(&json!({"schema_version": 1, "reference": r.to_string(), "files": files}))?
         );
+    } else {
+        for f in &files {
+            println!("pulled {} -> {} ({} bytes, {})", f.from, f.path.display(), f.size, f.digest);
+        }
+    }
+    Ok(())
+}
+
+fn push(args: PushArgs) -> Result<()> {
+    let r = args.reg.reference(&args.reference)?;
+    if r.digest.is_some() {
+        bail!("{}: a push names a repository and a tag, not a digest", args.reference);
+    }
+    if !args.file.is_file() {
+        bail!("{}: no such file", args.file.display());
+    }
+    let store = args.reg.store(&r)?;
+    let is_bundle = {
+        let mut head = [0u8; 512];
+        let n = std::io::Read::read(&mut std::fs::File::open(&args.file)?, &mut head)?;
+        n == 512 && head.starts_with(b"manifest.json\0")
+    };
+    let p = if is_bundle {
+        let tag = match &r.tag {
+            Some(t) => t.clone(),
+            None => {
+                let b = container::read(&args.file, &Trust::Unchecked)?;
+                format!("{}-{}", tag_from(&b.manifest.model.version), b.manifest.target.name)
+            }
+        };
+        publish::push_bundle(&store, &r, Some(&tag), &args.file)?.0
+    } else {
+        let tag = r.tag.clone().with_context(|| {
+            format!("{}: say which version this model is: {}:VERSION", args.reference, args.reference)
+        })?;
+        publish::push_model(&store, &r, &tag, &args.file, created_time()?)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"schema_version": 1, "pushed": p}))?);
+    } else {
+        println!("pushed {} -> {} ({}, {} bytes manifest)", args.file.display(), p.reference, p.digest, p.size);
+    }
+    Ok(())
+}
+
+fn ls(args: LsArgs) -> Result<()> {
+    let r = args.reg.reference(&args.repository)?;
+    if r.tag.is_some() || r.digest.is_some() {
+        bail!("{}: `neoc ls` takes a repository, without a tag or digest", args.repository);
+    }
+    let store = args.reg.store(&r)?;
+    let tags = store.tags()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"schema_version": 1, "repository": r.to_string(), "tags": tags}))?
+        );
+    } else {
+        for t in tags {
+            println!("{t}");
+        }
     }
     Ok(())
 }
@@ -319,9 +575,13 @@ fn inspect(bundle: &Path, key: Option<&Path>, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-fn verify(bundle: &Path, key: &Path, json_out: bool) -> Result<()> {
+fn verify(bundle: &Path, key: &Path, prov: Option<&Path>, json_out: bool) -> Result<()> {
     let trusted = TrustedKey::from_file(key)?;
-    let b = container::read(bundle, &Trust::Keys(vec![trusted]))?;
+    let b = container::read(bundle, &Trust::Keys(vec![trusted.clone()]))?;
+    if let Some(p) = prov {
+        let env = std::fs::read(p).with_context(|| p.display().to_string())?;
+        provenance::verify(&env, &trusted, &b.digest).with_context(|| p.display().to_string())?;
+    }
     if json_out {
         println!(
             "{}",
@@ -330,7 +590,12 @@ fn verify(bundle: &Path, key: &Path, json_out: bool) -> Result<()> {
             )?
         );
     } else {
-        println!("ok: {} verifies (signature, {} file digests, container)", bundle.display(), b.manifest.files.len());
+        println!(
+            "ok: {} verifies (signature, {} file digests, container{})",
+            bundle.display(),
+            b.manifest.files.len(),
+            if prov.is_some() { ", provenance" } else { "" }
+        );
     }
     Ok(())
 }
@@ -390,7 +655,10 @@ fn main() -> ExitCode {
         Command::Compile(args) => compile(args),
         Command::Keygen { output, force } => keygen(&output, force),
         Command::Inspect { bundle, key, json } => inspect(&bundle, key.as_deref(), json),
-        Command::Verify { bundle, key, json } => verify(&bundle, &key, json),
+        Command::Verify { bundle, key, provenance, json } => verify(&bundle, &key, provenance.as_deref(), json),
+        Command::Pull(args) => pull(args),
+        Command::Push(args) => push(args),
+        Command::Ls(args) => ls(args),
         Command::Targets { json } => targets(json),
     };
     match result {

@@ -21,7 +21,9 @@ use crate::source::Source;
 pub const STAGES: &[&str] = &["fetch", "import", "coverage", "passes", "serialize", "verify", "package"];
 
 pub struct Options {
-    pub target: &'static Target,
+    /// One bundle is written per target; the import, passes and verification
+    /// are shared (lowering does not depend on the CPU target yet).
+    pub targets: Vec<&'static Target>,
     pub framework: Option<Framework>,
     pub inputs: BTreeMap<String, InputConfig>,
     pub name: Option<String>,
@@ -77,7 +79,9 @@ struct Lowered {
     seeded: Box<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>,
 }
 
-pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) -> Result<Compiled> {
+pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) -> Result<Vec<Compiled>> {
+    let first = *opts.targets.first().context("no target")?;
+    let target_names = opts.targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
     let mut timer = Timer { printer, stage_ms: vec![("fetch", fetch_ms)], current: None };
     timer.start("import", "importing");
     let located = import::locate(src, opts.framework)?;
@@ -93,7 +97,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 let tm = crate::trees::onnx_ml(graph, None).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
                 lower_trees(tm, &inputs, &mut timer)?
             } else {
-                let inference = import::onnx(&located, &proto, &inputs, opts.target.name)?;
+                let inference = import::onnx(&located, &proto, &inputs, &target_names)?;
                 timer.start("passes", "typing and decluttering");
                 let typed = inference.into_typed().map_err(|e| {
                     anyhow::anyhow!("type and shape inference failed: {e:#}\nhint: give input shapes and types with --input NAME=DIMS[:DTYPE] (e.g. --input image=1,3,224,224:f32)")
@@ -136,13 +140,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             source_digest: src.digest.clone(),
             source_file: located.rel.clone(),
         },
-        target: TargetInfo {
-            name: opts.target.name.into(),
-            triple: opts.target.triple.into(),
-            arch: opts.target.arch.as_str().into(),
-            features: opts.target.features.iter().map(|s| s.to_string()).collect(),
-            accelerator: opts.target.accelerator.as_str().into(),
-        },
+        target: target_info(first),
         engine: lowered.engine.clone(),
         compiler: ToolInfo { name: "neoc".into(), version: env!("CARGO_PKG_VERSION").into() },
         min_runtime_version: env!("CARGO_PKG_VERSION").into(),
@@ -176,7 +174,25 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     files.sort_by(|a, b| a.0.cmp(&b.0));
     manifest.files = container::file_entries(&files);
     timer.finish();
-    Ok(Compiled { manifest, files, stage_ms: timer.stage_ms })
+    Ok(opts
+        .targets
+        .iter()
+        .map(|t| {
+            let mut m = manifest.clone();
+            m.target = target_info(t);
+            Compiled { manifest: m, files: files.clone(), stage_ms: timer.stage_ms.clone() }
+        })
+        .collect())
+}
+
+fn target_info(t: &Target) -> TargetInfo {
+    TargetInfo {
+        name: t.name.into(),
+        triple: t.triple.into(),
+        arch: t.arch.as_str().into(),
+        features: t.features.iter().map(|s| s.to_string()).collect(),
+        accelerator: t.accelerator.as_str().into(),
+    }
 }
 
 fn lower_tract(mut model: TypedModel, opts: &Options, timer: &mut Timer) -> Result<Lowered> {
@@ -189,7 +205,8 @@ fn lower_tract(mut model: TypedModel, opts: &Options, timer: &mut Timer) -> Resu
     let unserializable = unserializable_nodes(&model, &nnef);
     if !unserializable.is_empty() {
         timer.finish();
-        return Err(ImportError::UnsupportedOps { target: opts.target.name.into(), list: unserializable }.into());
+        let target = opts.targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
+        return Err(ImportError::UnsupportedOps { target, list: unserializable }.into());
     }
 
     timer.start("serialize", "writing the NNEF model");

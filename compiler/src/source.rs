@@ -1,5 +1,5 @@
-//! Where a model comes from: a tarball, a bare model file, or `NAME[:VERSION]`
-//! in the local registry (an OCI image layout per repository).
+//! Where a model comes from: a tarball, a bare model file, `NAME[:VERSION]`
+//! in the local registry, or `oci://HOST/REPO:TAG` in a remote one.
 //!
 //! Whatever the source, the result is a fresh working directory holding the
 //! model file(s), the sha256 of what was fetched, and the tarball's
@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use neoc_bundle::digest::Hasher;
 use neoc_bundle::unpack::{self, Limits};
-use serde::Deserialize;
 
-/// Media type of a model artifact in a registry.
-pub const MODEL_ARTIFACT_TYPE: &str = "application/vnd.neoc.model.v1";
+use crate::registry::{self, Access, Fetched, Reference, Store};
+
+/// Annotations of a model artifact.
+pub const ANN_MODEL_NAME: &str = "dev.neoc.model.name";
+pub const ANN_MODEL_VERSION: &str = "dev.neoc.model.version";
+pub const ANN_FRAMEWORK: &str = "dev.neoc.model.framework";
+pub const ANN_INPUT_CONFIG: &str = "dev.neoc.model.input-config";
 
 #[derive(Debug)]
 pub struct Source {
@@ -37,26 +41,31 @@ impl Source {
 }
 
 /// Resolves MODEL into a working directory.
-pub fn resolve(given: &str, registry: Option<&Path>) -> Result<Source> {
-    if let Some(rest) = given.strip_prefix("oci://") {
-        bail!(
-            "remote registries (oci://{rest}) are not supported by this build yet\nhint: fetch the tarball with `oras pull` or `skopeo copy`, then pass its path"
-        );
+pub fn resolve(given: &str, registry: Option<&Path>, access: &Access) -> Result<Source> {
+    if given.starts_with("oci:") {
+        let r = Reference::parse(given, || unreachable!("remote references need no local registry"))?;
+        return from_store(given, &r, access);
     }
     let path = Path::new(given);
     if path.exists() {
         return from_path(given, path);
     }
     if looks_like_reference(given) {
-        let root = match registry {
-            Some(r) => r.to_path_buf(),
-            None => default_registry().with_context(|| {
-                format!("`{given}` is not a file, and no local registry was found\nhint: pass --registry DIR or set NEOC_REGISTRY, or give a path to a model file or tarball")
-            })?,
-        };
-        return from_registry(given, &root);
+        let r = Reference::parse(given, || local_registry(registry, given))?;
+        return from_store(given, &r, access);
     }
-    bail!("{given}: no such file, and not a NAME[:VERSION] registry reference")
+    bail!("{given}: no such file, and not a NAME[:VERSION] registry reference\nhint: {}", registry::REFERENCE_FORMS)
+}
+
+/// The local registry: `--registry`, `NEOC_REGISTRY`, or `models/registry` in
+/// the current directory or a parent.
+pub fn local_registry(flag: Option<&Path>, given: &str) -> Result<PathBuf> {
+    match flag {
+        Some(r) => Ok(r.to_path_buf()),
+        None => default_registry().with_context(|| {
+            format!("`{given}` is not a file, and no local registry was found\nhint: pass --registry DIR or set NEOC_REGISTRY, or give a path to a model file or tarball")
+        }),
+    }
 }
 
 fn looks_like_reference(s: &str) -> bool {
@@ -164,163 +173,64 @@ fn sanitize(s: &str) -> String {
     }
 }
 
-#[derive(Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize, Clone)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct ImageManifest {
-    layers: Vec<Descriptor>,
-}
-
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-fn from_registry(given: &str, root: &Path) -> Result<Source> {
-    let (name, tag) = match given.split_once(':') {
-        Some((n, t)) => (n, Some(t)),
-        None => (given, None),
+/// Fetches a model artifact from a registry (local or remote) and unpacks it.
+fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
+    let store = Store::open(r, access)?;
+    let (desc, bytes) = store.resolve(r)?;
+    let m = match registry::parse_manifest(&bytes, &r.to_string())? {
+        Fetched::Manifest(m) => m,
+        Fetched::Index(i) => bail!(
+            "{r} is an image index ({} manifests), not one model artifact\nhint: name one of them by digest: {}",
+            i.manifests.len(),
+            i.manifests.iter().map(|d| r.with_digest(&d.digest).to_string()).collect::<Vec<_>>().join(", ")
+        ),
     };
-    let repo = root.join(name);
-    let index_path = repo.join("index.json");
-    if !repo.join("oci-layout").is_file() || !index_path.is_file() {
-        let known = list_repos(root);
-        bail!(
-            "model `{name}` is not in the local registry {}{}",
-            root.display(),
-            if known.is_empty() { String::new() } else { format!("\nhint: it has: {}", known.join(", ")) }
-        );
+    if m.kind() == registry::BUNDLE_ARTIFACT_TYPE {
+        bail!("{r} is a compiled neoc bundle, not a model\nhint: fetch it with `neoc pull {r}` and run it with neorun");
     }
-    let index: Index =
-        serde_json::from_slice(&std::fs::read(&index_path).with_context(|| index_path.display().to_string())?)
-            .with_context(|| format!("{}: not an OCI image index", index_path.display()))?;
-    let tags: Vec<&str> =
-        index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str)).collect();
-    let tag = match tag {
-        Some(t) => t.to_string(),
-        None if tags.contains(&"latest") => "latest".into(),
-        None if tags.len() == 1 => tags[0].to_string(),
-        None => bail!("`{name}` has several versions ({}); say which: {name}:VERSION", tags.join(", ")),
-    };
-    let desc = index
-        .manifests
-        .iter()
-        .find(|d| d.annotations.get(REF_NAME) == Some(&tag))
-        .with_context(|| {
-            format!("`{name}` has no version `{tag}` in {}\nhint: versions: {}", root.display(), tags.join(", "))
-        })?
-        .clone();
-    let manifest_bytes = read_blob(&repo, &desc)?;
-    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
-        .with_context(|| format!("{name}:{tag}: manifest {} is not an OCI image manifest", desc.digest))?;
-    let layer =
-        pick_layer(&manifest.layers).with_context(|| format!("{name}:{tag}: artifact has no model tarball layer"))?;
+    let layer = registry::model_layer(&m, &r.to_string())?;
     let dir = workdir()?;
-    let tarball = dir.path().join(".fetched-model.tar.gz");
-    copy_blob(&repo, layer, &tarball)?;
+    let fetched = dir.path().join(".fetched");
+    std::fs::create_dir(&fetched)?;
+    let file_name = registry::layer_file_name(layer);
+    let blob = fetched.join(&file_name);
+    store.fetch_blob(layer, &blob)?;
     let unpacked = dir.path().join("model");
     std::fs::create_dir(&unpacked)?;
-    let u = unpack::unpack(&tarball, &unpacked, Limits::default())?;
-    std::fs::remove_file(&tarball).ok();
-    let files = u.files.into_iter().map(|f| Path::new("model").join(f)).collect();
+    let mut files: Vec<PathBuf> = if is_archive(&blob)? {
+        let u = unpack::unpack(&blob, &unpacked, Limits::default())?;
+        u.files.into_iter().map(|f| Path::new("model").join(f)).collect()
+    } else {
+        // one model file (a ModelPack weight, an `oras push model.onnx`)
+        std::fs::rename(&blob, unpacked.join(&file_name))?;
+        vec![Path::new("model").join(&file_name)]
+    };
+    std::fs::remove_dir_all(&fetched).ok();
+    // the artifact's input configuration, when the tarball carries none
+    if let Some(cfg) = m.annotations.get(ANN_INPUT_CONFIG) {
+        if !files.iter().any(|f| f.file_name().is_some_and(|n| n == "model.json")) {
+            let doc = serde_json::json!({ "DataInputConfig": cfg });
+            std::fs::write(unpacked.join("model.json"), serde_json::to_vec(&doc)?)?;
+            files.push(Path::new("model").join("model.json"));
+        }
+    }
+    let name = m
+        .annotations
+        .get(ANN_MODEL_NAME)
+        .cloned()
+        .unwrap_or_else(|| r.repo.rsplit('/').next().unwrap_or(&r.repo).to_string());
+    let version = m.annotations.get(ANN_MODEL_VERSION).cloned().or_else(|| r.tag.clone()).unwrap_or_else(|| {
+        let hex = desc.digest.trim_start_matches("sha256:");
+        format!("sha256-{}", &hex[..12])
+    });
     Ok(Source {
         given: given.into(),
-        name: name.rsplit('/').next().unwrap_or(name).to_string(),
-        version: tag,
+        name: sanitize(&name),
+        version: sanitize(&version),
         digest: layer.digest.clone(),
         workdir: dir,
         files,
     })
-}
-
-fn list_repos(root: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("index.json").is_file())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn pick_layer(layers: &[Descriptor]) -> Option<&Descriptor> {
-    if layers.len() == 1 {
-        return layers.first();
-    }
-    layers.iter().find(|l| {
-        l.media_type.ends_with("tar+gzip")
-            || l.media_type.ends_with(".tar")
-            || l.annotations.get("org.opencontainers.image.title").is_some_and(|t| t.ends_with(".tar.gz"))
-    })
-}
-
-fn blob_path(repo: &Path, digest: &str) -> Result<PathBuf> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .with_context(|| format!("unsupported or malformed digest `{digest}`"))?;
-    Ok(repo.join("blobs").join("sha256").join(hex))
-}
-
-fn read_blob(repo: &Path, d: &Descriptor) -> Result<Vec<u8>> {
-    if d.size > 4 << 20 {
-        bail!("manifest {} is implausibly large ({} bytes)", d.digest, d.size);
-    }
-    let p = blob_path(repo, &d.digest)?;
-    let data = std::fs::read(&p).with_context(|| format!("blob {} is missing from {}", d.digest, repo.display()))?;
-    let actual = neoc_bundle::digest::sha256(&data);
-    if actual != d.digest || data.len() as u64 != d.size {
-        bail!(
-            "blob {} in {} does not match its digest (found {actual}, {} bytes): the registry is corrupted",
-            d.digest,
-            repo.display(),
-            data.len()
-        );
-    }
-    Ok(data)
-}
-
-/// Copies a blob while hashing it; a mismatch deletes the copy.
-fn copy_blob(repo: &Path, d: &Descriptor, to: &Path) -> Result<()> {
-    let p = blob_path(repo, &d.digest)?;
-    let mut src =
-        std::fs::File::open(&p).with_context(|| format!("blob {} is missing from {}", d.digest, repo.display()))?;
-    let mut dst = std::fs::File::create(to)?;
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut n_total = 0u64;
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        n_total += n as u64;
-        h.update(&buf[..n]);
-        std::io::Write::write_all(&mut dst, &buf[..n])?;
-    }
-    let actual = h.finish();
-    if actual != d.digest || n_total != d.size {
-        std::fs::remove_file(to).ok();
-        bail!(
-            "blob {} in {} does not match its digest (found {actual}, {n_total} bytes): the registry is corrupted",
-            d.digest,
-            repo.display()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -164,3 +164,131 @@ pub fn compile(dir: &Path, model: &str, target: &str, extra: &[&str]) -> PathBuf
     ok(run("neoc", dir, &args, &[], None));
     out
 }
+
+/// A real OCI registry (Debian's `docker-registry`, CNCF distribution 2.8)
+/// on 127.0.0.1 with a random port and a temporary storage directory,
+/// stopped when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// User and password of [`Registry::start_with_auth`].
+pub const REGISTRY_USER: &str = "neoc";
+pub const REGISTRY_PASSWORD: &str = "neoc-test-password";
+/// bcrypt of REGISTRY_PASSWORD (distribution's htpasswd accepts only bcrypt).
+const REGISTRY_HTPASSWD: &str = "neoc:$2b$05$3NThPO5DYwIFi051x4DWSeKMn1nYNcEMAmMF6Y1.yl0quww1PWqsW\n";
+
+impl Registry {
+    pub fn start() -> Registry {
+        Registry::launch(false)
+    }
+
+    /// A registry that requires HTTP basic authentication.
+    pub fn start_with_auth() -> Registry {
+        Registry::launch(true)
+    }
+
+    fn launch(auth: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: neoc-test\n",
+            storage.display()
+        );
+        if auth {
+            std::fs::write(dir.path().join("htpasswd"), REGISTRY_HTPASSWD).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: neoc-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let exe = which("docker-registry")
+            .expect("docker-registry is not installed: apt-get install docker-registry (.ci/run does)");
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(exe)
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let mut reg = Registry { child, host: String::new(), dir };
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            let text = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap_or_default();
+            if let Some(i) = text.find("listening on ") {
+                let rest = &text[i + "listening on ".len()..];
+                let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    reg.host = addr;
+                    return reg;
+                }
+            }
+            if let Ok(Some(status)) = reg.child.try_wait() {
+                panic!("docker-registry exited with {status}:\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("docker-registry did not start in 20 s");
+    }
+
+    /// `oci://HOST/PATH`
+    pub fn oci(&self, path: &str) -> String {
+        format!("oci://{}/{path}", self.host)
+    }
+
+    /// The file holding a blob in the registry's storage.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The project's Python venv (`.venv`, made by .ci/run or models/generate.sh).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("NEOC_VENV").map(PathBuf::from).unwrap_or_else(|| root().join(".venv"));
+    let p = venv.join("bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash .ci/run` once (it creates the venv from models/requirements.txt)",
+        p.display()
+    );
+    p
+}
+
+/// sha256 of a file as `sha256:HEX`.
+pub fn file_digest(path: &Path) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}

@@ -95,10 +95,10 @@ fn compile_from_tarball_and_bare_file_with_input_config() {
         None,
     ));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
     assert_eq!(doc["inputs"][0]["shape"], serde_json::json!([4, 30]));
-    assert_eq!(doc["verification"]["inputs"], "seeded");
-    assert_eq!(doc["verification"]["status"], "passed");
+    assert_eq!(doc["bundles"][0]["verification"]["inputs"], "seeded");
+    assert_eq!(doc["bundles"][0]["verification"]["status"], "passed");
     // a fixed batch of 4 takes exactly 4 rows
     let sample = root().join("models/fraud-mlp/sample.csv");
     let err = fails(predict(dir.path(), "f.neo", sample.to_str().unwrap()), 4);
@@ -641,7 +641,7 @@ fn garbage_models_are_refused_without_output() {
         ),
         1,
     );
-    assert!(err.contains("no version `7`"), "{err}");
+    assert!(err.contains("has no tag `7`") && err.contains("tags: 1"), "{err}");
     assert!(!d.join("out.neo").exists());
 }
 
@@ -734,7 +734,7 @@ fn nnef_models_compile_too() {
     ));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["model"]["framework"], "nnef");
-    assert_eq!(doc["verification"]["status"], "passed");
+    assert_eq!(doc["bundles"][0]["verification"]["status"], "passed");
     let sample = root().join("models/image-cnn/sample.json");
     let out = ok(predict(d, "n.neo", sample.to_str().unwrap()));
     assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
@@ -781,8 +781,8 @@ fn verification_beyond_tolerance_fails_unless_allowed() {
     allowed.extend(["--allow-mismatch", "--json"]);
     let out = ok(run("neoc", d, &allowed, &[], None));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(doc["verification"]["status"], "mismatch-allowed");
-    assert!(doc["verification"]["independent"]["max_abs_error"].as_f64().unwrap() > 0.0);
+    assert_eq!(doc["bundles"][0]["verification"]["status"], "mismatch-allowed");
+    assert!(doc["bundles"][0]["verification"]["independent"]["max_abs_error"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

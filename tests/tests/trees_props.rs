@@ -49,7 +49,7 @@ fn random_ensembles_match_their_source_engines() {
         );
         let summary = ok(out);
         let doc: serde_json::Value = serde_json::from_str(&summary).unwrap();
-        assert_eq!(doc["verification"]["status"], "passed", "{}", case.display());
+        assert_eq!(doc["bundles"][0]["verification"]["status"], "passed", "{}", case.display());
         let out =
             ok(run("neorun", &case, &["predict", "b.neo", "--allow-unsigned", "--input", "inputs.csv"], &[], None));
         let got: serde_json::Value = serde_json::from_str(&out).unwrap();
