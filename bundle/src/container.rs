@@ -360,6 +360,10 @@ mod tests {
                 arch: "x86_64".into(),
                 features: vec![],
                 accelerator: "none".into(),
+                accelerator_arch: None,
+                cpu_fallback: false,
+                precision: "fp32".into(),
+                threads: None,
             },
             engine: EngineInfo {
                 name: "tract".into(),
@@ -384,9 +388,12 @@ mod tests {
                 atol: 1e-4,
                 rtol: 1e-4,
                 independent: None,
+                precision: "fp32".into(),
+                note: None,
             },
             test_vectors: Some("test_vectors.json".into()),
             files: file_entries(&files),
+            accelerator_model: None,
         };
         (m, files)
     }

@@ -38,6 +38,24 @@ pub struct Manifest {
     pub test_vectors: Option<String>,
     /// Every file of the bundle but the manifest and its signature, in bundle order.
     pub files: Vec<FileEntry>,
+    /// What an external backend compiled for the target's accelerator (a
+    /// Neuron NEFF), or why nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_model: Option<AcceleratorModel>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AcceleratorModel {
+    /// `neff`
+    pub format: String,
+    /// The file in the bundle; `None` when the backend did not run.
+    pub file: Option<String>,
+    /// The backend and its version (`neuronx-cc`, its `--version`).
+    pub backend: ToolInfo,
+    /// The command line it ran with, file names relative to the bundle.
+    pub command: Vec<String>,
+    /// `compiled`, or why not (`not compiled: …; CPU bundle`).
+    pub status: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,7 +79,27 @@ pub struct TargetInfo {
     pub arch: String,
     /// CPU features the bundle assumes; the runtime checks them at load.
     pub features: Vec<String>,
+    /// `none`, `cuda` or `neuron`; the runtime checks it can drive it at load.
     pub accelerator: String,
+    /// The accelerator's generation: `sm_86`, `inferentia2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_arch: Option<String>,
+    /// Whether the bundle's model also runs on the CPU, for a host without
+    /// the accelerator (used only when the runtime is told to).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cpu_fallback: bool,
+    /// Float precision the model computes in (`fp32`, `fp16`); inputs and
+    /// outputs keep the types of `inputs`/`outputs` whatever it is.
+    #[serde(default = "fp32")]
+    pub precision: String,
+    /// Inference threads to use when the operator does not say (the
+    /// device's cores); absent: as many as the host has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,6 +174,13 @@ pub struct Verification {
     /// Comparison with expected outputs computed by another engine and shipped
     /// with the model (ONNX `test_data_set_*`), when there were any.
     pub independent: Option<IndependentCheck>,
+    /// The precision the compiled model computed in; against an fp32
+    /// reference, the errors above are the cost of that precision.
+    #[serde(default = "fp32")]
+    pub precision: String,
+    /// Anything that limited the check (e.g. fp16 emulated on this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! reads them. This crate runs on the build host and is never linked into
 //! the runtime.
 
+pub mod backend;
 pub mod import;
 pub mod pipeline;
 pub mod printer;

@@ -15,6 +15,7 @@ use neoc_compiler::pipeline::{self, Mismatch, Options};
 use neoc_compiler::printer::Printer;
 use neoc_compiler::registry::{Access, Reference, Store};
 use neoc_compiler::{provenance, publish, source};
+use neoc_targets::Precision;
 use serde_json::json;
 
 const EXIT_HELP: &str = "Exit status: 0 success; 1 error; 2 usage error; 3 verification failed \
@@ -110,12 +111,21 @@ struct CompileArgs {
     /// Model version recorded in the bundle (default: the registry tag, or 0)
     #[arg(long = "model-version")]
     model_version: Option<String>,
-    /// Absolute tolerance of the verify stage
-    #[arg(long, default_value_t = 1e-4)]
-    tolerance: f64,
-    /// Relative tolerance of the verify stage
-    #[arg(long, default_value_t = 1e-4)]
-    rtol: f64,
+    /// Absolute tolerance of the verify stage (default: 1e-4; 1e-2 for fp16 bundles)
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Relative tolerance of the verify stage (default: 1e-4; 1e-2 for fp16 bundles)
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Float precision: fp32, or fp16 for targets whose CPU has fp16 arithmetic (default: the target's: fp16 for ml_m6g and jetson_orin, else fp32)
+    #[arg(long, value_parser = parse_precision)]
+    precision: Option<Precision>,
+    /// Without the Neuron compiler, build a CPU bundle for Neuron targets (ml_inf2) instead of failing; the manifest says so
+    #[arg(long, value_enum, value_name = "cpu")]
+    neuron_fallback: Option<NeuronFallback>,
+    /// Print what each target changed in its bundle (precision, CPU features, threads, accelerator, engine)
+    #[arg(long)]
+    explain: bool,
     /// Package even when verification finds outputs beyond tolerance (recorded in the manifest)
     #[arg(long)]
     allow_mismatch: bool,
@@ -189,6 +199,81 @@ struct LsArgs {
     json: bool,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NeuronFallback {
+    Cpu,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    Precision::parse(s).ok_or_else(|| format!("`{s}` is not a precision (fp32 or fp16)"))
+}
+
+/// What a target changed in its bundle: (JSON, text).
+fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
+    let m = &c.manifest;
+    let t = neoc_targets::lookup(&m.target.name).expect("compiled for a catalog target");
+    let host = neoc_targets::Host::detect();
+    let features = if m.target.features.is_empty() {
+        "none beyond the architecture's baseline; kernels pick wider SIMD at run time".to_string()
+    } else {
+        format!("{} (neorun refuses the bundle on a CPU without them)", m.target.features.join(", "))
+    };
+    let threads = match m.target.threads {
+        Some(n) => format!("{n} (the device's cores; neorun --threads overrides)"),
+        None => "as many as the host has (neorun --threads overrides)".into(),
+    };
+    let arch = m.target.accelerator_arch.as_deref().unwrap_or("");
+    let accelerator = match (m.target.accelerator.as_str(), &m.accelerator_model) {
+        ("none", Some(a)) => format!("none: {}", a.status),
+        ("none", None) => "none: runs on the CPU".to_string(),
+        ("cuda", _) => format!(
+            "NVIDIA GPU {arch}: the bundle carries the CPU model as fallback; this neorun has no CUDA engine yet, so it runs only with --cpu-fallback (not run on GPU hardware)"
+        ),
+        ("neuron", Some(a)) => format!(
+            "AWS Neuron {arch}: {} ({} by {} {}), with the CPU model as fallback; this neorun has no Neuron engine yet, so it runs only with --cpu-fallback (not run on Inferentia hardware)",
+            a.status,
+            a.file.as_deref().unwrap_or("-"),
+            a.backend.name,
+            a.backend.version
+        ),
+        (other, _) => format!("{other} {arch}: the bundle carries the CPU model as fallback"),
+    };
+    let engine = format!("{} {} ({})", m.engine.name, m.engine.version, m.engine.model_format);
+    let verified = if m.target.arch == m.verification.host {
+        format!("on this {} host", m.verification.host)
+    } else {
+        format!("on this {} host: the target's own kernels were not exercised", m.verification.host)
+    };
+    let rows = [
+        ("target", format!("{} — {}", t.name, t.device.unwrap_or(t.description))),
+        ("triple", m.target.triple.clone()),
+        ("cpu features", features),
+        (
+            "precision",
+            if m.target.precision == "fp16" {
+                format!("fp16 ({}); the inputs' side up to the first matrix products/convolutions stays fp32 (raw inputs can exceed fp16's range)", c.precision_reason)
+            } else {
+                format!("{} ({})", m.target.precision, c.precision_reason)
+            },
+        ),
+        ("threads", threads),
+        ("accelerator", accelerator),
+        ("engine", engine),
+        ("verified", verified),
+        (
+            "runs here",
+            if t.arch == host.arch && host.runnable_targets().iter().any(|x| x.name == t.name) {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+        ),
+    ];
+    let text = rows.iter().map(|(k, v)| format!("  {k:<13} {v}\n")).collect::<String>();
+    let json = serde_json::Value::Object(rows.iter().map(|(k, v)| (k.replace(' ', "_"), json!(v))).collect());
+    (json, text)
+}
+
 fn created_time() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => s.trim().parse::<u64>().with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds")),
@@ -233,7 +318,7 @@ fn compile(args: CompileArgs) -> Result<()> {
             inputs.insert(name, cfg);
         }
     }
-    if args.tolerance < 0.0 || args.rtol < 0.0 || !args.tolerance.is_finite() || !args.rtol.is_finite() {
+    if [args.tolerance, args.rtol].iter().flatten().any(|t| *t < 0.0 || !t.is_finite()) {
         bail!("--tolerance and --rtol must be finite and non-negative");
     }
     let access = Access { insecure: args.reg.insecure.clone() };
@@ -255,6 +340,7 @@ fn compile(args: CompileArgs) -> Result<()> {
     let fetch_ms = t0.elapsed().as_millis();
     let opts = Options {
         targets: targets.clone(),
+        precision: args.precision,
         framework: args.framework,
         inputs,
         name: args.name.clone(),
@@ -263,6 +349,7 @@ fn compile(args: CompileArgs) -> Result<()> {
         rtol: args.rtol,
         allow_mismatch: args.allow_mismatch,
         seeded_cases: 3,
+        neuron_fallback_cpu: args.neuron_fallback.is_some(),
         created,
     };
     let compiled = pipeline::compile(&src, &opts, &printer, fetch_ms)?;
@@ -341,6 +428,7 @@ fn compile(args: CompileArgs) -> Result<()> {
                     "verification": m.verification,
                     "pushed": pushed,
                     "provenance": prov.as_ref().map(|p| json!({"path": p.display().to_string(), "pushed": prov_pushed})),
+                    "explain": args.explain.then(|| explain(c).0),
                 })
             })
             .collect();
@@ -363,30 +451,42 @@ fn compile(args: CompileArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let v = &first.verification;
         let targets = compiled.iter().map(|c| c.manifest.target.name.as_str()).collect::<Vec<_>>().join(", ");
         println!("compiled {}:{} for {targets}", first.model.name, first.model.version);
         println!("  inputs:  {}", io(&first.inputs));
         println!("  outputs: {}", io(&first.outputs));
-        let ind = v
-            .independent
-            .as_ref()
-            .map(|i| format!("; vs shipped expected outputs {:.2e}", i.max_abs_error))
-            .unwrap_or_default();
-        println!(
-            "  verify:  {} on {} {} case(s), max abs error {:.2e} vs reference{ind}",
-            v.status, v.cases, v.inputs, v.max_abs_error
-        );
-        if compiled.iter().any(|c| c.manifest.target.arch != v.host) {
-            println!("  note:    verified on this {} host; other targets' own CPUs were not exercised", v.host);
-        }
+        let mut last_verification = None;
         for (c, out, size, digest, pushed, prov, _) in &results {
+            let m = &c.manifest;
+            let v = &m.verification;
+            if last_verification != Some(v) {
+                let ind = v
+                    .independent
+                    .as_ref()
+                    .map(|i| format!("; vs shipped expected outputs {:.2e}", i.max_abs_error))
+                    .unwrap_or_default();
+                println!(
+                    "  verify:  {} {} on {} {} case(s), max abs error {:.2e} vs reference{ind}",
+                    v.precision, v.status, v.cases, v.inputs, v.max_abs_error
+                );
+                if let Some(n) = &v.note {
+                    println!("  note:    {n}");
+                }
+                last_verification = Some(v);
+            }
+            if args.explain {
+                print!("{}", explain(c).1);
+            }
             println!(
-                "  bundle:  {} ({}): {size} bytes, {digest}, {}",
+                "  bundle:  {} ({}, {}): {size} bytes, {digest}, {}",
                 out.display(),
-                c.manifest.target.name,
+                m.target.name,
+                m.target.precision,
                 key.as_ref().map(|k| format!("signed by {}", k.key_id())).unwrap_or_else(|| "UNSIGNED".into())
             );
+            if m.target.arch != v.host {
+                println!("           verified on this {} host; the target's own CPU was not exercised", v.host);
+            }
             if let Some(p) = prov {
                 println!("           provenance {}", p.display());
             }
@@ -603,25 +703,78 @@ fn verify(bundle: &Path, key: &Path, prov: Option<&Path>, json_out: bool) -> Res
 fn targets(json_out: bool) -> Result<()> {
     let host = neoc_targets::Host::detect();
     let runnable: Vec<&str> = host.runnable_targets().iter().map(|t| t.name).collect();
+    let neuron = neoc_compiler::backend::find_neuron().ok().flatten();
+    // (neoc can build its accelerator model, note; neorun runs it on this host, note)
+    let status = |t: &neoc_targets::Target| -> (bool, String, bool, String) {
+        let cpu_here = runnable.contains(&t.name);
+        match t.accelerator {
+            neoc_targets::Accelerator::None => (
+                true,
+                "yes".into(),
+                cpu_here,
+                if cpu_here { "yes".into() } else { format!("no: needs {} {}", t.arch, t.features.join(" ")) },
+            ),
+            neoc_targets::Accelerator::Cuda { .. } => (
+                true,
+                "yes: the CPU model, with the CUDA accelerator recorded; GPU placement is not checked by this build"
+                    .into(),
+                false,
+                if cpu_here {
+                    "only with --cpu-fallback: this neorun has no CUDA engine".into()
+                } else {
+                    format!("no: needs {}", t.arch)
+                },
+            ),
+            neoc_targets::Accelerator::Neuron { .. } => (
+                neuron.is_some(),
+                match &neuron {
+                    Some(b) => format!("yes: NEFF by {} ({})", b.command.display(), b.version),
+                    None => "CPU bundle only (--neuron-fallback cpu): neuronx-cc is not installed".into(),
+                },
+                false,
+                if cpu_here {
+                    "only with --cpu-fallback: this neorun has no Neuron engine".into()
+                } else {
+                    format!("no: needs {}", t.arch)
+                },
+            ),
+        }
+    };
     if json_out {
         let list: Vec<_> = neoc_targets::CATALOG
             .iter()
             .map(|t| {
+                let (compiles, compile_note, runs, run_note) = status(t);
                 let mut v = serde_json::to_value(t).expect("target serializes");
-                v["runs_on_this_host"] = json!(runnable.contains(&t.name));
+                v["runs_on_this_host"] = json!(runs);
+                v["neoc_compiles"] = json!(compiles);
+                v["neoc_compile_note"] = json!(compile_note);
+                v["neorun_runs_here"] = json!(runs);
+                v["neorun_note"] = json!(run_note);
                 v
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&json!({"schema_version": 1, "host": host, "targets": list}))?);
         return Ok(());
     }
-    println!("{:<15} {:<32} {:<10} {}", "TARGET", "TRIPLE", "HERE", "DESCRIPTION");
+    println!(
+        "{:<14} {:<30} {:<10} {:<19} {:<5} {}",
+        "TARGET", "TRIPLE", "PRECISION", "ACCELERATOR", "HERE", "DESCRIPTION"
+    );
     for t in neoc_targets::CATALOG {
+        let (_, _, runs, _) = status(t);
+        let accel = match t.accelerator.arch() {
+            Some(a) => format!("{} {a}", t.accelerator.as_str()),
+            None => "-".into(),
+        };
+        let precisions = t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",");
         println!(
-            "{:<15} {:<32} {:<10} {}",
+            "{:<14} {:<30} {:<10} {:<19} {:<5} {}",
             t.name,
             t.triple,
-            if runnable.contains(&t.name) { "yes" } else { "no" },
+            precisions,
+            accel,
+            if runs { "yes" } else { "no" },
             t.description
         );
     }

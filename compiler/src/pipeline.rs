@@ -10,7 +10,9 @@ use neoc_bundle::container;
 use neoc_bundle::manifest::*;
 use neoc_runtime::engine::{ENGINE_NAME, MODEL_FORMAT, TRACT_VERSION};
 use neoc_runtime::tensors::{compare, dtype_name, NamedTensor, TestCase, TestVectors};
-use neoc_targets::{Host, Target};
+use neoc_targets::{Accelerator, Host, Precision, Target};
+
+use crate::backend;
 use tract_onnx::prelude::*;
 
 use crate::import::{self, Framework, ImportError, InputConfig, Located, Unsupported};
@@ -24,14 +26,19 @@ pub struct Options {
     /// One bundle is written per target; the import, passes and verification
     /// are shared (lowering does not depend on the CPU target yet).
     pub targets: Vec<&'static Target>,
+    /// `--precision`; `None`: each target's default.
+    pub precision: Option<Precision>,
     pub framework: Option<Framework>,
     pub inputs: BTreeMap<String, InputConfig>,
     pub name: Option<String>,
     pub version: Option<String>,
-    pub atol: f64,
-    pub rtol: f64,
+    /// Tolerances; `None`: 1e-4 for fp32, [`FP16_TOLERANCE`] for fp16.
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
     pub allow_mismatch: bool,
     pub seeded_cases: usize,
+    /// `--neuron-fallback cpu`: without neuronx-cc, build CPU bundles for Neuron targets.
+    pub neuron_fallback_cpu: bool,
     pub created: u64,
 }
 
@@ -40,6 +47,8 @@ pub struct Compiled {
     pub manifest: Manifest,
     pub files: Vec<(String, Vec<u8>)>,
     pub stage_ms: Vec<(&'static str, u128)>,
+    /// Why the bundle has its precision (for `--explain`).
+    pub precision_reason: String,
 }
 
 /// Verification failed beyond tolerance.
@@ -79,8 +88,42 @@ struct Lowered {
     seeded: Box<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>,
 }
 
+/// A model as imported, before lowering.
+enum Imported {
+    Tract(TypedModel),
+    Trees(crate::trees::TreeModel),
+}
+
+/// The precision each target gets, and why (shown by `--explain`).
+pub fn precision_for(t: &Target, explicit: Option<Precision>, trees: bool) -> Result<(Precision, String)> {
+    let fp16_targets = || {
+        neoc_targets::CATALOG
+            .iter()
+            .filter(|t| t.supports(Precision::Fp16))
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match explicit {
+        Some(Precision::Fp16) if trees => bail!(
+            "--precision fp16: tree ensembles compile to the trees engine, which computes in fp32 (thresholds compared exactly as the source library compares them)\nhint: drop --precision"
+        ),
+        Some(p) if !t.supports(p) => bail!(
+            "--precision {p}: target {} has no native {p} arithmetic (it computes in {}); emulated fp16 is about 1000x slower than fp32\nhint: targets with fp16: {}",
+            t.name,
+            t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+            fp16_targets()
+        ),
+        Some(p) => Ok((p, "asked for with --precision".into())),
+        None if trees => Ok((Precision::Fp32, "the trees engine computes in fp32".into())),
+        None if t.default_precision == Precision::Fp16 => {
+            Ok((Precision::Fp16, format!("default for {}: its CPU has fp16 arithmetic (--precision fp32 to keep fp32)", t.name)))
+        }
+        None => Ok((t.default_precision, format!("default for {}", t.name))),
+    }
+}
+
 pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) -> Result<Vec<Compiled>> {
-    let first = *opts.targets.first().context("no target")?;
     let target_names = opts.targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
     let mut timer = Timer { printer, stage_ms: vec![("fetch", fetch_ms)], current: None };
     timer.start("import", "importing");
@@ -89,20 +132,20 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     for (k, v) in &opts.inputs {
         inputs.insert(k.clone(), v.clone());
     }
-    let lowered = match located.framework {
+    let imported = match located.framework {
         Framework::Onnx => {
             let proto = import::onnx_proto(&located)?;
             let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
             if crate::trees::has_tree_ops(graph) {
-                let tm = crate::trees::onnx_ml(graph, None).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
-                lower_trees(tm, &inputs, &mut timer)?
+                Imported::Trees(
+                    crate::trees::onnx_ml(graph, None).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?,
+                )
             } else {
                 let inference = import::onnx(&located, &proto, &inputs, &target_names)?;
                 timer.start("passes", "typing and decluttering");
-                let typed = inference.into_typed().map_err(|e| {
+                Imported::Tract(inference.into_typed().map_err(|e| {
                     anyhow::anyhow!("type and shape inference failed: {e:#}\nhint: give input shapes and types with --input NAME=DIMS[:DTYPE] (e.g. --input image=1,3,224,224:f32)")
-                })?;
-                lower_tract(typed, opts, &mut timer)?
+                })?)
             }
         }
         Framework::Nnef => {
@@ -111,102 +154,308 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             }
             let typed = import::nnef(&located)?;
             timer.start("passes", "decluttering");
-            lower_tract(typed, opts, &mut timer)?
+            Imported::Tract(typed)
         }
-        Framework::Xgboost => {
-            let tm =
-                crate::trees::xgboost_json(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
-            lower_trees(tm, &inputs, &mut timer)?
-        }
-        Framework::Lightgbm => {
-            let tm =
-                crate::trees::lightgbm_text(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
-            lower_trees(tm, &inputs, &mut timer)?
-        }
+        Framework::Xgboost => Imported::Trees(
+            crate::trees::xgboost_json(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?,
+        ),
+        Framework::Lightgbm => Imported::Trees(
+            crate::trees::lightgbm_text(&located.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?,
+        ),
         other => return Err(import::not_yet(other).into()),
     };
-
-    let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
-    let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
-    let model_file = lowered.engine.model_file.clone();
-    let mut manifest = Manifest {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        model: ModelInfo {
-            name,
-            version,
-            framework: located.framework.as_str().into(),
-            source: src.given.clone(),
-            source_digest: src.digest.clone(),
-            source_file: located.rel.clone(),
-        },
-        target: target_info(first),
-        engine: lowered.engine.clone(),
-        compiler: ToolInfo { name: "neoc".into(), version: env!("CARGO_PKG_VERSION").into() },
-        min_runtime_version: env!("CARGO_PKG_VERSION").into(),
-        created: opts.created,
-        inputs: lowered.inputs.clone(),
-        outputs: lowered.outputs.clone(),
-        verification: Verification {
-            status: "pending".into(),
-            reference: lowered.reference_desc.clone(),
-            host: Host::detect().arch.to_string(),
-            inputs: String::new(),
-            cases: 0,
-            max_abs_error: 0.0,
-            max_rel_error: 0.0,
-            atol: opts.atol,
-            rtol: opts.rtol,
-            independent: None,
-        },
-        test_vectors: Some("test_vectors.json".into()),
-        files: vec![],
+    let is_trees = matches!(imported, Imported::Trees(_));
+    let wants_neuron = opts.targets.iter().any(|t| matches!(t.accelerator, Accelerator::Neuron { .. }));
+    let neuron = if wants_neuron && !is_trees {
+        match backend::find_neuron()? {
+            Some(b) => Some(b),
+            None if opts.neuron_fallback_cpu => None,
+            None => bail!(
+                "target {} needs the AWS Neuron compiler (neuronx-cc), which is not installed here\nhint: install the Neuron SDK (pip install neuronx-cc --extra-index-url https://pip.repos.neuron.amazonaws.com) or set {}=COMMAND; or pass --neuron-fallback cpu to build a CPU bundle for it (the manifest says so)",
+                opts.targets.iter().filter(|t| matches!(t.accelerator, Accelerator::Neuron { .. })).map(|t| t.name).collect::<Vec<_>>().join(", "),
+                backend::NEURON_ENV
+            ),
+        }
+    } else {
+        None
     };
+    let mut plan = Vec::new();
+    for t in &opts.targets {
+        plan.push((*t, precision_for(t, opts.precision, is_trees)?));
+    }
+    // one lowering and one verification per precision, shared by the targets that use it
+    let mut precisions: Vec<Precision> = Vec::new();
+    for (_, (p, _)) in &plan {
+        if !precisions.contains(p) {
+            precisions.push(*p);
+        }
+    }
+    let mut out: Vec<Option<Compiled>> = (0..plan.len()).map(|_| None).collect();
+    let mut imported = Some(imported);
+    for (ix, precision) in precisions.iter().enumerate() {
+        let last = ix + 1 == precisions.len();
+        let group: Vec<usize> = (0..plan.len()).filter(|i| plan[*i].1 .0 == *precision).collect();
+        let first = plan[group[0]].0;
+        let lowered = match imported.as_ref().expect("imported until the last lowering") {
+            Imported::Tract(m) => {
+                let m = if last {
+                    match imported.take() {
+                        Some(Imported::Tract(m)) => m,
+                        _ => unreachable!(),
+                    }
+                } else {
+                    m.clone()
+                };
+                lower_tract(m, *precision, &target_names, &mut timer)?
+            }
+            Imported::Trees(_) => match imported.take() {
+                Some(Imported::Trees(tm)) => lower_trees(tm, &inputs, &mut timer)?,
+                _ => unreachable!(),
+            },
+        };
+        let (atol, rtol) = match precision {
+            Precision::Fp32 => (opts.atol.unwrap_or(1e-4), opts.rtol.unwrap_or(1e-4)),
+            Precision::Fp16 => (opts.atol.unwrap_or(FP16_TOLERANCE), opts.rtol.unwrap_or(FP16_TOLERANCE)),
+        };
+        let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
+        let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
+        let model_file = lowered.engine.model_file.clone();
+        let mut manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            model: ModelInfo {
+                name,
+                version,
+                framework: located.framework.as_str().into(),
+                source: src.given.clone(),
+                source_digest: src.digest.clone(),
+                source_file: located.rel.clone(),
+            },
+            target: target_info(first, *precision),
+            engine: lowered.engine.clone(),
+            compiler: ToolInfo { name: "neoc".into(), version: env!("CARGO_PKG_VERSION").into() },
+            min_runtime_version: env!("CARGO_PKG_VERSION").into(),
+            created: opts.created,
+            inputs: lowered.inputs.clone(),
+            outputs: lowered.outputs.clone(),
+            verification: Verification {
+                status: "pending".into(),
+                reference: lowered.reference_desc.clone(),
+                host: Host::detect().arch.to_string(),
+                inputs: String::new(),
+                cases: 0,
+                max_abs_error: 0.0,
+                max_rel_error: 0.0,
+                atol,
+                rtol,
+                independent: None,
+                precision: precision.as_str().into(),
+                note: None,
+            },
+            test_vectors: Some("test_vectors.json".into()),
+            files: vec![],
+            accelerator_model: None,
+        };
 
-    timer.start("verify", "comparing the compiled model with the source");
-    let (verification, vectors) = verify(&lowered, &manifest, &located, opts)?;
-    manifest.verification = verification;
+        timer.start("verify", &format!("comparing the compiled model ({precision}) with the source"));
+        let (verification, vectors) = verify(&lowered, &manifest, &located, opts, *precision)?;
+        manifest.verification = verification;
 
-    timer.start("package", "packaging");
-    let mut tv = serde_json::to_vec(&vectors)?;
-    tv.push(b'\n');
-    let mut files = vec![(model_file, lowered.model_bytes), ("test_vectors.json".to_string(), tv)];
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    manifest.files = container::file_entries(&files);
-    timer.finish();
-    Ok(opts
-        .targets
-        .iter()
-        .map(|t| {
+        let mut tv = serde_json::to_vec(&vectors)?;
+        tv.push(b'\n');
+        let files = vec![(model_file, lowered.model_bytes), ("test_vectors.json".to_string(), tv)];
+        let mut neff: Option<backend::Output> = None;
+        for i in group {
+            let (t, (p, why)) = &plan[i];
             let mut m = manifest.clone();
-            m.target = target_info(t);
-            Compiled { manifest: m, files: files.clone(), stage_ms: timer.stage_ms.clone() }
-        })
-        .collect())
+            let mut files = files.clone();
+            m.target = target_info(t, *p);
+            if let Accelerator::Neuron { .. } = t.accelerator {
+                match (&neuron, is_trees) {
+                    (_, true) => {
+                        m.target.accelerator = "none".into();
+                        m.target.accelerator_arch = None;
+                        m.target.cpu_fallback = false;
+                        m.accelerator_model = Some(AcceleratorModel {
+                            format: "neff".into(),
+                            file: None,
+                            backend: ToolInfo { name: backend::NEURON_DEFAULT.into(), version: "not run".into() },
+                            command: vec![],
+                            status: "not compiled: tree ensembles run on the CPU with the trees engine; CPU bundle"
+                                .into(),
+                        });
+                    }
+                    (Some(b), false) => {
+                        if neff.is_none() {
+                            timer.start("backend", &format!("compiling for {} with {}", t.name, b.name));
+                            neff = Some(backend::compile_neuron(b, &located.path, located.framework.as_str())?);
+                        }
+                        let out = neff.as_ref().expect("just compiled");
+                        files.push(("model.neff".into(), out.bytes.clone()));
+                        m.accelerator_model = Some(AcceleratorModel {
+                            format: "neff".into(),
+                            file: Some("model.neff".into()),
+                            backend: ToolInfo { name: b.name.clone(), version: b.version.clone() },
+                            command: out.args.clone(),
+                            status: "compiled".into(),
+                        });
+                    }
+                    (None, false) => {
+                        // --neuron-fallback cpu (checked above): a CPU bundle that says so
+                        m.target.accelerator = "none".into();
+                        m.target.accelerator_arch = None;
+                        m.target.cpu_fallback = false;
+                        m.accelerator_model = Some(AcceleratorModel {
+                            format: "neff".into(),
+                            file: None,
+                            backend: ToolInfo { name: backend::NEURON_DEFAULT.into(), version: "not installed".into() },
+                            command: vec![],
+                            status: "not compiled: neuronx-cc is not installed (--neuron-fallback cpu); CPU bundle"
+                                .into(),
+                        });
+                    }
+                }
+            }
+            timer.start("package", "packaging");
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            m.files = container::file_entries(&files);
+            timer.finish();
+            out[i] =
+                Some(Compiled { manifest: m, files, stage_ms: timer.stage_ms.clone(), precision_reason: why.clone() });
+        }
+    }
+    Ok(out.into_iter().map(|c| c.expect("every target planned")).collect())
 }
 
-fn target_info(t: &Target) -> TargetInfo {
+/// Default absolute and relative tolerance of fp16 bundles against the fp32
+/// reference (fp16 keeps about 3 significant decimal digits).
+pub const FP16_TOLERANCE: f64 = 1e-2;
+
+fn target_info(t: &Target, precision: Precision) -> TargetInfo {
     TargetInfo {
         name: t.name.into(),
         triple: t.triple.into(),
         arch: t.arch.as_str().into(),
         features: t.features.iter().map(|s| s.to_string()).collect(),
         accelerator: t.accelerator.as_str().into(),
+        accelerator_arch: t.accelerator.arch(),
+        // the bundle's model is the engine's CPU model: with an accelerator,
+        // it is the fallback
+        cpu_fallback: t.accelerator != neoc_targets::Accelerator::None,
+        precision: precision.as_str().into(),
+        threads: t.threads,
     }
 }
 
-fn lower_tract(mut model: TypedModel, opts: &Options, timer: &mut Timer) -> Result<Lowered> {
+/// Translates the model's float computations to fp16, keeping its inputs
+/// and outputs in fp32 (casts at the boundary), so a bundle's interface does
+/// not depend on its precision.
+///
+/// The inputs' side stays in fp32 up to and including the first weighted
+/// operators (matrix products, convolutions): they see raw inputs — tabular
+/// features in the hundreds of thousands, beyond fp16's 65504 — and the
+/// model's own preprocessing. Found by running fraud-mlp's sample through the
+/// aarch64 fp16 kernels under qemu: NaN otherwise, while the x86 check (whose
+/// test case happened to stay in range) passed.
+fn to_fp16(model: &TypedModel) -> Result<TypedModel> {
+    use std::collections::HashSet;
+    use tract_core::floats::FloatPrecisionTranslator;
+    use tract_core::model::translator::Translate;
+    use tract_core::ops::cast::{cast, Cast};
+    use tract_core::ops::cnn::Conv;
+    use tract_core::ops::einsum::EinSum;
+    use tract_core::ops::konst::Const;
+    use tract_core::ops::source::TypedSource;
+    // raw: the inputs and what is computed from them before any weighted
+    // operator; the first weighted operators, which take raw values, stay fp32
+    // too; everything after them is translated
+    let weighted = |n: &TypedNode| n.op_is::<EinSum>() || n.op_is::<Conv>();
+    let mut raw: HashSet<usize> = HashSet::new();
+    let mut translate: HashSet<usize> = HashSet::new();
+    for id in model.eval_order()? {
+        let n = model.node(id);
+        let any_raw = n.inputs.iter().any(|i| raw.contains(&i.node));
+        if n.op_is::<TypedSource>() || (any_raw && !weighted(n)) {
+            raw.insert(id);
+        } else if !any_raw && n.inputs.iter().any(|i| !model.node(i.node).op_is::<Const>()) {
+            // downstream of a first layer (a first layer itself, any_raw, stays fp32)
+            translate.insert(id);
+        }
+    }
+    // weights feeding only fp16 nodes become fp16 constants
+    for n in model.nodes() {
+        if n.op_is::<Const>()
+            && !n.outputs[0].successors.is_empty()
+            && n.outputs[0].successors.iter().all(|s| translate.contains(&s.node))
+        {
+            translate.insert(n.id);
+        }
+    }
+    let names: HashSet<String> = translate.iter().map(|id| model.node(*id).name.clone()).collect();
+    let mut m =
+        FloatPrecisionTranslator::with_filter(f32::datum_type(), f16::datum_type(), move |n| names.contains(&n.name))
+            .translate_model(model)
+            .context("translating the model to fp16")?;
+    // the translator makes every source fp16; put them back to fp32
+    for o in m.input_outlets()?.to_vec() {
+        let fact = m.outlet_fact(o)?.clone();
+        if fact.datum_type != f16::datum_type() {
+            continue;
+        }
+        let mut f32_fact = fact.clone();
+        f32_fact.datum_type = f32::datum_type();
+        let successors = m.node(o.node).outputs[o.slot].successors.clone();
+        let name = m.node(o.node).name.clone();
+        m.node_mut(o.node).op = Box::new(TypedSource::new(f32_fact.clone()));
+        m.node_mut(o.node).outputs[o.slot].fact = f32_fact;
+        let mut to_fp16 = None;
+        for inlet in successors {
+            // an fp32 consumer already casts back: with an fp32 source that cast is a no-op
+            if m.node(inlet.node).op_as::<Cast>().is_some_and(|c| c.to == f32::datum_type()) {
+                continue;
+            }
+            let c = match to_fp16 {
+                Some(c) => c,
+                None => {
+                    let c = m.wire_node(format!("{name}.to_fp16"), cast(f16::datum_type()), &[o])?[0];
+                    to_fp16 = Some(c);
+                    c
+                }
+            };
+            m.add_edge(c, inlet)?;
+        }
+    }
+    let mut outputs = Vec::new();
+    for o in m.output_outlets()?.to_vec() {
+        if m.outlet_fact(o)?.datum_type != f16::datum_type() {
+            outputs.push(o);
+            continue;
+        }
+        let label = outlet_name(&m, o);
+        m.set_outlet_label(o, format!("{label}.fp16"))?;
+        let c = m.wire_node(format!("{label}.to_fp32"), cast(f32::datum_type()), &[o])?[0];
+        m.set_outlet_label(c, label)?;
+        outputs.push(c);
+    }
+    m.select_output_outlets(&outputs)?;
+    Ok(m)
+}
+
+fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer: &mut Timer) -> Result<Lowered> {
     let reference = model.clone();
     model.declutter().context("decluttering the model")?;
     check_io_types(&model)?;
+    if precision == Precision::Fp16 {
+        model = to_fp16(&model)?;
+        model.declutter().context("decluttering the fp16 model")?;
+    }
 
     timer.start("coverage", "checking the bundle format can carry every operator");
     let nnef = neoc_runtime::engine::nnef();
     let unserializable = unserializable_nodes(&model, &nnef);
     if !unserializable.is_empty() {
         timer.finish();
-        let target = opts.targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
-        return Err(ImportError::UnsupportedOps { target, list: unserializable }.into());
+        return Err(ImportError::UnsupportedOps { target: targets.into(), list: unserializable }.into());
     }
 
     timer.start("serialize", "writing the NNEF model");
@@ -505,7 +754,13 @@ fn verify(
     manifest: &Manifest,
     located: &Located,
     opts: &Options,
+    precision: Precision,
 ) -> Result<(Verification, TestVectors)> {
+    let (atol, rtol) = (manifest.verification.atol, manifest.verification.rtol);
+    // fp16 where the host has no fp16 arithmetic is emulated (~1000x slower):
+    // one case bounds the time, and the manifest says so
+    let emulated = precision == Precision::Fp16 && !Host::detect().features.contains(&"fp16");
+    let max_cases = if emulated { 1 } else { usize::MAX };
     let compiled = neoc_runtime::Model::from_parts(manifest.clone(), &lowered.model_bytes, None)
         .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e}"))?;
 
@@ -537,17 +792,18 @@ fn verify(
         }
     }
 
+    cases.truncate(max_cases);
     let mut v = manifest.verification.clone();
     v.inputs = source.into();
     v.cases = cases.len();
     let mut failures = Vec::new();
     let mut independent: Option<IndependentCheck> = None;
-    let mut vectors = TestVectors { source: String::new(), atol: opts.atol, rtol: opts.rtol, cases: Vec::new() };
+    let mut vectors = TestVectors { source: String::new(), atol, rtol, cases: Vec::new() };
     let mut all_independent = true;
     for (i, (ins, expected)) in cases.iter().enumerate() {
         let want = (lowered.reference)(ins)?;
         let got = compiled.run(ins.clone()).map_err(|e| anyhow::anyhow!("running the compiled model: {e}"))?;
-        let (abs, rel) = compare_all(i, &got, &want, &manifest.outputs, opts, "reference", &mut failures)?;
+        let (abs, rel) = compare_all(i, &got, &want, &manifest.outputs, (atol, rtol), "reference", &mut failures)?;
         v.max_abs_error = v.max_abs_error.max(abs);
         v.max_rel_error = v.max_rel_error.max(rel);
         if let Some(exp) = expected {
@@ -566,8 +822,15 @@ fn verify(
                 .zip(exp)
                 .map(|(g, w)| Ok(w.cast_to_dt(g.datum_type())?.into_owned()))
                 .collect::<Result<_>>()?;
-            let (abs, rel) =
-                compare_all(i, &got, &exp_cast, &manifest.outputs, opts, "shipped expected output", &mut failures)?;
+            let (abs, rel) = compare_all(
+                i,
+                &got,
+                &exp_cast,
+                &manifest.outputs,
+                (atol, rtol),
+                "shipped expected output",
+                &mut failures,
+            )?;
             ind.max_abs_error = ind.max_abs_error.max(abs);
             ind.max_rel_error = ind.max_rel_error.max(rel);
             vectors.cases.push(TestCase {
@@ -599,6 +862,12 @@ fn verify(
         finite(&mut ind.max_rel_error);
     }
     v.independent = independent;
+    if emulated {
+        v.note = Some(format!(
+            "fp16 emulated on this {} host (no fp16 arithmetic): verified on {} case(s) only; the target's fp16 kernels were not exercised",
+            v.host, v.cases
+        ));
+    }
     if failures.is_empty() {
         v.status = "passed".into();
     } else if opts.allow_mismatch {
@@ -606,8 +875,8 @@ fn verify(
     } else {
         return Err(Mismatch(format!(
             "beyond tolerance (atol {:.1e}, rtol {:.1e}):\n  {}",
-            opts.atol,
-            opts.rtol,
+            atol,
+            rtol,
             failures.join("\n  ")
         ))
         .into());
@@ -623,14 +892,13 @@ fn compare_all(
     got: &[Tensor],
     want: &[Tensor],
     specs: &[TensorSpec],
-    opts: &Options,
+    (atol, rtol): (f64, f64),
     what: &str,
     failures: &mut Vec<String>,
 ) -> Result<(f64, f64)> {
     let (mut abs, mut rel) = (0f64, 0f64);
     for ((g, w), spec) in got.iter().zip(want).zip(specs) {
-        let c = compare(g, w, opts.atol, opts.rtol)
-            .with_context(|| format!("case {case}, output `{}` vs {what}", spec.name))?;
+        let c = compare(g, w, atol, rtol).with_context(|| format!("case {case}, output `{}` vs {what}", spec.name))?;
         abs = abs.max(c.max_abs);
         rel = rel.max(c.max_rel);
         if !c.within {

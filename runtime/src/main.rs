@@ -27,6 +27,9 @@ struct Trust {
     /// Run bundles that carry no signature (signed ones are still checked)
     #[arg(long)]
     allow_unsigned: bool,
+    /// Run an accelerator bundle (CUDA, Neuron) on the CPU, with the CPU model it carries, when this neorun cannot drive the accelerator
+    #[arg(long)]
+    cpu_fallback: bool,
 }
 
 #[derive(Subcommand)]
@@ -173,7 +176,20 @@ fn open(bundle: &PathBuf, trust: &Trust) -> Result<Model, Failure> {
             "no trusted key given\nhint: pass --trusted-key KEY.pub (the signer's public key), or --allow-unsigned for unsigned bundles"
         )));
     }
-    Model::open(bundle, &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned }).map_err(Failure::Refused)
+    let m = Model::open(
+        bundle,
+        &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned, allow_cpu_fallback: trust.cpu_fallback },
+    )
+    .map_err(Failure::Refused)?;
+    if m.manifest.target.accelerator != "none" {
+        eprintln!(
+            "note: {} targets {} ({}); running its CPU model on this host (--cpu-fallback)",
+            bundle.display(),
+            m.manifest.target.name,
+            m.manifest.target.accelerator
+        );
+    }
+    Ok(m)
 }
 
 fn predict(
@@ -441,10 +457,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     if token.as_deref() == Some("") {
         return Err(Failure::Other(anyhow::anyhow!("the auth token is empty")));
     }
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let mut threads = threads.map(|t| t.max(1));
     let mut models = Vec::new();
     for b in &bundles {
         let model = open(b, &trust)?;
+        // without --threads: the first bundle's device default, at most this host's CPUs
+        threads.get_or_insert_with(|| model.default_threads());
         let st = model.self_test().map_err(|e| anyhow::anyhow!("{}: health check failed: {e}", b.display()))?;
         let model_name = name.clone().unwrap_or_else(|| model.manifest.model.name.clone());
         if models.iter().any(|m: &Served| m.name == model_name) {
@@ -453,6 +471,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!(model = %model_name, version = %model.manifest.model.version, engine = %model.manifest.engine.name, test_vectors = st.cases, "loaded {}", b.display());
         models.push(Served { name: model_name, model });
     }
+    let threads = threads.unwrap_or(1);
     let cfg = Config {
         max_body_bytes: max_body,
         timeout: std::time::Duration::from_secs(timeout.max(1)),

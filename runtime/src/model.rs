@@ -33,6 +33,9 @@ pub enum LoadError {
     UnknownEngine(String),
     #[error("bundle's model could not be loaded: {0}")]
     Engine(String),
+    /// The bundle's accelerator is not one this neorun can drive.
+    #[error("{0}")]
+    Accelerator(String),
 }
 
 /// Who to trust when opening bundles.
@@ -40,6 +43,37 @@ pub enum LoadError {
 pub struct OpenOptions {
     pub trusted_keys: Vec<TrustedKey>,
     pub allow_unsigned: bool,
+    /// Run an accelerator bundle's CPU model when this neorun cannot drive
+    /// its accelerator.
+    pub allow_cpu_fallback: bool,
+}
+
+/// Checks that this neorun can run the bundle's accelerator, or may fall
+/// back to the bundle's CPU model. Returns whether it falls back.
+pub fn check_accelerator(m: &Manifest, allow_cpu_fallback: bool) -> Result<bool, LoadError> {
+    let what = match m.target.accelerator.as_str() {
+        "none" => return Ok(false),
+        "cuda" => "an NVIDIA GPU (CUDA)",
+        "neuron" => "AWS Neuron (Inferentia)",
+        other => {
+            return Err(LoadError::Accelerator(format!(
+                "bundle targets accelerator `{other}`, which this neorun does not know\nhint: upgrade neorun"
+            )))
+        }
+    };
+    let arch = m.target.accelerator_arch.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+    if allow_cpu_fallback && m.target.cpu_fallback {
+        return Ok(true);
+    }
+    let hint = if m.target.cpu_fallback {
+        "hint: pass --cpu-fallback to run the bundle's CPU model on this host instead"
+    } else {
+        "hint: the bundle carries no CPU model; compile the model for a CPU target"
+    };
+    Err(LoadError::Accelerator(format!(
+        "bundle was compiled for {} to run on {what}{arch}; this neorun has no engine for that accelerator (this build runs models on the CPU only)\n{hint}",
+        m.target.name
+    )))
 }
 
 /// A bundle that passed every check, with its model ready to run.
@@ -134,6 +168,7 @@ impl Model {
             BundleError::Manifest(format!("unknown architecture `{}` in target {}", m.target.arch, m.target.name))
         })?;
         Host::detect().check(&m.target.name, arch, &m.target.features)?;
+        check_accelerator(m, options.allow_cpu_fallback)?;
         match version_at_least(RUNTIME_VERSION, &m.min_runtime_version) {
             Some(true) => {}
             Some(false) => {
@@ -172,6 +207,13 @@ impl Model {
     ) -> Result<Model, LoadError> {
         let engine = Engine::load(&manifest.engine.name, &manifest.engine.model_format, model_file)?;
         Ok(Model { manifest, signer: Signer::Unsigned, digest: String::new(), test_vectors, engine })
+    }
+
+    /// The threads to use when the operator gave none: the bundle's
+    /// target's default (the device's cores), at most this host's CPUs.
+    pub fn default_threads(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        self.manifest.target.threads.map(|t| (t as usize).clamp(1, cpus)).unwrap_or(cpus)
     }
 
     /// Threads used for inference: tract's executor (process-wide), or the

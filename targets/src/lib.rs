@@ -49,13 +49,64 @@ impl fmt::Display for Arch {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Accelerator {
     None,
+    /// An NVIDIA GPU of this compute capability (`sm` 80 = 8.0), through
+    /// tract's CUDA runtime.
+    Cuda {
+        sm: u32,
+    },
+    /// An AWS Inferentia/Trainium NeuronCore, through the Neuron SDK.
+    Neuron {
+        chip: &'static str,
+    },
 }
 
 impl Accelerator {
     pub fn as_str(self) -> &'static str {
         match self {
             Accelerator::None => "none",
+            Accelerator::Cuda { .. } => "cuda",
+            Accelerator::Neuron { .. } => "neuron",
         }
+    }
+
+    /// The accelerator's generation: `sm_87`, `inferentia2`.
+    pub fn arch(self) -> Option<String> {
+        match self {
+            Accelerator::None => None,
+            Accelerator::Cuda { sm } => Some(format!("sm_{sm}")),
+            Accelerator::Neuron { chip } => Some(chip.to_string()),
+        }
+    }
+}
+
+/// The float precision a bundle computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "fp32" | "f32" => Some(Precision::Fp32),
+            "fp16" | "f16" => Some(Precision::Fp16),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -71,12 +122,31 @@ pub struct Target {
     /// each of them on the host before loading the bundle.
     pub features: &'static [&'static str],
     pub accelerator: Accelerator,
+    /// Precisions the target computes natively. fp16 only where the CPU has
+    /// fp16 arithmetic (ARMv8.2 FP16): elsewhere tract emulates it, about
+    /// 1000x slower than fp32 (FIELD-NOTES).
+    pub precisions: &'static [Precision],
+    /// What `neoc compile` uses without `--precision`.
+    pub default_precision: Precision,
+    /// Inference threads a device of this kind should use by default (its
+    /// cores); `None`: as many as the host has.
+    pub threads: Option<u32>,
     /// The Neo device or instance family this preset stands for, if any.
     pub device: Option<&'static str>,
     pub description: &'static str,
 }
 
+impl Target {
+    pub fn supports(&self, p: Precision) -> bool {
+        self.precisions.contains(&p)
+    }
+}
+
+const FP32: &[Precision] = &[Precision::Fp32];
+const FP32_FP16: &[Precision] = &[Precision::Fp32, Precision::Fp16];
+
 const X86_64_AVX512: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"];
+const X86_64_AVX2: &[&str] = &["sse4.2", "avx", "avx2", "fma"];
 
 /// Every target neoc knows, in the order `neoc targets` lists them.
 pub static CATALOG: &[Target] = &[
@@ -86,6 +156,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::X86_64,
         features: &[],
         accelerator: Accelerator::None,
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
         device: None,
         description: "any x86-64 Linux machine (baseline SSE2; kernels pick wider SIMD at run time)",
     },
@@ -95,6 +168,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::X86_64,
         features: X86_64_AVX512,
         accelerator: Accelerator::None,
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
         device: None,
         description: "x86-64 with AVX-512 (Skylake-SP and later Xeons, Zen 4)",
     },
@@ -104,6 +180,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::Aarch64,
         features: &["neon"],
         accelerator: Accelerator::None,
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
         device: None,
         description: "any 64-bit ARM Linux device (ARMv8-A with NEON)",
     },
@@ -113,6 +192,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::Armv7,
         features: &["neon"],
         accelerator: Accelerator::None,
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
         device: None,
         description: "32-bit ARM Linux device (ARMv7-A, hard float, NEON)",
     },
@@ -122,6 +204,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::X86_64,
         features: X86_64_AVX512,
         accelerator: Accelerator::None,
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
         device: Some("Amazon EC2 C5 (Intel Xeon Platinum, Skylake-SP / Cascade Lake)"),
         description: "SageMaker ml.c5 instances",
     },
@@ -131,6 +216,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::Aarch64,
         features: &["neon", "fp16"],
         accelerator: Accelerator::None,
+        precisions: FP32_FP16,
+        default_precision: Precision::Fp16,
+        threads: None,
         device: Some("Amazon EC2 M6g (AWS Graviton2, Neoverse N1)"),
         description: "SageMaker ml.m6g instances",
     },
@@ -140,6 +228,9 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::Aarch64,
         features: &["neon"],
         accelerator: Accelerator::None,
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: Some(4),
         device: Some("Raspberry Pi 4 Model B (Cortex-A72), 64-bit OS"),
         description: "Raspberry Pi 4B running a 64-bit Linux",
     },
@@ -149,8 +240,47 @@ pub static CATALOG: &[Target] = &[
         arch: Arch::Aarch64,
         features: &["neon", "fp16"],
         accelerator: Accelerator::None,
+        precisions: FP32_FP16,
+        default_precision: Precision::Fp16,
+        threads: Some(8),
         device: Some("NVIDIA Jetson Orin (Cortex-A78AE CPU cores)"),
         description: "Jetson Orin, CPU cores only: its GPU is not used by this target yet",
+    },
+    Target {
+        name: "ml_g5",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AVX2,
+        accelerator: Accelerator::Cuda { sm: 86 },
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
+        device: Some("Amazon EC2 G5 (NVIDIA A10G, AMD EPYC 7R32)"),
+        description: "SageMaker ml.g5 instances: the model on the A10G GPU, the CPU model as fallback",
+    },
+    Target {
+        name: "cuda-sm80",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: &[],
+        accelerator: Accelerator::Cuda { sm: 80 },
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
+        device: None,
+        description: "any x86-64 Linux machine with an NVIDIA GPU of compute capability 8.0 or newer (A100, H100)",
+    },
+    Target {
+        name: "ml_inf2",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AVX2,
+        accelerator: Accelerator::Neuron { chip: "inferentia2" },
+        precisions: FP32,
+        default_precision: Precision::Fp32,
+        threads: None,
+        device: Some("Amazon EC2 Inf2 (AWS Inferentia2, AMD EPYC 7R13)"),
+        description: "SageMaker ml.inf2 instances: a NEFF compiled by neuronx-cc, the CPU model as fallback",
     },
 ];
 
@@ -267,8 +397,18 @@ fn detect_features() -> Vec<&'static str> {
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn detect_features() -> Vec<&'static str> {
-    // armv7: NEON is part of the armv7-unknown-linux-gnueabihf baseline neoc builds for
+    // armv7: NEON is optional (not in armv7-unknown-linux-gnueabihf's baseline)
+    // and std's detection macro is unstable there: read the kernel's HWCAP
+    // from the auxiliary vector (32-bit words: type, value), HWCAP_NEON = 1 << 12
     if cfg!(target_feature = "neon") {
+        return vec!["neon"];
+    }
+    const AT_HWCAP: u32 = 16;
+    const HWCAP_NEON: u32 = 1 << 12;
+    let auxv = std::fs::read("/proc/self/auxv").unwrap_or_default();
+    let words: Vec<u32> = auxv.chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let hwcap = words.chunks_exact(2).find(|kv| kv[0] == AT_HWCAP).map(|kv| kv[1]).unwrap_or(0);
+    if hwcap & HWCAP_NEON != 0 {
         vec!["neon"]
     } else {
         vec![]

@@ -1,10 +1,11 @@
-//! The aarch64 `neorun`, cross-built with Debian's toolchain, run under
-//! qemu-aarch64 on bundles compiled on this x86 host for `rasp4b`.
-//! Emulation checks correctness only; it says nothing about ARM speed.
+//! The aarch64 and armv7 `neorun`, cross-built with Debian's toolchains, run
+//! under qemu-aarch64 / qemu-arm on bundles compiled on this x86 host for
+//! `rasp4b`, `ml_m6g` (fp16) and `armv7`. Emulation checks correctness only;
+//! it says nothing about ARM speed.
 //!
-//! `.ci/run` builds the binary (cargo build --release --target
-//! aarch64-unknown-linux-gnu -p neoc-runtime); NEOC_AARCH64_NEORUN overrides
-//! its path.
+//! `.ci/run` builds the binaries (cargo build --release --target
+//! aarch64-unknown-linux-gnu / armv7-unknown-linux-gnueabihf -p neoc-runtime);
+//! NEOC_AARCH64_NEORUN and NEOC_ARMV7_NEORUN override their paths.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -24,6 +25,26 @@ fn arm_neorun() -> PathBuf {
     );
     assert_fresh(&p);
     p
+}
+
+fn armv7_neorun() -> PathBuf {
+    let p = std::env::var_os("NEOC_ARMV7_NEORUN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/armv7-unknown-linux-gnueabihf/release/neorun"));
+    assert!(
+        p.exists(),
+        "{} not found: build it with `cargo build --release --target armv7-unknown-linux-gnueabihf -p neoc-runtime` \
+         (needs gcc-arm-linux-gnueabihf, libc6-dev-armhf-cross, qemu-user and the rustup target; .ci/run installs them)",
+        p.display()
+    );
+    assert_fresh(&p);
+    p
+}
+
+fn predict_data(out: &std::process::Output, idx: usize, what: &str) -> Vec<f64> {
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
 }
 
 fn qemu(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
@@ -109,4 +130,52 @@ fn aarch64_neorun_serves_under_qemu_to_a_host_client() {
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     let got: Vec<f64> = doc["outputs"][1]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_close(&got, &expected("fraud-xgb"), 1e-6);
+}
+
+#[test]
+fn fp16_bundles_run_on_aarch64_fp16_kernels_under_qemu() {
+    if cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    // ml_m6g (Graviton2) computes in fp16 by default; qemu's CPU has FEAT_FP16,
+    // so neorun takes tract's aarch64 fp16 kernels
+    for (model, sample) in
+        [("fraud-mlp:1", "models/fraud-mlp/sample.csv"), ("image-cnn:1", "models/image-cnn/sample.json")]
+    {
+        let b = compile(d, model, "ml_m6g", &[]);
+        let input = root().join(sample);
+        let args = ["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()];
+        let got = predict_data(&qemu(&args, d), 0, model);
+        let want = expected(model.split(':').next().unwrap());
+        assert_close(&got, &want, 1e-2);
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+        assert!(worst > 1e-7, "{model}: outputs equal fp32 ones to {worst:e}: the fp16 path was not taken");
+    }
+}
+
+#[test]
+fn armv7_neorun_predicts_armv7_bundles_under_qemu() {
+    if cfg!(target_arch = "arm") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    for (model, sample, tol, idx) in [
+        ("fraud-xgb:1", "models/fraud-xgb/sample.csv", 1e-6, 1),
+        ("fraud-mlp:1", "models/fraud-mlp/sample.csv", 1e-5, 0),
+        ("image-cnn:1", "models/image-cnn/sample.json", 1e-4, 0),
+    ] {
+        let b = compile(d, model, "armv7", &[]);
+        let input = root().join(sample);
+        let out = Command::new("qemu-arm")
+            .current_dir(d)
+            .args(["-L", "/usr/arm-linux-gnueabihf", armv7_neorun().to_str().unwrap()])
+            .args(["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()])
+            .output()
+            .expect("qemu-arm must be installed (apt-get install qemu-user)");
+        let got = predict_data(&out, idx, model);
+        assert_close(&got, &expected(model.split(':').next().unwrap()), tol);
+    }
 }
