@@ -227,7 +227,7 @@ fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
         ("none", Some(a)) => format!("none: {}", a.status),
         ("none", None) => "none: runs on the CPU".to_string(),
         ("cuda", _) => format!(
-            "NVIDIA GPU {arch}: the bundle carries the CPU model as fallback; this neorun has no CUDA engine yet, so it runs only with --cpu-fallback (not run on GPU hardware)"
+            "NVIDIA GPU {arch}, through tract's CUDA runtime in a neorun built with --features cuda (never run on GPU hardware yet: bench/gpu/run.sh does); the bundle carries the CPU model as fallback (neorun --cpu-fallback)"
         ),
         ("neuron", Some(a)) => format!(
             "AWS Neuron {arch}: {} ({} by {} {}), with the CPU model as fallback; this neorun has no Neuron engine yet, so it runs only with --cpu-fallback (not run on Inferentia hardware)",

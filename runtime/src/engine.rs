@@ -10,6 +10,8 @@ use tract_onnx_opl::WithOnnx;
 
 /// Name of the engine in manifests.
 pub const ENGINE_NAME: &str = "tract";
+/// Whether this build can run CUDA-target bundles on a GPU.
+pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 /// The tract version this runtime embeds (kept in step with Cargo.toml by a test).
 pub const TRACT_VERSION: &str = "0.23.9";
 /// The only model format this engine loads.
@@ -43,6 +45,18 @@ impl TractEngine {
     pub fn from_typed(model: TypedModel) -> TractResult<TractEngine> {
         let runtime = runtime_for_name("cpu")?.context("tract's CPU runtime is not registered")?;
         let plan = runtime.prepare(model).context("optimizing the model for this CPU")?;
+        Ok(TractEngine { plan })
+    }
+
+    /// Loads an NNEF tar for tract's CUDA runtime (builds with `--features
+    /// cuda`); an error when no usable CUDA device or driver is present.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_from_nnef_tar(bytes: &[u8]) -> TractResult<TractEngine> {
+        // keep the crate linked: its runtime registers itself through `inventory`
+        let _ = std::any::type_name::<tract_cuda::CudaTransform>();
+        let model = nnef().model_for_read(&mut &bytes[..]).context("loading the NNEF model")?;
+        let runtime = runtime_for_name("cuda")?.context("tract's CUDA runtime is not registered")?;
+        let plan = runtime.prepare(model).context("preparing the model for the GPU")?;
         Ok(TractEngine { plan })
     }
 

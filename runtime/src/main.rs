@@ -181,7 +181,7 @@ fn open(bundle: &PathBuf, trust: &Trust) -> Result<Model, Failure> {
         &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned, allow_cpu_fallback: trust.cpu_fallback },
     )
     .map_err(Failure::Refused)?;
-    if m.manifest.target.accelerator != "none" {
+    if m.placement == neoc_runtime::model::Placement::CpuFallback {
         eprintln!(
             "note: {} targets {} ({}); running its CPU model on this host (--cpu-fallback)",
             bundle.display(),

@@ -48,11 +48,23 @@ pub struct OpenOptions {
     pub allow_cpu_fallback: bool,
 }
 
-/// Checks that this neorun can run the bundle's accelerator, or may fall
-/// back to the bundle's CPU model. Returns whether it falls back.
-pub fn check_accelerator(m: &Manifest, allow_cpu_fallback: bool) -> Result<bool, LoadError> {
+/// Where a bundle's model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    /// On the GPU through tract's CUDA runtime (`--features cuda` builds).
+    Cuda,
+    /// An accelerator bundle's CPU model, because the operator allowed it.
+    CpuFallback,
+}
+
+/// Decides where the bundle runs: on its accelerator when this neorun can
+/// drive it, else on the CPU if the operator allowed the fallback and the
+/// bundle carries a CPU model, else an error saying which.
+pub fn placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placement, LoadError> {
     let what = match m.target.accelerator.as_str() {
-        "none" => return Ok(false),
+        "none" => return Ok(Placement::Cpu),
+        "cuda" if crate::engine::CUDA_BUILD => return Ok(Placement::Cuda),
         "cuda" => "an NVIDIA GPU (CUDA)",
         "neuron" => "AWS Neuron (Inferentia)",
         other => {
@@ -63,15 +75,20 @@ pub fn check_accelerator(m: &Manifest, allow_cpu_fallback: bool) -> Result<bool,
     };
     let arch = m.target.accelerator_arch.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
     if allow_cpu_fallback && m.target.cpu_fallback {
-        return Ok(true);
+        return Ok(Placement::CpuFallback);
     }
     let hint = if m.target.cpu_fallback {
         "hint: pass --cpu-fallback to run the bundle's CPU model on this host instead"
     } else {
         "hint: the bundle carries no CPU model; compile the model for a CPU target"
     };
+    let build = if m.target.accelerator == "cuda" {
+        "this neorun was built without CUDA support (cargo build --features cuda)"
+    } else {
+        "this neorun has no engine for that accelerator"
+    };
     Err(LoadError::Accelerator(format!(
-        "bundle was compiled for {} to run on {what}{arch}; this neorun has no engine for that accelerator (this build runs models on the CPU only)\n{hint}",
+        "bundle was compiled for {} to run on {what}{arch}; {build}\n{hint}",
         m.target.name
     )))
 }
@@ -84,6 +101,8 @@ pub struct Model {
     /// sha256 of the bundle file.
     pub digest: String,
     pub test_vectors: Option<TestVectors>,
+    /// Where the model runs.
+    pub placement: Placement,
     engine: Engine,
 }
 
@@ -168,7 +187,7 @@ impl Model {
             BundleError::Manifest(format!("unknown architecture `{}` in target {}", m.target.arch, m.target.name))
         })?;
         Host::detect().check(&m.target.name, arch, &m.target.features)?;
-        check_accelerator(m, options.allow_cpu_fallback)?;
+        let placement = placement(m, options.allow_cpu_fallback)?;
         match version_at_least(RUNTIME_VERSION, &m.min_runtime_version) {
             Some(true) => {}
             Some(false) => {
@@ -185,7 +204,23 @@ impl Model {
             return Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun")));
         }
         let model_bytes = bundle.file(&m.engine.model_file).expect("manifest checked: model file present");
-        let engine = Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?;
+        let (engine, placement) = match placement {
+            #[cfg(feature = "cuda")]
+            Placement::Cuda if m.engine.name == ENGINE_NAME => match TractEngine::cuda_from_nnef_tar(model_bytes) {
+                Ok(e) => (Engine::Tract(e), Placement::Cuda),
+                Err(e) if options.allow_cpu_fallback && m.target.cpu_fallback => {
+                    tracing::warn!("no usable CUDA device ({e:#}); running the bundle's CPU model");
+                    (Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?, Placement::CpuFallback)
+                }
+                Err(e) => {
+                    return Err(LoadError::Accelerator(format!(
+                        "bundle was compiled for {} (CUDA), and the GPU cannot run it here: {e:#}\nhint: pass --cpu-fallback to run the bundle's CPU model instead",
+                        m.target.name
+                    )))
+                }
+            },
+            p => (Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?, p),
+        };
         let test_vectors = match &m.test_vectors {
             Some(name) => Some(
                 serde_json::from_slice::<TestVectors>(
@@ -195,7 +230,14 @@ impl Model {
             ),
             None => None,
         };
-        Ok(Model { manifest: bundle.manifest, signer: bundle.signer, digest: bundle.digest, test_vectors, engine })
+        Ok(Model {
+            manifest: bundle.manifest,
+            signer: bundle.signer,
+            digest: bundle.digest,
+            test_vectors,
+            engine,
+            placement,
+        })
     }
 
     /// Builds a model from parts already verified (used by the compiler's
@@ -206,7 +248,14 @@ impl Model {
         test_vectors: Option<TestVectors>,
     ) -> Result<Model, LoadError> {
         let engine = Engine::load(&manifest.engine.name, &manifest.engine.model_format, model_file)?;
-        Ok(Model { manifest, signer: Signer::Unsigned, digest: String::new(), test_vectors, engine })
+        Ok(Model {
+            manifest,
+            signer: Signer::Unsigned,
+            digest: String::new(),
+            test_vectors,
+            engine,
+            placement: Placement::Cpu,
+        })
     }
 
     /// The threads to use when the operator gave none: the bundle's

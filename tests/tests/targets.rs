@@ -103,7 +103,7 @@ fn cuda_bundles_run_only_with_an_explicit_cpu_fallback() {
         (t["accelerator"].as_str(), t["accelerator_arch"].as_str(), t["cpu_fallback"].as_bool()),
         (Some("cuda"), Some("sm_80"), Some(true))
     );
-    assert!(s["bundles"][0]["explain"]["accelerator"].as_str().unwrap().contains("not run on GPU hardware"));
+    assert!(s["bundles"][0]["explain"]["accelerator"].as_str().unwrap().contains("never run on GPU hardware"));
     let sample = root().join("models/fraud-mlp/sample.csv");
     let e = fails(predict(d, "g.neo", sample.to_str().unwrap()), 3);
     assert!(e.contains("to run on an NVIDIA GPU (CUDA) sm_80") && e.contains("--cpu-fallback"), "{e}");
