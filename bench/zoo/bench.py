@@ -1,0 +1,183 @@
+"""neoc bundles run by neorun's engine vs ONNX Runtime, in the same run.
+
+For each model: compile time and bundle size; then for 1 and 2 threads (and
+batch 1, plus 64 for models with a symbolic batch axis) the latency median
+and p99 of both sides, alternating rounds (ours, ORT, ours, ORT, ...) after
+warm-up. Ours is timed in-process by `neorun bench` (Rust, no Python); ORT in
+its Python process, so its numbers include the Python call overhead, which
+is measured separately on an Identity model of the same input size and
+reported in its own column. For the tabular samples also: process cold start
+to first result and peak RSS of `neorun predict` vs a Python process running
+onnxruntime on the same input.
+
+usage: bench.py NEOC NEORUN MODELS_JSON OUT_JSON
+MODELS_JSON: [{"name", "source", "onnx", "input_file"?: path, "tabular": bool}]
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper, TensorProto
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def ours(neorun, bundle, threads, batch, iters):
+    r = subprocess.run([neorun, "bench", bundle, "--allow-unsigned", "--threads", str(threads), "--batch", str(batch),
+                        "--iterations", str(iters), "--warmup", str(max(3, iters // 10)), "--json"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    d = json.loads(r.stdout)
+    return d["median_us"], d["p99_us"]
+
+
+def ort_session(path, threads):
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+
+
+def timed(sess, feeds, iters):
+    for _ in range(max(3, iters // 10)):
+        sess.run(None, feeds)
+    t = []
+    for _ in range(iters):
+        a = time.perf_counter_ns()
+        sess.run(None, feeds)
+        t.append((time.perf_counter_ns() - a) / 1000)
+    t.sort()
+    return statistics.median(t), t[min(len(t) - 1, int(len(t) * 0.99))]
+
+
+def feeds_for(sess, batch, rng):
+    f = {}
+    for i in sess.get_inputs():
+        shape = [batch if (not isinstance(d, int) or d <= 0) else d for d in i.shape]
+        if i.shape and not isinstance(i.shape[0], int):
+            shape[0] = batch
+        f[i.name] = rng.random(shape, dtype=np.float32)
+    return f
+
+
+def identity_overhead(feeds, threads, iters):
+    """ORT's per-call cost in Python for inputs of this size, with no compute."""
+    nodes, ins, outs = [], [], []
+    for k, (n, x) in enumerate(feeds.items()):
+        ins.append(helper.make_tensor_value_info(f"i{k}", TensorProto.FLOAT, list(x.shape)))
+        outs.append(helper.make_tensor_value_info(f"o{k}", TensorProto.FLOAT, list(x.shape)))
+        nodes.append(helper.make_node("Identity", [f"i{k}"], [f"o{k}"]))
+    m = helper.make_model(helper.make_graph(nodes, "id", ins, outs), opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
+        f.write(m.SerializeToString())
+    s = ort_session(f.name, threads)
+    med, _ = timed(s, {f"i{k}": x for k, x in enumerate(feeds.values())}, iters)
+    os.unlink(f.name)
+    return med
+
+
+def child_stats(cmd, runs=10):
+    """Median wall time (ms) and peak RSS (MiB) of a process, over `runs` runs.
+
+    Wall time is measured here; peak RSS by GNU time in a separate run:
+    a child forked from this (large) Python process inherits its RSS
+    high-water mark across exec, so wait4's ru_maxrss would be wrong."""
+    walls = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        walls.append((time.perf_counter() - t) * 1000)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cmd} failed")
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rss = int(r.stderr.strip().splitlines()[-1]) / 1024
+    return statistics.median(walls), rss
+
+
+def main():
+    neoc, neorun, models_json, out_json = sys.argv[1:5]
+    models = json.load(open(models_json))
+    work = tempfile.mkdtemp(prefix="neoc-bench-")
+    rows, per_model = [], []
+    for m in models:
+        name = m["name"]
+        bundle = os.path.join(work, name + ".neo")
+        t = time.perf_counter()
+        r = subprocess.run([neoc, "compile", m["source"], "--target", "host", "--unsigned", "-o", bundle, "-q"],
+                           capture_output=True, text=True)
+        compile_s = time.perf_counter() - t
+        if r.returncode != 0:
+            per_model.append({"model": name, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
+            print(f"{name}: not compiled: {per_model[-1]['error']}", flush=True)
+            continue
+        info = {"model": name, "compile_s": round(compile_s, 2), "bundle_bytes": os.path.getsize(bundle)}
+        rng = np.random.default_rng(0)
+        batches = [1, 64] if m.get("tabular") else [1]
+        for threads in (1, 2):
+            sess = ort_session(m["onnx"], threads)
+            for batch in batches:
+                feeds = feeds_for(sess, batch, rng)
+                # enough iterations for ~1 s per round on our side
+                probe_med, _ = timed(sess, feeds, 5)
+                iters = int(min(2000, max(10, 1e6 / max(probe_med, 1))))
+                o_med, o_p99, r_med, r_p99 = [], [], [], []
+                for _ in range(ROUNDS):
+                    a, b = ours(neorun, bundle, threads, batch, iters)
+                    o_med.append(a); o_p99.append(b)
+                    a, b = timed(sess, feeds, iters)
+                    r_med.append(a); r_p99.append(b)
+                py = identity_overhead(feeds, threads, min(iters, 2000))
+                row = {
+                    "model": name, "threads": threads, "batch": batch, "iterations": iters, "rounds": ROUNDS,
+                    "ours_median_us": statistics.median(o_med), "ours_p99_us": statistics.median(o_p99),
+                    "ort_median_us": statistics.median(r_med), "ort_p99_us": statistics.median(r_p99),
+                    "ort_python_overhead_us": py,
+                }
+                row["ratio"] = row["ours_median_us"] / row["ort_median_us"]
+                row["ratio_without_python"] = row["ours_median_us"] / max(row["ort_median_us"] - py, 1e-9)
+                rows.append(row)
+                print(f"{name:<14} t{threads} b{batch:<3} ours {row['ours_median_us']:>10.1f} µs (p99 {row['ours_p99_us']:.1f})"
+                      f"  ort {row['ort_median_us']:>10.1f} µs (p99 {row['ort_p99_us']:.1f}, python {py:.1f})"
+                      f"  ratio {row['ratio']:.2f} ({row['ratio_without_python']:.2f} without ORT's python call)", flush=True)
+        if m.get("input_file"):
+            cold_ours, rss_ours = child_stats([neorun, "predict", bundle, "--allow-unsigned", "--input", m["input_file"]])
+            npy = os.path.join(work, name + ".npy")
+            rows_csv = np.loadtxt(m["input_file"], delimiter=",", dtype=np.float32, ndmin=2)
+            np.save(npy, rows_csv)
+            script = ("import numpy as np, onnxruntime as ort, sys; s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']);"
+                      " x = np.load(sys.argv[2]); print(s.run(None, {s.get_inputs()[0].name: x})[0][:1])")
+            cold_ort, rss_ort = child_stats([sys.executable, "-c", script, m["onnx"], npy])
+            info.update({"cold_start_ms": round(cold_ours, 1), "peak_rss_mib": round(rss_ours, 1),
+                         "ort_cold_start_ms": round(cold_ort, 1), "ort_peak_rss_mib": round(rss_ort, 1)})
+        per_model.append(info)
+        print(f"{name}: {info}", flush=True)
+    ratios = {t: [r["ratio"] for r in rows if r["threads"] == t and r["batch"] == 1 and not r["model"].startswith(("fraud",))]
+              for t in (1, 2)}
+    geo = {f"geomean_ratio_zoo_batch1_{t}t": float(np.exp(np.mean(np.log(v)))) for t, v in ratios.items() if v}
+    json.dump({"schema_version": 1, "onnxruntime": ort.__version__, "rows": rows, "models": per_model, **geo},
+              open(out_json, "w"), indent=1)
+    print()
+    print(f"{'model':<14} {'thr':>3} {'batch':>5} {'ours µs':>10} {'ours p99':>10} {'ORT µs':>10} {'ORT p99':>10} {'py µs':>7} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['model']:<14} {r['threads']:>3} {r['batch']:>5} {r['ours_median_us']:>10.1f} {r['ours_p99_us']:>10.1f}"
+              f" {r['ort_median_us']:>10.1f} {r['ort_p99_us']:>10.1f} {r['ort_python_overhead_us']:>7.1f} {r['ratio']:>6.2f}")
+    print()
+    for p in per_model:
+        print(p)
+    for k, v in geo.items():
+        print(f"{k}: {v:.2f}")
+    print(f"wrote {out_json}")
+
+
+if __name__ == "__main__":
+    main()
