@@ -463,6 +463,12 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         .write_to_tar_with_config(&model, Vec::new(), false, true)
         .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
     let nnef_tar = canonical_tar(&nnef_tar).context("re-encoding the NNEF archive")?;
+    // neoc's own registry is named only when the graph uses it
+    let mut registries = vec!["tract_onnx".to_string()];
+    let ext = format!("tract_registry {}", neoc_runtime::engine::NEOC_REGISTRY);
+    if nnef_tar.windows(ext.len()).any(|w| w == ext.as_bytes()) {
+        registries.push(neoc_runtime::engine::NEOC_REGISTRY.into());
+    }
     let inputs = specs(&model, &model.input_outlets()?)?;
     let outputs = specs(&model, &model.output_outlets()?)?;
     let plan = reference.into_runnable().context("preparing the reference model")?;
@@ -473,14 +479,14 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
             version: TRACT_VERSION.into(),
             model_file: "model.nnef.tar".into(),
             model_format: MODEL_FORMAT.into(),
-            registries: vec!["tract_onnx".into()],
+            registries,
         },
         model_bytes: nnef_tar,
         inputs,
         outputs,
         reference: Box::new(move |ins: &[Tensor]| {
-            Ok(plan
-                .run(ins.iter().cloned().map(|t| t.into_tvalue()).collect())
+            Ok(neoc_runtime::guard::guarded(|| plan.run(ins.iter().cloned().map(|t| t.into_tvalue()).collect()))
+                .map_err(|e| anyhow::anyhow!("running the reference model: {e}"))?
                 .context("running the reference model")?
                 .into_iter()
                 .map(|t| t.into_tensor())
@@ -801,8 +807,16 @@ fn verify(
     let mut vectors = TestVectors { source: String::new(), atol, rtol, cases: Vec::new() };
     let mut all_independent = true;
     for (i, (ins, expected)) in cases.iter().enumerate() {
-        let want = (lowered.reference)(ins)?;
-        let got = compiled.run(ins.clone()).map_err(|e| anyhow::anyhow!("running the compiled model: {e}"))?;
+        let seeded_hint = |e: anyhow::Error| {
+            if source == "seeded" {
+                anyhow::anyhow!("{e:#}\nhint: these were seeded random inputs, which may be invalid for this model; ship representative inputs as test_data_set_*/input_*.pb in the model tarball")
+            } else {
+                e
+            }
+        };
+        let want = (lowered.reference)(ins).map_err(seeded_hint)?;
+        let got =
+            compiled.run(ins.clone()).map_err(|e| seeded_hint(anyhow::anyhow!("running the compiled model: {e}")))?;
         let (abs, rel) = compare_all(i, &got, &want, &manifest.outputs, (atol, rtol), "reference", &mut failures)?;
         v.max_abs_error = v.max_abs_error.max(abs);
         v.max_rel_error = v.max_rel_error.max(rel);

@@ -17,11 +17,24 @@ pub const TRACT_VERSION: &str = "0.23.9";
 /// The only model format this engine loads.
 pub const MODEL_FORMAT: &str = "tract-nnef-tar";
 /// Registries (beyond tract_core) this engine can provide.
-pub const REGISTRIES: &[&str] = &["tract_onnx"];
+pub const REGISTRIES: &[&str] = &["tract_onnx", NEOC_REGISTRY];
+/// neoc's own NNEF registry: operators tract runs but ships no NNEF
+/// serializer for, so that bundles can carry them.
+pub const NEOC_REGISTRY: &str = "neoc";
 
 /// The NNEF framework with every registry the runtime ships.
 pub fn nnef() -> tract_nnef::internal::Nnef {
-    tract_nnef::nnef().with_onnx()
+    tract_nnef::nnef().with_onnx().with_registry(neoc_registry())
+}
+
+/// Operators of tract-core without an NNEF form in tract's own registries:
+/// - `neoc_rem`: the remainder (ONNX `Mod`, both `fmod` modes, which tract
+///   builds from it).
+pub fn neoc_registry() -> tract_nnef::internal::Registry {
+    let mut r = tract_nnef::internal::Registry::new(NEOC_REGISTRY)
+        .with_doc("neoc: operators tract runs that its NNEF registries cannot write");
+    r.register_binary("neoc_rem", &tract_core::ops::math::Rem {});
+    r
 }
 
 /// A model ready to run.
@@ -64,5 +77,26 @@ impl TractEngine {
     pub fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
         let outputs = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
         Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The remainder goes through the bundle's NNEF and back, and still computes.
+    #[test]
+    fn rem_round_trips_through_nnef() -> TractResult<()> {
+        let mut m = TypedModel::default();
+        let a = m.add_source("a", f32::fact([4]))?;
+        let b = m.add_source("b", f32::fact([4]))?;
+        let r = m.wire_node("r", tract_core::ops::math::rem(), &[a, b])?;
+        m.select_output_outlets(&r)?;
+        let mut tar = Vec::new();
+        nnef().write_to_tar(&m, &mut tar)?;
+        let e = TractEngine::from_nnef_tar(&tar)?;
+        let out = e.run(vec![tensor1(&[7f32, -7.0, 7.5, 9.0]), tensor1(&[3f32, 3.0, 2.0, 4.5])])?;
+        assert_eq!(out[0], tensor1(&[1f32, -1.0, 1.5, 0.0]));
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! keep it that way.
 
 pub mod engine;
+pub mod guard;
 pub mod model;
 pub mod request;
 pub mod serve;
