@@ -451,12 +451,16 @@ def bad_models():
     m.ir_version = 8
     with open(os.path.join(d, "unsupported-ops.onnx"), "wb") as f:
         f.write(m.SerializeToString())
-    # operators tract runs but cannot write to NNEF (the bundle's model format)
+    # an operator tract runs but cannot write to NNEF (the bundle's model format)
+    # and neoc's own registry does not carry yet (Rem, which it used to be, now is)
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4])
-    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4])
-    r = helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4])
-    nodes = [helper.make_node("Mod", ["a", "b"], ["r"], fmod=1, name="remainder")]
-    g = helper.make_graph(nodes, "unserializable", [a, b], [r])
+    outs = [
+        helper.make_tensor_value_info("q", TensorProto.UINT8, [1, 4]),
+        helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("z", TensorProto.UINT8, []),
+    ]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["a"], ["q", "s", "z"], name="dyn_quant")]
+    g = helper.make_graph(nodes, "unserializable", [a], outs)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
     m.ir_version = 8
     with open(os.path.join(d, "unserializable-ops.onnx"), "wb") as f:
