@@ -272,19 +272,11 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             m.target = target_info(t, *p);
             if let Accelerator::Neuron { .. } = t.accelerator {
                 match (&neuron, is_trees) {
-                    (_, true) => {
-                        m.target.accelerator = "none".into();
-                        m.target.accelerator_arch = None;
-                        m.target.cpu_fallback = false;
-                        m.accelerator_model = Some(AcceleratorModel {
-                            format: "neff".into(),
-                            file: None,
-                            backend: ToolInfo { name: backend::NEURON_DEFAULT.into(), version: "not run".into() },
-                            command: vec![],
-                            status: "not compiled: tree ensembles run on the CPU with the trees engine; CPU bundle"
-                                .into(),
-                        });
-                    }
+                    (_, true) => cpu_bundle(
+                        &mut m,
+                        "not run",
+                        "not compiled: tree ensembles run on the CPU with the trees engine; CPU bundle",
+                    ),
                     (Some(b), false) => {
                         if neff.is_none() {
                             timer.start("backend", &format!("compiling for {} with {}", t.name, b.name));
@@ -300,20 +292,12 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                             status: "compiled".into(),
                         });
                     }
-                    (None, false) => {
-                        // --neuron-fallback cpu (checked above): a CPU bundle that says so
-                        m.target.accelerator = "none".into();
-                        m.target.accelerator_arch = None;
-                        m.target.cpu_fallback = false;
-                        m.accelerator_model = Some(AcceleratorModel {
-                            format: "neff".into(),
-                            file: None,
-                            backend: ToolInfo { name: backend::NEURON_DEFAULT.into(), version: "not installed".into() },
-                            command: vec![],
-                            status: "not compiled: neuronx-cc is not installed (--neuron-fallback cpu); CPU bundle"
-                                .into(),
-                        });
-                    }
+                    // --neuron-fallback cpu (checked above)
+                    (None, false) => cpu_bundle(
+                        &mut m,
+                        "not installed",
+                        "not compiled: neuronx-cc is not installed (--neuron-fallback cpu); CPU bundle",
+                    ),
                 }
             }
             timer.start("package", "packaging");
@@ -325,6 +309,20 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         }
     }
     Ok(out.into_iter().map(|c| c.expect("every target planned")).collect())
+}
+
+/// Makes a Neuron target's bundle a CPU bundle that says why no NEFF is in it.
+fn cpu_bundle(m: &mut Manifest, backend_version: &str, status: &str) {
+    m.target.accelerator = "none".into();
+    m.target.accelerator_arch = None;
+    m.target.cpu_fallback = false;
+    m.accelerator_model = Some(AcceleratorModel {
+        format: "neff".into(),
+        file: None,
+        backend: ToolInfo { name: backend::NEURON_DEFAULT.into(), version: backend_version.into() },
+        command: vec![],
+        status: status.into(),
+    });
 }
 
 /// Default absolute and relative tolerance of fp16 bundles against the fp32

@@ -13,32 +13,27 @@ use std::process::{Command, Stdio};
 
 use neoc_e2e::*;
 
-fn arm_neorun() -> PathBuf {
-    let p = std::env::var_os("NEOC_AARCH64_NEORUN")
+/// A cross-built neorun: `$ENV`, else target/TRIPLE/release/neorun.
+fn cross_neorun(env: &str, triple: &str, packages: &str) -> PathBuf {
+    let p = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/aarch64-unknown-linux-gnu/release/neorun"));
+        .unwrap_or_else(|| root().join(format!("target/{triple}/release/neorun")));
     assert!(
         p.exists(),
-        "{} not found: build it with `cargo build --release --target aarch64-unknown-linux-gnu -p neoc-runtime` \
-         (needs gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user and the rustup target; .ci/run installs them)",
+        "{} not found: build it with `cargo build --release --target {triple} -p neoc-runtime` \
+         (needs {packages}, qemu-user and the rustup target; .ci/run installs them)",
         p.display()
     );
     assert_fresh(&p);
     p
 }
 
+fn arm_neorun() -> PathBuf {
+    cross_neorun("NEOC_AARCH64_NEORUN", "aarch64-unknown-linux-gnu", "gcc-aarch64-linux-gnu, libc6-dev-arm64-cross")
+}
+
 fn armv7_neorun() -> PathBuf {
-    let p = std::env::var_os("NEOC_ARMV7_NEORUN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/armv7-unknown-linux-gnueabihf/release/neorun"));
-    assert!(
-        p.exists(),
-        "{} not found: build it with `cargo build --release --target armv7-unknown-linux-gnueabihf -p neoc-runtime` \
-         (needs gcc-arm-linux-gnueabihf, libc6-dev-armhf-cross, qemu-user and the rustup target; .ci/run installs them)",
-        p.display()
-    );
-    assert_fresh(&p);
-    p
+    cross_neorun("NEOC_ARMV7_NEORUN", "armv7-unknown-linux-gnueabihf", "gcc-arm-linux-gnueabihf, libc6-dev-armhf-cross")
 }
 
 fn predict_data(out: &std::process::Output, idx: usize, what: &str) -> Vec<f64> {
