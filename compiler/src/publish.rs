@@ -26,7 +26,6 @@ pub const ANN_BUNDLE_ACCELERATOR: &str = "dev.neoc.bundle.accelerator";
 pub const ANN_BUNDLE_MANIFEST: &str = "dev.neoc.bundle.manifest-digest";
 pub const ANN_BUNDLE_SIGNER: &str = "dev.neoc.bundle.signer";
 pub const ANN_BUNDLE_MIN_RUNTIME: &str = "dev.neoc.bundle.min-runtime";
-pub const MODEL_LAYER_TAR: &str = "application/vnd.neoc.model.layer.v1.tar";
 
 /// What a push stored.
 #[derive(Serialize, Clone, Debug)]
@@ -193,7 +192,7 @@ pub fn push_model(store: &Store, r: &Reference, tag: &str, path: &Path, created:
     } else if neoc_bundle::unpack::is_gzip(&head) {
         registry::MODEL_LAYER_TAR_GZIP
     } else if neoc_bundle::unpack::is_tar(&head) {
-        MODEL_LAYER_TAR
+        registry::MODEL_LAYER_TAR
     } else {
         registry::MODEL_LAYER_RAW
     };

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub const MODEL_ARTIFACT_TYPE: &str = "application/vnd.neoc.model.v1";
 pub const MODEL_LAYER_TAR_GZIP: &str = "application/vnd.neoc.model.layer.v1.tar+gzip";
+pub const MODEL_LAYER_TAR: &str = "application/vnd.neoc.model.layer.v1.tar";
 pub const MODEL_LAYER_RAW: &str = "application/vnd.neoc.model.layer.v1.raw";
 pub const BUNDLE_ARTIFACT_TYPE: &str = "application/vnd.neoc.bundle.v1";
 pub const BUNDLE_LAYER: &str = "application/vnd.neoc.bundle.layer.v1.tar";
@@ -388,19 +389,6 @@ impl Store {
         }
     }
 
-    /// Reads a small blob (a config, a nested manifest) into memory, checked.
-    pub fn read_small(&self, d: &Descriptor) -> Result<Vec<u8>> {
-        if d.size > MAX_MANIFEST {
-            bail!("{} is implausibly large for a manifest ({} bytes)", d.digest, d.size);
-        }
-        let tmp = tempfile::NamedTempFile::new()?;
-        let dest = tmp.path().with_extension("blob");
-        self.fetch_blob(d, &dest)?;
-        let data = std::fs::read(&dest)?;
-        std::fs::remove_file(&dest).ok();
-        Ok(data)
-    }
-
     pub fn push_blob_file(&self, path: &Path, d: &Descriptor) -> Result<()> {
         match self {
             Store::Local(l) => l.push_blob_file(path, d),
@@ -563,8 +551,11 @@ pub fn model_layer<'m>(m: &'m Manifest, what: &str) -> Result<&'m Descriptor> {
         1 => return Ok(&m.layers[0]),
         _ => {}
     }
-    let ours: Vec<&Descriptor> =
-        m.layers.iter().filter(|l| l.media_type == MODEL_LAYER_TAR_GZIP || l.media_type == MODEL_LAYER_RAW).collect();
+    let ours: Vec<&Descriptor> = m
+        .layers
+        .iter()
+        .filter(|l| [MODEL_LAYER_TAR_GZIP, MODEL_LAYER_TAR, MODEL_LAYER_RAW].contains(&l.media_type.as_str()))
+        .collect();
     if ours.len() == 1 {
         return Ok(ours[0]);
     }
