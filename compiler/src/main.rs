@@ -262,10 +262,12 @@ fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
         ("verified", verified),
         (
             "runs here",
-            if t.arch == host.arch && host.runnable_targets().iter().any(|x| x.name == t.name) {
-                "yes".into()
-            } else {
-                "no".into()
+            match (host.runnable_targets().iter().any(|x| x.name == t.name), m.target.accelerator.as_str()) {
+                (false, _) => "no".into(),
+                (true, "none") => "yes".into(),
+                (true, _) => {
+                    "only with neorun --cpu-fallback (this host lacks the accelerator or this build its engine)".into()
+                }
             },
         ),
     ];
