@@ -461,11 +461,13 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         .write_to_tar_with_config(&model, Vec::new(), false, true)
         .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
     let nnef_tar = canonical_tar(&nnef_tar).context("re-encoding the NNEF archive")?;
-    // neoc's own registry is named only when the graph uses it
+    // registries beyond tract_onnx are named only when the graph uses them
     let mut registries = vec!["tract_onnx".to_string()];
-    let ext = format!("tract_registry {}", neoc_runtime::engine::NEOC_REGISTRY);
-    if nnef_tar.windows(ext.len()).any(|w| w == ext.as_bytes()) {
-        registries.push(neoc_runtime::engine::NEOC_REGISTRY.into());
+    for r in ["tract_transformers", neoc_runtime::engine::NEOC_REGISTRY] {
+        let ext = format!("tract_registry {r}");
+        if nnef_tar.windows(ext.len()).any(|w| w == ext.as_bytes()) {
+            registries.push(r.into());
+        }
     }
     let inputs = specs(&model, &model.input_outlets()?)?;
     let outputs = specs(&model, &model.output_outlets()?)?;

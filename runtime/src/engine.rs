@@ -7,6 +7,7 @@
 use anyhow::Context;
 use tract_core::prelude::*;
 use tract_onnx_opl::WithOnnx;
+use tract_transformers::WithTractTransformers;
 
 /// Name of the engine in manifests.
 pub const ENGINE_NAME: &str = "tract";
@@ -17,14 +18,14 @@ pub const TRACT_VERSION: &str = "0.23.9";
 /// The only model format this engine loads.
 pub const MODEL_FORMAT: &str = "tract-nnef-tar";
 /// Registries (beyond tract_core) this engine can provide.
-pub const REGISTRIES: &[&str] = &["tract_onnx", NEOC_REGISTRY];
+pub const REGISTRIES: &[&str] = &["tract_onnx", "tract_transformers", NEOC_REGISTRY];
 /// neoc's own NNEF registry: operators tract runs but ships no NNEF
 /// serializer for, so that bundles can carry them.
 pub const NEOC_REGISTRY: &str = "neoc";
 
 /// The NNEF framework with every registry the runtime ships.
 pub fn nnef() -> tract_nnef::internal::Nnef {
-    tract_nnef::nnef().with_onnx().with_registry(neoc_registry())
+    tract_nnef::nnef().with_onnx().with_tract_transformers().with_registry(neoc_registry())
 }
 
 /// Operators of tract-core without an NNEF form in tract's own registries:

@@ -1,6 +1,8 @@
-//! Operators tract runs but whose NNEF form tract does not ship are carried
-//! by neoc's own registry: built as ONNX with the `onnx` package, run by
-//! onnxruntime for the expected values, compiled and run by neoc/neorun.
+//! Operators whose NNEF form is not in tract's core registries travel in the
+//! bundle all the same: Rem through neoc's own registry, SDPA (ONNX
+//! Attention) through tract-transformers'. Built as ONNX with the `onnx`
+//! package, run by onnxruntime for the expected values, compiled and run by
+//! neoc/neorun.
 
 use std::process::Command;
 
@@ -108,4 +110,53 @@ open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(np.array([[1, 2]], 
     assert!(e.contains("divisor of zero"), "{e}");
     assert_ne!(o.status.code(), Some(0));
     assert_ne!(o.status.code(), Some(101));
+}
+
+#[test]
+fn onnx_attention_is_carried_as_tract_transformers_sdpa() {
+    let dir = scratch();
+    let d = dir.path();
+    let script = r#"
+import sys, os, json, numpy as np, onnx, onnxruntime as ort
+from onnx import helper, TensorProto, numpy_helper
+shape = [1, 2, 4, 8]
+ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("q", "k", "v")]
+out = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+node = helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)
+m = helper.make_model(helper.make_graph([node], "attn", ins, [out]), opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+onnx.save(m, sys.argv[1] + "/attn.onnx")
+rng = np.random.default_rng(7)
+feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in ("q", "k", "v")}
+y = ort.InferenceSession(sys.argv[1] + "/attn.onnx", providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+t = sys.argv[1] + "/test_data_set_0"; os.makedirs(t)
+for k, n in enumerate(("q", "k", "v")):
+    open(f"{t}/input_{k}.pb", "wb").write(numpy_helper.from_array(feeds[n], n).SerializeToString())
+open(f"{t}/output_0.pb", "wb").write(numpy_helper.from_array(y, "y").SerializeToString())
+json.dump({"inputs": {n: feeds[n].tolist() for n in feeds}, "y": y.ravel().tolist()}, open(sys.argv[1] + "/attn.json", "w"))
+"#;
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = Command::new("tar")
+        .current_dir(d)
+        .args(["czf", "attn.tar.gz", "attn.onnx", "test_data_set_0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = ok(run(
+        "neoc",
+        d,
+        &["compile", "attn.tar.gz", "--target", "host", "--key", "k.key", "-o", "attn.neo", "--json"],
+        &[],
+        None,
+    ));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["engine"]["registries"], serde_json::json!(["tract_onnx", "tract_transformers"]));
+    assert_eq!(s["bundles"][0]["verification"]["independent"]["cases"], 1);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("attn.json")).unwrap()).unwrap();
+    std::fs::write(d.join("in.json"), serde_json::to_vec(&serde_json::json!({"inputs": doc["inputs"]})).unwrap())
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_str(&ok(predict(d, "attn.neo", "in.json"))).unwrap();
+    let g: Vec<f64> = got["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let w: Vec<f64> = doc["y"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_close(&g, &w, 1e-5);
 }
