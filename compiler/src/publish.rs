@@ -51,21 +51,10 @@ fn pushed(r: &Reference, tag: Option<&str>, d: &Descriptor, kind: &str) -> Pushe
 }
 
 fn file_descriptor(path: &Path, media_type: &str) -> Result<Descriptor> {
-    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut h = neoc_bundle::digest::Hasher::default();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut n_total = 0u64;
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf).with_context(|| path.display().to_string())?;
-        if n == 0 {
-            break;
-        }
-        n_total += n as u64;
-        h.update(&buf[..n]);
-    }
+    let (digest, size) = registry::digest_file(path)?;
     let mut d = Descriptor::of(media_type, b"");
-    d.digest = h.finish();
-    d.size = n_total;
+    d.digest = digest;
+    d.size = size;
     Ok(d)
 }
 

@@ -9,7 +9,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use neoc_bundle::digest::Hasher;
 use neoc_bundle::unpack::{self, Limits};
 
 use crate::registry::{self, Access, Fetched, Reference, Store};
@@ -97,20 +96,6 @@ fn workdir() -> Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix("neoc-").tempdir().context("creating a temporary directory")
 }
 
-fn digest_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finish())
-}
-
 fn is_archive(path: &Path) -> Result<bool> {
     let mut head = vec![0u8; 512];
     let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
@@ -136,11 +121,11 @@ fn from_path(given: &str, path: &Path) -> Result<Source> {
     let (files, digest) = if path.is_dir() {
         bail!("{given} is a directory; pass a model file or a model tarball")
     } else if is_archive(path)? {
-        let digest = digest_file(path)?;
+        let digest = registry::digest_file(path)?.0;
         let u = unpack::unpack(path, dir.path(), Limits::default())?;
         (u.files, digest)
     } else {
-        let digest = digest_file(path)?;
+        let digest = registry::digest_file(path)?.0;
         std::fs::copy(path, dir.path().join(&file_name)).with_context(|| format!("copying {given}"))?;
         (vec![PathBuf::from(&file_name)], digest)
     };

@@ -42,13 +42,26 @@ fn predict_data(out: &std::process::Output, idx: usize, what: &str) -> Vec<f64> 
     doc["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
 }
 
-fn qemu(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
-    Command::new("qemu-aarch64")
+/// The sample models with their sample input, tolerance and compared output.
+const SAMPLES: [(&str, &str, f64, usize); 3] = [
+    ("fraud-xgb:1", "models/fraud-xgb/sample.csv", 1e-6, 1),
+    ("fraud-mlp:1", "models/fraud-mlp/sample.csv", 1e-5, 0),
+    ("image-cnn:1", "models/image-cnn/sample.json", 1e-4, 0),
+];
+
+/// Runs a cross-built binary under qemu-user (`qemu-aarch64`, `qemu-arm`)
+/// with the Debian cross sysroot.
+fn emulate(qemu: &str, sysroot: &str, bin: PathBuf, args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+    Command::new(qemu)
         .current_dir(cwd)
-        .args(["-L", "/usr/aarch64-linux-gnu", arm_neorun().to_str().unwrap()])
+        .args(["-L", sysroot, bin.to_str().unwrap()])
         .args(args)
         .output()
-        .expect("qemu-aarch64 must be installed (apt-get install qemu-user)")
+        .unwrap_or_else(|e| panic!("{qemu} must be installed (apt-get install qemu-user): {e}"))
+}
+
+fn qemu(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+    emulate("qemu-aarch64", "/usr/aarch64-linux-gnu", arm_neorun(), args, cwd)
 }
 
 #[test]
@@ -58,27 +71,11 @@ fn aarch64_neorun_predicts_rasp4b_bundles_under_qemu() {
     }
     let dir = scratch();
     let d = dir.path();
-    for (model, sample, tol, idx) in [
-        ("fraud-xgb:1", "models/fraud-xgb/sample.csv", 1e-6, 1),
-        ("fraud-mlp:1", "models/fraud-mlp/sample.csv", 1e-5, 0),
-        ("image-cnn:1", "models/image-cnn/sample.json", 1e-4, 0),
-    ] {
+    for (model, sample, tol, idx) in SAMPLES {
         let b = compile(d, model, "rasp4b", &[]);
-        let out = qemu(
-            &[
-                "predict",
-                b.to_str().unwrap(),
-                "--trusted-key",
-                "k.pub",
-                "--input",
-                root().join(sample).to_str().unwrap(),
-            ],
-            d,
-        );
-        assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let got: Vec<f64> =
-            doc["outputs"][idx]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let input = root().join(sample);
+        let args = ["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()];
+        let got = predict_data(&qemu(&args, d), idx, model);
         assert_close(&got, &expected(model.split(':').next().unwrap()), tol);
     }
     // and it refuses an x86 bundle, saying both sides
@@ -157,19 +154,11 @@ fn armv7_neorun_predicts_armv7_bundles_under_qemu() {
     }
     let dir = scratch();
     let d = dir.path();
-    for (model, sample, tol, idx) in [
-        ("fraud-xgb:1", "models/fraud-xgb/sample.csv", 1e-6, 1),
-        ("fraud-mlp:1", "models/fraud-mlp/sample.csv", 1e-5, 0),
-        ("image-cnn:1", "models/image-cnn/sample.json", 1e-4, 0),
-    ] {
+    for (model, sample, tol, idx) in SAMPLES {
         let b = compile(d, model, "armv7", &[]);
         let input = root().join(sample);
-        let out = Command::new("qemu-arm")
-            .current_dir(d)
-            .args(["-L", "/usr/arm-linux-gnueabihf", armv7_neorun().to_str().unwrap()])
-            .args(["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()])
-            .output()
-            .expect("qemu-arm must be installed (apt-get install qemu-user)");
+        let args = ["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", input.to_str().unwrap()];
+        let out = emulate("qemu-arm", "/usr/arm-linux-gnueabihf", armv7_neorun(), &args, d);
         let got = predict_data(&out, idx, model);
         assert_close(&got, &expected(model.split(':').next().unwrap()), tol);
     }

@@ -5,14 +5,6 @@ use std::path::Path;
 
 use neoc_e2e::*;
 
-fn host_target() -> &'static str {
-    if cfg!(target_arch = "x86_64") {
-        "x86_64"
-    } else {
-        "aarch64"
-    }
-}
-
 #[test]
 fn fraud_mlp_predicts_like_onnxruntime() {
     let dir = scratch();

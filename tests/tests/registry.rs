@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use neoc_e2e::*;
 
-fn host_target() -> &'static str {
-    if cfg!(target_arch = "x86_64") {
-        "x86_64"
-    } else {
-        "aarch64"
-    }
-}
-
 fn neoc(dir: &Path, args: &[&str]) -> Output {
     run("neoc", dir, args, &[], None)
 }

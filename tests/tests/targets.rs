@@ -8,14 +8,6 @@ use std::process::Output;
 
 use neoc_e2e::*;
 
-fn host_target() -> &'static str {
-    if cfg!(target_arch = "x86_64") {
-        "x86_64"
-    } else {
-        "aarch64"
-    }
-}
-
 fn registry() -> String {
     root().join("models/registry").display().to_string()
 }

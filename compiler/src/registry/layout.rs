@@ -90,24 +90,9 @@ impl Layout {
 
     pub fn fetch_blob(&self, d: &Descriptor, dest: &Path) -> Result<()> {
         let p = self.blob_path(&d.digest)?;
-        let mut src = std::fs::File::open(&p)
+        let src = std::fs::File::open(&p)
             .with_context(|| format!("blob {} is missing from {}", d.digest, self.dir.display()))?;
-        let (mut sink, _) = BlobSink::create(d, dest, false)?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    sink.abandon();
-                    return Err(e).context(format!("reading {}", p.display()));
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            sink.write(&buf[..n])?;
-        }
-        sink.finish().with_context(|| format!("in the local registry {}", self.dir.display()))
+        copy_into(src, &p, d, dest).with_context(|| format!("in the local registry {}", self.dir.display()))
     }
 
     fn init(&self) -> Result<()> {
@@ -136,17 +121,8 @@ impl Layout {
         if dest.exists() {
             return Ok(());
         }
-        let mut src = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-        let (mut sink, _) = BlobSink::create(d, &dest, false)?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = src.read(&mut buf).with_context(|| path.display().to_string())?;
-            if n == 0 {
-                break;
-            }
-            sink.write(&buf[..n])?;
-        }
-        sink.finish().with_context(|| format!("{} changed while it was pushed", path.display()))
+        let src = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+        copy_into(src, path, d, &dest).with_context(|| format!("{} changed while it was pushed", path.display()))
     }
 
     pub fn push_blob_bytes(&self, bytes: &[u8], d: &Descriptor) -> Result<()> {
@@ -180,6 +156,27 @@ impl Layout {
         neoc_bundle::container::write_atomic(&self.dir.join("index.json"), &index.to_bytes())?;
         Ok(())
     }
+}
+
+/// Copies an open file (`path`, for messages) into `dest` through a
+/// [`BlobSink`], which checks it against `d`.
+fn copy_into(mut src: std::fs::File, path: &Path, d: &Descriptor, dest: &Path) -> Result<()> {
+    let (mut sink, _) = BlobSink::create(d, dest, false)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                sink.abandon();
+                return Err(e).context(format!("reading {}", path.display()));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        sink.write(&buf[..n])?;
+    }
+    sink.finish()
 }
 
 pub fn list_repos(root: &Path) -> Vec<String> {

@@ -425,6 +425,14 @@ impl Store {
     }
 }
 
+/// sha256 (`sha256:HEX`) and size of a file, read in 64 KiB pieces.
+pub fn digest_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut h = Hasher::default();
+    let n = std::io::copy(&mut f, &mut HashWriter(&mut h)).with_context(|| format!("reading {}", path.display()))?;
+    Ok((h.finish(), n))
+}
+
 /// Receives a blob's bytes into a `.partial` file beside `dest`, hashing as
 /// they arrive, and renames it to `dest` once size and digest match.
 pub struct BlobSink {
