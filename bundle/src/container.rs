@@ -394,6 +394,8 @@ mod tests {
             test_vectors: Some("test_vectors.json".into()),
             files: file_entries(&files),
             accelerator_model: None,
+            fallback_engine: None,
+            engine_selection: None,
         };
         (m, files)
     }

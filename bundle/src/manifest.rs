@@ -42,6 +42,45 @@ pub struct Manifest {
     /// Neuron NEFF), or why nothing was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator_model: Option<AcceleratorModel>,
+    /// A second engine's model of the same network (tract's NNEF next to an
+    /// OpenVINO model), run only when the operator allows it and the primary
+    /// engine cannot be loaded on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_engine: Option<EngineInfo>,
+    /// How `engine` was chosen among the candidates, with their timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_selection: Option<EngineSelection>,
+}
+
+/// The compile-time half of an inference recommender: every engine and
+/// precision considered for the target, verified, and timed when the build
+/// host could run the target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineSelection {
+    /// `measured` (fastest verified candidate on the build host),
+    /// `preference` (the target's documented order; the host cannot run the
+    /// target) or `requested` (`--engine`).
+    pub method: String,
+    /// What the timings ran on (CPU model, threads, batch).
+    pub host: String,
+    pub threads: u32,
+    pub candidates: Vec<EngineCandidate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineCandidate {
+    /// `tract`, `openvino`.
+    pub engine: String,
+    /// `fp32`, `fp16`, `bf16`.
+    pub precision: String,
+    /// `chosen`, `fallback`, `slower`, `rejected: …`, `unavailable: …`.
+    pub status: String,
+    /// Median latency of one inference on the verification inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_us: Option<f64>,
+    /// Largest error against the reference, when verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abs_error: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -249,11 +288,13 @@ impl Manifest {
                 return Err(BundleError::Manifest(format!("file `{}` has a malformed digest", f.path)));
             }
         }
-        if !seen.contains(&self.engine.model_file) {
-            return Err(BundleError::Manifest(format!(
-                "engine model file `{}` is not among the bundle's files",
-                self.engine.model_file
-            )));
+        for e in std::iter::once(&self.engine).chain(&self.fallback_engine) {
+            if !seen.contains(&e.model_file) {
+                return Err(BundleError::Manifest(format!(
+                    "engine model file `{}` is not among the bundle's files",
+                    e.model_file
+                )));
+            }
         }
         if let Some(tv) = &self.test_vectors {
             if !seen.contains(tv) {

@@ -111,15 +111,18 @@ struct CompileArgs {
     /// Model version recorded in the bundle (default: the registry tag, or 0)
     #[arg(long = "model-version")]
     model_version: Option<String>,
-    /// Absolute tolerance of the verify stage (default: 1e-4; 1e-2 for fp16 bundles)
+    /// Absolute tolerance of the verify stage (default: 1e-4; 1e-2 for fp16, 5e-2 for bf16 bundles)
     #[arg(long)]
     tolerance: Option<f64>,
-    /// Relative tolerance of the verify stage (default: 1e-4; 1e-2 for fp16 bundles)
+    /// Relative tolerance of the verify stage (default: 1e-4; 1e-2 for fp16, 5e-2 for bf16 bundles)
     #[arg(long)]
     rtol: Option<f64>,
-    /// Float precision: fp32, or fp16 for targets whose CPU has fp16 arithmetic (default: the target's: fp16 for ml_m6g and jetson_orin, else fp32)
+    /// Float precision: fp32; fp16 for targets whose CPU has fp16 arithmetic (tract); bf16 for targets with AMX/AVX-512-BF16 (OpenVINO). Default: the target's (fp16 for ml_m6g and jetson_orin; with --engine auto, bf16 and fp32 are both tried on bf16 targets)
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
+    /// Engine the bundle runs on: auto (the target's engines, each verified, timed here when this host can run the target, fastest kept; the table is in the manifest), tract, or openvino (x86-64; needs OpenVINO's library here and on the device)
+    #[arg(long, default_value = "auto", value_parser = parse_engine)]
+    engine: pipeline::EngineChoice,
     /// Without the Neuron compiler, build a CPU bundle for Neuron targets (ml_inf2) instead of failing; the manifest says so
     #[arg(long, value_enum, value_name = "cpu")]
     neuron_fallback: Option<NeuronFallback>,
@@ -205,7 +208,16 @@ enum NeuronFallback {
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
-    Precision::parse(s).ok_or_else(|| format!("`{s}` is not a precision (fp32 or fp16)"))
+    Precision::parse(s).ok_or_else(|| format!("`{s}` is not a precision (fp32, fp16 or bf16)"))
+}
+
+fn parse_engine(s: &str) -> Result<pipeline::EngineChoice, String> {
+    match s {
+        "auto" => Ok(pipeline::EngineChoice::Auto),
+        _ => neoc_targets::EngineKind::parse(s)
+            .map(pipeline::EngineChoice::Only)
+            .ok_or_else(|| format!("`{s}` is not an engine (auto, tract or openvino)")),
+    }
 }
 
 /// What a target changed in its bundle: (JSON, text).
@@ -238,7 +250,30 @@ fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
         ),
         (other, _) => format!("{other} {arch}: the bundle carries the CPU model as fallback"),
     };
-    let engine = format!("{} {} ({})", m.engine.name, m.engine.version, m.engine.model_format);
+    let mut engine = format!("{} {} ({})", m.engine.name, m.engine.version, m.engine.model_format);
+    if let Some(fb) = &m.fallback_engine {
+        engine.push_str(&format!(
+            "; fallback {} {} ({}, neorun --engine-fallback)",
+            fb.name, fb.version, fb.model_format
+        ));
+    }
+    if let Some(sel) = &m.engine_selection {
+        let how = match sel.method.as_str() {
+            "measured" => format!("timed here ({}, {} threads)", sel.host, sel.threads),
+            "preference" => "not timed: this host cannot run the target; the target's order".into(),
+            "only one verified" => "not timed: one candidate verified".into(),
+            _ => "as requested with --engine".into(),
+        };
+        engine.push_str(&format!("\n  {:<13} {how}", "selection"));
+        for c in &sel.candidates {
+            let us = c.median_us.map(|u| format!("{u:>10.0} µs")).unwrap_or_else(|| format!("{:>13}", "-"));
+            let err = c.max_abs_error.map(|e| format!("max abs error {e:.2e}")).unwrap_or_default();
+            engine.push_str(&format!(
+                "\n  {:<13}   {:<8} {:<4} {us}  {:<24} {}",
+                "", c.engine, c.precision, err, c.status
+            ));
+        }
+    }
     let verified = if m.target.arch == m.verification.host {
         format!("on this {} host", m.verification.host)
     } else {
@@ -343,6 +378,7 @@ fn compile(args: CompileArgs) -> Result<()> {
     let opts = Options {
         targets: targets.clone(),
         precision: args.precision,
+        engine: args.engine,
         framework: args.framework,
         inputs,
         name: args.name.clone(),
@@ -428,6 +464,9 @@ fn compile(args: CompileArgs) -> Result<()> {
                     "size": size,
                     "signed_by": key.as_ref().map(|k| k.key_id()),
                     "verification": m.verification,
+                    "engine": m.engine,
+                    "fallback_engine": m.fallback_engine,
+                    "engine_selection": m.engine_selection,
                     "pushed": pushed,
                     "provenance": prov.as_ref().map(|p| json!({"path": p.display().to_string(), "pushed": prov_pushed})),
                     "explain": args.explain.then(|| explain(c).0),
@@ -478,6 +517,14 @@ fn compile(args: CompileArgs) -> Result<()> {
             }
             if args.explain {
                 print!("{}", explain(c).1);
+            } else if let Some(sel) = &m.engine_selection {
+                for cand in sel
+                    .candidates
+                    .iter()
+                    .filter(|c| c.status.starts_with("unavailable") || c.status.starts_with("rejected"))
+                {
+                    println!("  note:    {} {} {}", cand.engine, cand.precision, cand.status);
+                }
             }
             println!(
                 "  bundle:  {} ({}, {}): {size} bytes, {digest}, {}",

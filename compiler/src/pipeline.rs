@@ -10,7 +10,7 @@ use neoc_bundle::container;
 use neoc_bundle::manifest::*;
 use neoc_runtime::engine::{ENGINE_NAME, MODEL_FORMAT, TRACT_VERSION};
 use neoc_runtime::tensors::{compare, dtype_name, NamedTensor, TestCase, TestVectors};
-use neoc_targets::{Accelerator, Host, Precision, Target};
+use neoc_targets::{Accelerator, EngineKind, Host, Precision, Target};
 
 use crate::backend;
 use tract_onnx::prelude::*;
@@ -37,6 +37,8 @@ pub struct Options {
     pub rtol: Option<f64>,
     pub allow_mismatch: bool,
     pub seeded_cases: usize,
+    /// `--engine`: auto (the target's engines, picked by measurement) or one.
+    pub engine: EngineChoice,
     /// `--neuron-fallback cpu`: without neuronx-cc, build CPU bundles for Neuron targets.
     pub neuron_fallback_cpu: bool,
     pub created: u64,
@@ -82,10 +84,10 @@ struct Lowered {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     /// Runs the source model as imported (before any layout or optimisation).
-    reference: Box<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>>,
+    reference: std::rc::Rc<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>>,
     reference_desc: String,
     /// Inputs to use when the model ships no test data.
-    seeded: Box<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>,
+    seeded: std::rc::Rc<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>,
 }
 
 /// A model as imported, before lowering.
@@ -179,59 +181,100 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     } else {
         None
     };
-    let mut plan = Vec::new();
+    // per target: the engine/precision candidates, in order of preference
+    let mut plans: Vec<(&'static Target, Vec<Pair>, Vec<String>)> = Vec::new();
     for t in &opts.targets {
-        plan.push((*t, precision_for(t, opts.precision, is_trees)?));
+        let (pairs, why) = candidates_for(t, opts, located.framework, is_trees)?;
+        plans.push((*t, pairs, why));
     }
-    // one lowering and one verification per precision, shared by the targets that use it
-    let mut precisions: Vec<Precision> = Vec::new();
-    for (_, (p, _)) in &plan {
-        if !precisions.contains(p) {
-            precisions.push(*p);
+    // every pair is lowered and verified once, whatever the number of targets;
+    // an OpenVINO pair needs tract's fp32 model (its reference and fallback)
+    let mut pairs: Vec<Pair> = Vec::new();
+    let any_openvino = plans.iter().flat_map(|p| &p.1).any(|p| p.0 == EngineKind::Openvino);
+    if any_openvino {
+        pairs.push((EngineKind::Tract, Precision::Fp32));
+    }
+    for p in plans.iter().flat_map(|p| p.1.iter()) {
+        if !pairs.contains(p) {
+            pairs.push(*p);
         }
     }
-    let mut out: Vec<Option<Compiled>> = (0..plan.len()).map(|_| None).collect();
+    let several = plans.iter().any(|p| p.1.len() > 1);
+    let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
+    let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
+    let mut outcomes: Vec<(Pair, Outcome)> = Vec::new();
     let mut imported = Some(imported);
-    for (ix, precision) in precisions.iter().enumerate() {
-        let last = ix + 1 == precisions.len();
-        let group: Vec<usize> = (0..plan.len()).filter(|i| plan[*i].1 .0 == *precision).collect();
-        let first = plan[group[0]].0;
-        let lowered = match imported.as_ref().expect("imported until the last lowering") {
-            Imported::Tract(m) => {
-                let m = if last {
-                    match imported.take() {
-                        Some(Imported::Tract(m)) => m,
-                        _ => unreachable!(),
+    let mut tract_fp32: Option<std::rc::Rc<Lowered>> = None;
+    for (ix, pair) in pairs.iter().enumerate() {
+        let (engine, precision) = *pair;
+        let lowered: std::rc::Rc<Lowered> = match engine {
+            EngineKind::Tract => {
+                let later = pairs[ix + 1..].iter().any(|p| p.0 == EngineKind::Tract);
+                let l = match imported.as_ref().expect("imported until the last lowering") {
+                    Imported::Tract(m) => {
+                        let m = if later {
+                            m.clone()
+                        } else {
+                            match imported.take() {
+                                Some(Imported::Tract(m)) => m,
+                                _ => unreachable!(),
+                            }
+                        };
+                        lower_tract(m, precision, &target_names, &mut timer)?
                     }
-                } else {
-                    m.clone()
+                    Imported::Trees(_) => match imported.take() {
+                        Some(Imported::Trees(tm)) => lower_trees(tm, &inputs, &mut timer)?,
+                        _ => unreachable!(),
+                    },
                 };
-                lower_tract(m, *precision, &target_names, &mut timer)?
+                let l = std::rc::Rc::new(l);
+                if precision == Precision::Fp32 && !is_trees {
+                    tract_fp32 = Some(l.clone());
+                }
+                l
             }
-            Imported::Trees(_) => match imported.take() {
-                Some(Imported::Trees(tm)) => lower_trees(tm, &inputs, &mut timer)?,
-                _ => unreachable!(),
-            },
+            EngineKind::Openvino => {
+                let base = tract_fp32.as_ref().expect("tract's fp32 model is lowered first");
+                // OpenVINO runs a bf16 hint in fp32 on CPUs without bf16
+                // arithmetic: such a host cannot measure bf16's accuracy
+                let host = Host::detect();
+                if precision == Precision::Bf16 && !host.features.iter().any(|f| *f == "avx512bf16" || *f == "amx-bf16")
+                {
+                    let why = format!("unavailable: this {} host has no bf16 arithmetic (AMX or AVX-512-BF16), so bf16 cannot be verified here", host.arch);
+                    if !several {
+                        bail!("--precision bf16: {}\nhint: compile on a host with AMX or AVX-512-BF16 (Sapphire Rapids, Zen 4), or use --precision fp32", &why["unavailable: ".len()..]);
+                    }
+                    outcomes.push((*pair, Outcome::failed(why)));
+                    continue;
+                }
+                match lower_openvino(base, &located) {
+                    Ok(l) => std::rc::Rc::new(l),
+                    Err(e) => {
+                        let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                        outcomes.push((*pair, Outcome::failed(format!("unavailable: {first_line}"))));
+                        continue;
+                    }
+                }
+            }
         };
         let (atol, rtol) = match precision {
             Precision::Fp32 => (opts.atol.unwrap_or(1e-4), opts.rtol.unwrap_or(1e-4)),
             Precision::Fp16 => (opts.atol.unwrap_or(FP16_TOLERANCE), opts.rtol.unwrap_or(FP16_TOLERANCE)),
+            Precision::Bf16 => (opts.atol.unwrap_or(BF16_TOLERANCE), opts.rtol.unwrap_or(BF16_TOLERANCE)),
         };
-        let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
-        let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
-        let model_file = lowered.engine.model_file.clone();
-        let mut manifest = Manifest {
+        let first = plans.iter().find(|p| p.1.contains(pair)).map(|p| p.0).unwrap_or(plans[0].0);
+        let manifest = Manifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             model: ModelInfo {
-                name,
-                version,
+                name: name.clone(),
+                version: version.clone(),
                 framework: located.framework.as_str().into(),
                 source: src.given.clone(),
                 source_digest: src.digest.clone(),
                 source_file: located.rel.clone(),
             },
-            target: target_info(first, *precision),
+            target: target_info(first, precision),
             engine: lowered.engine.clone(),
             compiler: ToolInfo { name: "neoc".into(), version: env!("CARGO_PKG_VERSION").into() },
             min_runtime_version: env!("CARGO_PKG_VERSION").into(),
@@ -255,60 +298,393 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             test_vectors: Some("test_vectors.json".into()),
             files: vec![],
             accelerator_model: None,
+            fallback_engine: None,
+            engine_selection: None,
         };
-
-        timer.start("verify", &format!("comparing the compiled model ({precision}) with the source"));
-        let (verification, vectors) = verify(&lowered, &manifest, &located, opts, *precision)?;
-        manifest.verification = verification;
-
+        timer.start("verify", &format!("comparing the compiled model ({engine}, {precision}) with the source"));
+        // a failing candidate among several is recorded and skipped; alone
+        // (or tract's own model, which every other one falls back to) it is an error
+        let alone = !several || (engine == EngineKind::Tract && any_openvino && precision == Precision::Fp32);
+        let verified = verify(&lowered, &manifest, &located, opts, precision);
+        let (verification, vectors, model) = match verified {
+            Ok(v) => v,
+            Err(e) if !alone => {
+                let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                let status = if e.is::<Mismatch>() {
+                    format!("rejected: {first_line}")
+                } else {
+                    format!("unavailable: {first_line}")
+                };
+                outcomes.push((*pair, Outcome::failed(status)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut tv = serde_json::to_vec(&vectors)?;
         tv.push(b'\n');
-        let files = vec![(model_file, lowered.model_bytes), ("test_vectors.json".to_string(), tv)];
-        let mut neff: Option<backend::Output> = None;
-        for i in group {
-            let (t, (p, why)) = &plan[i];
-            let mut m = manifest.clone();
-            let mut files = files.clone();
-            m.target = target_info(t, *p);
-            if let Accelerator::Neuron { .. } = t.accelerator {
-                match (&neuron, is_trees) {
-                    (_, true) => cpu_bundle(
-                        &mut m,
-                        "not run",
-                        "not compiled: tree ensembles run on the CPU with the trees engine; CPU bundle",
-                    ),
-                    (Some(b), false) => {
-                        if neff.is_none() {
-                            timer.start("backend", &format!("compiling for {} with {}", t.name, b.name));
-                            neff = Some(backend::compile_neuron(b, &located.path, located.framework.as_str())?);
-                        }
-                        let out = neff.as_ref().expect("just compiled");
-                        files.push(("model.neff".into(), out.bytes.clone()));
-                        m.accelerator_model = Some(AcceleratorModel {
-                            format: "neff".into(),
-                            file: Some("model.neff".into()),
-                            backend: ToolInfo { name: b.name.clone(), version: b.version.clone() },
-                            command: out.args.clone(),
-                            status: "compiled".into(),
-                        });
-                    }
-                    // --neuron-fallback cpu (checked above)
-                    (None, false) => cpu_bundle(
-                        &mut m,
-                        "not installed",
-                        "not compiled: neuronx-cc is not installed (--neuron-fallback cpu); CPU bundle",
-                    ),
+        let mut manifest = manifest;
+        manifest.verification = verification;
+        outcomes.push((
+            *pair,
+            Outcome {
+                lowered: Some(lowered),
+                manifest: Some(manifest),
+                vectors: tv,
+                model: Some(model),
+                failure: None,
+            },
+        ));
+    }
+
+    // choose per target: the fastest verified candidate when this host can
+    // run the target, else the first verified one in the target's order
+    let host = Host::detect();
+    let mut timings: BTreeMap<(String, usize), f64> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut neff: Option<backend::Output> = None;
+    for (t, cands, why) in &plans {
+        let features: Vec<String> = t.features.iter().map(|s| s.to_string()).collect();
+        let measurable = host.check(t.name, t.arch, &features).is_ok() && t.accelerator == Accelerator::None;
+        let verified: Vec<Pair> =
+            cands.iter().copied().filter(|p| outcome(&outcomes, p).is_some_and(|o| o.failure.is_none())).collect();
+        if verified.is_empty() {
+            bail!(
+                "no engine could compile the model for {}:\n  {}",
+                t.name,
+                cands
+                    .iter()
+                    .map(|p| format!(
+                        "{} {}: {}",
+                        p.0,
+                        p.1,
+                        outcome(&outcomes, p).and_then(|o| o.failure.clone()).unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            );
+        }
+        let threads = {
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            t.threads.map(|n| (n as usize).clamp(1, cpus)).unwrap_or(cpus)
+        };
+        let timed = measurable && verified.len() > 1;
+        if timed {
+            timer.start("select", &format!("timing {} candidates for {} on this host", verified.len(), t.name));
+            for p in &verified {
+                let key = (format!("{}-{}", p.0, p.1), threads);
+                if !timings.contains_key(&key) {
+                    let o = outcome_mut(&mut outcomes, p).expect("verified");
+                    let us = time_model(o.model.as_mut().expect("verified"), threads)?;
+                    timings.insert(key, us);
                 }
             }
-            timer.start("package", "packaging");
-            files.sort_by(|a, b| a.0.cmp(&b.0));
-            m.files = container::file_entries(&files);
-            timer.finish();
-            out[i] =
-                Some(Compiled { manifest: m, files, stage_ms: timer.stage_ms.clone(), precision_reason: why.clone() });
+        }
+        let time_of = |p: &Pair| timings.get(&(format!("{}-{}", p.0, p.1), threads)).copied();
+        let chosen = if timed {
+            *verified
+                .iter()
+                .min_by(|a, b| time_of(a).unwrap_or(f64::MAX).total_cmp(&time_of(b).unwrap_or(f64::MAX)))
+                .expect("non-empty")
+        } else {
+            verified[0]
+        };
+        let o = outcome(&outcomes, &chosen).expect("verified");
+        let lowered = o.lowered.as_ref().expect("verified");
+        let mut m = o.manifest.clone().expect("verified");
+        m.target = target_info(t, chosen.1);
+        let mut files = vec![
+            (lowered.engine.model_file.clone(), lowered.model_bytes.clone()),
+            ("test_vectors.json".to_string(), o.vectors.clone()),
+        ];
+        if chosen.0 == EngineKind::Openvino {
+            let fb = tract_fp32.as_ref().expect("lowered before any OpenVINO pair");
+            files.push((fb.engine.model_file.clone(), fb.model_bytes.clone()));
+            m.fallback_engine = Some(fb.engine.clone());
+        }
+        let why = &why[cands.iter().position(|p| *p == chosen).expect("chosen among the candidates")];
+        let precision_reason = if cands.len() == 1 {
+            why.clone()
+        } else if timed {
+            format!("fastest verified candidate on this host ({why})")
+        } else if measurable {
+            format!("the only verified candidate ({why})")
+        } else {
+            format!(
+                "first verified candidate in {}'s order; this host cannot run the target to time them ({why})",
+                t.name
+            )
+        };
+        if cands.len() > 1 || chosen.0 != EngineKind::Tract {
+            m.engine_selection = Some(EngineSelection {
+                method: if timed {
+                    "measured".into()
+                } else if cands.len() == 1 {
+                    "requested".into()
+                } else if measurable {
+                    "only one verified".into()
+                } else {
+                    "preference".into()
+                },
+                host: host_description(&host),
+                threads: threads as u32,
+                candidates: cands
+                    .iter()
+                    .chain(any_openvino.then_some(&(EngineKind::Tract, Precision::Fp32)).filter(|p| !cands.contains(p)))
+                    .map(|p| {
+                        let o = outcome(&outcomes, p);
+                        let status = match o.and_then(|o| o.failure.clone()) {
+                            Some(f) => f,
+                            None if *p == chosen => "chosen".into(),
+                            None if chosen.0 == EngineKind::Openvino && *p == (EngineKind::Tract, Precision::Fp32) => {
+                                "fallback".into()
+                            }
+                            None if timed => "slower".into(),
+                            None => "not chosen (later in the target's order)".into(),
+                        };
+                        EngineCandidate {
+                            engine: p.0.as_str().into(),
+                            precision: p.1.as_str().into(),
+                            status,
+                            median_us: time_of(p),
+                            max_abs_error: o.and_then(|o| o.manifest.as_ref()).map(|m| m.verification.max_abs_error),
+                        }
+                    })
+                    .collect(),
+            });
+        }
+        if let Accelerator::Neuron { .. } = t.accelerator {
+            match (&neuron, is_trees) {
+                (_, true) => cpu_bundle(
+                    &mut m,
+                    "not run",
+                    "not compiled: tree ensembles run on the CPU with the trees engine; CPU bundle",
+                ),
+                (Some(b), false) => {
+                    if neff.is_none() {
+                        timer.start("backend", &format!("compiling for {} with {}", t.name, b.name));
+                        neff = Some(backend::compile_neuron(b, &located.path, located.framework.as_str())?);
+                    }
+                    let out = neff.as_ref().expect("just compiled");
+                    files.push(("model.neff".into(), out.bytes.clone()));
+                    m.accelerator_model = Some(AcceleratorModel {
+                        format: "neff".into(),
+                        file: Some("model.neff".into()),
+                        backend: ToolInfo { name: b.name.clone(), version: b.version.clone() },
+                        command: out.args.clone(),
+                        status: "compiled".into(),
+                    });
+                }
+                // --neuron-fallback cpu (checked above)
+                (None, false) => cpu_bundle(
+                    &mut m,
+                    "not installed",
+                    "not compiled: neuronx-cc is not installed (--neuron-fallback cpu); CPU bundle",
+                ),
+            }
+        }
+        timer.start("package", "packaging");
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        m.files = container::file_entries(&files);
+        timer.finish();
+        out.push(Compiled { manifest: m, files, stage_ms: timer.stage_ms.clone(), precision_reason });
+    }
+    Ok(out)
+}
+
+/// An engine and the precision it computes in.
+pub type Pair = (EngineKind, Precision);
+
+/// What lowering and verifying one pair gave.
+struct Outcome {
+    lowered: Option<std::rc::Rc<Lowered>>,
+    /// The manifest as verified (target fields are the first target's).
+    manifest: Option<Manifest>,
+    vectors: Vec<u8>,
+    model: Option<neoc_runtime::Model>,
+    /// Why the pair is not usable (`rejected: …`, `unavailable: …`).
+    failure: Option<String>,
+}
+
+impl Outcome {
+    fn failed(why: String) -> Outcome {
+        Outcome { lowered: None, manifest: None, vectors: vec![], model: None, failure: Some(why) }
+    }
+}
+
+fn outcome<'a>(outcomes: &'a [(Pair, Outcome)], p: &Pair) -> Option<&'a Outcome> {
+    outcomes.iter().find(|(q, _)| q == p).map(|(_, o)| o)
+}
+
+fn outcome_mut<'a>(outcomes: &'a mut [(Pair, Outcome)], p: &Pair) -> Option<&'a mut Outcome> {
+    outcomes.iter_mut().find(|(q, _)| q == p).map(|(_, o)| o)
+}
+
+/// The engines asked for: `auto` (the target's engines, chosen by measurement) or one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    Auto,
+    Only(EngineKind),
+}
+
+/// The engine/precision pairs considered for a target, in the target's
+/// order of preference, and why these precisions.
+pub fn candidates_for(
+    t: &Target,
+    opts: &Options,
+    framework: Framework,
+    trees: bool,
+) -> Result<(Vec<Pair>, Vec<String>)> {
+    if let EngineChoice::Only(EngineKind::Openvino) = opts.engine {
+        if t.arch != neoc_targets::Arch::X86_64 {
+            bail!(
+                "--engine openvino: the OpenVINO engine runs on x86-64 targets only; {} is {}\nhint: use --engine tract (or leave --engine out)",
+                t.name,
+                t.arch
+            );
+        }
+        if t.accelerator != Accelerator::None {
+            bail!("--engine openvino: target {} runs on its {} accelerator, not on OpenVINO's CPU plugin\nhint: use a CPU target (ml_c5, ml_c7i, x86_64-avx512, …)", t.name, t.accelerator.as_str());
+        }
+        if trees {
+            bail!("--engine openvino: tree ensembles run on the trees engine (OpenVINO cannot load ai.onnx.ml trees)\nhint: drop --engine");
+        }
+        if framework != Framework::Onnx {
+            bail!("--engine openvino: OpenVINO is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
         }
     }
-    Ok(out.into_iter().map(|c| c.expect("every target planned")).collect())
+    let bf16_targets = || {
+        neoc_targets::CATALOG
+            .iter()
+            .filter(|t| t.supports(Precision::Bf16))
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match opts.precision {
+        Some(Precision::Bf16) if !t.supports(Precision::Bf16) => bail!(
+            "--precision bf16: target {} has no bf16 arithmetic (it needs AMX or AVX-512-BF16; {} computes in {})\nhint: targets with bf16: {}",
+            t.name,
+            t.name,
+            t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+            bf16_targets()
+        ),
+        Some(Precision::Bf16) if opts.engine == EngineChoice::Only(EngineKind::Tract) || trees => bail!(
+            "--precision bf16: only the OpenVINO engine computes in bf16\nhint: use --engine openvino (or leave --engine out)"
+        ),
+        Some(Precision::Fp16) if opts.engine == EngineChoice::Only(EngineKind::Openvino) => {
+            bail!("--precision fp16: the OpenVINO engine computes in fp32 or bf16\nhint: use --precision bf16, or --engine tract on an fp16 target")
+        }
+        _ => {}
+    }
+    let engines: Vec<EngineKind> = match opts.engine {
+        EngineChoice::Only(e) => vec![e],
+        EngineChoice::Auto => t
+            .engines
+            .iter()
+            .copied()
+            .filter(|e| *e == EngineKind::Tract || (framework == Framework::Onnx && !trees))
+            .collect(),
+    };
+    let mut pairs = Vec::new();
+    let mut whys = Vec::new();
+    for e in engines {
+        match e {
+            EngineKind::Tract => {
+                if opts.precision == Some(Precision::Bf16) {
+                    continue;
+                }
+                let (p, w) = precision_for(t, opts.precision, trees)?;
+                pairs.push((e, p));
+                whys.push(w);
+            }
+            EngineKind::Openvino => {
+                let ps: Vec<Precision> = match opts.precision {
+                    Some(p) => vec![p],
+                    // bf16 first: the target's preference where it has bf16
+                    None => [Precision::Bf16, Precision::Fp32].into_iter().filter(|p| t.supports(*p)).collect(),
+                };
+                for p in ps {
+                    if e.precisions().contains(&p) {
+                        pairs.push((e, p));
+                        whys.push(match opts.precision {
+                            Some(_) => "asked for with --precision".into(),
+                            None => format!(
+                                "OpenVINO on {}: {}",
+                                t.name,
+                                t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" or ")
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if pairs.is_empty() {
+        bail!(
+            "no engine of target {} can compute in {}",
+            t.name,
+            opts.precision.map(|p| p.as_str()).unwrap_or("its precisions")
+        );
+    }
+    Ok((pairs, whys))
+}
+
+/// The build host in words, for the record of timings.
+fn host_description(host: &Host) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| host.arch.to_string());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cpus} CPUs ({})", host.arch)
+}
+
+/// Median latency (µs) of the model on its first verification case, after
+/// warm-up: at least 5 runs, at most 50, about a second in all.
+fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<f64> {
+    model.set_threads(threads);
+    let tv = model.test_vectors.clone().context("verified models keep their test vectors")?;
+    let case = tv.cases.first().context("no verification case to time")?;
+    let inputs = case.inputs.iter().map(|t| t.to_tensor()).collect::<TractResult<Vec<_>>>()?;
+    for _ in 0..3 {
+        model.run(inputs.clone()).map_err(|e| anyhow::anyhow!("timing: {e}"))?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || (times.len() < 50 && start.elapsed().as_millis() < 1000) {
+        let t = Instant::now();
+        model.run(inputs.clone()).map_err(|e| anyhow::anyhow!("timing: {e}"))?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+/// The OpenVINO side of a model: its ONNX file as given, read by OpenVINO's
+/// ONNX frontend on the device; tract's fp32 model is its reference.
+fn lower_openvino(base: &Lowered, located: &Located) -> Result<Lowered> {
+    let lib = neoc_runtime::openvino::library().map_err(anyhow::Error::msg)?;
+    let onnx = std::fs::read(&located.path).with_context(|| format!("reading {}", located.rel))?;
+    Ok(Lowered {
+        engine: EngineInfo {
+            name: neoc_runtime::engine::OPENVINO_ENGINE.into(),
+            version: neoc_runtime::openvino::release(&lib.build),
+            model_file: "model.onnx".into(),
+            model_format: neoc_runtime::engine::OPENVINO_FORMAT.into(),
+            registries: vec![],
+        },
+        model_bytes: onnx,
+        inputs: base.inputs.clone(),
+        outputs: base.outputs.clone(),
+        reference: base.reference.clone(),
+        reference_desc: base.reference_desc.clone(),
+        seeded: base.seeded.clone(),
+    })
 }
 
 /// Makes a Neuron target's bundle a CPU bundle that says why no NEFF is in it.
@@ -328,6 +704,9 @@ fn cpu_bundle(m: &mut Manifest, backend_version: &str, status: &str) {
 /// Default absolute and relative tolerance of fp16 bundles against the fp32
 /// reference (fp16 keeps about 3 significant decimal digits).
 pub const FP16_TOLERANCE: f64 = 1e-2;
+/// The same for bf16 (8 bits of mantissa: about 2 significant decimal digits,
+/// with errors that grow through deep networks).
+pub const BF16_TOLERANCE: f64 = 5e-2;
 
 fn target_info(t: &Target, precision: Precision) -> TargetInfo {
     TargetInfo {
@@ -484,7 +863,7 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         model_bytes: nnef_tar,
         inputs,
         outputs,
-        reference: Box::new(move |ins: &[Tensor]| {
+        reference: std::rc::Rc::new(move |ins: &[Tensor]| {
             Ok(neoc_runtime::guard::guarded(|| plan.run(ins.iter().cloned().map(|t| t.into_tvalue()).collect()))
                 .map_err(|e| anyhow::anyhow!("running the reference model: {e}"))?
                 .context("running the reference model")?
@@ -493,7 +872,7 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
                 .collect())
         }),
         reference_desc: format!("source model imported by tract {TRACT_VERSION}, unoptimized"),
-        seeded: Box::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
+        seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
     })
 }
 
@@ -572,7 +951,7 @@ fn lower_trees(
         model_bytes: bytes,
         inputs: vec![input],
         outputs,
-        reference: Box::new(move |ins: &[Tensor]| {
+        reference: std::rc::Rc::new(move |ins: &[Tensor]| {
             let x = ins[0].cast_to::<f32>()?;
             let rows = x.shape()[0];
             let m = crate::trees::reference_margins(&ir, &forest, x.try_as_plain_ram()?.as_slice::<f32>()?, rows);
@@ -580,7 +959,7 @@ fn lower_trees(
             neoc_runtime::model::forest_outputs(&forest, labels, values, rows)
         }),
         reference_desc: "imported trees evaluated node by node, before layout".into(),
-        seeded: Box::new(move |rng: &mut SplitMix| {
+        seeded: std::rc::Rc::new(move |rng: &mut SplitMix| {
             let rows = seed_rows;
             let mut v = Vec::with_capacity(rows * nf);
             for _ in 0..rows {
@@ -761,13 +1140,13 @@ fn verify(
     located: &Located,
     opts: &Options,
     precision: Precision,
-) -> Result<(Verification, TestVectors)> {
+) -> Result<(Verification, TestVectors, neoc_runtime::Model)> {
     let (atol, rtol) = (manifest.verification.atol, manifest.verification.rtol);
     // fp16 where the host has no fp16 arithmetic is emulated (~1000x slower):
     // one case bounds the time, and the manifest says so
     let emulated = precision == Precision::Fp16 && !Host::detect().features.contains(&"fp16");
     let max_cases = if emulated { 1 } else { usize::MAX };
-    let compiled = neoc_runtime::Model::from_parts(manifest.clone(), &lowered.model_bytes, None)
+    let mut compiled = neoc_runtime::Model::from_parts(manifest.clone(), &lowered.model_bytes, None)
         .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e}"))?;
 
     // inputs (and, from test data, independent expected outputs)
@@ -895,7 +1274,8 @@ fn verify(
         ))
         .into());
     }
-    Ok((v, vectors))
+    compiled.test_vectors = Some(vectors.clone());
+    Ok((v, vectors, compiled))
 }
 
 /// Compares one case's outputs with `want` (from `what`), output by output;

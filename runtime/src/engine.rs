@@ -15,6 +15,11 @@ pub const ENGINE_NAME: &str = "tract";
 pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 /// The tract version this runtime embeds (kept in step with Cargo.toml by a test).
 pub const TRACT_VERSION: &str = "0.23.9";
+/// Name of the OpenVINO engine in manifests, and the model format it reads.
+pub const OPENVINO_ENGINE: &str = "openvino";
+pub const OPENVINO_FORMAT: &str = "onnx";
+/// Whether this build has the OpenVINO engine (`--features openvino`).
+pub const OPENVINO_BUILD: bool = cfg!(feature = "openvino");
 /// The only model format this engine loads.
 pub const MODEL_FORMAT: &str = "tract-nnef-tar";
 /// Registries (beyond tract_core) this engine can provide.

@@ -30,6 +30,9 @@ struct Trust {
     /// Run an accelerator bundle (CUDA, Neuron) on the CPU, with the CPU model it carries, when this neorun cannot drive the accelerator
     #[arg(long)]
     cpu_fallback: bool,
+    /// Run an OpenVINO bundle with the tract model it carries when OpenVINO cannot be loaded here (missing or too old)
+    #[arg(long)]
+    engine_fallback: bool,
 }
 
 #[derive(Subcommand)]
@@ -178,9 +181,17 @@ fn open(bundle: &PathBuf, trust: &Trust) -> Result<Model, Failure> {
     }
     let m = Model::open(
         bundle,
-        &OpenOptions { trusted_keys, allow_unsigned: trust.allow_unsigned, allow_cpu_fallback: trust.cpu_fallback },
+        &OpenOptions {
+            trusted_keys,
+            allow_unsigned: trust.allow_unsigned,
+            allow_cpu_fallback: trust.cpu_fallback,
+            allow_engine_fallback: trust.engine_fallback,
+        },
     )
     .map_err(Failure::Refused)?;
+    if m.running.contains("fallback for") {
+        eprintln!("note: {}: running {} (--engine-fallback)", bundle.display(), m.running);
+    }
     if m.placement == neoc_runtime::model::Placement::CpuFallback {
         eprintln!(
             "note: {} targets {} ({}); running its CPU model on this host (--cpu-fallback)",
@@ -329,7 +340,7 @@ fn bench(
         println!(
             "{}",
             serde_json::json!({
-                "schema_version": 1, "model": format!("{}:{}", m.model.name, m.model.version), "engine": m.engine.name,
+                "schema_version": 1, "model": format!("{}:{}", m.model.name, m.model.version), "engine": m.engine.name, "running": model.running,
                 "threads": r.threads, "batch": r.batch, "iterations": iterations.max(1),
                 "median_us": r.median_us, "p99_us": r.p99_us, "throughput_per_s": r.throughput,
             })
@@ -468,7 +479,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         if models.iter().any(|m: &Served| m.name == model_name) {
             return Err(Failure::Other(anyhow::anyhow!("two bundles are both named `{model_name}`")));
         }
-        tracing::info!(model = %model_name, version = %model.manifest.model.version, engine = %model.manifest.engine.name, test_vectors = st.cases, "loaded {}", b.display());
+        tracing::info!(model = %model_name, version = %model.manifest.model.version, engine = %model.running, test_vectors = st.cases, "loaded {}", b.display());
         models.push(Served { name: model_name, model });
     }
     let threads = threads.unwrap_or(1);

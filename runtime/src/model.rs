@@ -10,10 +10,11 @@ use neoc_bundle::BundleError;
 use neoc_targets::{Arch, Host, Incompatible};
 use tract_core::prelude::*;
 
-use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, REGISTRIES};
+use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, OPENVINO_ENGINE, OPENVINO_FORMAT, REGISTRIES};
 use crate::request::{BadRequest, Batch};
 use crate::tensors::{compare, TestVectors};
 use crate::trees::{self, Compiled, Forest};
+use neoc_bundle::manifest::EngineInfo;
 
 /// This runtime's version, compared with bundles' `min_runtime_version`.
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,7 +30,7 @@ pub enum LoadError {
     Incompatible(#[from] Incompatible),
     #[error("bundle needs neorun {need} or newer; this is neorun {have}\nhint: upgrade neorun on this device")]
     RuntimeTooOld { need: String, have: String },
-    #[error("bundle uses engine `{0}`, which this neorun does not have (it has: tract, trees)")]
+    #[error("bundle uses engine `{0}`, which this neorun does not have (it has: tract, trees{more})", more = if crate::engine::OPENVINO_BUILD { ", openvino" } else { "" })]
     UnknownEngine(String),
     #[error("bundle's model could not be loaded: {0}")]
     Engine(String),
@@ -46,6 +47,9 @@ pub struct OpenOptions {
     /// Run an accelerator bundle's CPU model when this neorun cannot drive
     /// its accelerator.
     pub allow_cpu_fallback: bool,
+    /// Run the bundle's fallback engine (tract) when its primary engine
+    /// (OpenVINO) cannot be loaded here.
+    pub allow_engine_fallback: bool,
 }
 
 /// Where a bundle's model runs.
@@ -103,6 +107,9 @@ pub struct Model {
     pub test_vectors: Option<TestVectors>,
     /// Where the model runs.
     pub placement: Placement,
+    /// The engine running the model (`openvino`, or `tract` when the
+    /// fallback was taken), and its precision.
+    pub running: String,
     engine: Engine,
 }
 
@@ -121,9 +128,57 @@ pub fn forest_outputs(f: &Forest, labels: Vec<i64>, values: Vec<f32>, rows: usiz
 enum Engine {
     Tract(TractEngine),
     Trees(Compiled, usize),
+    #[cfg(feature = "openvino")]
+    OpenVino(crate::openvino::OvEngine),
+}
+
+/// Threads for a bundle when the operator gave none: its target's default
+/// (the device's cores), at most this host's CPUs.
+fn threads_for(m: &Manifest) -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    m.target.threads.map(|t| (t as usize).clamp(1, cpus)).unwrap_or(cpus)
 }
 
 impl Engine {
+    /// Loads `info`'s model; `precision` and `threads` matter to OpenVINO only.
+    fn load_info(info: &EngineInfo, precision: &str, threads: usize, bytes: &[u8]) -> Result<Engine, LoadError> {
+        if info.name == OPENVINO_ENGINE && info.model_format == OPENVINO_FORMAT {
+            return Engine::openvino(info, precision, threads, bytes);
+        }
+        Engine::load(&info.name, &info.model_format, bytes)
+    }
+
+    #[cfg(feature = "openvino")]
+    fn openvino(info: &EngineInfo, precision: &str, threads: usize, bytes: &[u8]) -> Result<Engine, LoadError> {
+        use crate::openvino::{library, parse_version, release, OvEngine};
+        let lib = library().map_err(LoadError::Engine)?;
+        if let Some(verified) = parse_version(&info.version) {
+            if lib.version < verified {
+                return Err(LoadError::Engine(format!(
+                    "bundle was verified with OpenVINO {}; this host's library ({}) is OpenVINO {}, older\nhint: install OpenVINO {}.{} or newer (pip install 'openvino>={}.{}'), or point OPENVINO_LIB_PATH at it",
+                    info.version,
+                    lib.path.display(),
+                    release(&lib.build),
+                    verified.0,
+                    verified.1,
+                    verified.0,
+                    verified.1
+                )));
+            }
+        }
+        crate::guard::guarded(|| OvEngine::new(bytes, precision, threads))
+            .map_err(LoadError::Engine)?
+            .map(Engine::OpenVino)
+            .map_err(|e| LoadError::Engine(format!("{OPENVINO_ENGINE}: {e:#}")))
+    }
+
+    #[cfg(not(feature = "openvino"))]
+    fn openvino(_: &EngineInfo, _: &str, _: usize, _: &[u8]) -> Result<Engine, LoadError> {
+        Err(LoadError::Engine(
+            "this neorun was built without the OpenVINO engine\nhint: build it with `cargo build --release -p neoc-runtime --features openvino` (OpenVINO itself is needed only at run time)".into(),
+        ))
+    }
+
     fn load(name: &str, format: &str, bytes: &[u8]) -> Result<Engine, LoadError> {
         match (name, format) {
             (ENGINE_NAME, MODEL_FORMAT) => Ok(Engine::Tract(
@@ -167,6 +222,8 @@ impl Engine {
                 };
                 forest_outputs(f, labels, values, rows)
             }
+            #[cfg(feature = "openvino")]
+            Engine::OpenVino(e) => e.run(inputs),
         }
     }
 }
@@ -204,6 +261,8 @@ impl Model {
             return Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun")));
         }
         let model_bytes = bundle.file(&m.engine.model_file).expect("manifest checked: model file present");
+        let threads = threads_for(m);
+        let mut running = format!("{} ({})", m.engine.name, m.target.precision);
         let (engine, placement) = match placement {
             #[cfg(feature = "cuda")]
             Placement::Cuda if m.engine.name == ENGINE_NAME => match TractEngine::cuda_from_nnef_tar(model_bytes) {
@@ -219,7 +278,23 @@ impl Model {
                     )))
                 }
             },
-            p => (Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?, p),
+            p => match Engine::load_info(&m.engine, &m.target.precision, threads, model_bytes) {
+                Ok(e) => (e, p),
+                Err(LoadError::Engine(why)) if m.fallback_engine.is_some() => {
+                    let fb = m.fallback_engine.as_ref().expect("checked");
+                    if !options.allow_engine_fallback {
+                        return Err(LoadError::Engine(format!(
+                            "{why}\nhint: or pass --engine-fallback to run the bundle's {} model instead (verified at compile time, slower)",
+                            fb.name
+                        )));
+                    }
+                    tracing::warn!("{} cannot run here ({why}); running the bundle's {} model", m.engine.name, fb.name);
+                    let bytes = bundle.file(&fb.model_file).expect("manifest checked: fallback model file present");
+                    running = format!("{} (fp32, fallback for {})", fb.name, m.engine.name);
+                    (Engine::load_info(fb, "fp32", threads, bytes)?, p)
+                }
+                Err(e) => return Err(e),
+            },
         };
         let test_vectors = match &m.test_vectors {
             Some(name) => Some(
@@ -237,6 +312,7 @@ impl Model {
             test_vectors,
             engine,
             placement,
+            running,
         })
     }
 
@@ -247,8 +323,10 @@ impl Model {
         model_file: &[u8],
         test_vectors: Option<TestVectors>,
     ) -> Result<Model, LoadError> {
-        let engine = Engine::load(&manifest.engine.name, &manifest.engine.model_format, model_file)?;
+        let threads = threads_for(&manifest);
+        let engine = Engine::load_info(&manifest.engine, &manifest.target.precision, threads, model_file)?;
         Ok(Model {
+            running: format!("{} ({})", manifest.engine.name, manifest.target.precision),
             manifest,
             signer: Signer::Unsigned,
             digest: String::new(),
@@ -261,8 +339,7 @@ impl Model {
     /// The threads to use when the operator gave none: the bundle's
     /// target's default (the device's cores), at most this host's CPUs.
     pub fn default_threads(&self) -> usize {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        self.manifest.target.threads.map(|t| (t as usize).clamp(1, cpus)).unwrap_or(cpus)
+        threads_for(&self.manifest)
     }
 
     /// Threads used for inference: tract's executor (process-wide), or the
@@ -276,6 +353,12 @@ impl Model {
                 set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
             }
             Engine::Trees(_, t) => *t = threads,
+            #[cfg(feature = "openvino")]
+            Engine::OpenVino(e) => {
+                if let Err(e) = e.set_threads(threads) {
+                    tracing::warn!("OpenVINO: keeping the previous thread count: {e:#}");
+                }
+            }
         }
     }
 
@@ -369,7 +452,7 @@ impl Model {
         }
         // neural models have no notion of a missing value: a NaN would flow
         // silently into every output, so it is refused (trees route NaN)
-        if matches!(self.engine, Engine::Tract(_)) {
+        if !matches!(self.engine, Engine::Trees(..)) {
             for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
                 if t.datum_type().is_float() {
                     let v = crate::tensors::to_f64(t).map_err(|e| PredictError::Engine(e.to_string()))?;

@@ -85,6 +85,9 @@ impl Accelerator {
 pub enum Precision {
     Fp32,
     Fp16,
+    /// bfloat16: fp32's range with 8 bits of mantissa; OpenVINO on CPUs with
+    /// AMX or AVX-512-BF16.
+    Bf16,
 }
 
 impl Precision {
@@ -92,6 +95,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
         }
     }
 
@@ -99,12 +103,54 @@ impl Precision {
         match s {
             "fp32" | "f32" => Some(Precision::Fp32),
             "fp16" | "f16" => Some(Precision::Fp16),
+            "bf16" => Some(Precision::Bf16),
             _ => None,
         }
     }
 }
 
 impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An engine a bundle's model can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// tract: pure Rust, every architecture; fp32 and fp16.
+    Tract,
+    /// OpenVINO's CPU plugin, x86-64 only, loaded at run time; fp32 and bf16.
+    Openvino,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Tract => "tract",
+            EngineKind::Openvino => "openvino",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EngineKind> {
+        match s {
+            "tract" => Some(EngineKind::Tract),
+            "openvino" => Some(EngineKind::Openvino),
+            _ => None,
+        }
+    }
+
+    /// The precisions this engine computes in.
+    pub fn precisions(self) -> &'static [Precision] {
+        match self {
+            EngineKind::Tract => &[Precision::Fp32, Precision::Fp16],
+            EngineKind::Openvino => &[Precision::Fp32, Precision::Bf16],
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -128,6 +174,9 @@ pub struct Target {
     pub precisions: &'static [Precision],
     /// What `neoc compile` uses without `--precision`.
     pub default_precision: Precision,
+    /// Engines the device is expected to have, in order of preference (used
+    /// as is when the build host cannot run the target and time them).
+    pub engines: &'static [EngineKind],
     /// Inference threads a device of this kind should use by default (its
     /// cores); `None`: as many as the host has.
     pub threads: Option<u32>,
@@ -144,8 +193,13 @@ impl Target {
 
 const FP32: &[Precision] = &[Precision::Fp32];
 const FP32_FP16: &[Precision] = &[Precision::Fp32, Precision::Fp16];
+const FP32_BF16: &[Precision] = &[Precision::Fp32, Precision::Bf16];
+const TRACT: &[EngineKind] = &[EngineKind::Tract];
+const OPENVINO_TRACT: &[EngineKind] = &[EngineKind::Openvino, EngineKind::Tract];
 
 const X86_64_AVX512: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"];
+const X86_64_AMX: &[&str] =
+    &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512bf16", "amx-tile", "amx-bf16"];
 const X86_64_AVX2: &[&str] = &["sse4.2", "avx", "avx2", "fma"];
 
 /// Every target neoc knows, in the order `neoc targets` lists them.
@@ -158,6 +212,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: None,
         device: None,
         description: "any x86-64 Linux machine (baseline SSE2; kernels pick wider SIMD at run time)",
@@ -170,6 +225,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: OPENVINO_TRACT,
         threads: None,
         device: None,
         description: "x86-64 with AVX-512 (Skylake-SP and later Xeons, Zen 4)",
@@ -182,6 +238,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: None,
         device: None,
         description: "any 64-bit ARM Linux device (ARMv8-A with NEON)",
@@ -194,6 +251,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: None,
         device: None,
         description: "32-bit ARM Linux device (ARMv7-A, hard float, NEON)",
@@ -206,9 +264,49 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: OPENVINO_TRACT,
         threads: None,
         device: Some("Amazon EC2 C5 (Intel Xeon Platinum, Skylake-SP / Cascade Lake)"),
         description: "SageMaker ml.c5 instances",
+    },
+    Target {
+        name: "x86_64-amx",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AMX,
+        accelerator: Accelerator::None,
+        precisions: FP32_BF16,
+        default_precision: Precision::Fp32,
+        engines: OPENVINO_TRACT,
+        threads: None,
+        device: None,
+        description: "x86-64 with AMX and AVX-512-BF16 (Intel Xeon Sapphire Rapids and later): OpenVINO in bf16 where verification allows",
+    },
+    Target {
+        name: "ml_c7i",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AMX,
+        accelerator: Accelerator::None,
+        precisions: FP32_BF16,
+        default_precision: Precision::Fp32,
+        engines: OPENVINO_TRACT,
+        threads: None,
+        device: Some("Amazon EC2 C7i (Intel Xeon Sapphire Rapids, AMX)"),
+        description: "SageMaker ml.c7i instances",
+    },
+    Target {
+        name: "ml_m7i",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AMX,
+        accelerator: Accelerator::None,
+        precisions: FP32_BF16,
+        default_precision: Precision::Fp32,
+        engines: OPENVINO_TRACT,
+        threads: None,
+        device: Some("Amazon EC2 M7i (Intel Xeon Sapphire Rapids, AMX)"),
+        description: "SageMaker ml.m7i instances",
     },
     Target {
         name: "ml_m6g",
@@ -218,6 +316,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32_FP16,
         default_precision: Precision::Fp16,
+        engines: TRACT,
         threads: None,
         device: Some("Amazon EC2 M6g (AWS Graviton2, Neoverse N1)"),
         description: "SageMaker ml.m6g instances",
@@ -230,6 +329,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: Some(4),
         device: Some("Raspberry Pi 4 Model B (Cortex-A72), 64-bit OS"),
         description: "Raspberry Pi 4B running a 64-bit Linux",
@@ -242,6 +342,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32_FP16,
         default_precision: Precision::Fp16,
+        engines: TRACT,
         threads: Some(8),
         device: Some("NVIDIA Jetson Orin (Cortex-A78AE CPU cores)"),
         description: "Jetson Orin, CPU cores only: its GPU is not used by this target yet",
@@ -254,6 +355,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::Cuda { sm: 86 },
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: None,
         device: Some("Amazon EC2 G5 (NVIDIA A10G, AMD EPYC 7R32)"),
         description: "SageMaker ml.g5 instances: the model on the A10G GPU, the CPU model as fallback",
@@ -266,6 +368,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::Cuda { sm: 80 },
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: None,
         device: None,
         description: "any x86-64 Linux machine with an NVIDIA GPU of compute capability 8.0 or newer (A100, H100)",
@@ -278,6 +381,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::Neuron { chip: "inferentia2" },
         precisions: FP32,
         default_precision: Precision::Fp32,
+        engines: TRACT,
         threads: None,
         device: Some("Amazon EC2 Inf2 (AWS Inferentia2, AMD EPYC 7R13)"),
         description: "SageMaker ml.inf2 instances: a NEFF compiled by neuronx-cc, the CPU model as fallback",
@@ -380,6 +484,20 @@ fn detect_features() -> Vec<&'static str> {
         )*};
     }
     probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16");
+    // AMX: std's detection macro is unstable for it; CPUID leaf 7 EDX bits
+    // 24 (AMX-TILE) and 22 (AMX-BF16), and the kernel must manage the tile
+    // state (it lists `amx_tile` in /proc/cpuinfo only then); leaf 7 exists
+    // on every CPU with AVX2
+    if f.contains(&"avx2") {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let xcr0_tiles = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_tile"));
+        if xcr0_tiles && leaf7.edx & (1 << 24) != 0 {
+            f.push("amx-tile");
+            if leaf7.edx & (1 << 22) != 0 {
+                f.push("amx-bf16");
+            }
+        }
+    }
     f
 }
 
