@@ -1,6 +1,12 @@
 """neoc bundles run by neorun's engine vs ONNX Runtime, in the same run.
 
-For each model: compile time and bundle size; then for 1 and 2 threads (and
+Our side comes in up to three variants per model: `tract` (the portable
+engine), `openvino-fp32` and, on a CPU with AVX-512-BF16 or AMX,
+`openvino-bf16` (the OpenVINO engine, with the accuracy cost of bf16 against
+fp32 taken from the bundle's verification record). Trees run on the trees
+engine only.
+
+For each model and variant: compile time and bundle size; then for 1 and 2 threads (and
 batch 1, plus 64 for models with a symbolic batch axis) the latency median
 and p99 of both sides, alternating rounds (ours, ORT, ours, ORT, ...) after
 warm-up. Ours is timed in-process by `neorun bench` (Rust, no Python); ORT in
@@ -11,7 +17,7 @@ to first result and peak RSS of `neorun predict` vs a Python process running
 onnxruntime on the same input.
 
 usage: bench.py NEOC NEORUN MODELS_JSON OUT_JSON
-MODELS_JSON: [{"name", "source", "onnx", "input_file"?: path, "tabular": bool}]
+MODELS_JSON: [{"name", "source", "onnx", "input_file"?: path, "tabular": bool, "trees": bool}]
 """
 
 import json
@@ -109,18 +115,36 @@ def main():
     models = json.load(open(models_json))
     work = tempfile.mkdtemp(prefix="neoc-bench-")
     rows, per_model = [], []
+    host_bf16 = any(f in open("/proc/cpuinfo").read() for f in (" avx512_bf16", " amx_bf16"))
     for m in models:
         name = m["name"]
-        bundle = os.path.join(work, name + ".neo")
-        t = time.perf_counter()
-        r = subprocess.run([neoc, "compile", m["source"], "--target", "host", "--unsigned", "-o", bundle, "-q"],
-                           capture_output=True, text=True)
-        compile_s = time.perf_counter() - t
-        if r.returncode != 0:
-            per_model.append({"model": name, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"})
-            print(f"{name}: not compiled: {per_model[-1]['error']}", flush=True)
+        # our variants: tract (the portable default), and for ONNX models the
+        # OpenVINO engine in fp32 and, where this CPU has bf16, in bf16
+        variants = [("tract", ["--target", "host", "--engine", "tract"])]
+        if not m.get("trees"):
+            variants.append(("openvino-fp32", ["--target", "x86_64", "--engine", "openvino", "--precision", "fp32"]))
+            if host_bf16:
+                variants.append(("openvino-bf16", ["--target", "x86_64-avx512-bf16", "--engine", "openvino", "--precision", "bf16"]))
+        bundles = {}
+        for variant, args in variants:
+            bundle = os.path.join(work, f"{name}.{variant}.neo")
+            t = time.perf_counter()
+            r = subprocess.run([neoc, "compile", m["source"], *args, "--unsigned", "-o", bundle, "-q"],
+                               capture_output=True, text=True)
+            compile_s = time.perf_counter() - t
+            if r.returncode != 0:
+                err = r.stderr.strip().splitlines()[0] if r.stderr.strip() else "failed"
+                per_model.append({"model": name, "engine": variant, "error": err})
+                print(f"{name} {variant}: not compiled: {err}", flush=True)
+                continue
+            bundles[variant] = bundle
+            info = {"model": name, "engine": variant, "compile_s": round(compile_s, 2), "bundle_bytes": os.path.getsize(bundle)}
+            if variant != "tract":
+                bm = json.loads(subprocess.run([neoc, "inspect", bundle, "--json"], capture_output=True, text=True).stdout)["manifest"]
+                info["max_abs_error_vs_fp32"] = bm["verification"]["max_abs_error"]
+            per_model.append(info)
+        if not bundles:
             continue
-        info = {"model": name, "compile_s": round(compile_s, 2), "bundle_bytes": os.path.getsize(bundle)}
         rng = np.random.default_rng(0)
         batches = [1, 64] if m.get("tabular") else [1]
         for threads in (1, 2):
@@ -130,25 +154,31 @@ def main():
                 # enough iterations for ~1 s per round on our side
                 probe_med, _ = timed(sess, feeds, 5)
                 iters = int(min(2000, max(10, 1e6 / max(probe_med, 1))))
-                o_med, o_p99, r_med, r_p99 = [], [], [], []
+                o_med = {v: [] for v in bundles}
+                o_p99 = {v: [] for v in bundles}
+                r_med, r_p99 = [], []
                 for _ in range(ROUNDS):
-                    a, b = ours(neorun, bundle, threads, batch, iters)
-                    o_med.append(a); o_p99.append(b)
+                    for v, bundle in bundles.items():
+                        a, b = ours(neorun, bundle, threads, batch, iters)
+                        o_med[v].append(a); o_p99[v].append(b)
                     a, b = timed(sess, feeds, iters)
                     r_med.append(a); r_p99.append(b)
                 py = identity_overhead(feeds, threads, min(iters, 2000))
-                row = {
-                    "model": name, "threads": threads, "batch": batch, "iterations": iters, "rounds": ROUNDS,
-                    "ours_median_us": statistics.median(o_med), "ours_p99_us": statistics.median(o_p99),
-                    "ort_median_us": statistics.median(r_med), "ort_p99_us": statistics.median(r_p99),
-                    "ort_python_overhead_us": py,
-                }
-                row["ratio"] = row["ours_median_us"] / row["ort_median_us"]
-                row["ratio_without_python"] = row["ours_median_us"] / max(row["ort_median_us"] - py, 1e-9)
-                rows.append(row)
-                print(f"{name:<14} t{threads} b{batch:<3} ours {row['ours_median_us']:>10.1f} µs (p99 {row['ours_p99_us']:.1f})"
-                      f"  ort {row['ort_median_us']:>10.1f} µs (p99 {row['ort_p99_us']:.1f}, python {py:.1f})"
-                      f"  ratio {row['ratio']:.2f} ({row['ratio_without_python']:.2f} without ORT's python call)", flush=True)
+                for v in bundles:
+                    row = {
+                        "model": name, "engine": v, "threads": threads, "batch": batch, "iterations": iters, "rounds": ROUNDS,
+                        "ours_median_us": statistics.median(o_med[v]), "ours_p99_us": statistics.median(o_p99[v]),
+                        "ort_median_us": statistics.median(r_med), "ort_p99_us": statistics.median(r_p99),
+                        "ort_python_overhead_us": py,
+                    }
+                    row["ratio"] = row["ours_median_us"] / row["ort_median_us"]
+                    row["ratio_without_python"] = row["ours_median_us"] / max(row["ort_median_us"] - py, 1e-9)
+                    rows.append(row)
+                    print(f"{name:<14} {v:<13} t{threads} b{batch:<3} ours {row['ours_median_us']:>10.1f} µs (p99 {row['ours_p99_us']:.1f})"
+                          f"  ort {row['ort_median_us']:>10.1f} µs (p99 {row['ort_p99_us']:.1f}, python {py:.1f})"
+                          f"  ratio {row['ratio']:.2f} ({row['ratio_without_python']:.2f} without ORT's python call)", flush=True)
+        info = {"model": name}
+        bundle = bundles.get("tract") or next(iter(bundles.values()))
         if m.get("input_file"):
             cold_ours, rss_ours = child_stats([neorun, "predict", bundle, "--allow-unsigned", "--input", m["input_file"]])
             npy = os.path.join(work, name + ".npy")
@@ -159,17 +189,22 @@ def main():
             cold_ort, rss_ort = child_stats([sys.executable, "-c", script, m["onnx"], npy])
             info.update({"cold_start_ms": round(cold_ours, 1), "peak_rss_mib": round(rss_ours, 1),
                          "ort_cold_start_ms": round(cold_ort, 1), "ort_peak_rss_mib": round(rss_ort, 1)})
-        per_model.append(info)
-        print(f"{name}: {info}", flush=True)
-    ratios = {t: [r["ratio"] for r in rows if r["threads"] == t and r["batch"] == 1 and not r["model"].startswith(("fraud",))]
-              for t in (1, 2)}
-    geo = {f"geomean_ratio_zoo_batch1_{t}t": float(np.exp(np.mean(np.log(v)))) for t, v in ratios.items() if v}
-    json.dump({"schema_version": 1, "onnxruntime": ort.__version__, "rows": rows, "models": per_model, **geo},
+        if len(info) > 1:
+            per_model.append(info)
+            print(f"{name}: {info}", flush=True)
+    geo = {}
+    for v in ("tract", "openvino-fp32", "openvino-bf16"):
+        for t in (1, 2):
+            rs = [r["ratio"] for r in rows if r["engine"] == v and r["threads"] == t and r["batch"] == 1
+                  and not r["model"].startswith("fraud")]
+            if rs:
+                geo[f"geomean_ratio_zoo_batch1_{v}_{t}t"] = float(np.exp(np.mean(np.log(rs))))
+    json.dump({"schema_version": 2, "onnxruntime": ort.__version__, "rows": rows, "models": per_model, **geo},
               open(out_json, "w"), indent=1)
     print()
-    print(f"{'model':<14} {'thr':>3} {'batch':>5} {'ours µs':>10} {'ours p99':>10} {'ORT µs':>10} {'ORT p99':>10} {'py µs':>7} {'ratio':>6}")
+    print(f"{'model':<14} {'engine':<13} {'thr':>3} {'batch':>5} {'ours µs':>10} {'ours p99':>10} {'ORT µs':>10} {'ORT p99':>10} {'py µs':>7} {'ratio':>6}")
     for r in rows:
-        print(f"{r['model']:<14} {r['threads']:>3} {r['batch']:>5} {r['ours_median_us']:>10.1f} {r['ours_p99_us']:>10.1f}"
+        print(f"{r['model']:<14} {r['engine']:<13} {r['threads']:>3} {r['batch']:>5} {r['ours_median_us']:>10.1f} {r['ours_p99_us']:>10.1f}"
               f" {r['ort_median_us']:>10.1f} {r['ort_p99_us']:>10.1f} {r['ort_python_overhead_us']:>7.1f} {r['ratio']:>6.2f}")
     print()
     for p in per_model:

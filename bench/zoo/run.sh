@@ -9,13 +9,16 @@ source "$(dirname "$0")/../setup.sh"
 [ -x /usr/bin/time ] || { echo "bench/zoo needs GNU time for peak RSS: apt-get install time" >&2; exit 1; }
 zoo="bench/out/zoo"
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(squeezenet shufflenet inception_v1 resnet50 densenet121 inception_v2 bvlc_alexnet zfnet512 vgg19)
+[ ${#names[@]} -gt 0 ] || names=(squeezenet shufflenet inception_v1 resnet50 densenet121 inception_v2 bvlc_alexnet zfnet512 vgg19 encoder)
+# the OpenVINO engine's library, from the venv's openvino package
+OPENVINO_LIB_PATH="$("$venv/bin/python" -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "libs"))')"
+export OPENVINO_LIB_PATH
 "$venv/bin/python" bench/zoo/prepare.py "$zoo" "${names[@]}" 2>/dev/null
 list="bench/out/zoo-models.json"
 {
   echo "["
   echo " {\"name\": \"fraud-mlp\", \"source\": \"models/fraud-mlp/model.tar.gz\", \"onnx\": \"models/fraud-mlp/model.onnx\", \"input_file\": \"models/fraud-mlp/sample.csv\", \"tabular\": true},"
-  echo " {\"name\": \"fraud-xgb\", \"source\": \"models/fraud-xgb/model.tar.gz\", \"onnx\": \"models/fraud-xgb/model.onnx\", \"input_file\": \"models/fraud-xgb/sample.csv\", \"tabular\": true},"
+  echo " {\"name\": \"fraud-xgb\", \"source\": \"models/fraud-xgb/model.tar.gz\", \"onnx\": \"models/fraud-xgb/model.onnx\", \"input_file\": \"models/fraud-xgb/sample.csv\", \"tabular\": true, \"trees\": true},"
   echo " {\"name\": \"image-cnn\", \"source\": \"models/image-cnn/model.tar.gz\", \"onnx\": \"models/image-cnn/model.onnx\"}"
   for n in "${names[@]}"; do
     (cd "$zoo/$n" && tar czf model.tar.gz model.onnx test_data_set_0)

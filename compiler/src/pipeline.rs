@@ -310,8 +310,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             Ok(v) => v,
             Err(e) if !alone => {
                 let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
-                let status = if e.is::<Mismatch>() {
-                    format!("rejected: {first_line}")
+                let status = if let Some(Mismatch(detail)) = e.downcast_ref::<Mismatch>() {
+                    // the tolerance and the first output beyond it
+                    let detail: Vec<&str> = detail.lines().take(2).map(str::trim).collect();
+                    format!("rejected: {}", detail.join(" "))
                 } else {
                     format!("unavailable: {first_line}")
                 };

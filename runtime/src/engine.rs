@@ -36,10 +36,13 @@ pub fn nnef() -> tract_nnef::internal::Nnef {
 /// Operators of tract-core without an NNEF form in tract's own registries:
 /// - `neoc_rem`: the remainder (ONNX `Mod`, both `fmod` modes, which tract
 ///   builds from it).
+/// - `neoc_gelu_exact`: Gelu with erf (ONNX `Gelu`, and the
+///   `0.5·x·(1+erf(x/√2))` chain tract fuses into it).
 pub fn neoc_registry() -> tract_nnef::internal::Registry {
     let mut r = tract_nnef::internal::Registry::new(NEOC_REGISTRY)
         .with_doc("neoc: operators tract runs that its NNEF registries cannot write");
     r.register_binary("neoc_rem", &tract_core::ops::math::Rem {});
+    r.register_unit_element_wise("neoc_gelu_exact", &tract_core::ops::nn::GeluExact {});
     r
 }
 
@@ -103,6 +106,24 @@ mod tests {
         let e = TractEngine::from_nnef_tar(&tar)?;
         let out = e.run(vec![tensor1(&[7f32, -7.0, 7.5, 9.0]), tensor1(&[3f32, 3.0, 2.0, 4.5])])?;
         assert_eq!(out[0], tensor1(&[1f32, -1.0, 1.5, 0.0]));
+        Ok(())
+    }
+
+    /// So does exact Gelu.
+    #[test]
+    fn gelu_exact_round_trips_through_nnef() -> TractResult<()> {
+        let mut m = TypedModel::default();
+        let a = m.add_source("a", f32::fact([3]))?;
+        let g = m.wire_node("g", tract_core::ops::nn::gelu_exact::gelu_exact(), &[a])?;
+        m.select_output_outlets(&g)?;
+        let mut tar = Vec::new();
+        nnef().write_to_tar(&m, &mut tar)?;
+        let e = TractEngine::from_nnef_tar(&tar)?;
+        let out = e.run(vec![tensor1(&[-1f32, 0.0, 2.0])])?;
+        let want = [-0.15865526f32, 0.0, 1.9544997];
+        for (g, w) in out[0].try_as_plain_ram()?.as_slice::<f32>()?.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
         Ok(())
     }
 }

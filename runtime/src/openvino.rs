@@ -192,6 +192,9 @@ struct Compiled {
     request: openvino::InferRequest,
     outputs: usize,
     threads: usize,
+    /// Input tensors set on the request, reused while shapes and types stay
+    /// (the request keeps a reference to each: refilled in place).
+    inputs: Vec<Option<(Vec<usize>, DatumType, openvino::Tensor)>>,
 }
 
 /// An ONNX model run by OpenVINO's CPU plugin.
@@ -232,12 +235,19 @@ impl OvEngine {
     }
 
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
+        state.inputs.resize_with(inputs.len(), || None);
         for (i, t) in inputs.iter().enumerate() {
-            let dims: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
-            let mut ov = openvino::Tensor::new(element_type(t.datum_type())?, &Shape::new(&dims)?)?;
+            let same = matches!(&state.inputs[i], Some((shape, dt, _)) if shape == t.shape() && *dt == t.datum_type());
+            if !same {
+                let dims: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
+                let ov = openvino::Tensor::new(element_type(t.datum_type())?, &Shape::new(&dims)?)?;
+                state.request.set_input_tensor_by_index(i, &ov).with_context(|| format!("setting input {i}"))?;
+                state.inputs[i] = Some((t.shape().to_vec(), t.datum_type(), ov));
+            }
+            let (_, _, ov) = state.inputs[i].as_mut().expect("set above");
             ov.get_raw_data_mut()?.copy_from_slice(t.as_bytes());
-            state.request.set_input_tensor_by_index(i, &ov).with_context(|| format!("setting input {i}"))?;
         }
         state.request.infer().context("OpenVINO inference")?;
         let mut outputs = Vec::with_capacity(state.outputs);
@@ -268,7 +278,7 @@ fn compile(onnx: &[u8], precision: &str, threads: usize) -> Result<Compiled> {
     let mut compiled = core.compile_model(&model, cpu).context("OpenVINO could not compile the model for this CPU")?;
     let outputs = compiled.get_output_size().context("reading the model's outputs")?;
     let request = compiled.create_infer_request().context("creating an OpenVINO inference request")?;
-    Ok(Compiled { _core: core, _compiled: compiled, request, outputs, threads })
+    Ok(Compiled { _core: core, _compiled: compiled, request, outputs, threads, inputs: vec![] })
 }
 
 fn element_type(dt: DatumType) -> Result<ElementType> {

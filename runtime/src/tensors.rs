@@ -209,8 +209,19 @@ pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractRe
         if x.is_nan() && y.is_nan() {
             continue;
         }
-        let abs = (x - y).abs();
-        let abs = if abs.is_nan() { f64::INFINITY } else { abs };
+        // equal values (infinities of one sign included) agree exactly; any
+        // other pair with a NaN or an infinity is an unbounded error, never
+        // within tolerance (inf - inf is NaN, and inf <= atol + rtol*inf)
+        let abs = if x == y {
+            0.0
+        } else {
+            let d = (x - y).abs();
+            if d.is_finite() {
+                d
+            } else {
+                f64::INFINITY
+            }
+        };
         let rel = if y.abs() > 0.0 {
             abs / y.abs()
         } else if abs == 0.0 {
@@ -223,7 +234,7 @@ pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractRe
             c.worst_index = Some(i);
         }
         c.max_rel = c.max_rel.max(rel);
-        if abs > atol + rtol * y.abs() {
+        if abs.is_infinite() || abs > atol + rtol * y.abs() {
             c.within = false;
         }
     }
@@ -233,6 +244,18 @@ pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn infinities_agree_only_with_themselves() {
+        let t = |v: &[f32]| Tensor::from_shape(&[v.len()], v).unwrap();
+        let c = compare(&t(&[f32::INFINITY, 1.0]), &t(&[f32::INFINITY, 1.0]), 1e-4, 1e-4).unwrap();
+        assert!(c.within && c.max_abs == 0.0, "{c:?}");
+        for (a, b) in [(f32::INFINITY, f32::NEG_INFINITY), (f32::INFINITY, 1.0), (1.0, f32::INFINITY), (f32::NAN, 1.0)]
+        {
+            let c = compare(&t(&[a]), &t(&[b]), 1e-4, 1e-4).unwrap();
+            assert!(!c.within && c.max_abs.is_infinite(), "{a} vs {b}: {c:?}");
+        }
+    }
 
     #[test]
     fn non_finite_floats_round_trip_through_json() {

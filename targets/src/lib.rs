@@ -198,6 +198,7 @@ const TRACT: &[EngineKind] = &[EngineKind::Tract];
 const OPENVINO_TRACT: &[EngineKind] = &[EngineKind::Openvino, EngineKind::Tract];
 
 const X86_64_AVX512: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"];
+const X86_64_AVX512_BF16: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512bf16"];
 const X86_64_AMX: &[&str] =
     &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512bf16", "amx-tile", "amx-bf16"];
 const X86_64_AVX2: &[&str] = &["sse4.2", "avx", "avx2", "fma"];
@@ -268,6 +269,19 @@ pub static CATALOG: &[Target] = &[
         threads: None,
         device: Some("Amazon EC2 C5 (Intel Xeon Platinum, Skylake-SP / Cascade Lake)"),
         description: "SageMaker ml.c5 instances",
+    },
+    Target {
+        name: "x86_64-avx512-bf16",
+        triple: "x86_64-unknown-linux-gnu",
+        arch: Arch::X86_64,
+        features: X86_64_AVX512_BF16,
+        accelerator: Accelerator::None,
+        precisions: FP32_BF16,
+        default_precision: Precision::Fp32,
+        engines: OPENVINO_TRACT,
+        threads: None,
+        device: None,
+        description: "x86-64 with AVX-512-BF16 but no AMX (Intel Cooper Lake, AMD Zen 4 and later): OpenVINO in bf16 where verification allows",
     },
     Target {
         name: "x86_64-amx",
