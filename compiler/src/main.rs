@@ -126,6 +126,9 @@ struct CompileArgs {
     /// Without the Neuron compiler, build a CPU bundle for Neuron targets (ml_inf2) instead of failing; the manifest says so
     #[arg(long, value_enum, value_name = "cpu")]
     neuron_fallback: Option<NeuronFallback>,
+    /// Leave tract's model out of OpenVINO bundles (about half the size; such a bundle runs only where OpenVINO loads)
+    #[arg(long)]
+    no_fallback: bool,
     /// Print what each target changed in its bundle (precision, CPU features, threads, accelerator, engine)
     #[arg(long)]
     explain: bool,
@@ -379,6 +382,7 @@ fn compile(args: CompileArgs) -> Result<()> {
         targets: targets.clone(),
         precision: args.precision,
         engine: args.engine,
+        no_fallback: args.no_fallback,
         framework: args.framework,
         inputs,
         name: args.name.clone(),
@@ -807,8 +811,8 @@ fn targets(json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<14} {:<30} {:<10} {:<19} {:<5} {}",
-        "TARGET", "TRIPLE", "PRECISION", "ACCELERATOR", "HERE", "DESCRIPTION"
+        "{:<19} {:<30} {:<10} {:<15} {:<19} {:<5} {}",
+        "TARGET", "TRIPLE", "PRECISION", "ENGINES", "ACCELERATOR", "HERE", "DESCRIPTION"
     );
     for t in neoc_targets::CATALOG {
         let (_, _, runs, _) = status(t);
@@ -817,11 +821,13 @@ fn targets(json_out: bool) -> Result<()> {
             None => "-".into(),
         };
         let precisions = t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",");
+        let engines = t.engines.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",");
         println!(
-            "{:<14} {:<30} {:<10} {:<19} {:<5} {}",
+            "{:<19} {:<30} {:<10} {:<15} {:<19} {:<5} {}",
             t.name,
             t.triple,
             precisions,
+            engines,
             accel,
             if runs { "yes" } else { "no" },
             t.description

@@ -39,6 +39,8 @@ pub struct Options {
     pub seeded_cases: usize,
     /// `--engine`: auto (the target's engines, picked by measurement) or one.
     pub engine: EngineChoice,
+    /// `--no-fallback`: OpenVINO bundles without tract's model (about half the size).
+    pub no_fallback: bool,
     /// `--neuron-fallback cpu`: without neuronx-cc, build CPU bundles for Neuron targets.
     pub neuron_fallback_cpu: bool,
     pub created: u64,
@@ -398,7 +400,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             (lowered.engine.model_file.clone(), lowered.model_bytes.clone()),
             ("test_vectors.json".to_string(), o.vectors.clone()),
         ];
-        if chosen.0 == EngineKind::Openvino {
+        if chosen.0 == EngineKind::Openvino && !opts.no_fallback {
             let fb = tract_fp32.as_ref().expect("lowered before any OpenVINO pair");
             files.push((fb.engine.model_file.clone(), fb.model_bytes.clone()));
             m.fallback_engine = Some(fb.engine.clone());
@@ -437,7 +439,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                         let status = match o.and_then(|o| o.failure.clone()) {
                             Some(f) => f,
                             None if *p == chosen => "chosen".into(),
-                            None if chosen.0 == EngineKind::Openvino && *p == (EngineKind::Tract, Precision::Fp32) => {
+                            None if chosen.0 == EngineKind::Openvino
+                                && *p == (EngineKind::Tract, Precision::Fp32)
+                                && !opts.no_fallback =>
+                            {
                                 "fallback".into()
                             }
                             None if timed => "slower".into(),

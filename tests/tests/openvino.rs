@@ -50,7 +50,8 @@ fn openvino_bundle_runs_and_matches_onnxruntime() {
     let dir = scratch();
     let d = dir.path();
     let (k, v) = ov_env();
-    ok(compile_cnn(d, "ml_c5", &["--engine", "openvino"], &[(k, &v)]));
+    // the generic target, so that any x86-64 host runs it
+    ok(compile_cnn(d, "x86_64", &["--engine", "openvino"], &[(k, &v)]));
     let m = manifest(d, "cnn.neo");
     assert_eq!(m["engine"]["name"], "openvino", "{m:#}");
     assert_eq!(m["engine"]["model_file"], "model.onnx");
@@ -166,7 +167,7 @@ fn openvino_library_missing_or_incompatible_is_named_and_fallback_is_opt_in() {
     let dir = scratch();
     let d = dir.path();
     let (k, v) = ov_env();
-    ok(compile_cnn(d, "x86_64-avx512", &["--engine", "openvino"], &[(k, &v)]));
+    ok(compile_cnn(d, "x86_64", &["--engine", "openvino"], &[(k, &v)]));
     let sample = root().join("models/image-cnn/sample.json");
     let predict = |envs: &[(&str, &str)], extra: &[&str]| {
         let mut args = vec!["predict", "cnn.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()];
@@ -279,4 +280,23 @@ fn bf16_and_openvino_are_refused_where_the_target_cannot_have_them() {
         1,
     );
     assert!(e.contains("tree ensembles run on the trees engine"), "{e}");
+}
+
+#[test]
+fn no_fallback_bundles_carry_only_the_openvino_model() {
+    let dir = scratch();
+    let d = dir.path();
+    let (k, v) = ov_env();
+    ok(compile_cnn(d, "x86_64", &["--engine", "openvino", "--no-fallback"], &[(k, &v)]));
+    let m = manifest(d, "cnn.neo");
+    assert!(m.get("fallback_engine").is_none_or(|f| f.is_null()), "{m:#}");
+    let files: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(files, ["model.onnx", "test_vectors.json"]);
+    let sample = root().join("models/image-cnn/sample.json");
+    let args =
+        ["predict", "cnn.neo", "--trusted-key", "k.pub", "--engine-fallback", "--input", sample.to_str().unwrap()];
+    // runs where OpenVINO loads; elsewhere --engine-fallback has nothing to fall back to
+    assert_close(&response_data(&ok(run("neorun", d, &args, &[(k, &v)], None))), &expected("image-cnn"), 1e-4);
+    let e = fails(run("neorun", d, &args, &[("OPENVINO_LIB_PATH", d.to_str().unwrap())], None), 3);
+    assert!(e.contains("holds no libopenvino_c.so") && !e.contains("--engine-fallback to run"), "{e}");
 }
