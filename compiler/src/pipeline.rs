@@ -352,20 +352,29 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         let verified: Vec<Pair> =
             cands.iter().copied().filter(|p| outcome(&outcomes, p).is_some_and(|o| o.failure.is_none())).collect();
         if verified.is_empty() {
-            bail!(
-                "no engine could compile the model for {}:\n  {}",
-                t.name,
-                cands
-                    .iter()
-                    .map(|p| format!(
+            let failures: Vec<String> = cands
+                .iter()
+                .map(|p| {
+                    format!(
                         "{} {}: {}",
                         p.0,
                         p.1,
                         outcome(&outcomes, p).and_then(|o| o.failure.clone()).unwrap_or_default()
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            );
+                    )
+                })
+                .collect();
+            // every candidate beyond tolerance: a verification failure (exit 3, --allow-mismatch applies)
+            if cands.iter().all(|p| {
+                outcome(&outcomes, p).is_some_and(|o| o.failure.as_deref().is_some_and(|f| f.starts_with("rejected")))
+            }) {
+                return Err(Mismatch(format!(
+                    "no candidate for {} is within tolerance:\n  {}",
+                    t.name,
+                    failures.join("\n  ")
+                ))
+                .into());
+            }
+            bail!("no engine could compile the model for {}:\n  {}", t.name, failures.join("\n  "));
         }
         let threads = {
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
