@@ -300,3 +300,43 @@ fn no_fallback_bundles_carry_only_the_openvino_model() {
     let e = fails(run("neorun", d, &args, &[("OPENVINO_LIB_PATH", d.to_str().unwrap())], None), 3);
     assert!(e.contains("holds no libopenvino_c.so") && !e.contains("--engine-fallback to run"), "{e}");
 }
+
+/// `neorun serve` with an OpenVINO bundle: concurrent clients, every answer
+/// equal to onnxruntime's, through the SageMaker route.
+#[test]
+fn serve_runs_an_openvino_bundle_for_concurrent_clients() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch();
+    let d = dir.path();
+    let (k, v) = ov_env();
+    ok(compile_cnn(d, "x86_64", &["--engine", "openvino"], &[(k, &v)]));
+    let mut child = std::process::Command::new(bin("neorun"))
+        .current_dir(d)
+        .args(["serve", "cnn.neo", "--trusted-key", "k.pub", "--port", "0", "--threads", "2"])
+        .env(k, &v)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line {line:?}")).to_string();
+    let body = std::fs::read(root().join("models/image-cnn/sample.json")).unwrap();
+    let want = expected("image-cnn");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..5 {
+                    let resp = ureq::post(&format!("{base}/invocations"))
+                        .set("Content-Type", "application/json")
+                        .send_bytes(&body)
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    assert_close(&response_data(&resp.into_string().unwrap()), &want, 1e-4);
+                }
+            });
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
