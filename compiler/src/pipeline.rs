@@ -251,6 +251,8 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 }
                 match lower_openvino(base, &located) {
                     Ok(l) => std::rc::Rc::new(l),
+                    // asked for alone: the whole error, with its hint
+                    Err(e) if !several => return Err(e.context(format!("--engine openvino for {target_names}"))),
                     Err(e) => {
                         let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
                         outcomes.push((*pair, Outcome::failed(format!("unavailable: {first_line}"))));

@@ -171,6 +171,9 @@ fn check(path: &Path) -> std::result::Result<Library, String> {
             version.0, version.1, MIN_VERSION.0, MIN_VERSION.1
         )));
     }
+    // stays loaded for the process: the bindings open it next, and unloading
+    // OpenVINO (its TBB threads) between the two is asking for trouble
+    std::mem::forget(lib);
     Ok(Library { path: path.to_path_buf(), build, version })
 }
 

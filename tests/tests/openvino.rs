@@ -267,6 +267,10 @@ fn bf16_and_openvino_are_refused_where_the_target_cannot_have_them() {
     let e =
         fails(run("neoc", d, &["compile", "x.onnx", "--target", "x86_64", "--engine", "onnxruntime"], &[], None), 2);
     assert!(e.contains("not an engine (auto, tract or openvino)"), "{e}");
+    // OpenVINO asked for where neoc cannot load it: what to install
+    let e =
+        fails(compile_cnn(d, "x86_64", &["--engine", "openvino"], &[("OPENVINO_LIB_PATH", d.to_str().unwrap())]), 1);
+    assert!(e.contains("--engine openvino for x86_64") && e.contains("pip install openvino"), "{e}");
     // trees never go to OpenVINO
     let xgb = root().join("models/fraud-xgb/xgboost-model.json");
     let e = fails(
