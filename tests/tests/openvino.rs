@@ -344,3 +344,23 @@ fn serve_runs_an_openvino_bundle_for_concurrent_clients() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// With the engine and precision pinned nothing is timed, so the bundle is
+/// byte-identical across compiles; a timed `auto` records its timings.
+#[test]
+fn pinned_openvino_bundles_are_reproducible() {
+    let dir = scratch();
+    let d = dir.path();
+    let (k, v) = ov_env();
+    let envs = [(k, v.as_str()), ("SOURCE_DATE_EPOCH", "1700000000")];
+    let pinned = ["--engine", "openvino", "--precision", "fp32"];
+    ok(compile_cnn(d, "x86_64-avx512", &pinned, &envs));
+    let first = std::fs::read(d.join("cnn.neo")).unwrap();
+    ok(compile_cnn(d, "x86_64-avx512", &pinned, &envs));
+    assert!(first == std::fs::read(d.join("cnn.neo")).unwrap(), "two pinned compiles differ");
+    let m = manifest(d, "cnn.neo");
+    assert!(
+        m["engine_selection"]["candidates"].as_array().unwrap().iter().all(|c| c.get("median_us").is_none()),
+        "{m:#}"
+    );
+}
