@@ -98,16 +98,13 @@ enum Imported {
     Trees(crate::trees::TreeModel),
 }
 
+/// The catalog's targets that compute natively in `p`, for hints.
+fn targets_with(p: Precision) -> String {
+    neoc_targets::CATALOG.iter().filter(|t| t.supports(p)).map(|t| t.name).collect::<Vec<_>>().join(", ")
+}
+
 /// The precision each target gets, and why (shown by `--explain`).
 pub fn precision_for(t: &Target, explicit: Option<Precision>, trees: bool) -> Result<(Precision, String)> {
-    let fp16_targets = || {
-        neoc_targets::CATALOG
-            .iter()
-            .filter(|t| t.supports(Precision::Fp16))
-            .map(|t| t.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match explicit {
         Some(Precision::Fp16) if trees => bail!(
             "--precision fp16: tree ensembles compile to the trees engine, which computes in fp32 (thresholds compared exactly as the source library compares them)\nhint: drop --precision"
@@ -116,7 +113,7 @@ pub fn precision_for(t: &Target, explicit: Option<Precision>, trees: bool) -> Re
             "--precision {p}: target {} has no native {p} arithmetic (it computes in {}); emulated fp16 is about 1000x slower than fp32\nhint: targets with fp16: {}",
             t.name,
             t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
-            fp16_targets()
+            targets_with(Precision::Fp16)
         ),
         Some(p) => Ok((p, "asked for with --precision".into())),
         None if trees => Ok((Precision::Fp32, "the trees engine computes in fp32".into())),
@@ -207,6 +204,8 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     let mut outcomes: Vec<(Pair, Outcome)> = Vec::new();
     let mut imported = Some(imported);
     let mut tract_fp32: Option<std::rc::Rc<Lowered>> = None;
+    // the ONNX file, read once for every OpenVINO pair
+    let mut onnx: Option<Vec<u8>> = None;
     for (ix, pair) in pairs.iter().enumerate() {
         let (engine, precision) = *pair;
         let lowered: std::rc::Rc<Lowered> = match engine {
@@ -249,7 +248,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     outcomes.push((*pair, Outcome::failed(why)));
                     continue;
                 }
-                match lower_openvino(base, &located) {
+                match lower_openvino(base, &located, &mut onnx) {
                     Ok(l) => std::rc::Rc::new(l),
                     // asked for alone: the whole error, with its hint
                     Err(e) if !several => return Err(e.context(format!("--engine openvino for {target_names}"))),
@@ -378,10 +377,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             }
             bail!("no engine could compile the model for {}:\n  {}", t.name, failures.join("\n  "));
         }
-        let threads = {
-            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-            t.threads.map(|n| (n as usize).clamp(1, cpus)).unwrap_or(cpus)
-        };
+        let threads = neoc_runtime::model::default_threads(t.threads);
         let timed = measurable && verified.len() > 1;
         if timed {
             timer.start("select", &format!("timing {} candidates for {} on this host", verified.len(), t.name));
@@ -570,21 +566,13 @@ pub fn candidates_for(
             bail!("--engine openvino: OpenVINO is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
         }
     }
-    let bf16_targets = || {
-        neoc_targets::CATALOG
-            .iter()
-            .filter(|t| t.supports(Precision::Bf16))
-            .map(|t| t.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match opts.precision {
         Some(Precision::Bf16) if !t.supports(Precision::Bf16) => bail!(
             "--precision bf16: target {} has no bf16 arithmetic (it needs AMX or AVX-512-BF16; {} computes in {})\nhint: targets with bf16: {}",
             t.name,
             t.name,
             t.precisions.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
-            bf16_targets()
+            targets_with(Precision::Bf16)
         ),
         Some(Precision::Bf16) if opts.engine == EngineChoice::Only(EngineKind::Tract) || trees => bail!(
             "--precision bf16: only the OpenVINO engine computes in bf16\nhint: use --engine openvino (or leave --engine out)"
@@ -685,9 +673,11 @@ fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<f64> {
 
 /// The OpenVINO side of a model: its ONNX file as given, read by OpenVINO's
 /// ONNX frontend on the device; tract's fp32 model is its reference.
-fn lower_openvino(base: &Lowered, located: &Located) -> Result<Lowered> {
+fn lower_openvino(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>) -> Result<Lowered> {
     let lib = neoc_runtime::openvino::library().map_err(anyhow::Error::msg)?;
-    let onnx = std::fs::read(&located.path).with_context(|| format!("reading {}", located.rel))?;
+    if onnx.is_none() {
+        *onnx = Some(std::fs::read(&located.path).with_context(|| format!("reading {}", located.rel))?);
+    }
     Ok(Lowered {
         engine: EngineInfo {
             name: neoc_runtime::engine::OPENVINO_ENGINE.into(),
@@ -696,7 +686,7 @@ fn lower_openvino(base: &Lowered, located: &Located) -> Result<Lowered> {
             model_format: neoc_runtime::engine::OPENVINO_FORMAT.into(),
             registries: vec![],
         },
-        model_bytes: onnx,
+        model_bytes: onnx.clone().expect("read above"),
         inputs: base.inputs.clone(),
         outputs: base.outputs.clone(),
         reference: base.reference.clone(),

@@ -132,11 +132,15 @@ enum Engine {
     OpenVino(crate::openvino::OvEngine),
 }
 
-/// Threads for a bundle when the operator gave none: its target's default
-/// (the device's cores), at most this host's CPUs.
-fn threads_for(m: &Manifest) -> usize {
+/// Threads when the operator gave none: the target's default (the device's
+/// cores), at most this host's CPUs; all of them when the target names none.
+pub fn default_threads(target_threads: Option<u32>) -> usize {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    m.target.threads.map(|t| (t as usize).clamp(1, cpus)).unwrap_or(cpus)
+    target_threads.map(|t| (t as usize).clamp(1, cpus)).unwrap_or(cpus)
+}
+
+fn threads_for(m: &Manifest) -> usize {
+    default_threads(m.target.threads)
 }
 
 impl Engine {
