@@ -245,7 +245,7 @@ fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
             "NVIDIA GPU {arch}, through tract's CUDA runtime in a neorun built with --features cuda (never run on GPU hardware yet: bench/gpu/run.sh does); the bundle carries the CPU model as fallback (neorun --cpu-fallback)"
         ),
         ("neuron", Some(a)) => format!(
-            "AWS Neuron {arch}: {} ({} by {} {}), with the CPU model as fallback; this neorun has no Neuron engine yet, so it runs only with --cpu-fallback (not run on Inferentia hardware)",
+            "AWS Neuron {arch}: {} ({} by {} {}), run by neorun through the Neuron runtime (libnrt) on an Inferentia host, with the CPU model as fallback (neorun --cpu-fallback); never run on Inferentia hardware yet",
             a.status,
             a.file.as_deref().unwrap_or("-"),
             a.backend.name,
@@ -784,9 +784,15 @@ fn targets(json_out: bool) -> Result<()> {
                     Some(b) => format!("yes: NEFF by {} ({})", b.command.display(), b.version),
                     None => "CPU bundle only (--neuron-fallback cpu): neuronx-cc is not installed".into(),
                 },
-                false,
+                cpu_here && neoc_runtime::neuron::probe().is_ok(),
                 if cpu_here {
-                    "only with --cpu-fallback: this neorun has no Neuron engine".into()
+                    match neoc_runtime::neuron::probe() {
+                        Ok((path, version)) => format!(
+                            "yes: Neuron runtime {version} ({}) found; needs an Inferentia device to start",
+                            path.display()
+                        ),
+                        Err(_) => "only with --cpu-fallback: no Neuron runtime (libnrt) on this host".into(),
+                    }
                 } else {
                     format!("no: needs {}", t.arch)
                 },

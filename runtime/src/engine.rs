@@ -20,6 +20,8 @@ pub const OPENVINO_ENGINE: &str = "openvino";
 pub const OPENVINO_FORMAT: &str = "onnx";
 /// Whether this build has the OpenVINO engine (`--features openvino`).
 pub const OPENVINO_BUILD: bool = cfg!(feature = "openvino");
+/// Whether this build has the AWS Neuron engine (`--features neuron`, default).
+pub const NEURON_BUILD: bool = cfg!(feature = "neuron");
 /// The only model format this engine loads.
 pub const MODEL_FORMAT: &str = "tract-nnef-tar";
 /// Registries (beyond tract_core) this engine can provide.
@@ -51,6 +53,31 @@ pub struct TractEngine {
     plan: Box<dyn Runnable>,
 }
 
+/// Runs `f` on a worker of tract's thread pool when it has one (`--threads`
+/// above 1), else here. tract parallelises matrix products only; run from
+/// outside the pool, the calling thread runs every other operator while the
+/// pool's workers, done with the last product, spin looking for work: with
+/// as many workers as CPUs, three threads then share two CPUs and the serial
+/// operators slow down (ShuffleNet ran slower on 2 threads than on 1). Inside
+/// the pool, the thread running the plan is one of the workers and takes its
+/// share of each product.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tract_linalg::multithread::{current_tract_executor, Executor};
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_thread_index().is_none() => pool.install(f),
+        _ => f(),
+    }
+}
+
+/// One node's share of a profiled run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeTime {
+    pub node: String,
+    pub op: String,
+    pub info: String,
+    pub mean_us: f64,
+}
+
 impl std::fmt::Debug for TractEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TractEngine")
@@ -65,6 +92,12 @@ impl TractEngine {
     }
 
     pub fn from_typed(model: TypedModel) -> TractResult<TractEngine> {
+        // neorun's own operators for the ones tract computes slowly
+        // (`bench --profile`), swapped in after decluttering (which folds
+        // pads into pools) and before tract's code generation
+        let mut model = model.into_decluttered().context("decluttering the model")?;
+        crate::lrn::substitute(&mut model)?;
+        crate::pool::substitute(&mut model)?;
         let runtime = runtime_for_name("cpu")?.context("tract's CPU runtime is not registered")?;
         let plan = runtime.prepare(model).context("optimizing the model for this CPU")?;
         Ok(TractEngine { plan })
@@ -82,10 +115,53 @@ impl TractEngine {
         Ok(TractEngine { plan })
     }
 
+    /// Times every node of the optimized plan over `runs` runs (after one
+    /// untimed run), through tract's own evaluation hook: per node, its name,
+    /// operator, tract's description of it (kernel, geometry) and mean time.
+    pub fn profile(&self, inputs: &[Tensor], runs: usize) -> TractResult<Vec<NodeTime>> {
+        let plan = self.plan.typed_plan().context("this engine has no typed plan to profile")?.clone();
+        let mut state = TypedSimpleState::new(&plan)?;
+        let mut total: std::collections::HashMap<usize, std::time::Duration> = Default::default();
+        let runs = runs.max(1);
+        // the runs go through the same pool as `run`, so that the times are
+        // those a served request sees
+        in_pool(|| -> TractResult<()> {
+            for r in 0..=runs {
+                let ins = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+                state.run_plan_with_eval(ins, |ctx, op_state, node, input| {
+                    let t0 = std::time::Instant::now();
+                    let out = tract_core::plan::eval(ctx, op_state, node, input);
+                    if r > 0 {
+                        *total.entry(node.id).or_default() += t0.elapsed();
+                    }
+                    out
+                })?;
+            }
+            Ok(())
+        })?;
+        let model = plan.model();
+        let mut times: Vec<NodeTime> = total
+            .into_iter()
+            .map(|(id, d)| {
+                let node = model.node(id);
+                NodeTime {
+                    node: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    info: node.op.info().map(|i| i.join("; ")).unwrap_or_default(),
+                    mean_us: d.as_secs_f64() * 1e6 / runs as f64,
+                }
+            })
+            .collect();
+        times.sort_by(|a, b| b.mean_us.total_cmp(&a.mean_us));
+        Ok(times)
+    }
+
     /// Runs the model once; inputs in model order, shapes already checked.
     pub fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
-        let outputs = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
-        Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
+        in_pool(|| {
+            let outputs = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
+            Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
+        })
     }
 }
 

@@ -8,9 +8,13 @@
 
 pub mod engine;
 pub mod guard;
+pub mod lrn;
 pub mod model;
+#[cfg(feature = "neuron")]
+pub mod neuron;
 #[cfg(feature = "openvino")]
 pub mod openvino;
+pub mod pool;
 pub mod request;
 pub mod serve;
 pub mod tensors;

@@ -101,6 +101,9 @@ enum Command {
         /// Try thread counts 1..=CPUs and batches 1, 8, 64, 256 (symbolic-batch models), and recommend the best for latency and for throughput
         #[arg(long)]
         sweep: bool,
+        /// Time every operator of a tract model over the timed runs and print the slowest, with tract's description of each (kernel, shapes) and the time per operator type
+        #[arg(long, conflicts_with = "sweep")]
+        profile: bool,
     },
     /// Verify a bundle, load it and run its test vectors (the device health check)
     Check {
@@ -266,8 +269,8 @@ fn check(bundle: PathBuf, trust: Trust) -> Result<(), Failure> {
     };
     let st = model.self_test().map_err(|e| anyhow::anyhow!("health check failed: {e}"))?;
     println!(
-        "ok: {}:{} for {} ({signer}), {} test vectors pass (max abs error {:.2e})",
-        m.model.name, m.model.version, m.target.name, st.cases, st.max_abs_error
+        "ok: {}:{} for {} ({signer}), running {}: {} test vectors pass (max abs error {:.2e})",
+        m.model.name, m.model.version, m.target.name, model.running, st.cases, st.max_abs_error
     );
     Ok(())
 }
@@ -370,10 +373,95 @@ fn measure(
     iterations: usize,
     warmup: usize,
 ) -> Result<Measured, Failure> {
-    use neoc_bundle::manifest::Dim;
-    use neoc_runtime::tensors::NamedTensor;
     let mut model = open(bundle, trust)?;
     model.set_threads(threads);
+    let inputs = bench_inputs(&model, batch)?;
+    let rows = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    for _ in 0..warmup {
+        model.run(inputs.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut times = Vec::with_capacity(iterations.max(1));
+    let start = std::time::Instant::now();
+    for _ in 0..iterations.max(1) {
+        let ins = inputs.clone();
+        let t0 = std::time::Instant::now();
+        let out = model.run(ins).map_err(|e| anyhow::anyhow!("{e}"))?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(out);
+    }
+    let total = start.elapsed().as_secs_f64();
+    times.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    let (median, p99) = (pct(0.5), pct(0.99));
+    let throughput = (rows * times.len()) as f64 / total;
+    Ok(Measured { threads, batch: rows, median_us: median, p99_us: p99, throughput })
+}
+
+/// `bench --profile`: where a tract model's time goes, operator by operator.
+fn profile(
+    bundle: PathBuf,
+    trust: Trust,
+    threads: usize,
+    batch: Option<usize>,
+    iterations: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut model = open(&bundle, &trust)?;
+    model.set_threads(threads);
+    let inputs = bench_inputs(&model, batch)?;
+    let runs = iterations.max(1);
+    let nodes = model.profile(&inputs, runs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let total: f64 = nodes.iter().map(|n| n.mean_us).sum();
+    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+    for n in &nodes {
+        match by_op.iter_mut().find(|o| o.0 == n.op) {
+            Some(o) => {
+                o.1 += n.mean_us;
+                o.2 += 1;
+            }
+            None => by_op.push((n.op.clone(), n.mean_us, 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let m = &model.manifest;
+    if json {
+        let ops: Vec<_> = by_op
+            .iter()
+            .map(|(op, us, count)| serde_json::json!({"op": op, "mean_us": us, "nodes": count, "share": us / total}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema_version": 1, "model": format!("{}:{}", m.model.name, m.model.version), "running": model.running,
+                "threads": threads, "runs": runs, "total_us": total, "by_op": ops, "nodes": nodes,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{}:{} ({}), {} thread(s), mean of {runs} runs: {total:.1} µs in {} operators",
+        m.model.name,
+        m.model.version,
+        model.running,
+        threads,
+        nodes.len()
+    );
+    println!("\n{:>10} {:>6} {:>5}  OPERATOR TYPE", "µs", "share", "nodes");
+    for (op, us, count) in &by_op {
+        println!("{us:>10.1} {:>5.1}% {count:>5}  {op}", 100.0 * us / total);
+    }
+    println!("\n{:>10} {:>6}  NODE (operator: tract's description)", "µs", "share");
+    for n in nodes.iter().take(20) {
+        println!("{:>10.1} {:>5.1}%  {} ({}: {})", n.mean_us, 100.0 * n.mean_us / total, n.node, n.op, n.info);
+    }
+    Ok(())
+}
+
+/// The inputs `bench` runs: the bundle's first test case, its rows repeated
+/// to `batch` for models with a symbolic batch axis.
+fn bench_inputs(model: &Model, batch: Option<usize>) -> Result<Vec<tract_core::prelude::Tensor>, Failure> {
+    use neoc_bundle::manifest::Dim;
+    use neoc_runtime::tensors::NamedTensor;
     let case = model
         .test_vectors
         .as_ref()
@@ -403,25 +491,7 @@ fn measure(
         };
         inputs.push(tensor);
     }
-    let rows = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
-    for _ in 0..warmup {
-        model.run(inputs.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let mut times = Vec::with_capacity(iterations.max(1));
-    let start = std::time::Instant::now();
-    for _ in 0..iterations.max(1) {
-        let ins = inputs.clone();
-        let t0 = std::time::Instant::now();
-        let out = model.run(ins).map_err(|e| anyhow::anyhow!("{e}"))?;
-        times.push(t0.elapsed().as_secs_f64() * 1e6);
-        std::hint::black_box(out);
-    }
-    let total = start.elapsed().as_secs_f64();
-    times.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
-    let (median, p99) = (pct(0.5), pct(0.99));
-    let throughput = (rows * times.len()) as f64 / total;
-    Ok(Measured { threads, batch: rows, median_us: median, p99_us: p99, throughput })
+    Ok(inputs)
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
@@ -637,7 +707,10 @@ fn main() -> ExitCode {
             batch(bundle, trust, input, output, content_type, accept, max_rows, threads)
         }
         Command::Serve(args) => serve(args),
-        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json, sweep: false } => {
+        Command::Bench { bundle, trust, threads, batch, iterations, json, profile: true, .. } => {
+            profile(bundle, trust, threads, batch, iterations, json)
+        }
+        Command::Bench { bundle, trust, threads, batch, iterations, warmup, json, sweep: false, .. } => {
             bench(bundle, trust, threads, batch, iterations, warmup, json)
         }
         Command::Bench { bundle, trust, iterations, warmup, json, sweep: true, .. } => {

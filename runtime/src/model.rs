@@ -58,6 +58,8 @@ pub enum Placement {
     Cpu,
     /// On the GPU through tract's CUDA runtime (`--features cuda` builds).
     Cuda,
+    /// On an Inferentia NeuronCore through libnrt (`--features neuron`).
+    Neuron,
     /// An accelerator bundle's CPU model, because the operator allowed it.
     CpuFallback,
 }
@@ -70,6 +72,7 @@ pub fn placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placement, Lo
         "none" => return Ok(Placement::Cpu),
         "cuda" if crate::engine::CUDA_BUILD => return Ok(Placement::Cuda),
         "cuda" => "an NVIDIA GPU (CUDA)",
+        "neuron" if crate::engine::NEURON_BUILD => return Ok(Placement::Neuron),
         "neuron" => "AWS Neuron (Inferentia)",
         other => {
             return Err(LoadError::Accelerator(format!(
@@ -89,7 +92,7 @@ pub fn placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placement, Lo
     let build = if m.target.accelerator == "cuda" {
         "this neorun was built without CUDA support (cargo build --features cuda)"
     } else {
-        "this neorun has no engine for that accelerator"
+        "this neorun was built without the Neuron engine (cargo build --features neuron)"
     };
     Err(LoadError::Accelerator(format!(
         "bundle was compiled for {} to run on {what}{arch}; {build}\n{hint}",
@@ -130,6 +133,8 @@ enum Engine {
     Trees(Compiled, usize),
     #[cfg(feature = "openvino")]
     OpenVino(crate::openvino::OvEngine),
+    #[cfg(feature = "neuron")]
+    Neuron(crate::neuron::NeuronEngine),
 }
 
 /// Threads when the operator gave none: the target's default (the device's
@@ -228,8 +233,26 @@ impl Engine {
             }
             #[cfg(feature = "openvino")]
             Engine::OpenVino(e) => e.run(inputs),
+            #[cfg(feature = "neuron")]
+            Engine::Neuron(e) => e.run(inputs),
         }
     }
+}
+
+/// Loads a Neuron bundle's NEFF through libnrt.
+#[cfg(feature = "neuron")]
+fn neuron_engine(bundle: &container::VerifiedBundle) -> Result<crate::neuron::NeuronEngine, String> {
+    use crate::neuron::{Declared, NeuronEngine};
+    let m = &bundle.manifest;
+    let file = m
+        .accelerator_model
+        .as_ref()
+        .and_then(|a| a.file.as_deref())
+        .ok_or("the bundle targets AWS Neuron but carries no NEFF (its manifest names none)")?;
+    let neff = bundle.file(file).ok_or_else(|| format!("the bundle's NEFF `{file}` is missing"))?;
+    let ins: Vec<Declared> = m.inputs.iter().map(|t| Declared { name: &t.name, dtype: &t.dtype }).collect();
+    let outs: Vec<Declared> = m.outputs.iter().map(|t| Declared { name: &t.name, dtype: &t.dtype }).collect();
+    crate::guard::guarded(|| NeuronEngine::new(neff, &ins, &outs))?.map_err(|e| format!("{e:#}"))
 }
 
 impl Model {
@@ -280,6 +303,28 @@ impl Model {
                         "bundle was compiled for {} (CUDA), and the GPU cannot run it here: {e:#}\nhint: pass --cpu-fallback to run the bundle's CPU model instead",
                         m.target.name
                     )))
+                }
+            },
+            #[cfg(feature = "neuron")]
+            Placement::Neuron => match neuron_engine(&bundle) {
+                Ok(e) => {
+                    running = format!("neuron (NEFF on {}, libnrt {})", m.target.accelerator_arch.as_deref().unwrap_or("Inferentia"), e.runtime_version());
+                    (Engine::Neuron(e), Placement::Neuron)
+                }
+                Err(e) if options.allow_cpu_fallback && m.target.cpu_fallback => {
+                    tracing::warn!("the Neuron runtime cannot run this bundle here ({e}); running the bundle's CPU model");
+                    (Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?, Placement::CpuFallback)
+                }
+                Err(e) => {
+                    let hint = if m.target.cpu_fallback {
+                        "\nhint: or pass --cpu-fallback to run the bundle's CPU model on this host instead"
+                    } else {
+                        ""
+                    };
+                    return Err(LoadError::Accelerator(format!(
+                        "bundle was compiled for {} (AWS Neuron), and the Neuron runtime cannot run it here: {e}{hint}",
+                        m.target.name
+                    )));
                 }
             },
             p => match Engine::load_info(&m.engine, &m.target.precision, threads, model_bytes) {
@@ -363,6 +408,17 @@ impl Model {
                     tracing::warn!("OpenVINO: keeping the previous thread count: {e:#}");
                 }
             }
+            // the NeuronCores compute; host threads only feed them
+            #[cfg(feature = "neuron")]
+            Engine::Neuron(_) => {}
+        }
+    }
+
+    /// Per-node times of a tract model (see `TractEngine::profile`).
+    pub fn profile(&self, inputs: &[Tensor], runs: usize) -> Result<Vec<crate::engine::NodeTime>, String> {
+        match &self.engine {
+            Engine::Tract(t) => t.profile(inputs, runs).map_err(|e| format!("{e:#}")),
+            _ => Err(format!("--profile times tract's operators; this bundle runs {}", self.running)),
         }
     }
 

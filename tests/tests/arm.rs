@@ -148,6 +148,35 @@ fn fp16_bundles_run_on_aarch64_fp16_kernels_under_qemu() {
 }
 
 #[test]
+fn jetson_orin_bundles_name_their_gpu_and_fall_back_to_the_cpu_only_when_told() {
+    if cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    // jetson_orin: the model for its Ampere GPU (CUDA sm_87), fp16, with the
+    // CPU model as fallback; the default aarch64 neorun has no CUDA
+    let b = compile(d, "fraud-mlp:1", "jetson_orin", &[]);
+    let out = qemu(&["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], d);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("an NVIDIA GPU (CUDA) sm_87") && err.contains("built without CUDA support"), "{err}");
+    assert!(err.contains("--cpu-fallback"), "{err}");
+    let input = root().join("models/fraud-mlp/sample.csv");
+    let args = [
+        "predict",
+        b.to_str().unwrap(),
+        "--trusted-key",
+        "k.pub",
+        "--cpu-fallback",
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let got = predict_data(&qemu(&args, d), 0, "fraud-mlp (jetson_orin, CPU fallback)");
+    assert_close(&got, &expected("fraud-mlp"), 1e-2);
+}
+
+#[test]
 fn armv7_neorun_predicts_armv7_bundles_under_qemu() {
     if cfg!(target_arch = "arm") {
         return;
