@@ -103,12 +103,14 @@ impl TractEngine {
         // neorun's own operators for the ones tract computes slowly
         // (`bench --profile`), swapped in after decluttering (which folds
         // pads into pools) and before tract's code generation
+        // pads into pools) and before tract's code generation: what tract's
+        // CPU runtime does (`into_optimized`, then a plan), split in two
         let mut model = model.into_decluttered().context("decluttering the model")?;
         crate::lrn::substitute(&mut model)?;
         crate::pool::substitute(&mut model)?;
-        let runtime = runtime_for_name("cpu")?.context("tract's CPU runtime is not registered")?;
-        let plan = runtime.prepare(model).context("optimizing the model for this CPU")?;
-        Ok(TractEngine { plan, last_us: Default::default() })
+        model.optimize().context("optimizing the model for this CPU")?;
+        let plan = TypedSimplePlan::new(model)?;
+        Ok(TractEngine { plan: Box::new(plan), last_us: Default::default() })
     }
 
     /// Loads an NNEF tar for tract's CUDA runtime (builds with `--features

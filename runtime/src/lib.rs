@@ -21,3 +21,14 @@ pub mod tensors;
 pub mod trees;
 
 pub use model::{LoadError, Model, OpenOptions, PredictError};
+
+/// Seeded uniform values in [-4, 4) (xorshift), for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn seeded_values(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+    }
+}

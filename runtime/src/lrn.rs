@@ -155,13 +155,7 @@ mod tests {
     /// (odd, even, wider than the channels), betas, and ranks.
     #[test]
     fn matches_tracts_lrn() -> TractResult<()> {
-        let mut seed = 0x2545_f491_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
-        };
+        let mut next = crate::seeded_values(0x2545_f491_u64);
         for shape in [vec![1, 16, 7, 5], vec![2, 3, 4, 4], vec![1, 6, 9], vec![2, 5]] {
             for (size, beta) in [(5, 0.75), (4, 0.75), (3, 0.5), (9, 1.3), (1, 0.75)] {
                 let len: usize = shape.iter().product();

@@ -264,13 +264,7 @@ mod tests {
     /// paddings (valid, same, explicit, asymmetric), both averaging modes.
     #[test]
     fn matches_tracts_pools() -> TractResult<()> {
-        let mut seed = 0x9e37_79b9_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
-        };
+        let mut next = crate::seeded_values(0x9e37_79b9_u64);
         let paddings = || {
             vec![
                 PaddingSpec::Valid,
