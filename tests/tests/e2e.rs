@@ -878,3 +878,31 @@ fn tflite_models_are_refused_by_name() {
     assert!(err.contains("TFLite import is not supported") && err.contains("tf2onnx"), "{err}");
     assert!(!d.join("out.neo").exists());
 }
+
+#[test]
+fn bench_profile_times_every_tract_operator_and_refuses_other_engines() {
+    let dir = scratch();
+    let d = dir.path();
+    let b = compile(d, "image-cnn:1", host_target(), &["--engine", "tract"]);
+    let b = b.to_str().unwrap();
+    let out = ok(run(
+        "neorun",
+        d,
+        &["bench", b, "--trusted-key", "k.pub", "--profile", "--iterations", "3", "--json"],
+        &[],
+        None,
+    ));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let nodes = doc["nodes"].as_array().unwrap();
+    assert!(nodes.len() > 3, "{doc}");
+    // matrix products carry tract's description of the kernel it chose
+    assert!(nodes.iter().any(|n| n["op"] == "OptMatMul" && n["info"].as_str().unwrap().contains("mmm")), "{doc}");
+    let total = doc["total_us"].as_f64().unwrap();
+    let by_op: f64 = doc["by_op"].as_array().unwrap().iter().map(|o| o["mean_us"].as_f64().unwrap()).sum();
+    assert!(total > 0.0 && (by_op - total).abs() <= 1e-6 * total, "{total} vs {by_op}");
+    // the trees engine has no tract operators to time: said, not faked
+    let t = compile(d, "fraud-xgb:1", host_target(), &[]);
+    let e =
+        fails(run("neorun", d, &["bench", t.to_str().unwrap(), "--trusted-key", "k.pub", "--profile"], &[], None), 1);
+    assert!(e.contains("--profile times tract's operators; this bundle runs trees"), "{e}");
+}
