@@ -77,6 +77,13 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Whether neorun swaps in its own kernels (LRN, pooling, and on x86-64 the
+/// convolution and matrix-product kernels): yes unless `NEORUN_KERNELS=tract`,
+/// which keeps tract's everywhere (to compare, or to rule ours out).
+pub fn own_kernels() -> bool {
+    std::env::var("NEORUN_KERNELS").map(|v| v != "tract").unwrap_or(true)
+}
+
 /// One node's share of a profiled run.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NodeTime {
@@ -102,12 +109,15 @@ impl TractEngine {
     pub fn from_typed(model: TypedModel) -> TractResult<TractEngine> {
         // neorun's own operators for the ones tract computes slowly
         // (`bench --profile`), swapped in after decluttering (which folds
-        // pads into pools) and before tract's code generation
         // pads into pools) and before tract's code generation: what tract's
         // CPU runtime does (`into_optimized`, then a plan), split in two
         let mut model = model.into_decluttered().context("decluttering the model")?;
-        crate::lrn::substitute(&mut model)?;
-        crate::pool::substitute(&mut model)?;
+        if own_kernels() {
+            crate::lrn::substitute(&mut model)?;
+            crate::pool::substitute(&mut model)?;
+            #[cfg(target_arch = "x86_64")]
+            crate::gemm::substitute(&mut model)?;
+        }
         model.optimize().context("optimizing the model for this CPU")?;
         let plan = TypedSimplePlan::new(model)?;
         Ok(TractEngine { plan: Box::new(plan), last_us: Default::default() })

@@ -7,6 +7,8 @@
 //! on it to keep it that way.
 
 pub mod engine;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm;
 pub mod guard;
 pub mod lrn;
 pub mod model;

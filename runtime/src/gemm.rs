@@ -1,0 +1,800 @@
+//! Convolutions and constant-weight matrix products through the `gemm`
+//! crate's kernels (x86-64 with AVX2 and FMA; its AVX-512 kernels where the
+//! CPU has AVX-512F).
+//!
+//! tract turns convolutions into im2col + its own matrix-product kernels;
+//! on the zoo CNNs those products were 65-92% of a run (`neorun bench
+//! --profile`) and reached about 65 GFLOP/s on one core of this project's
+//! AVX-512 hosts, where `gemm`'s kernels reach over 200 on the same shapes
+//! (ResNet-50's 3x3 convolutions, m=64 k=576 n=3136). neorun therefore
+//! swaps, in f32 models, before tract's code generation:
+//! - `Conv` (2-D, NCHW or CHW, OIHW kernels, any stride, dilation, padding and
+//!   group count except depthwise) for `GemmConv`: per image and group,
+//!   the output block (O/g × OH·OW) = kernel (O/g × C/g·KH·KW) · columns,
+//!   where the columns are the input itself for an unpadded 1x1 stride-1
+//!   convolution and an im2col buffer otherwise (built a band of output rows
+//!   at a time so that it stays under `COLUMNS_LIMIT` floats);
+//! - `EinSum` products of a tensor with a rank-2 weight (what tract makes of
+//!   1x1 convolutions and of dense layers) for `GemmEinSum`, when the product
+//!   is large enough (`MIN_EINSUM_MACS`) for the call to pay off.
+//! The bias is written into the output before the product accumulates onto
+//! it. Threads: the products run on tract's thread pool, with its size.
+
+use tract_core::internal::*;
+use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::nn::DataFormat;
+
+/// im2col buffers hold at most this many floats (16 MiB); larger ones are
+/// built a band of output rows at a time.
+const COLUMNS_LIMIT: usize = 4 << 20;
+
+/// Smaller products stay with tract (its call overhead is lower).
+const MIN_EINSUM_MACS: usize = 1 << 18;
+
+/// Whether this CPU has what the kernels need (AVX2 and FMA).
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`; every operand given by a
+/// pointer and its (row, column) strides in elements.
+#[derive(Clone, Copy)]
+struct Product {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (isize, isize),
+    lhs: (isize, isize),
+    rhs: (isize, isize),
+    accumulate: bool,
+}
+
+impl Product {
+    /// # Safety
+    /// Every element the strides address from `dst`, `lhs` and `rhs` must
+    /// be in bounds, and `dst` must not overlap the others.
+    unsafe fn run(&self, dst: *mut f32, lhs: *const f32, rhs: *const f32, threads: usize) {
+        if self.m == 0 || self.n == 0 {
+            return;
+        }
+        let par = if threads > 1 { gemm_common::Parallelism::Rayon(threads) } else { gemm_common::Parallelism::None };
+        // gemm's kernels are fastest (about 240 GFLOP/s on one core here)
+        // when its lhs is contiguous along m and its rhs along k, and up to
+        // 4x slower otherwise (51 GFLOP/s for a 1024×256 weight stored
+        // [m, k] times a 256×128 k-contiguous input): the product is
+        // computed as given, or as dst^T = rhs^T · lhs^T, whichever puts
+        // more unit strides where gemm wants them (`substitute` stores
+        // weights in the layout that makes it two). gemm's order: sizes, dst
+        // and its (column, row) strides, whether to read dst, lhs and rhs
+        // likewise, then dst = alpha·dst + beta·lhs·rhs
+        let as_given = (self.lhs.0 == 1) as u8 + (self.rhs.0 == 1) as u8;
+        let transposed = (self.rhs.1 == 1) as u8 + (self.lhs.1 == 1) as u8;
+        let (m, n, dst_s, lhs, lhs_s, rhs, rhs_s) = if transposed >= as_given {
+            (self.n, self.m, (self.dst.1, self.dst.0), rhs, (self.rhs.1, self.rhs.0), lhs, (self.lhs.1, self.lhs.0))
+        } else {
+            (self.m, self.n, self.dst, lhs, self.lhs, rhs, self.rhs)
+        };
+        (gemm_f32::gemm::f32::get_gemm_fn())(
+            m,
+            n,
+            self.k,
+            dst,
+            dst_s.1,
+            dst_s.0,
+            self.accumulate,
+            lhs,
+            lhs_s.1,
+            lhs_s.0,
+            rhs,
+            rhs_s.1,
+            rhs_s.0,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Runs `f(threads)` on tract's thread pool when it has more than one
+/// thread (so that `gemm`'s rayon calls use that pool), else here.
+fn on_tract_threads<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
+    use tract_linalg::multithread::{current_tract_executor, Executor};
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+            let threads = pool.current_num_threads();
+            pool.install(|| f(threads))
+        }
+        _ => f(1),
+    }
+}
+
+/// A raw pointer that may cross into the pool's threads; the code that
+/// makes one keeps what it points to alive and unaliased for the call.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// A 2-D NCHW (or CHW) f32 convolution computed with `gemm`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GemmConv {
+    pub pool_spec: PoolSpec,
+    pub group: usize,
+}
+
+impl Op for GemmConv {
+    fn name(&self) -> StaticName {
+        "GemmConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mut info = self.pool_spec.info();
+        info.push(format!("group: {}", self.group));
+        Ok(info)
+    }
+
+    op_as_typed_op!();
+}
+
+/// One convolution's geometry, with concrete sizes.
+#[derive(Clone, Copy, Debug)]
+struct ConvGeo {
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    top: usize,
+    left: usize,
+    group: usize,
+}
+
+impl ConvGeo {
+    /// Input channels per group.
+    fn cg(&self) -> usize {
+        self.c / self.group
+    }
+    /// Output channels per group.
+    fn og(&self) -> usize {
+        self.o / self.group
+    }
+    /// Rows of the im2col matrix (and the kernel's row length) per group.
+    fn kg(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Whether the input itself is the im2col matrix.
+    fn direct(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.top == 0
+            && self.left == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+}
+
+impl EvalOp for GemmConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (input, kernel, bias) = args_3!(inputs);
+        let shape = input.shape().to_vec();
+        let batched = self.pool_spec.data_format == DataFormat::NCHW;
+        ensure!(
+            shape.len() == 3 + batched as usize,
+            "GemmConv takes {:?} input, got shape {shape:?}",
+            self.pool_spec.data_format
+        );
+        let (n, c, h, w) =
+            if batched { (shape[0], shape[1], shape[2], shape[3]) } else { (1, shape[0], shape[1], shape[2]) };
+        let padding = self.pool_spec.computed_padding(&[h, w]);
+        let strides = self.pool_spec.strides();
+        let dilations = self.pool_spec.dilations();
+        let kshape = kernel.shape();
+        ensure!(kshape.len() == 4, "GemmConv takes an OIHW kernel, got shape {kshape:?}");
+        let g = ConvGeo {
+            c,
+            h,
+            w,
+            o: kshape[0],
+            oh: padding[0].convoluted,
+            ow: padding[1].convoluted,
+            kh: kshape[2],
+            kw: kshape[3],
+            sh: strides[0],
+            sw: strides[1],
+            dh: dilations[0],
+            dw: dilations[1],
+            top: padding[0].pad_before,
+            left: padding[1].pad_before,
+            group: self.group,
+        };
+        ensure!(
+            c % g.group == 0 && g.o % g.group == 0 && kshape[1] * g.group == c,
+            "GemmConv: kernel {kshape:?} does not fit {c} input channels in {} groups",
+            g.group
+        );
+        let kernel = kernel.try_as_plain_ram()?;
+        let kernel = kernel.as_slice::<f32>()?;
+        let bias = bias.try_as_plain_ram()?;
+        let bias = bias.as_slice::<f32>()?;
+        ensure!(bias.len() <= 1 || bias.len() == g.o, "GemmConv: {} bias values for {} outputs", bias.len(), g.o);
+        let x = input.try_as_plain_ram()?;
+        let x = x.as_slice::<f32>()?;
+        // SAFETY: every element is written below (the bias, or the product
+        // with accumulate off)
+        let oshape = if batched { vec![n, g.o, g.oh, g.ow] } else { vec![g.o, g.oh, g.ow] };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&oshape)? };
+        if output.len() > 0 {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let y = view.as_slice_mut::<f32>()?;
+            on_tract_threads(|threads| conv(&g, n, x, kernel, bias, y, threads));
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+/// The whole convolution: `y` is N×O×OH×OW, `x` N×C×H×W, `kernel` O×C/g×KH×KW.
+fn conv(g: &ConvGeo, n: usize, x: &[f32], kernel: &[f32], bias: &[f32], y: &mut [f32], threads: usize) {
+    let (kg, ohw) = (g.kg(), g.oh * g.ow);
+    let has_bias = bias.iter().any(|b| *b != 0.0);
+    if has_bias {
+        for (o, plane) in y.chunks_mut(ohw).enumerate() {
+            plane.fill(bias[if bias.len() == 1 { 0 } else { o % g.o }]);
+        }
+    }
+    // output rows per band of the im2col matrix
+    let band = if g.direct() { g.oh } else { (COLUMNS_LIMIT / (kg * g.ow).max(1)).clamp(1, g.oh) };
+    COLUMNS.with_borrow_mut(|columns| {
+        // reused between calls: a fresh buffer each time cost page faults
+        // (and their serialisation in the kernel) on every convolution
+        let len = if g.direct() { 0 } else { kg * band * g.ow };
+        if columns.len() < len {
+            *columns = vec![0f32; len];
+        }
+        conv_bands(g, n, x, kernel, y, band, has_bias, columns, threads)
+    })
+}
+
+thread_local! {
+    /// Each thread's im2col buffer (kept at the largest size used so far,
+    /// at most `COLUMNS_LIMIT` floats plus one band).
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_bands(
+    g: &ConvGeo,
+    n: usize,
+    x: &[f32],
+    kernel: &[f32],
+    y: &mut [f32],
+    band: usize,
+    has_bias: bool,
+    columns: &mut [f32],
+    threads: usize,
+) {
+    let (kg, og, ohw) = (g.kg(), g.og(), g.oh * g.ow);
+    for b in 0..n {
+        for gi in 0..g.group {
+            let xg = &x[(b * g.c + gi * g.cg()) * g.h * g.w..][..g.cg() * g.h * g.w];
+            let yg = &mut y[(b * g.o + gi * og) * ohw..][..og * ohw];
+            let lhs = kernel[gi * og * kg..][..og * kg].as_ptr();
+            let mut oy0 = 0;
+            while oy0 < g.oh {
+                let rows = band.min(g.oh - oy0);
+                let cols = rows * g.ow;
+                let rhs = if g.direct() {
+                    xg.as_ptr()
+                } else {
+                    im2col(g, xg, oy0, rows, &mut columns[..kg * cols], threads);
+                    columns.as_ptr()
+                };
+                let p = Product {
+                    m: og,
+                    n: cols,
+                    k: kg,
+                    dst: (ohw as isize, 1),
+                    lhs: (kg as isize, 1),
+                    rhs: (cols as isize, 1),
+                    accumulate: has_bias,
+                };
+                // SAFETY: lhs is og×kg within the kernel, rhs kg×cols within
+                // `columns` (or the group's input, which is cg×h·w = kg×cols
+                // when direct), dst og rows of ohw from column oy0·ow within
+                // `yg`; `yg` is the output, which nothing else aliases
+                unsafe { p.run(yg[oy0 * g.ow..].as_mut_ptr(), lhs, rhs, threads) };
+                oy0 += rows;
+            }
+        }
+    }
+}
+
+/// Writes the im2col matrix of output rows `oy0..oy0+rows` of one image and
+/// group: row `(c·KH + ky)·KW + kx`, column `(oy-oy0)·OW + ox` holds input
+/// `(c, oy·sh + ky·dh - top, ox·sw + kx·dw - left)`, zero in the padding.
+fn im2col(g: &ConvGeo, x: &[f32], oy0: usize, rows: usize, out: &mut [f32], threads: usize) {
+    let cols = rows * g.ow;
+    let fill = |first: usize, chunk: &mut [f32]| {
+        for (i, dst) in chunk.chunks_mut(cols).enumerate() {
+            let r = first + i;
+            let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+            let plane = &x[c * g.h * g.w..][..g.h * g.w];
+            // output columns whose input column is inside the row: [a, b)
+            let off = (kx * g.dw) as isize - g.left as isize;
+            let a = if off < 0 { ((-off) as usize).div_ceil(g.sw).min(g.ow) } else { 0 };
+            let b =
+                if (g.w as isize) > off { (((g.w as isize - 1 - off) as usize) / g.sw + 1).clamp(a, g.ow) } else { a };
+            for (j, out_row) in dst.chunks_mut(g.ow).enumerate() {
+                let iy = ((oy0 + j) * g.sh + ky * g.dh) as isize - g.top as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    out_row.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * g.w..][..g.w];
+                out_row[..a].fill(0.0);
+                out_row[b..].fill(0.0);
+                let start = (a as isize * g.sw as isize + off) as usize;
+                if g.sw == 1 {
+                    out_row[a..b].copy_from_slice(&src[start..start + (b - a)]);
+                } else {
+                    for (o, v) in out_row[a..b].iter_mut().zip(src[start..].iter().step_by(g.sw)) {
+                        *o = *v;
+                    }
+                }
+            }
+        }
+    };
+    let work = out.len();
+    if threads > 1 {
+        // the pool is tract's (we run inside it); errors cannot happen here
+        let _ = tract_linalg::multithread::par_chunks_mut(out, cols, work, |first, chunk| {
+            fill(first, chunk);
+            Ok(())
+        });
+    } else {
+        fill(0, out);
+    }
+}
+
+impl TypedOp for GemmConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.pool_spec.output_facts(inputs)
+    }
+
+    as_op!();
+}
+
+/// A product of a tensor with a rank-2 weight, computed with `gemm`: every
+/// axis of the result is the weight's non-summed axis (`m`) or one of the
+/// tensor's (`n` axes, the contiguous runs of them merged, the longest run
+/// the product's columns and the others looped over).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GemmEinSum {
+    pub einsum: EinSum,
+    /// Which input is the rank-2 weight.
+    pub weight_slot: usize,
+}
+
+impl Op for GemmEinSum {
+    fn name(&self) -> StaticName {
+        "GemmEinSum".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{}", self.einsum.axes)])
+    }
+
+    op_as_typed_op!();
+}
+
+/// Roles of an einsum's axes, as `GemmEinSum` needs them.
+struct Roles {
+    /// (position in weight, in data) of the summed axis.
+    k: (usize, usize),
+    /// (position in weight, in output) of the weight's other axis.
+    m: (usize, usize),
+    /// (position in data, in output) of every other axis, in data order.
+    n: Vec<(usize, usize)>,
+    /// Positions of axes only in the data, or only in the output: of
+    /// extent 1 (tract's decluttering adds and drops them around products).
+    data_units: Vec<usize>,
+    output_units: Vec<usize>,
+}
+
+fn roles(axes: &AxesMapping, weight_slot: usize) -> Option<Roles> {
+    let data_slot = 1 - weight_slot;
+    if axes.input_count() != 2 || axes.output_count() != 1 || axes.rank(InOut::In(weight_slot)) != 2 {
+        return None;
+    }
+    let (mut k, mut m, mut n, mut data_units, mut output_units) = (None, None, vec![], vec![], vec![]);
+    for axis in axes.iter_all_axes() {
+        let (w, d, o) = (&axis.inputs[weight_slot], &axis.inputs[data_slot], &axis.outputs[0]);
+        if w.len() > 1 || d.len() > 1 || o.len() > 1 {
+            return None;
+        }
+        match (w.first(), d.first(), o.first()) {
+            (Some(&w), Some(&d), None) if k.is_none() => k = Some((w, d)),
+            (Some(&w), None, Some(&o)) if m.is_none() => m = Some((w, o)),
+            (None, Some(&d), Some(&o)) => n.push((d, o)),
+            (None, Some(&d), None) => data_units.push(d),
+            (None, None, Some(&o)) => output_units.push(o),
+            _ => return None,
+        }
+    }
+    n.sort();
+    Some(Roles { k: k?, m: m?, n, data_units, output_units })
+}
+
+fn row_major_strides(shape: &[usize]) -> Vec<isize> {
+    let mut strides = vec![1isize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1] as isize;
+    }
+    strides
+}
+
+impl EvalOp for GemmEinSum {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let roles = roles(&self.einsum.axes, self.weight_slot).context("GemmEinSum: unsupported axes")?;
+        let (weight, data) = (&inputs[self.weight_slot], &inputs[1 - self.weight_slot]);
+        let (wshape, dshape) = (weight.shape(), data.shape());
+        ensure!(wshape[roles.k.0] == dshape[roles.k.1], "GemmEinSum: summed axis {wshape:?} vs {dshape:?}");
+        ensure!(
+            roles.data_units.iter().all(|d| dshape[*d] == 1),
+            "GemmEinSum: summed-away axis of {dshape:?} is not 1"
+        );
+        let mut oshape = vec![1usize; roles.n.len() + 1 + roles.output_units.len()];
+        oshape[roles.m.1] = wshape[roles.m.0];
+        for &(d, o) in &roles.n {
+            oshape[o] = dshape[d];
+        }
+        let (ws, ds, os) = (row_major_strides(wshape), row_major_strides(dshape), row_major_strides(&oshape));
+        // runs of n axes that are contiguous in both the data and the output
+        let mut runs: Vec<(usize, isize, isize)> = vec![]; // (extent, data stride, output stride)
+        for &(d, o) in &roles.n {
+            let (len, dst, ost) = (dshape[d], ds[d], os[o]);
+            match runs.last_mut() {
+                Some(last) if last.1 == dst * len as isize && last.2 == ost * len as isize => {
+                    *last = (last.0 * len, dst, ost)
+                }
+                _ => runs.push((len, dst, ost)),
+            }
+        }
+        let widest = (0..runs.len()).max_by_key(|i| runs[*i].0);
+        let (cols, dcs, ocs) = widest.map(|i| runs.remove(i)).unwrap_or((1, 1, 1));
+        let p = Product {
+            m: wshape[roles.m.0],
+            n: cols,
+            k: wshape[roles.k.0],
+            dst: (os[roles.m.1], ocs),
+            lhs: (ws[roles.m.0], ws[roles.k.0]),
+            rhs: (ds[roles.k.1], dcs),
+            accumulate: false,
+        };
+        let w = weight.try_as_plain_ram()?;
+        let w = w.as_slice::<f32>()?;
+        let d = data.try_as_plain_ram()?;
+        let d = d.as_slice::<f32>()?;
+        // SAFETY: every element is written by one of the products below
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&oshape)? };
+        let loops: usize = runs.iter().map(|r| r.0).product();
+        if output.len() > 0 && p.k > 0 {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let y = SendPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
+            let (wp, dp) = (SendPtr(w.as_ptr() as *mut f32), SendPtr(d.as_ptr() as *mut f32));
+            on_tract_threads(|threads| {
+                for i in 0..loops {
+                    // the offsets of loop `i` over the remaining runs
+                    let (mut rest, mut doff, mut ooff) = (i, 0isize, 0isize);
+                    for r in runs.iter().rev() {
+                        let j = (rest % r.0) as isize;
+                        rest /= r.0;
+                        doff += j * r.1;
+                        ooff += j * r.2;
+                    }
+                    // SAFETY: offsets and strides come from the shapes of
+                    // the weight, the data and the output allocated above
+                    unsafe { p.run(y.get().offset(ooff), wp.get(), dp.get().offset(doff), threads) };
+                }
+            });
+        } else if output.len() > 0 {
+            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.fill(0.0);
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for GemmEinSum {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.einsum.output_facts(inputs)
+    }
+
+    as_op!();
+}
+
+/// Replaces f32 convolutions and large constant-weight products with the
+/// `gemm` ones; returns how many. Run after decluttering, before tract's
+/// code generation. Does nothing on a CPU without AVX2 and FMA.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    if !available() {
+        return Ok(0);
+    }
+    let f32_dt = f32::datum_type();
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let facts: TVec<TypedFact> =
+            node.inputs.iter().map(|i| model.outlet_fact(*i).cloned()).collect::<TractResult<_>>()?;
+        if facts.is_empty() || facts.iter().any(|f| f.datum_type != f32_dt || !f.is_plain()) {
+            continue;
+        }
+        let op: Box<dyn TypedOp> = if let Some(conv) = node.op_as::<Conv>() {
+            let spec = &conv.pool_spec;
+            let depthwise = conv.group > 1 && conv.group == spec.input_channels && conv.group == spec.output_channels;
+            let fits = conv.q_params.is_none()
+                && conv.kernel_fmt == KernelFormat::OIHW
+                && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+                && spec.kernel_shape.len() == 2
+                && facts.len() == 3
+                && facts[0].rank() == 2 + spec.data_format.has_n() as usize + 1
+                && facts[1].rank() == 4
+                && facts[2].shape.volume().to_usize().is_ok_and(|v| v == 1 || v == spec.output_channels)
+                && !depthwise;
+            if !fits {
+                continue;
+            }
+            Box::new(GemmConv { pool_spec: spec.clone(), group: conv.group })
+        } else if let Some(einsum) = node.op_as::<EinSum>() {
+            if einsum.q_params.is_some() || einsum.operating_dt != f32_dt || facts.len() != 2 {
+                continue;
+            }
+            // the weight: a constant of rank 2
+            let Some(weight_slot) = (0..2).find(|s| facts[*s].rank() == 2 && facts[*s].konst.is_some()) else {
+                continue;
+            };
+            let Some(roles) = roles(&einsum.axes, weight_slot) else { continue };
+            let data = &facts[1 - weight_slot];
+            if !roles.data_units.iter().all(|d| data.shape[*d].is_one()) {
+                continue;
+            }
+            let wshape = facts[weight_slot].shape.as_concrete().context("constant shape")?;
+            // the product's size with the batch dimensions at 1
+            let cols: usize = roles.n.iter().map(|(d, _)| data.shape[*d].to_usize().unwrap_or(1)).product();
+            let (m, k) = (wshape[roles.m.0], wshape[roles.k.0]);
+            if m < 8 || k < 8 || m * k * cols < MIN_EINSUM_MACS {
+                continue;
+            }
+            let mut einsum = einsum.clone();
+            // the weight's layout that lets `Product::run` give gemm unit
+            // strides on both sides: [k, m] when the data is contiguous
+            // along k (dense layers), [m, k] otherwise (1x1 convolutions)
+            let k_innermost = roles.k.1 + 1 == data.rank();
+            if (roles.m.0 == 1) != k_innermost {
+                let weight =
+                    (**facts[weight_slot].konst.as_ref().context("constant weight")?).clone().permute_axes(&[1, 0])?;
+                let (mut inputs, outputs) = einsum.axes.to_strs();
+                inputs[weight_slot] = inputs[weight_slot].chars().rev().collect();
+                einsum.axes = AxesMapping::from_strs(&inputs, &outputs)?;
+                let name = format!("{}.weight_mk", node.name);
+                let konst = model.add_const(name, weight)?;
+                model.add_edge(konst, InletId::new(id, weight_slot))?;
+            }
+            Box::new(GemmEinSum { einsum, weight_slot })
+        } else {
+            continue;
+        };
+        model.node_mut(id).op = op;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_core::ops::cnn::PaddingSpec;
+
+    fn random(shape: &[usize], next: &mut impl FnMut() -> f32) -> TractResult<Tensor> {
+        let len: usize = shape.iter().product();
+        Tensor::from_shape(shape, &(0..len).map(|_| next()).collect::<Vec<f32>>())
+    }
+
+    /// Within f32 rounding of sums of `k` products of values in [-4, 4):
+    /// both sides sum in different orders.
+    fn assert_close(a: &Tensor, b: &Tensor, k: usize, what: &str) -> TractResult<()> {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let (a, b) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+        let atol = 16.0 * k as f32 * 4e-7;
+        for (p, q) in a.as_slice::<f32>()?.iter().zip(b.as_slice::<f32>()?) {
+            assert!((p - q).abs() <= 1e-5 * p.abs() + atol, "{what}: {p} vs {q}");
+        }
+        Ok(())
+    }
+
+    /// Runs a one-node model through tract's optimized plan, before and after
+    /// `substitute`, and compares.
+    fn compare(model: TypedModel, inputs: TVec<Tensor>, k: usize, what: &str) -> TractResult<usize> {
+        let theirs = model
+            .clone()
+            .into_optimized()?
+            .into_runnable()?
+            .run(inputs.clone().into_iter().map(|t| t.into_tvalue()).collect())?;
+        let mut ours = model.into_decluttered()?;
+        let n = substitute(&mut ours)?;
+        ours.optimize()?;
+        let ours = ours.into_runnable()?.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())?;
+        assert_close(&theirs[0].clone().into_tensor(), &ours[0].clone().into_tensor(), k, what)?;
+        Ok(n)
+    }
+
+    /// Convolutions against tract's on seeded data: kernels, strides,
+    /// dilations, paddings, groups, batches, bias or none.
+    #[test]
+    fn convolutions_match_tracts() -> TractResult<()> {
+        if !available() {
+            eprintln!("no AVX2+FMA: GemmConv is not used on this CPU");
+            return Ok(());
+        }
+        let mut next = crate::seeded_values(0x5851_f42d_u64);
+        let mut substituted = 0;
+        let cases: &[(usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], usize)] = &[
+            // (n, c, o, kernel, stride, dilation, group)
+            (1, 3, 8, [3, 3], [1, 1], [1, 1], 1),
+            (2, 4, 6, [3, 3], [2, 2], [1, 1], 1),
+            (1, 8, 16, [1, 1], [1, 1], [1, 1], 1),
+            (1, 8, 16, [1, 1], [2, 2], [1, 1], 1),
+            (1, 6, 4, [5, 3], [1, 2], [2, 1], 1),
+            (2, 6, 9, [3, 3], [1, 1], [1, 1], 3),
+            (1, 4, 4, [7, 7], [2, 2], [1, 1], 2),
+            (1, 3, 5, [11, 11], [4, 4], [1, 1], 1),
+        ];
+        for &(n, c, o, k, s, d, group) in cases {
+            for padding in [PaddingSpec::Valid, PaddingSpec::SameUpper, PaddingSpec::Explicit(tvec![1, 2], tvec![2, 0])]
+            {
+                for with_bias in [false, true] {
+                    let what = format!("n{n} c{c} o{o} k{k:?} s{s:?} d{d:?} g{group} {padding:?} bias {with_bias}");
+                    let mut m = TypedModel::default();
+                    let x = m.add_source("x", f32::fact([n, c, 13, 17]))?;
+                    let kernel = m.add_const("k", random(&[o, c / group, k[0], k[1]], &mut next)?)?;
+                    let bias = if with_bias { random(&[o], &mut next)? } else { Tensor::zero::<f32>(&[o])? };
+                    let bias = m.add_const("b", bias)?;
+                    let spec = PoolSpec {
+                        data_format: DataFormat::NCHW,
+                        kernel_shape: k.into_iter().collect(),
+                        padding: padding.clone(),
+                        dilations: Some(d.into_iter().collect()),
+                        strides: Some(s.into_iter().collect()),
+                        input_channels: c,
+                        output_channels: o,
+                    };
+                    let conv = Conv { pool_spec: spec, kernel_fmt: KernelFormat::OIHW, group, q_params: None };
+                    let y = m.wire_node("conv", conv, &[x, kernel, bias])?;
+                    m.select_output_outlets(&y)?;
+                    let k = c / group * k[0] * k[1];
+                    substituted += compare(m, tvec!(random(&[n, c, 13, 17], &mut next)?), k, &what)?;
+                }
+            }
+        }
+        // 1x1 stride-1 unpadded convolutions become einsums in decluttering
+        assert!(substituted >= 40, "only {substituted} convolutions substituted");
+        Ok(())
+    }
+
+    /// What tract's decluttering makes of single-image convolutions: CHW.
+    #[test]
+    fn chw_convolutions_match_tracts() -> TractResult<()> {
+        if !available() {
+            return Ok(());
+        }
+        let mut next = crate::seeded_values(0x7f4a_7c15_u64);
+        for (c, o, k, s, group) in [(16, 24, 3, 1, 1), (8, 8, 3, 2, 2), (3, 16, 7, 2, 1)] {
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", f32::fact([c, 15, 12]))?;
+            let kernel = m.add_const("k", random(&[o, c / group, k, k], &mut next)?)?;
+            let bias = m.add_const("b", random(&[o], &mut next)?)?;
+            let spec = PoolSpec {
+                data_format: DataFormat::CHW,
+                kernel_shape: tvec![k, k],
+                padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+                dilations: None,
+                strides: Some(tvec![s, s]),
+                input_channels: c,
+                output_channels: o,
+            };
+            let conv = Conv { pool_spec: spec, kernel_fmt: KernelFormat::OIHW, group, q_params: None };
+            let y = m.wire_node("conv", conv, &[x, kernel, bias])?;
+            m.select_output_outlets(&y)?;
+            let n = compare(m, tvec!(random(&[c, 15, 12], &mut next)?), c / group * k * k, "chw")?;
+            assert_eq!(n, 1, "CHW c{c} o{o} k{k} not substituted");
+        }
+        Ok(())
+    }
+
+    /// A band-wise im2col (more columns than `COLUMNS_LIMIT` allows at once)
+    /// gives the same result as tract.
+    #[test]
+    fn large_convolutions_go_in_bands() -> TractResult<()> {
+        if !available() {
+            return Ok(());
+        }
+        let mut next = crate::seeded_values(0x1234_5678_u64);
+        let (c, h, w) = (64, 120, 120); // 576 rows × 14400 columns > 4 Mi
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, c, h, w]))?;
+        let kernel = m.add_const("k", random(&[8, c, 3, 3], &mut next)?)?;
+        let bias = m.add_const("b", random(&[8], &mut next)?)?;
+        let spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![3, 3],
+            padding: PaddingSpec::SameUpper,
+            dilations: None,
+            strides: None,
+            input_channels: c,
+            output_channels: 8,
+        };
+        let conv = Conv { pool_spec: spec, kernel_fmt: KernelFormat::OIHW, group: 1, q_params: None };
+        let y = m.wire_node("conv", conv, &[x, kernel, bias])?;
+        m.select_output_outlets(&y)?;
+        assert_eq!(compare(m, tvec!(random(&[1, c, h, w], &mut next)?), c * 9, "banded")?, 1);
+        Ok(())
+    }
+
+    /// Products with a constant rank-2 weight, in the layouts tract's
+    /// decluttering and ONNX's MatMul/Gemm give, against tract's.
+    #[test]
+    fn products_match_tracts() -> TractResult<()> {
+        if !available() {
+            return Ok(());
+        }
+        let mut next = crate::seeded_values(0x2f6b_8d31_u64);
+        // (expression, data shape, weight shape)
+        let cases: &[(&str, &[usize], &[usize])] = &[
+            ("nihw,oi->nohw", &[2, 64, 9, 11], &[96, 64]),
+            ("oi,nihw->nohw", &[1, 64, 16, 16], &[128, 64]),
+            ("nk,km->nm", &[300, 96], &[96, 128]),
+            ("nk,mk->nm", &[300, 96], &[128, 96]),
+            ("bsk,km->bsm", &[2, 128, 256], &[256, 64]),
+            ("bsk,mk->bms", &[3, 100, 64], &[80, 64]),
+            // what tract's decluttering leaves of NCHW 1x1 convolutions
+            ("mk,akbn->mbn", &[1, 64, 28, 28], &[96, 64]),
+            ("mk,kbn->ambn", &[64, 28, 28], &[96, 64]),
+        ];
+        for (expr, dshape, wshape) in cases {
+            let axes: AxesMapping = expr.parse()?;
+            let data_first = expr.split(',').next().unwrap().len() == dshape.len() && !expr.starts_with("oi,");
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", f32::fact(*dshape))?;
+            let w = m.add_const("w", random(wshape, &mut next)?)?;
+            let ins = if data_first { [x, w] } else { [w, x] };
+            let y = m.wire_node("einsum", EinSum::new(axes, f32::datum_type()), &ins)?;
+            m.select_output_outlets(&y)?;
+            let k = wshape.iter().copied().filter(|d| dshape.contains(d)).max().unwrap_or(1);
+            let n = compare(m, tvec!(random(dshape, &mut next)?), k, expr)?;
+            assert_eq!(n, 1, "{expr} not substituted");
+        }
+        Ok(())
+    }
+}
