@@ -536,7 +536,8 @@ impl TypedOp for GemmEinSum {
 }
 
 /// Replaces f32 convolutions and large constant-weight products with the
-/// `gemm` ones; returns how many. Run after decluttering, before tract's
+/// `gemm` ones, and depthwise convolutions with `PlaneDepthwise`; returns
+/// how many. Run after decluttering, before tract's
 /// code generation. Does nothing on a CPU without AVX2 and FMA.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
@@ -552,6 +553,12 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let op: Box<dyn TypedOp> = if let Some(conv) = node.op_as::<Conv>() {
+            if crate::depthwise::fits(conv, &facts) {
+                model.node_mut(id).op =
+                    Box::new(crate::depthwise::PlaneDepthwise { pool_spec: conv.pool_spec.clone() });
+                replaced += 1;
+                continue;
+            }
             let spec = &conv.pool_spec;
             let depthwise = conv.group > 1 && conv.group == spec.input_channels && conv.group == spec.output_channels;
             let fits = conv.q_params.is_none()

@@ -6,6 +6,8 @@
 //! openvino` builds) and never links the compiler: a test runs `cargo tree`
 //! on it to keep it that way.
 
+#[cfg(target_arch = "x86_64")]
+pub mod depthwise;
 pub mod engine;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
