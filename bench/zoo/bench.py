@@ -1,7 +1,8 @@
 """neoc bundles run by neorun's engine vs ONNX Runtime, in the same run.
 
-Our side comes in up to three variants per model: `tract` (the portable
-engine), `openvino-fp32` and, on a CPU with AVX-512-BF16 or AMX,
+Our side comes in up to four variants per model: `tract` (the portable
+engine, with neorun's own kernels), `tract-stock` (the same bundle with
+tract's kernels only: NEORUN_KERNELS=tract), `openvino-fp32` and, on a CPU with AVX-512-BF16 or AMX,
 `openvino-bf16` (the OpenVINO engine, with the accuracy cost of bf16 against
 fp32 taken from the bundle's verification record). Trees run on the trees
 engine only.
@@ -36,10 +37,17 @@ from onnx import helper, numpy_helper, TensorProto
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
-def ours(neorun, bundle, threads, batch, iters):
+# `tract-stock`: the tract bundle run with tract's own kernels everywhere
+# (NEORUN_KERNELS=tract), i.e. without neorun's convolution, product, depthwise,
+# pooling and LRN kernels: what they gain, in the same run
+STOCK = "tract-stock"
+
+
+def ours(neorun, bundle, threads, batch, iters, variant=""):
+    env = dict(os.environ, NEORUN_KERNELS="tract") if variant == STOCK else None
     r = subprocess.run([neorun, "bench", bundle, "--allow-unsigned", "--threads", str(threads), "--batch", str(batch),
                         "--iterations", str(iters), "--warmup", str(max(3, iters // 10)), "--json"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
     d = json.loads(r.stdout)
@@ -145,6 +153,8 @@ def main():
             per_model.append(info)
         if not bundles:
             continue
+        if "tract" in bundles and not m.get("trees"):
+            bundles[STOCK] = bundles["tract"]
         rng = np.random.default_rng(0)
         batches = [1, 64] if m.get("tabular") else [1]
         for threads in (1, 2):
@@ -159,7 +169,7 @@ def main():
                 r_med, r_p99 = [], []
                 for _ in range(ROUNDS):
                     for v, bundle in bundles.items():
-                        a, b = ours(neorun, bundle, threads, batch, iters)
+                        a, b = ours(neorun, bundle, threads, batch, iters, v)
                         o_med[v].append(a); o_p99[v].append(b)
                     a, b = timed(sess, feeds, iters)
                     r_med.append(a); r_p99.append(b)
@@ -193,7 +203,7 @@ def main():
             per_model.append(info)
             print(f"{name}: {info}", flush=True)
     geo = {}
-    for v in ("tract", "openvino-fp32", "openvino-bf16"):
+    for v in ("tract", STOCK, "openvino-fp32", "openvino-bf16"):
         for t in (1, 2):
             rs = [r["ratio"] for r in rows if r["engine"] == v and r["threads"] == t and r["batch"] == 1
                   and not r["model"].startswith("fraud")]

@@ -57,8 +57,9 @@ pub struct TractEngine {
 }
 
 /// Runs at least this long (µs) go to tract's thread pool; shorter ones stay
-/// on the calling thread, where handing the run to a worker and back (about
-/// 25 µs measured on fraud-mlp, a 5 µs model) would cost more than it saves.
+/// on the calling thread, single-threaded, where handing the run (or its
+/// operators) to a worker and back (about 25 µs measured on fraud-mlp, a 5
+/// µs model) would cost more than it saves.
 const POOL_MIN_US: u64 = 1000;
 
 /// Runs `f` on a worker of tract's thread pool when it has one (`--threads`
@@ -184,7 +185,16 @@ impl TractEngine {
             Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
         };
         let t0 = std::time::Instant::now();
-        let out = if self.last_us.load(Relaxed) >= POOL_MIN_US { in_pool(run) } else { run() };
+        let out = if self.last_us.load(Relaxed) >= POOL_MIN_US {
+            in_pool(run)
+        } else {
+            // short runs keep every operator on this thread: handing one to
+            // the pool costs about as much as it saves, and the pool's
+            // workers then spin against this thread for the CPUs (image-cnn,
+            // 100 µs, ran 20% slower on 2 threads than on 1 without this)
+            use tract_linalg::multithread::{multithread_tract_scope, Executor};
+            multithread_tract_scope(Executor::SingleThread, run)
+        };
         self.last_us.store(t0.elapsed().as_micros() as u64, Relaxed);
         out
     }

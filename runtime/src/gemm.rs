@@ -25,9 +25,11 @@ use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
 
-/// im2col buffers hold at most this many floats (16 MiB); larger ones are
-/// built a band of output rows at a time.
-const COLUMNS_LIMIT: usize = 4 << 20;
+/// im2col buffers hold at most this many floats (4 MiB, so that the band
+/// the product reads is still in cache); larger ones are built a band of
+/// output rows at a time. VGG-19 ran in 196 ms with bands of 1 Mi or 256 Ki
+/// floats, 218 ms with 4 Mi, 239 ms with 64 Ki.
+const COLUMNS_LIMIT: usize = 1 << 20;
 
 /// Smaller products stay with tract (its call overhead is lower).
 const MIN_EINSUM_MACS: usize = 1 << 18;
@@ -99,12 +101,22 @@ impl Product {
     }
 }
 
+/// Products of fewer multiply-adds than this, called from outside tract's
+/// pool, stay on the calling thread: handing work to the pool and back costs
+/// about 25 µs, more than two threads save on them (image-cnn, a 100 µs
+/// model, ran slower on 2 threads than on 1 before this).
+const HAND_OFF_MIN_MACS: usize = 16 << 20;
+
 /// Runs `f(threads)` on tract's thread pool when it has more than one
-/// thread (so that `gemm`'s rayon calls use that pool), else here.
-fn on_tract_threads<R: Send>(f: impl FnOnce(usize) -> R + Send) -> R {
+/// thread (so that `gemm`'s rayon calls use that pool), else here; `macs`
+/// is the work's size (see `HAND_OFF_MIN_MACS`).
+fn on_tract_threads<R: Send>(macs: usize, f: impl FnOnce(usize) -> R + Send) -> R {
     use tract_linalg::multithread::{current_tract_executor, Executor};
     match current_tract_executor() {
-        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+        Executor::MultiThread(pool)
+            if pool.current_num_threads() > 1
+                && (pool.current_thread_index().is_some() || macs >= HAND_OFF_MIN_MACS) =>
+        {
             let threads = pool.current_num_threads();
             pool.install(|| f(threads))
         }
@@ -248,7 +260,8 @@ impl EvalOp for GemmConv {
         if output.len() > 0 {
             let mut view = output.try_as_plain_ram_mut()?;
             let y = view.as_slice_mut::<f32>()?;
-            on_tract_threads(|threads| conv(&g, n, x, kernel, bias, y, threads));
+            let macs = y.len() * g.kg();
+            on_tract_threads(macs, |threads| conv(&g, n, x, kernel, bias, y, threads));
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -277,8 +290,9 @@ fn conv(g: &ConvGeo, n: usize, x: &[f32], kernel: &[f32], bias: &[f32], y: &mut 
 }
 
 thread_local! {
-    /// Each thread's im2col buffer (kept at the largest size used so far,
-    /// at most `COLUMNS_LIMIT` floats plus one band).
+    /// Each thread's im2col buffer (kept at the largest size used so far:
+    /// `COLUMNS_LIMIT` floats, or one band of output rows when a single row
+    /// is larger).
     static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -505,7 +519,7 @@ impl EvalOp for GemmEinSum {
             let mut view = output.try_as_plain_ram_mut()?;
             let y = SendPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
             let (wp, dp) = (SendPtr(w.as_ptr() as *mut f32), SendPtr(d.as_ptr() as *mut f32));
-            on_tract_threads(|threads| {
+            on_tract_threads(oshape.iter().product::<usize>() * p.k, |threads| {
                 for i in 0..loops {
                     // the offsets of loop `i` over the remaining runs
                     let (mut rest, mut doff, mut ooff) = (i, 0isize, 0isize);
@@ -748,7 +762,7 @@ mod tests {
             return Ok(());
         }
         let mut next = crate::seeded_values(0x1234_5678_u64);
-        let (c, h, w) = (64, 120, 120); // 576 rows × 14400 columns > 4 Mi
+        let (c, h, w) = (64, 120, 120); // 576 rows × 14400 columns > 1 Mi
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, c, h, w]))?;
         let kernel = m.add_const("k", random(&[8, c, 3, 3], &mut next)?)?;

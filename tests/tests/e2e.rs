@@ -45,6 +45,10 @@ fn image_cnn_predicts_like_onnxruntime() {
     assert_close(&response_data(&out), &expected("image-cnn"), 1e-4);
     let check = ok(run("neorun", dir.path(), &["check", b.to_str().unwrap(), "--trusted-key", "k.pub"], &[], None));
     assert!(check.contains("2 test vectors pass"), "{check}");
+    // and with tract's kernels only (no neorun convolution, pooling, ... kernels)
+    let args = ["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()];
+    let stock = ok(run("neorun", dir.path(), &args, &[("NEORUN_KERNELS", "tract")], None));
+    assert_close(&response_data(&stock), &expected("image-cnn"), 1e-4);
 }
 
 #[test]
@@ -885,18 +889,26 @@ fn bench_profile_times_every_tract_operator_and_refuses_other_engines() {
     let d = dir.path();
     let b = compile(d, "image-cnn:1", host_target(), &["--engine", "tract"]);
     let b = b.to_str().unwrap();
-    let out = ok(run(
-        "neorun",
-        d,
-        &["bench", b, "--trusted-key", "k.pub", "--profile", "--iterations", "3", "--json"],
-        &[],
-        None,
-    ));
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let profile = |envs: &[(&str, &str)]| -> serde_json::Value {
+        let args = ["bench", b, "--trusted-key", "k.pub", "--profile", "--iterations", "3", "--json"];
+        serde_json::from_str(&ok(run("neorun", d, &args, envs, None))).unwrap()
+    };
+    let doc = profile(&[]);
     let nodes = doc["nodes"].as_array().unwrap();
     assert!(nodes.len() > 3, "{doc}");
-    // matrix products carry tract's description of the kernel it chose
-    assert!(nodes.iter().any(|n| n["op"] == "OptMatMul" && n["info"].as_str().unwrap().contains("mmm")), "{doc}");
+    let has = |nodes: &[serde_json::Value], op: &str, info: &str| {
+        nodes.iter().any(|n| n["op"] == op && n["info"].as_str().unwrap().contains(info))
+    };
+    // on x86-64 the convolutions run on neorun's gemm kernels, with their geometry
+    if cfg!(target_arch = "x86_64") {
+        assert!(has(nodes, "GemmConv", "Kernel shape"), "{doc}");
+    }
+    // NEORUN_KERNELS=tract keeps tract's: its matrix products carry its
+    // description of the kernel it chose
+    let stock = profile(&[("NEORUN_KERNELS", "tract")]);
+    let stock_nodes = stock["nodes"].as_array().unwrap();
+    assert!(has(stock_nodes, "OptMatMul", "mmm"), "{stock}");
+    assert!(!stock_nodes.iter().any(|n| n["op"].as_str().unwrap().starts_with("Gemm")), "{stock}");
     let total = doc["total_us"].as_f64().unwrap();
     let by_op: f64 = doc["by_op"].as_array().unwrap().iter().map(|o| o["mean_us"].as_f64().unwrap()).sum();
     assert!(total > 0.0 && (by_op - total).abs() <= 1e-6 * total, "{total} vs {by_op}");
