@@ -14,6 +14,8 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
+use crate::window::Window;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlaneDepthwise {
     pub pool_spec: PoolSpec,
@@ -31,23 +33,6 @@ impl Op for PlaneDepthwise {
     op_as_typed_op!();
 }
 
-/// One plane's geometry, with concrete sizes.
-#[derive(Clone, Copy, Debug)]
-struct Geo {
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    dw: usize,
-    top: usize,
-    left: usize,
-}
-
 impl EvalOp for PlaneDepthwise {
     op_out_of_plan!();
 
@@ -63,22 +48,7 @@ impl EvalOp for PlaneDepthwise {
             kshape.len() == 4 && kshape[0] == c && kshape[1] == 1,
             "PlaneDepthwise: kernel {kshape:?} for {c} channels"
         );
-        let padding = self.pool_spec.computed_padding(&[h, w]);
-        let (strides, dilations) = (self.pool_spec.strides(), self.pool_spec.dilations());
-        let g = Geo {
-            h,
-            w,
-            oh: padding[0].convoluted,
-            ow: padding[1].convoluted,
-            kh: kshape[2],
-            kw: kshape[3],
-            sh: strides[0],
-            sw: strides[1],
-            dh: dilations[0],
-            dw: dilations[1],
-            top: padding[0].pad_before,
-            left: padding[1].pad_before,
-        };
+        let g = Window::new(&self.pool_spec, h, w, kshape[2], kshape[3]);
         let kernel = kernel.try_as_plain_ram()?;
         let kernel = kernel.as_slice::<f32>()?;
         let bias = bias.try_as_plain_ram()?;
@@ -122,7 +92,7 @@ impl EvalOp for PlaneDepthwise {
 /// One plane: `x` is H×W, `taps` KH×KW, `out` OH×OW; `scratch` is reused
 /// between planes.
 #[inline(always)]
-fn plane(g: &Geo, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
+fn plane(g: &Window, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
     if g.sh == 1 && g.sw == 1 {
         flat(g, x, taps, bias, out, scratch);
         return;
@@ -137,18 +107,10 @@ fn plane(g: &Geo, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: 
             let src = &x[iy as usize * g.w..][..g.w];
             for kx in 0..g.kw {
                 let wv = taps[ky * g.kw + kx];
-                // output columns whose input column is inside the row: [a, b)
-                let off = (kx * g.dw) as isize - g.left as isize;
-                let a = if off < 0 { ((-off) as usize).div_ceil(g.sw).min(g.ow) } else { 0 };
-                let b = if (g.w as isize) > off {
-                    (((g.w as isize - 1 - off) as usize) / g.sw + 1).clamp(a, g.ow)
-                } else {
-                    a
-                };
+                let (a, b, start) = g.inside_columns(kx);
                 if a == b {
                     continue;
                 }
-                let start = (a as isize * g.sw as isize + off) as usize;
                 let dst = &mut out_row[a..b];
                 if g.sw == 1 {
                     for (o, v) in dst.iter_mut().zip(&src[start..start + (b - a)]) {
@@ -170,7 +132,7 @@ fn plane(g: &Geo, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: 
 /// (short planes, 7x7 or 14x14, spent their time in per-row bookkeeping),
 /// and the output is read back from the columns that are not padding.
 #[inline(always)]
-fn flat(g: &Geo, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
+fn flat(g: &Window, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
     let (hp, wp) = (g.oh + (g.kh - 1) * g.dh, g.ow + (g.kw - 1) * g.dw);
     let span = (g.oh - 1) * wp + g.ow;
     scratch.clear();
@@ -203,7 +165,7 @@ fn flat(g: &Geo, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &
 
 /// `plane` compiled for AVX2 and FMA (neorun's baseline is plain x86-64).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(g: &Geo, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
+unsafe fn plane_avx2(g: &Window, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
     plane(g, x, taps, bias, out, scratch)
 }
 

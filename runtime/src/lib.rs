@@ -23,6 +23,7 @@ pub mod request;
 pub mod serve;
 pub mod tensors;
 pub mod trees;
+mod window;
 
 pub use model::{LoadError, Model, OpenOptions, PredictError};
 

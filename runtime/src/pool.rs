@@ -16,6 +16,8 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{MaxPool, PoolSpec, SumPool};
 use tract_core::ops::nn::DataFormat;
 
+use crate::window::Window;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reduce {
     Max,
@@ -47,23 +49,6 @@ impl Op for PlanePool {
     op_as_typed_op!();
 }
 
-/// The geometry of one plane, with concrete sizes.
-#[derive(Clone, Copy, Debug)]
-struct Geo {
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    top: usize,
-    left: usize,
-    bottom: usize,
-    right: usize,
-}
-
 impl EvalOp for PlanePool {
     op_out_of_plan!();
 
@@ -72,22 +57,8 @@ impl EvalOp for PlanePool {
         let shape = input.shape().to_vec();
         ensure!(shape.len() == 4, "PlanePool takes NCHW input, got shape {shape:?}");
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
-        let padding = self.pool_spec.computed_padding(&[h, w]);
-        let strides = self.pool_spec.strides();
-        let geo = Geo {
-            h,
-            w,
-            oh: padding[0].convoluted,
-            ow: padding[1].convoluted,
-            kh: self.pool_spec.kernel_shape[0],
-            kw: self.pool_spec.kernel_shape[1],
-            sh: strides[0],
-            sw: strides[1],
-            top: padding[0].pad_before,
-            left: padding[1].pad_before,
-            bottom: padding[0].pad_after,
-            right: padding[1].pad_after,
-        };
+        let ks = &self.pool_spec.kernel_shape;
+        let geo = Window::new(&self.pool_spec, h, w, ks[0], ks[1]);
         let x = input.try_as_plain_ram()?;
         let x = x.as_slice::<f32>()?;
         let mut output = Tensor::zero::<f32>(&[n, c, geo.oh, geo.ow])?;
@@ -118,7 +89,7 @@ impl EvalOp for PlanePool {
 
 /// One plane: `x` is H×W, `out` OH×OW, `row` W floats of scratch.
 #[inline(always)]
-fn plane(reduce: Reduce, g: &Geo, x: &[f32], out: &mut [f32], row: &mut [f32]) {
+fn plane(reduce: Reduce, g: &Window, x: &[f32], out: &mut [f32], row: &mut [f32]) {
     let max = matches!(reduce, Reduce::Max);
     for oy in 0..g.oh {
         let y0 = (oy * g.sh) as isize - g.top as isize;
@@ -190,7 +161,7 @@ fn plane(reduce: Reduce, g: &Geo, x: &[f32], out: &mut [f32], row: &mut [f32]) {
 /// `plane` compiled for AVX2 (neorun's baseline is plain x86-64).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn plane_avx2(reduce: Reduce, g: &Geo, x: &[f32], out: &mut [f32], row: &mut [f32]) {
+unsafe fn plane_avx2(reduce: Reduce, g: &Window, x: &[f32], out: &mut [f32], row: &mut [f32]) {
     plane(reduce, g, x, out, row)
 }
 

@@ -1,0 +1,68 @@
+//! The geometry of a 2-D window (a pooling window or a convolution kernel)
+//! sliding over one plane, with concrete sizes: what neorun's plane kernels
+//! (`pool`, and on x86-64 `gemm` and `depthwise`) share.
+
+use tract_core::ops::cnn::PoolSpec;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    /// Input plane.
+    pub h: usize,
+    pub w: usize,
+    /// Output plane.
+    pub oh: usize,
+    pub ow: usize,
+    /// Window, strides, dilations.
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    /// Padding.
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Window {
+    /// `spec`'s `kh`×`kw` window over an `h`×`w` plane.
+    pub fn new(spec: &PoolSpec, h: usize, w: usize, kh: usize, kw: usize) -> Window {
+        let padding = spec.computed_padding(&[h, w]);
+        let (strides, dilations) = (spec.strides(), spec.dilations());
+        Window {
+            h,
+            w,
+            oh: padding[0].convoluted,
+            ow: padding[1].convoluted,
+            kh,
+            kw,
+            sh: strides[0],
+            sw: strides[1],
+            dh: dilations[0],
+            dw: dilations[1],
+            top: padding[0].pad_before,
+            left: padding[1].pad_before,
+            bottom: padding[0].pad_after,
+            right: padding[1].pad_after,
+        }
+    }
+
+    /// For window column `kx`: the output columns `[a, b)` whose input
+    /// column `ox·sw + kx·dw - left` lies inside the row, and the input
+    /// column of `a`.
+    pub fn inside_columns(&self, kx: usize) -> (usize, usize, usize) {
+        let off = (kx * self.dw) as isize - self.left as isize;
+        let a = if off < 0 { ((-off) as usize).div_ceil(self.sw).min(self.ow) } else { 0 };
+        let b = if (self.w as isize) > off {
+            (((self.w as isize - 1 - off) as usize) / self.sw + 1).clamp(a, self.ow)
+        } else {
+            a
+        };
+        // within the row even when a == b (a window column wholly in the
+        // padding: a 1-wide plane with 2 columns of right padding)
+        let start = ((a as isize * self.sw as isize + off).max(0) as usize).min(self.w);
+        (a, b, start)
+    }
+}
