@@ -79,8 +79,9 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Whether neorun swaps in its own kernels (LRN, pooling, and on x86-64 the
-/// convolution and matrix-product kernels): yes unless `NEORUN_KERNELS=tract`,
-/// which keeps tract's everywhere (to compare, or to rule ours out).
+/// convolution, depthwise and matrix-product kernels): yes unless
+/// `NEORUN_KERNELS=tract`, which keeps tract's everywhere (to compare, or to
+/// rule ours out).
 pub fn own_kernels() -> bool {
     std::env::var("NEORUN_KERNELS").map(|v| v != "tract").unwrap_or(true)
 }
