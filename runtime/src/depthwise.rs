@@ -11,10 +11,10 @@
 //! whose group count equals their input and output channels.
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
+use tract_core::ops::cnn::{Conv, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
-use crate::window::Window;
+use crate::window::{nchw, Window};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlaneDepthwise {
@@ -38,11 +38,8 @@ impl EvalOp for PlaneDepthwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (input, kernel, bias) = args_3!(inputs);
-        let shape = input.shape().to_vec();
         let batched = self.pool_spec.data_format == DataFormat::NCHW;
-        ensure!(shape.len() == 3 + batched as usize, "PlaneDepthwise: input shape {shape:?}");
-        let (n, c, h, w) =
-            if batched { (shape[0], shape[1], shape[2], shape[3]) } else { (1, shape[0], shape[1], shape[2]) };
+        let (n, c, h, w) = nchw(input.shape(), self.pool_spec.data_format).context("PlaneDepthwise")?;
         let kshape = kernel.shape().to_vec();
         ensure!(
             kshape.len() == 4 && kshape[0] == c && kshape[1] == 1,
@@ -177,27 +174,17 @@ impl TypedOp for PlaneDepthwise {
     as_op!();
 }
 
-/// Whether `conv` over inputs with `facts` is one `PlaneDepthwise` computes.
-pub fn fits(conv: &Conv, facts: &[TypedFact]) -> bool {
+/// Whether `conv` has one filter per channel (what `PlaneDepthwise` takes
+/// among the convolutions `gemm::plane_conv` accepts).
+pub fn is_depthwise(conv: &Conv) -> bool {
     let spec = &conv.pool_spec;
-    conv.q_params.is_none()
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && conv.group > 1
-        && conv.group == spec.input_channels
-        && conv.group == spec.output_channels
-        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        && spec.kernel_shape.len() == 2
-        && facts.len() == 3
-        && facts.iter().all(|f| f.datum_type == f32::datum_type() && f.is_plain())
-        && facts[0].rank() == 3 + spec.data_format.has_n() as usize
-        && facts[1].rank() == 4
-        && facts[2].shape.volume().to_usize().is_ok_and(|v| v == 1 || v == spec.output_channels)
+    conv.group > 1 && conv.group == spec.input_channels && conv.group == spec.output_channels
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_core::ops::cnn::PaddingSpec;
+    use tract_core::ops::cnn::{KernelFormat, PaddingSpec};
 
     /// Against tract's depthwise convolution on seeded data: kernels,
     /// strides, dilations, paddings, batched or not.
@@ -240,7 +227,7 @@ mod tests {
                     let theirs =
                         m.clone().into_optimized()?.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
                     let facts: Vec<TypedFact> = m.node_input_facts(y[0].node)?.into_iter().cloned().collect();
-                    assert!(fits(&conv, &facts), "{k:?} {s:?} {padding:?}");
+                    assert!(crate::gemm::plane_conv(&conv, &facts) && is_depthwise(&conv), "{k:?} {s:?} {padding:?}");
                     let node = y[0].node;
                     m.node_mut(node).op = Box::new(PlaneDepthwise { pool_spec: conv.pool_spec.clone() });
                     let ours = m.into_runnable()?.run(tvec!(input.into_tvalue()))?;

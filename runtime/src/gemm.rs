@@ -26,7 +26,7 @@ use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
 
-use crate::window::Window;
+use crate::window::{nchw, Window};
 
 /// im2col buffers hold at most this many floats (4 MiB, so that the band
 /// the product reads is still in cache); larger ones are built a band of
@@ -202,15 +202,8 @@ impl EvalOp for GemmConv {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (input, kernel, bias) = args_3!(inputs);
-        let shape = input.shape().to_vec();
         let batched = self.pool_spec.data_format == DataFormat::NCHW;
-        ensure!(
-            shape.len() == 3 + batched as usize,
-            "GemmConv takes {:?} input, got shape {shape:?}",
-            self.pool_spec.data_format
-        );
-        let (n, c, h, w) =
-            if batched { (shape[0], shape[1], shape[2], shape[3]) } else { (1, shape[0], shape[1], shape[2]) };
+        let (n, c, h, w) = nchw(input.shape(), self.pool_spec.data_format).context("GemmConv")?;
         let kshape = kernel.shape();
         ensure!(kshape.len() == 4, "GemmConv takes an OIHW kernel, got shape {kshape:?}");
         let win = Window::new(&self.pool_spec, h, w, kshape[2], kshape[3]);
@@ -377,6 +370,8 @@ pub struct GemmEinSum {
     pub einsum: EinSum,
     /// Which input is the rank-2 weight.
     pub weight_slot: usize,
+    /// The roles of `einsum`'s axes (found once, at substitution).
+    roles: Roles,
 }
 
 impl Op for GemmEinSum {
@@ -392,6 +387,7 @@ impl Op for GemmEinSum {
 }
 
 /// Roles of an einsum's axes, as `GemmEinSum` needs them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Roles {
     /// (position in weight, in data) of the summed axis.
     k: (usize, usize),
@@ -405,7 +401,7 @@ struct Roles {
     output_units: Vec<usize>,
 }
 
-fn roles(axes: &AxesMapping, weight_slot: usize) -> Option<Roles> {
+fn axis_roles(axes: &AxesMapping, weight_slot: usize) -> Option<Roles> {
     let data_slot = 1 - weight_slot;
     if axes.input_count() != 2 || axes.output_count() != 1 || axes.rank(InOut::In(weight_slot)) != 2 {
         return None;
@@ -441,7 +437,7 @@ impl EvalOp for GemmEinSum {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let roles = roles(&self.einsum.axes, self.weight_slot).context("GemmEinSum: unsupported axes")?;
+        let roles = &self.roles;
         let (weight, data) = (&inputs[self.weight_slot], &inputs[1 - self.weight_slot]);
         let (wshape, dshape) = (weight.shape(), data.shape());
         ensure!(wshape[roles.k.0] == dshape[roles.k.1], "GemmEinSum: summed axis {wshape:?} vs {dshape:?}");
@@ -518,6 +514,23 @@ impl TypedOp for GemmEinSum {
     as_op!();
 }
 
+/// Whether `conv` over inputs with `facts` is a convolution neorun's plane
+/// kernels take (`GemmConv`, or `PlaneDepthwise` when depthwise): float
+/// (not quantized), OIHW kernel, 2-D over NCHW or CHW planes, a bias of one
+/// value or one per output channel. The inputs' types are checked by the
+/// caller (f32, plain).
+pub(crate) fn plane_conv(conv: &Conv, facts: &[TypedFact]) -> bool {
+    let spec = &conv.pool_spec;
+    conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && spec.kernel_shape.len() == 2
+        && facts.len() == 3
+        && facts[0].rank() == 3 + spec.data_format.has_n() as usize
+        && facts[1].rank() == 4
+        && facts[2].shape.volume().to_usize().is_ok_and(|v| v == 1 || v == spec.output_channels)
+}
+
 /// Replaces f32 convolutions and large constant-weight products with the
 /// `gemm` ones, and depthwise convolutions with `PlaneDepthwise`; returns
 /// how many. Run after decluttering, before tract's
@@ -536,27 +549,14 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let op: Box<dyn TypedOp> = if let Some(conv) = node.op_as::<Conv>() {
-            if crate::depthwise::fits(conv, &facts) {
-                model.node_mut(id).op =
-                    Box::new(crate::depthwise::PlaneDepthwise { pool_spec: conv.pool_spec.clone() });
-                replaced += 1;
+            if !plane_conv(conv, &facts) {
                 continue;
             }
-            let spec = &conv.pool_spec;
-            let depthwise = conv.group > 1 && conv.group == spec.input_channels && conv.group == spec.output_channels;
-            let fits = conv.q_params.is_none()
-                && conv.kernel_fmt == KernelFormat::OIHW
-                && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-                && spec.kernel_shape.len() == 2
-                && facts.len() == 3
-                && facts[0].rank() == 2 + spec.data_format.has_n() as usize + 1
-                && facts[1].rank() == 4
-                && facts[2].shape.volume().to_usize().is_ok_and(|v| v == 1 || v == spec.output_channels)
-                && !depthwise;
-            if !fits {
-                continue;
+            if crate::depthwise::is_depthwise(conv) {
+                Box::new(crate::depthwise::PlaneDepthwise { pool_spec: conv.pool_spec.clone() })
+            } else {
+                Box::new(GemmConv { pool_spec: conv.pool_spec.clone(), group: conv.group })
             }
-            Box::new(GemmConv { pool_spec: spec.clone(), group: conv.group })
         } else if let Some(einsum) = node.op_as::<EinSum>() {
             if einsum.q_params.is_some() || einsum.operating_dt != f32_dt || facts.len() != 2 {
                 continue;
@@ -565,7 +565,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             let Some(weight_slot) = (0..2).find(|s| facts[*s].rank() == 2 && facts[*s].konst.is_some()) else {
                 continue;
             };
-            let Some(roles) = roles(&einsum.axes, weight_slot) else { continue };
+            let Some(roles) = axis_roles(&einsum.axes, weight_slot) else { continue };
             let data = &facts[1 - weight_slot];
             if !roles.data_units.iter().all(|d| data.shape[*d].is_one()) {
                 continue;
@@ -592,7 +592,9 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
                 let konst = model.add_const(name, weight)?;
                 model.add_edge(konst, InletId::new(id, weight_slot))?;
             }
-            Box::new(GemmEinSum { einsum, weight_slot })
+            // the roles of the (possibly re-laid) weight's axes
+            let roles = axis_roles(&einsum.axes, weight_slot).context("the re-laid weight's axes")?;
+            Box::new(GemmEinSum { einsum, weight_slot, roles })
         } else {
             continue;
         };

@@ -2,7 +2,22 @@
 //! sliding over one plane, with concrete sizes: what neorun's plane kernels
 //! (`pool`, and on x86-64 `gemm` and `depthwise`) share.
 
+// elsewhere only `pool` uses it: dilations, `inside_columns` and `nchw` serve
+// the x86-64 convolution kernels
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+use tract_core::internal::*;
 use tract_core::ops::cnn::PoolSpec;
+use tract_core::ops::nn::DataFormat;
+
+/// `(n, c, h, w)` of an NCHW input, or of a CHW one (one image).
+pub(crate) fn nchw(shape: &[usize], format: DataFormat) -> TractResult<(usize, usize, usize, usize)> {
+    match (format, shape) {
+        (DataFormat::NCHW, &[n, c, h, w]) => Ok((n, c, h, w)),
+        (DataFormat::CHW, &[c, h, w]) => Ok((1, c, h, w)),
+        _ => bail!("expected a {format:?} input, got shape {shape:?}"),
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Window {
