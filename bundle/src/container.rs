@@ -396,6 +396,7 @@ mod tests {
             accelerator_model: None,
             fallback_engine: None,
             engine_selection: None,
+            gpu_placement: None,
         };
         (m, files)
     }

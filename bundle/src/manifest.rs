@@ -50,6 +50,34 @@ pub struct Manifest {
     /// How `engine` was chosen among the candidates, with their timings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_selection: Option<EngineSelection>,
+    /// For CUDA targets: which operators tract's CUDA runtime puts on the
+    /// GPU and which it leaves on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_placement: Option<GpuPlacement>,
+}
+
+/// Where tract's CUDA runtime runs a model's operators: on the GPU, or on
+/// the CPU with a copy between host and device on each side.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuPlacement {
+    /// How it was found: neoc's dry run of the translation on the build
+    /// host, or neorun's reading of the model it prepared on a GPU.
+    pub method: String,
+    /// `translated`, or why the translation fails (on a GPU the bundle then
+    /// loads only with `neorun --cpu-fallback`).
+    pub status: String,
+    /// Operators on the GPU.
+    pub gpu_ops: usize,
+    /// Operators left on the CPU, in model order.
+    pub cpu_ops: Vec<PlacedOp>,
+    /// Host-to-device and device-to-host copies.
+    pub transfers: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacedOp {
+    pub node: String,
+    pub op: String,
 }
 
 /// The compile-time half of an inference recommender: every engine and

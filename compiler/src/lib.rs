@@ -5,6 +5,7 @@
 //! the runtime.
 
 pub mod backend;
+pub mod gpu_placement;
 pub mod import;
 pub mod pipeline;
 pub mod printer;

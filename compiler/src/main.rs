@@ -223,6 +223,25 @@ fn parse_engine(s: &str) -> Result<pipeline::EngineChoice, String> {
     }
 }
 
+/// `--explain`'s lines on a CUDA bundle's GPU placement: the summary, how it
+/// was found, and the operators left on the CPU (the first 12).
+fn placement_lines(p: &neoc_bundle::manifest::GpuPlacement) -> String {
+    const SHOWN: usize = 12;
+    let mut s =
+        format!("\n  {:<13} {}\n  {:<13}   ({})", "gpu placement", neoc_runtime::placement::summary(p), "", p.method);
+    for o in p.cpu_ops.iter().take(SHOWN) {
+        s.push_str(&format!("\n  {:<13}   on the CPU: {} ({})", "", o.node, o.op));
+    }
+    if p.cpu_ops.len() > SHOWN {
+        s.push_str(&format!(
+            "\n  {:<13}   … {} more (the manifest's gpu_placement.cpu_ops lists them all)",
+            "",
+            p.cpu_ops.len() - SHOWN
+        ));
+    }
+    s
+}
+
 /// What a target changed in its bundle: (JSON, text).
 fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
     let m = &c.manifest;
@@ -242,7 +261,8 @@ fn explain(c: &pipeline::Compiled) -> (serde_json::Value, String) {
         ("none", Some(a)) => format!("none: {}", a.status),
         ("none", None) => "none: runs on the CPU".to_string(),
         ("cuda", _) => format!(
-            "NVIDIA GPU {arch}, through tract's CUDA runtime in a neorun built with --features cuda (never run on GPU hardware yet: bench/gpu/run.sh does); the bundle carries the CPU model as fallback (neorun --cpu-fallback)"
+            "NVIDIA GPU {arch}, through tract's CUDA runtime in a neorun built with --features cuda (never run on GPU hardware yet: bench/gpu/run.sh does); the bundle carries the CPU model as fallback (neorun --cpu-fallback){}",
+            m.gpu_placement.as_ref().map(placement_lines).unwrap_or_default()
         ),
         ("neuron", Some(a)) => format!(
             "AWS Neuron {arch}: {} ({} by {} {}), run by neorun through the Neuron runtime (libnrt) on an Inferentia host, with the CPU model as fallback (neorun --cpu-fallback); never run on Inferentia hardware yet",
@@ -471,6 +491,7 @@ fn compile(args: CompileArgs) -> Result<()> {
                     "engine": m.engine,
                     "fallback_engine": m.fallback_engine,
                     "engine_selection": m.engine_selection,
+                    "gpu_placement": m.gpu_placement,
                     "pushed": pushed,
                     "provenance": prov.as_ref().map(|p| json!({"path": p.display().to_string(), "pushed": prov_pushed})),
                     "explain": args.explain.then(|| explain(c).0),
@@ -700,6 +721,9 @@ fn inspect(bundle: &Path, key: Option<&Path>, json_out: bool) -> Result<()> {
         m.target.features.join(", "),
         m.target.accelerator
     );
+    if let Some(p) = &m.gpu_placement {
+        println!("gpu:       {} ({})", neoc_runtime::placement::summary(p), p.method);
+    }
     println!("engine:    {} {} ({})", m.engine.name, m.engine.version, m.engine.model_format);
     println!("compiler:  {} {}; needs neorun >= {}", m.compiler.name, m.compiler.version, m.min_runtime_version);
     for s in &m.inputs {
@@ -769,7 +793,7 @@ fn targets(json_out: bool) -> Result<()> {
             ),
             neoc_targets::Accelerator::Cuda { .. } => (
                 true,
-                "yes: the CPU model, with the CUDA accelerator recorded; GPU placement is not checked by this build"
+                "yes: the model for tract's CUDA runtime (GPU placement found by a dry run of its translation), the CPU model as fallback"
                     .into(),
                 false,
                 if cpu_here {

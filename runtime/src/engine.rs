@@ -132,9 +132,18 @@ impl TractEngine {
         // keep the crate linked: its runtime registers itself through `inventory`
         let _ = std::any::type_name::<tract_cuda::CudaTransform>();
         let model = nnef().model_for_read(&mut &bytes[..]).context("loading the NNEF model")?;
+        // decluttered first, as for the CPU: tract-nnef reads constant-bound
+        // slices as DynSlice, which tract-cuda leaves on the CPU (Inception
+        // v1: 24 of them, and 129 host-device copies instead of 33)
+        let model = model.into_decluttered().context("decluttering the model")?;
         let runtime = runtime_for_name("cuda")?.context("tract's CUDA runtime is not registered")?;
         let plan = runtime.prepare(model).context("preparing the model for the GPU")?;
         Ok(TractEngine { plan, last_us: Default::default() })
+    }
+
+    /// The model as prepared for its runtime (translated, optimized).
+    pub fn prepared_model(&self) -> Option<&TypedModel> {
+        self.plan.typed_plan().map(|p| p.model())
     }
 
     /// Times every node of the optimized plan over `runs` runs (after one

@@ -18,6 +18,7 @@ pub mod model;
 pub mod neuron;
 #[cfg(feature = "openvino")]
 pub mod openvino;
+pub mod placement;
 pub mod pool;
 pub mod request;
 pub mod serve;

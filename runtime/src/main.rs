@@ -272,6 +272,23 @@ fn check(bundle: PathBuf, trust: Trust) -> Result<(), Failure> {
         "ok: {}:{} for {} ({signer}), running {}: {} test vectors pass (max abs error {:.2e})",
         m.model.name, m.model.version, m.target.name, model.running, st.cases, st.max_abs_error
     );
+    if let Some(here) = model.gpu_placement() {
+        use neoc_runtime::placement::summary;
+        println!("GPU placement on this GPU: {}", summary(&here));
+        if let Some(compiled) = &m.gpu_placement {
+            println!("GPU placement found by neoc ({}): {}", compiled.method, summary(compiled));
+            let names = |p: &neoc_bundle::manifest::GpuPlacement| -> std::collections::BTreeSet<String> {
+                p.cpu_ops.iter().map(|o| o.node.clone()).collect()
+            };
+            let (here_cpu, compiled_cpu) = (names(&here), names(compiled));
+            for n in here_cpu.difference(&compiled_cpu) {
+                println!("  on the CPU here, not in neoc's placement: {n}");
+            }
+            for n in compiled_cpu.difference(&here_cpu) {
+                println!("  on the CPU in neoc's placement, not here: {n}");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -385,6 +385,18 @@ impl Model {
         })
     }
 
+    /// Where tract's CUDA runtime put the model's operators, read from the
+    /// model it prepared on this GPU; `None` unless the model runs on one.
+    pub fn gpu_placement(&self) -> Option<neoc_bundle::manifest::GpuPlacement> {
+        match (&self.engine, &self.placement) {
+            #[cfg(feature = "cuda")]
+            (Engine::Tract(e), Placement::Cuda) => e
+                .prepared_model()
+                .map(|m| crate::placement::read(m, "read from the model tract's CUDA runtime prepared on this GPU")),
+            _ => None,
+        }
+    }
+
     /// The threads to use when the operator gave none: the bundle's
     /// target's default (the device's cores), at most this host's CPUs.
     pub fn default_threads(&self) -> usize {

@@ -110,6 +110,44 @@ fn cuda_bundles_run_only_with_an_explicit_cpu_fallback() {
     assert_close(&response_data(&ok(o)), &expected("fraud-mlp"), 1e-5);
 }
 
+/// CUDA bundles say which operators tract's CUDA runtime runs on the GPU
+/// (found by neoc's dry run of tract-cuda's translation: no GPU here):
+/// image-cnn's convolutions, activations, global pooling and dense layer
+/// there, its two max pools on the CPU, with copies around them.
+#[test]
+fn cuda_bundles_record_where_each_operator_runs() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    let o = compile_json(d, "image-cnn:1", &["cuda-sm80"], &["-o", "g.neo", "--explain"], &[]);
+    let s = json(&ok(o));
+    let b = &s["bundles"][0];
+    let p = &b["gpu_placement"];
+    assert_eq!(p["status"], "translated", "{p}");
+    assert!(p["method"].as_str().unwrap().contains("without a GPU"), "{p}");
+    let cpu: Vec<(&str, &str)> = p["cpu_ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["node"].as_str().unwrap(), o["op"].as_str().unwrap()))
+        .collect();
+    assert_eq!(cpu, [("pool0_max_pool_output", "MaxPool"), ("pool1_max_pool_output", "MaxPool")], "{p}");
+    assert!(p["gpu_ops"].as_u64().unwrap() >= 10, "{p}");
+    // input in, output out, and to the host and back around each pool
+    assert!(p["transfers"].as_u64().unwrap() >= 6, "{p}");
+    let acc = b["explain"]["accelerator"].as_str().unwrap();
+    assert!(acc.contains("gpu placement") && acc.contains("on the CPU: pool0_max_pool_output (MaxPool)"), "{acc}");
+    // the signed manifest carries it
+    let o = run("neoc", d, &["inspect", "g.neo", "--key", "k.pub", "--json"], &[], None);
+    let m = json(&ok(o));
+    assert_eq!(m["manifest"]["gpu_placement"]["cpu_ops"].as_array().map(Vec::len), Some(2), "{m}");
+    // CPU targets have none
+    let s = json(&ok(compile_json(d, "image-cnn:1", &["x86_64"], &["-o", "c.neo"], &[])));
+    assert!(s["bundles"][0]["gpu_placement"].is_null(), "{s}");
+}
+
 #[test]
 fn neuron_targets_need_the_neuron_compiler_or_an_explicit_cpu_fallback() {
     if !cfg!(target_arch = "x86_64") {
