@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod gpu_placement;
 pub mod import;
+pub mod passes;
 pub mod pipeline;
 pub mod printer;
 pub mod provenance;

@@ -848,7 +848,7 @@ fn to_fp16(model: &TypedModel) -> Result<TypedModel> {
 fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer: &mut Timer) -> Result<Lowered> {
     let reference = model.clone();
     model.declutter().context("decluttering the model")?;
-    drop_unit_softmax_axes(&mut model)?;
+    crate::passes::run(&mut model)?;
     check_io_types(&model)?;
     if precision == Precision::Fp16 {
         model = to_fp16(&model)?;
@@ -902,36 +902,6 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         reference_desc: format!("source model imported by tract {TRACT_VERSION}, unoptimized"),
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
     })
-}
-
-/// Softmax over several axes where all but one have length 1 (ONNX's
-/// opset < 13 Softmax flattens from its axis: SqueezeNet's over [1000,1,1])
-/// as softmax over that one axis: the same values, and tract-cuda's GPU
-/// softmax takes one axis only (it refuses to translate the model otherwise).
-fn drop_unit_softmax_axes(model: &mut TypedModel) -> Result<()> {
-    use tract_core::ops::nn::Softmax;
-    fn rule(
-        _: &(),
-        model: &TypedModel,
-        node: &TypedNode,
-        _: &str,
-        op: &Softmax,
-    ) -> TractResult<Option<TypedModelPatch>> {
-        let shape = &model.outlet_fact(node.inputs[0])?.shape;
-        let mut axes: TVec<usize> = op.axes.iter().copied().filter(|&a| !shape[a].is_one()).collect();
-        if axes.is_empty() {
-            axes.push(op.axes[0]);
-        }
-        if axes.len() == op.axes.len() {
-            return Ok(None);
-        }
-        let single = Softmax { axes, ..op.clone() };
-        TypedModelPatch::replace_single_op(model, node, &node.inputs, single).map(Some)
-    }
-    tract_core::model::Rewriter::default()
-        .with_rule_for("drop_unit_softmax_axes", rule)
-        .rewrite(&(), model)
-        .context("rewriting softmax over unit axes")
 }
 
 fn lower_trees(
@@ -1366,43 +1336,4 @@ fn compare_all(
 /// The default bundle file name: `NAME-VERSION.TARGET.neo`.
 pub fn default_output(m: &Manifest) -> PathBuf {
     PathBuf::from(format!("{}-{}.{}.neo", m.model.name, m.model.version, m.target.name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tract_core::ops::nn::{Softmax, SoftmaxKind};
-
-    fn softmax_model(shape: [usize; 4], axes: &[usize]) -> TractResult<TypedModel> {
-        let mut m = TypedModel::default();
-        let x = m.add_source("x", f32::fact(shape))?;
-        let op = Softmax { axes: axes.into(), quant_output_dt: None, kind: SoftmaxKind::default() };
-        let s = m.wire_node("s", op, &[x])?;
-        m.select_output_outlets(&s)?;
-        Ok(m)
-    }
-
-    /// SqueezeNet's softmax over [1000,1,1] becomes one over its 1000
-    /// values, with the same output; a softmax over two real axes keeps both.
-    #[test]
-    fn softmax_over_unit_axes_drops_them() -> Result<()> {
-        for (shape, axes, kept) in [
-            ([1, 10, 1, 1], vec![1, 2, 3], vec![1]),
-            ([1, 1, 1, 1], vec![1, 2, 3], vec![1]),
-            ([1, 3, 4, 1], vec![1, 2, 3], vec![1, 2]),
-            ([2, 5, 1, 1], vec![1], vec![1]),
-        ] {
-            let original = softmax_model(shape, &axes)?;
-            let mut rewritten = original.clone();
-            drop_unit_softmax_axes(&mut rewritten)?;
-            let op = rewritten.nodes().iter().find_map(|n| n.op_as::<Softmax>()).expect("still a softmax");
-            assert_eq!(op.axes.to_vec(), kept, "{shape:?} {axes:?}");
-            let len: usize = shape.iter().product();
-            let x = Tensor::from_shape(&shape, &(0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect::<Vec<_>>())?;
-            let want = original.into_runnable()?.run(tvec![x.clone().into_tvalue()])?;
-            let got = rewritten.into_runnable()?.run(tvec![x.into_tvalue()])?;
-            want[0].close_enough(&got[0], true)?;
-        }
-        Ok(())
-    }
 }
