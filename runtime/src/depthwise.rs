@@ -19,6 +19,9 @@ use crate::window::{nchw, Window};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlaneDepthwise {
     pub pool_spec: PoolSpec,
+    /// A ReLU after the convolution, applied to each plane as it is done
+    /// (`epilogue::fuse`).
+    pub relu: bool,
 }
 
 impl Op for PlaneDepthwise {
@@ -27,7 +30,11 @@ impl Op for PlaneDepthwise {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(self.pool_spec.info())
+        let mut info = self.pool_spec.info();
+        if self.relu {
+            info.push("then ReLU".into());
+        }
+        Ok(info)
     }
 
     op_as_typed_op!();
@@ -77,6 +84,9 @@ impl EvalOp for PlaneDepthwise {
                         unsafe { plane_avx2(&g, xp, taps, b, out, &mut scratch) };
                     } else {
                         plane(&g, xp, taps, b, out, &mut scratch);
+                    }
+                    if self.relu {
+                        crate::epilogue::relu(out);
                     }
                 }
                 Ok(())
@@ -229,7 +239,7 @@ mod tests {
                     let facts: Vec<TypedFact> = m.node_input_facts(y[0].node)?.into_iter().cloned().collect();
                     assert!(crate::gemm::plane_conv(&conv, &facts) && is_depthwise(&conv), "{k:?} {s:?} {padding:?}");
                     let node = y[0].node;
-                    m.node_mut(node).op = Box::new(PlaneDepthwise { pool_spec: conv.pool_spec.clone() });
+                    m.node_mut(node).op = Box::new(PlaneDepthwise { pool_spec: conv.pool_spec.clone(), relu: false });
                     let ours = m.into_runnable()?.run(tvec!(input.into_tvalue()))?;
                     assert_eq!(theirs[0].shape(), ours[0].shape());
                     let (a, b) = (theirs[0].try_as_plain_ram()?, ours[0].try_as_plain_ram()?);

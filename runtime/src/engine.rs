@@ -118,7 +118,10 @@ impl TractEngine {
             crate::lrn::substitute(&mut model)?;
             crate::pool::substitute(&mut model)?;
             #[cfg(target_arch = "x86_64")]
-            crate::gemm::substitute(&mut model)?;
+            {
+                crate::gemm::substitute(&mut model)?;
+                crate::epilogue::fuse(&mut model)?;
+            }
         }
         model.optimize().context("optimizing the model for this CPU")?;
         let plan = TypedSimplePlan::new(model)?;

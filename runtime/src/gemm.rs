@@ -146,6 +146,9 @@ impl<T> SendPtr<T> {
 pub struct GemmConv {
     pub pool_spec: PoolSpec,
     pub group: usize,
+    /// A ReLU after the convolution, applied band by band while the output
+    /// is still in cache (`epilogue::fuse`).
+    pub relu: bool,
 }
 
 impl Op for GemmConv {
@@ -155,7 +158,7 @@ impl Op for GemmConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let mut info = self.pool_spec.info();
-        info.push(format!("group: {}", self.group));
+        info.push(format!("group: {}{}", self.group, if self.relu { "; then ReLU" } else { "" }));
         Ok(info)
     }
 
@@ -228,14 +231,15 @@ impl EvalOp for GemmConv {
             let mut view = output.try_as_plain_ram_mut()?;
             let y = view.as_slice_mut::<f32>()?;
             let macs = y.len() * g.kg();
-            on_tract_threads(macs, |threads| conv(&g, n, x, kernel, bias, y, threads));
+            on_tract_threads(macs, |threads| conv(&g, n, x, kernel, bias, y, self.relu, threads));
         }
         Ok(tvec!(output.into_tvalue()))
     }
 }
 
 /// The whole convolution: `y` is N×O×OH×OW, `x` N×C×H×W, `kernel` O×C/g×KH×KW.
-fn conv(g: &ConvGeo, n: usize, x: &[f32], kernel: &[f32], bias: &[f32], y: &mut [f32], threads: usize) {
+#[allow(clippy::too_many_arguments)]
+fn conv(g: &ConvGeo, n: usize, x: &[f32], kernel: &[f32], bias: &[f32], y: &mut [f32], relu: bool, threads: usize) {
     let (kg, ohw) = (g.kg(), g.win.oh * g.win.ow);
     let has_bias = bias.iter().any(|b| *b != 0.0);
     if has_bias {
@@ -252,7 +256,7 @@ fn conv(g: &ConvGeo, n: usize, x: &[f32], kernel: &[f32], bias: &[f32], y: &mut 
         if columns.len() < len {
             *columns = vec![0f32; len];
         }
-        conv_bands(g, n, x, kernel, y, band, has_bias, columns, threads)
+        conv_bands(g, n, x, kernel, y, band, has_bias, relu, columns, threads)
     })
 }
 
@@ -272,6 +276,7 @@ fn conv_bands(
     y: &mut [f32],
     band: usize,
     has_bias: bool,
+    relu: bool,
     columns: &mut [f32],
     threads: usize,
 ) {
@@ -305,6 +310,11 @@ fn conv_bands(
                 // when direct), dst og rows of ohw from column oy0·ow within
                 // `yg`; `yg` is the output, which nothing else aliases
                 unsafe { p.run(yg[oy0 * g.win.ow..].as_mut_ptr(), lhs, rhs, threads) };
+                if relu {
+                    for o in 0..og {
+                        crate::epilogue::relu(&mut yg[o * ohw + oy0 * g.win.ow..][..cols]);
+                    }
+                }
                 oy0 += rows;
             }
         }
@@ -372,6 +382,23 @@ pub struct GemmEinSum {
     pub weight_slot: usize,
     /// The roles of `einsum`'s axes (found once, at substitution).
     roles: Roles,
+    /// A constant added per row (`m`) of the product, and a ReLU after it
+    /// (`epilogue::fuse`: a 1x1 convolution's bias and activation, which
+    /// tract declutters into an addition and a maximum after the product).
+    pub bias: Option<Arc<Tensor>>,
+    pub relu: bool,
+}
+
+impl GemmEinSum {
+    /// The product's row count (`m`), from the weight's fact.
+    pub fn rows(&self, weight: &TypedFact) -> Option<usize> {
+        weight.shape.get(self.roles.m.0).and_then(|d| d.to_usize().ok())
+    }
+
+    /// The output axis the rows (`m`) run along.
+    pub fn row_axis(&self) -> usize {
+        self.roles.m.1
+    }
 }
 
 impl Op for GemmEinSum {
@@ -380,7 +407,13 @@ impl Op for GemmEinSum {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{}", self.einsum.axes)])
+        let then = match (&self.bias, self.relu) {
+            (Some(_), true) => "; then bias, ReLU",
+            (Some(_), false) => "; then bias",
+            (None, true) => "; then ReLU",
+            (None, false) => "",
+        };
+        Ok(vec![format!("{}{then}", self.einsum.axes)])
     }
 
     op_as_typed_op!();
@@ -471,14 +504,30 @@ impl EvalOp for GemmEinSum {
             dst: (os[roles.m.1], ocs),
             lhs: (ws[roles.m.0], ws[roles.k.0]),
             rhs: (ds[roles.k.1], dcs),
-            accumulate: false,
+            accumulate: self.bias.is_some(),
         };
         let w = weight.try_as_plain_ram()?;
         let w = w.as_slice::<f32>()?;
         let d = data.try_as_plain_ram()?;
         let d = d.as_slice::<f32>()?;
-        // SAFETY: every element is written by one of the products below
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&oshape)? };
+        let mut output = match &self.bias {
+            Some(bias) => {
+                // the bias first, the product accumulated onto it
+                let bias = bias.try_as_plain_ram()?;
+                let bias = bias.as_slice::<f32>()?;
+                ensure!(bias.len() == p.m, "GemmEinSum: {} bias values for {} rows", bias.len(), p.m);
+                let mut output = Tensor::zero::<f32>(&oshape)?;
+                let inner = os[roles.m.1] as usize;
+                let mut view = output.try_as_plain_ram_mut()?;
+                for (i, run) in view.as_slice_mut::<f32>()?.chunks_mut(inner).enumerate() {
+                    run.fill(bias[i % p.m]);
+                }
+                drop(view);
+                output
+            }
+            // SAFETY: every element is written by one of the products below
+            None => unsafe { Tensor::uninitialized::<f32>(&oshape)? },
+        };
         let loops: usize = runs.iter().map(|r| r.0).product();
         if output.len() > 0 && p.k > 0 {
             let mut view = output.try_as_plain_ram_mut()?;
@@ -499,8 +548,11 @@ impl EvalOp for GemmEinSum {
                     unsafe { p.run(y.get().offset(ooff), wp.get(), dp.get().offset(doff), threads) };
                 }
             });
-        } else if output.len() > 0 {
+        } else if output.len() > 0 && self.bias.is_none() {
             output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.fill(0.0);
+        }
+        if self.relu {
+            crate::epilogue::relu(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -553,9 +605,9 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
                 continue;
             }
             if crate::depthwise::is_depthwise(conv) {
-                Box::new(crate::depthwise::PlaneDepthwise { pool_spec: conv.pool_spec.clone() })
+                Box::new(crate::depthwise::PlaneDepthwise { pool_spec: conv.pool_spec.clone(), relu: false })
             } else {
-                Box::new(GemmConv { pool_spec: conv.pool_spec.clone(), group: conv.group })
+                Box::new(GemmConv { pool_spec: conv.pool_spec.clone(), group: conv.group, relu: false })
             }
         } else if let Some(einsum) = node.op_as::<EinSum>() {
             if einsum.q_params.is_some() || einsum.operating_dt != f32_dt || facts.len() != 2 {
@@ -594,7 +646,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             }
             // the roles of the (possibly re-laid) weight's axes
             let roles = axis_roles(&einsum.axes, weight_slot).context("the re-laid weight's axes")?;
-            Box::new(GemmEinSum { einsum, weight_slot, roles })
+            Box::new(GemmEinSum { einsum, weight_slot, roles, bias: None, relu: false })
         } else {
             continue;
         };

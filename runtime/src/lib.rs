@@ -10,6 +10,8 @@
 pub mod depthwise;
 pub mod engine;
 #[cfg(target_arch = "x86_64")]
+pub mod epilogue;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm;
 pub mod guard;
 pub mod lrn;
