@@ -180,28 +180,35 @@ mod tests {
     }
 
     /// A 1x1 convolution as tract declutters it (a product with a [O, C]
-    /// weight, then the bias added and a ReLU) becomes one `GemmEinSum`
-    /// with both; a product whose output is also used elsewhere keeps them.
+    /// weight, then the bias added and a ReLU), and a dense layer (rows along
+    /// the output's last axis), become one `GemmEinSum` with both; a product
+    /// whose output is also used elsewhere keeps them.
     #[test]
     fn bias_and_relu_go_into_products() -> TractResult<()> {
         if !crate::gemm::available() {
             return Ok(());
         }
         let mut next = crate::seeded_values(0x9e37_79b9_u64);
-        for shared in [false, true] {
-            let mut m = TypedModel::default();
-            let x = m.add_source("x", f32::fact([1, 64, 12, 12]))?;
-            let w = m.add_const("w", random(&[96, 64], &mut next)?)?;
-            let p = m.wire_node("p", EinSum::new("mk,nkhw->nmhw".parse()?, f32::datum_type()), &[w, x])?[0];
-            let b = m.add_const("bias", random(&[1, 96, 1, 1], &mut next)?)?;
-            let y = m.wire_node("add", tract_core::ops::math::add(), &[p, b])?[0];
-            let r = relu_of(&mut m, y)?;
-            let outputs = if shared { vec![r, p] } else { vec![r] };
-            m.select_output_outlets(&outputs)?;
-            let ops = compare(m, random(&[1, 64, 12, 12], &mut next)?)?;
-            assert!(ops.iter().any(|o| o == "GemmEinSum"), "{ops:?}");
-            let separate = ops.iter().any(|o| o.contains("Max") || o.contains("Add"));
-            assert_eq!(separate, shared, "{ops:?}");
+        let layouts: [(&str, &[usize], &[usize]); 2] =
+            [("mk,nkhw->nmhw", &[1, 64, 12, 12], &[1, 96, 1, 1]), ("nk,mk->nm", &[48, 64], &[1, 96])];
+        for (expr, x_shape, bias_shape) in layouts {
+            for shared in [false, true] {
+                let mut m = TypedModel::default();
+                let x = m.add_source("x", f32::fact(x_shape))?;
+                let w = m.add_const("w", random(&[96, 64], &mut next)?)?;
+                let inputs = if expr.starts_with('m') { [w, x] } else { [x, w] };
+                let p = m.wire_node("p", EinSum::new(expr.parse()?, f32::datum_type()), &inputs)?[0];
+                let b = m.add_const("bias", random(bias_shape, &mut next)?)?;
+                let y = m.wire_node("add", tract_core::ops::math::add(), &[p, b])?[0];
+                let zero = m.add_const("zero", tensor0(0f32).broadcast_into_rank(x_shape.len())?)?;
+                let r = m.wire_node("relu", tract_core::ops::math::max(), &[y, zero])?[0];
+                let outputs = if shared { vec![r, p] } else { vec![r] };
+                m.select_output_outlets(&outputs)?;
+                let ops = compare(m, random(x_shape, &mut next)?)?;
+                assert!(ops.iter().any(|o| o == "GemmEinSum"), "{expr}: {ops:?}");
+                let separate = ops.iter().any(|o| o.contains("Max") || o.contains("Add"));
+                assert_eq!(separate, shared, "{expr}: {ops:?}");
+            }
         }
         Ok(())
     }

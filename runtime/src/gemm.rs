@@ -516,11 +516,21 @@ impl EvalOp for GemmEinSum {
                 let bias = bias.try_as_plain_ram()?;
                 let bias = bias.as_slice::<f32>()?;
                 ensure!(bias.len() == p.m, "GemmEinSum: {} bias values for {} rows", bias.len(), p.m);
-                let mut output = Tensor::zero::<f32>(&oshape)?;
+                // SAFETY: every element is written just below
+                let mut output = unsafe { Tensor::uninitialized::<f32>(&oshape)? };
                 let inner = os[roles.m.1] as usize;
                 let mut view = output.try_as_plain_ram_mut()?;
-                for (i, run) in view.as_slice_mut::<f32>()?.chunks_mut(inner).enumerate() {
-                    run.fill(bias[i % p.m]);
+                let y = view.as_slice_mut::<f32>()?;
+                if inner == 1 {
+                    // rows along the innermost axis (dense layers): the bias
+                    // is each row of the output
+                    for row in y.chunks_mut(p.m) {
+                        row.copy_from_slice(bias);
+                    }
+                } else {
+                    for (i, run) in y.chunks_mut(inner).enumerate() {
+                        run.fill(bias[i % p.m]);
+                    }
                 }
                 drop(view);
                 output
