@@ -3,9 +3,9 @@
 //! tract's `DepthWise` walks the kernel's taps per output element; on
 //! ShuffleNet its 16 depthwise convolutions were 39% of a batch-1 run once
 //! the other convolutions went to `gemm` (`neorun bench --profile`). Here
-//! each tap adds `weight × input` over a whole plane at once (stride 1:
-//! over a zero-padded copy, see `flat`) or a row at a time over the output
-//! columns whose input lies inside the row (other strides): slice loops the
+//! each tap adds `weight × input` over a whole plane at once, over a
+//! zero-padded copy (stride 1, see `flat`) or over the stride-phase
+//! sub-planes of one (other strides, see `plane`): slice loops the
 //! compiler vectorises (AVX2 and FMA chosen at run time); planes are spread
 //! over tract's threads. Swapped in on x86-64 for f32 NCHW or CHW convolutions
 //! whose group count equals their input and output channels.
