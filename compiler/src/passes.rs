@@ -11,6 +11,8 @@ use tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_core::ops::math::{Add, Mul};
 use tract_core::ops::nn::Softmax;
 
+use neoc_runtime::tensors::values_along;
+
 /// Runs every pass to a fixed point.
 pub fn run(model: &mut TypedModel) -> Result<()> {
     Rewriter::default()
@@ -76,7 +78,7 @@ fn fold_channel_affine_into_conv(
         let o = conv.pool_spec.output_channels;
         let c_axis = conv.pool_spec.data_format.shape(y.shape.to_tvec())?.c_axis();
         let Some(values) = model.outlet_fact(node.inputs[other])?.konst.clone() else { continue };
-        let Some(per_channel) = per_channel(&values, y.rank(), c_axis, o)? else { continue };
+        let Some(per_channel) = values_along(&values, y.rank(), c_axis, o)? else { continue };
         let (Some(kernel), Some(bias)) = (
             model.outlet_fact(producer.inputs[1])?.konst.clone(),
             model.outlet_fact(producer.inputs[2])?.konst.clone(),
@@ -113,23 +115,6 @@ fn fold_channel_affine_into_conv(
         return Ok(Some(patch));
     }
     Ok(None)
-}
-
-/// A constant's values per output channel when it varies at most along the
-/// channel axis (aligned to the right against an output of rank `rank`, as
-/// broadcasting does): `o` values, or `None`.
-fn per_channel(t: &Tensor, rank: usize, c_axis: usize, o: usize) -> TractResult<Option<Vec<f32>>> {
-    if t.datum_type() != f32::datum_type() || t.rank() > rank {
-        return Ok(None);
-    }
-    let offset = rank - t.rank();
-    for (i, &d) in t.shape().iter().enumerate() {
-        if d != 1 && !(i + offset == c_axis && d == o) {
-            return Ok(None);
-        }
-    }
-    let v = t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    Ok(Some(if v.len() == o { v } else { vec![v[0]; o] }))
 }
 
 #[cfg(test)]

@@ -56,10 +56,8 @@ fn fuse_rule(
         if konst.datum_type() != f32::datum_type() {
             continue;
         }
-        let values = konst.try_as_plain_ram()?;
-        let values = values.as_slice::<f32>()?;
         let fused: Option<Box<dyn TypedOp>> = if is_max {
-            if !values.iter().all(|v| *v == 0.0) {
+            if !konst.try_as_plain_ram()?.as_slice::<f32>()?.iter().all(|v| *v == 0.0) {
                 continue;
             }
             if let Some(c) = producer.op_as::<GemmConv>() {
@@ -80,13 +78,7 @@ fn fuse_rule(
             let Some(e) = producer.op_as::<GemmEinSum>() else { continue };
             let weight = model.outlet_fact(producer.inputs[e.weight_slot])?;
             let (Some(m), None, false) = (e.rows(weight), &e.bias, e.relu) else { continue };
-            let shape = konst.shape();
-            let along_rows = shape.len() == y.rank()
-                && shape.iter().enumerate().all(|(i, d)| *d == 1 || (i == e.row_axis() && *d == m));
-            if !along_rows {
-                continue;
-            }
-            let bias = if values.len() == m { values.to_vec() } else { vec![values[0]; m] };
+            let Some(bias) = crate::tensors::values_along(&konst, y.rank(), e.row_axis(), m)? else { continue };
             let mut e = e.clone();
             e.bias = Some(tensor1(&bias).into_arc_tensor());
             Some(Box::new(e) as _)

@@ -5,6 +5,20 @@ use anyhow::{bail, ensure, Context};
 use serde::{Deserialize, Serialize};
 use tract_core::prelude::*;
 
+/// The `len` values of an f32 constant that varies at most along `axis` of
+/// a tensor of rank `rank` (a per-channel scale or bias): every other axis
+/// of the constant has extent 1, `axis` has 1 or `len`. `None` otherwise.
+pub fn values_along(t: &Tensor, rank: usize, axis: usize, len: usize) -> TractResult<Option<Vec<f32>>> {
+    if t.datum_type() != f32::datum_type()
+        || t.rank() != rank
+        || t.shape().iter().enumerate().any(|(i, d)| *d != 1 && !(i == axis && *d == len))
+    {
+        return Ok(None);
+    }
+    let v = t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    Ok(Some(if v.len() == len { v } else { vec![v[0]; len] }))
+}
+
 /// The dtype spellings of manifests (`f32`, `i64`, …) and tract's datum types.
 pub fn datum_type(name: &str) -> Option<DatumType> {
     Some(match name {
