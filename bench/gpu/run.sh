@@ -21,7 +21,7 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
 fi
 nvidia-smi -L
 cargo build --release -q -p neoc-compiler
-cargo build --release -q -p neoc-runtime --features cuda
+cargo build --release -q -p neorun --features cuda
 mkdir -p bench/out/gpu
 cd bench/out/gpu
 ../../../target/release/neoc keygen -o k --force >/dev/null

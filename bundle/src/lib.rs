@@ -14,6 +14,7 @@
 
 pub mod container;
 pub mod digest;
+pub mod dtype;
 mod error;
 pub mod manifest;
 pub mod sign;

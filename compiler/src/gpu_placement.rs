@@ -52,7 +52,7 @@ pub fn dry_run(model: &TypedModel) -> GpuPlacement {
         DryRun.translate_model(&m)
     });
     match translated {
-        Ok(Ok(t)) => neoc_runtime::placement::read(&t, &method()),
+        Ok(Ok(t)) => neoc_runtime::engine::placement::read(&t, &method()),
         Ok(Err(e)) => failed(format!("{e:#}")),
         Err(panic) => failed(format!("tract-cuda panicked: {panic}")),
     }

@@ -227,8 +227,13 @@ fn parse_engine(s: &str) -> Result<pipeline::EngineChoice, String> {
 /// was found, and the operators left on the CPU (the first 12).
 fn placement_lines(p: &neoc_bundle::manifest::GpuPlacement) -> String {
     const SHOWN: usize = 12;
-    let mut s =
-        format!("\n  {:<13} {}\n  {:<13}   ({})", "gpu placement", neoc_runtime::placement::summary(p), "", p.method);
+    let mut s = format!(
+        "\n  {:<13} {}\n  {:<13}   ({})",
+        "gpu placement",
+        neoc_runtime::engine::placement::summary(p),
+        "",
+        p.method
+    );
     for o in p.cpu_ops.iter().take(SHOWN) {
         s.push_str(&format!("\n  {:<13}   on the CPU: {} ({})", "", o.node, o.op));
     }
@@ -722,7 +727,7 @@ fn inspect(bundle: &Path, key: Option<&Path>, json_out: bool) -> Result<()> {
         m.target.accelerator
     );
     if let Some(p) = &m.gpu_placement {
-        println!("gpu:       {} ({})", neoc_runtime::placement::summary(p), p.method);
+        println!("gpu:       {} ({})", neoc_runtime::engine::placement::summary(p), p.method);
     }
     println!("engine:    {} {} ({})", m.engine.name, m.engine.version, m.engine.model_format);
     println!("compiler:  {} {}; needs neorun >= {}", m.compiler.name, m.compiler.version, m.min_runtime_version);
@@ -808,9 +813,9 @@ fn targets(json_out: bool) -> Result<()> {
                     Some(b) => format!("yes: NEFF by {} ({})", b.command.display(), b.version),
                     None => "CPU bundle only (--neuron-fallback cpu): neuronx-cc is not installed".into(),
                 },
-                cpu_here && neoc_runtime::neuron::probe().is_ok(),
+                cpu_here && neoc_runtime::engine::neuron::probe().is_ok(),
                 if cpu_here {
-                    match neoc_runtime::neuron::probe() {
+                    match neoc_runtime::engine::neuron::probe() {
                         Ok((path, version)) => format!(
                             "yes: Neuron runtime {version} ({}) found; needs an Inferentia device to start",
                             path.display()

@@ -378,7 +378,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             }
             bail!("no engine could compile the model for {}:\n  {}", t.name, failures.join("\n  "));
         }
-        let threads = neoc_runtime::model::default_threads(t.threads);
+        let threads = neoc_runtime::engine::default_threads(t.threads);
         let timed = measurable && verified.len() > 1;
         if timed {
             timer.start("select", &format!("timing {} candidates for {} on this host", verified.len(), t.name));
@@ -504,7 +504,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 .model_for_read(&mut &lowered.model_bytes[..])
                 .context("reading back the bundle's NNEF model")?;
             let p = crate::gpu_placement::dry_run(&model);
-            let summary = neoc_runtime::placement::summary(&p);
+            let summary = neoc_runtime::engine::placement::summary(&p);
             if p.status == "translated" {
                 printer.note(&format!("{}: GPU placement (dry run, no GPU used): {summary}", t.name));
             } else {
@@ -693,14 +693,14 @@ fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<f64> {
 /// The OpenVINO side of a model: its ONNX file as given, read by OpenVINO's
 /// ONNX frontend on the device; tract's fp32 model is its reference.
 fn lower_openvino(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>) -> Result<Lowered> {
-    let lib = neoc_runtime::openvino::library().map_err(anyhow::Error::msg)?;
+    let lib = neoc_runtime::engine::openvino::library().map_err(anyhow::Error::msg)?;
     if onnx.is_none() {
         *onnx = Some(std::fs::read(&located.path).with_context(|| format!("reading {}", located.rel))?);
     }
     Ok(Lowered {
         engine: EngineInfo {
             name: neoc_runtime::engine::OPENVINO_ENGINE.into(),
-            version: neoc_runtime::openvino::release(&lib.build),
+            version: neoc_runtime::engine::openvino::release(&lib.build),
             model_file: "model.onnx".into(),
             model_format: neoc_runtime::engine::OPENVINO_FORMAT.into(),
             registries: vec![],
@@ -945,7 +945,7 @@ fn lower_trees(
     };
     let width = Dim::Fixed(f.output_width() as u64);
     let outputs = match &f.task {
-        neoc_runtime::trees::Task::Classifier { .. } => vec![
+        neoc_runtime::engine::trees::Task::Classifier { .. } => vec![
             TensorSpec { name: tm.output_names[0].clone(), dtype: "i64".into(), shape: vec![batch.clone()] },
             TensorSpec {
                 name: tm.output_names.get(1).cloned().unwrap_or_else(|| "probabilities".into()),
@@ -953,7 +953,7 @@ fn lower_trees(
                 shape: vec![batch, width],
             },
         ],
-        neoc_runtime::trees::Task::Regressor => {
+        neoc_runtime::engine::trees::Task::Regressor => {
             vec![TensorSpec { name: tm.output_names[0].clone(), dtype: "f32".into(), shape: vec![batch, width] }]
         }
     };
@@ -964,16 +964,16 @@ fn lower_trees(
     // seeded rows: values around the thresholds each feature is split on, and some NaNs
     let mut cuts: Vec<Vec<f32>> = vec![vec![]; nf];
     for i in 0..f.feature.len() {
-        if f.flags[i] & neoc_runtime::trees::LEAF == 0 {
+        if f.flags[i] & neoc_runtime::engine::trees::LEAF == 0 {
             cuts[f.feature[i] as usize].push(f.threshold[i]);
         }
     }
     Ok(Lowered {
         engine: EngineInfo {
-            name: neoc_runtime::trees::ENGINE_NAME.into(),
-            version: neoc_runtime::trees::VERSION.to_string(),
+            name: neoc_runtime::engine::trees::ENGINE_NAME.into(),
+            version: neoc_runtime::engine::trees::VERSION.to_string(),
             model_file: "model.trees.json".into(),
-            model_format: neoc_runtime::trees::MODEL_FORMAT.into(),
+            model_format: neoc_runtime::engine::trees::MODEL_FORMAT.into(),
             registries: vec![],
         },
         model_bytes: bytes,
@@ -984,7 +984,7 @@ fn lower_trees(
             let rows = x.shape()[0];
             let m = crate::trees::reference_margins(&ir, &forest, x.try_as_plain_ram()?.as_slice::<f32>()?, rows);
             let (labels, values) = forest.finish(m, rows);
-            neoc_runtime::model::forest_outputs(&forest, labels, values, rows)
+            neoc_runtime::engine::forest_outputs(&forest, labels, values, rows)
         }),
         reference_desc: "imported trees evaluated node by node, before layout".into(),
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| {
@@ -1174,8 +1174,13 @@ fn verify(
     // one case bounds the time, and the manifest says so
     let emulated = precision == Precision::Fp16 && !Host::detect().features.contains(&"fp16");
     let max_cases = if emulated { 1 } else { usize::MAX };
-    let mut compiled = neoc_runtime::Model::from_parts(manifest.clone(), &lowered.model_bytes, None)
-        .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e}"))?;
+    let mut compiled = neoc_runtime::Model::from_parts(
+        manifest.clone(),
+        &lowered.model_bytes,
+        None,
+        &neoc_runtime::OpenOptions::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("the runtime cannot load the compiled model: {e}"))?;
 
     // inputs (and, from test data, independent expected outputs)
     let mut cases: Vec<(Vec<Tensor>, Option<Vec<Tensor>>)> = Vec::new();
@@ -1192,7 +1197,7 @@ fn verify(
             bail!(
                 "{}: its inputs do not fit the model's inputs ({})",
                 set.name,
-                neoc_runtime::request::describe_inputs(&manifest.inputs)
+                neoc_runtime::codec::describe_inputs(&manifest.inputs)
             );
         }
         source = "test_data_set";

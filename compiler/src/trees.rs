@@ -1,6 +1,6 @@
 //! Tree-ensemble importers: XGBoost's JSON model and ONNX-ML
 //! TreeEnsembleClassifier / TreeEnsembleRegressor, into the `trees` engine's
-//! IR (`neoc_runtime::trees::IrNode`), then laid out for speed.
+//! IR (`neoc_runtime::engine::trees::IrNode`), then laid out for speed.
 //!
 //! tract is not used for trees: its TreeEnsembleClassifier is 100–250× slower
 //! than onnxruntime and mislabels binary exports (FIELD-NOTES).
@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use neoc_runtime::trees::{self, Forest, IrNode, PostTransform, Task};
+use neoc_runtime::engine::trees::{self, Forest, PostTransform, Task};
+
+use crate::forest::{self, IrNode};
 use serde_json::Value;
 use tract_onnx::pb;
 
@@ -166,7 +168,7 @@ pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
         }
         ir.push(nodes);
     }
-    let forest = trees::layout(&ir, num_feature, groups, base_margin, post, task.clone())
+    let forest = forest::layout(&ir, num_feature, groups, base_margin, post, task.clone())
         .map_err(|e| anyhow::anyhow!("invalid XGBoost model: {e}"))?;
     let output_names = match task {
         Task::Classifier { .. } => vec!["label".into(), "probabilities".into()],
@@ -454,7 +456,7 @@ pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
         }
         ir.push(nodes);
     }
-    let forest = trees::layout(&ir, num_features, groups, vec![0.0; groups], post, task.clone())
+    let forest = forest::layout(&ir, num_features, groups, vec![0.0; groups], post, task.clone())
         .map_err(|e| anyhow::anyhow!("invalid LightGBM model: {e}"))?;
     let output_names = match task {
         Task::Classifier { .. } => vec!["label".into(), "probabilities".into()],
@@ -696,7 +698,7 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
         bail!("leaf weight for tree {t}, node {nid}, which is not a leaf");
     }
     let num_features = width.or(num_features_hint).unwrap_or(max_feature + 1);
-    let forest = trees::layout(&ir, num_features, groups, base_margin, post_transform, task)
+    let forest = forest::layout(&ir, num_features, groups, base_margin, post_transform, task)
         .map_err(|e| anyhow::anyhow!("invalid tree ensemble in node `{}`: {e}", node.name))?;
     // outputs keep the graph's names; ZipMap/Cast/Identity are folded away
     let mut names: Vec<String> = node.output.clone();
@@ -852,7 +854,7 @@ fn tree_ensemble_v5(
         ir.push(nodes);
     }
     let num_features = width.or(num_features_hint).unwrap_or(max_feature + 1);
-    let forest = trees::layout(&ir, num_features, targets, vec![0.0; targets], post, Task::Regressor)
+    let forest = forest::layout(&ir, num_features, targets, vec![0.0; targets], post, Task::Regressor)
         .map_err(|e| anyhow::anyhow!("invalid tree ensemble in node `{name}`: {e}"))?;
     let out = graph.output.first().map(|o| o.name.clone()).unwrap_or_else(|| node.output[0].clone());
     Ok(TreeModel { forest, ir, input_name, output_names: vec![out] })

@@ -1,34 +1,24 @@
-//! neorun's library: open and verify neoc bundles, run them, speak their
-//! request formats.
+//! neoc-runtime: open and verify neoc bundles, run them, speak their
+//! request formats. What `neorun` (the device process, `runtime/neorun`)
+//! and `neoc`'s verification both link, so that a bundle is checked at
+//! compile time exactly as a device will load it.
 //!
-//! This crate is what ships to devices. It parses no ONNX or protobuf itself
-//! (an OpenVINO bundle's ONNX is handed to OpenVINO, in `--features
-//! openvino` builds) and never links the compiler: a test runs `cargo tree`
-//! on it to keep it that way.
+//! It parses no ONNX or protobuf itself (an OpenVINO bundle's ONNX is handed
+//! to OpenVINO, in `--features openvino` builds), never links the compiler,
+//! and has no HTTP, CLI or async runtime: tests run `cargo tree` on it to
+//! keep it that way.
 
-#[cfg(target_arch = "x86_64")]
-pub mod depthwise;
+pub mod codec;
 pub mod engine;
-#[cfg(target_arch = "x86_64")]
-pub mod epilogue;
-#[cfg(target_arch = "x86_64")]
-pub mod gemm;
 pub mod guard;
-pub mod lrn;
+pub mod kernels;
 pub mod model;
-#[cfg(feature = "neuron")]
-pub mod neuron;
-#[cfg(feature = "openvino")]
-pub mod openvino;
-pub mod placement;
-pub mod pool;
-pub mod request;
-pub mod serve;
+pub mod options;
 pub mod tensors;
-pub mod trees;
-mod window;
 
-pub use model::{LoadError, Model, OpenOptions, PredictError};
+pub use codec::{BadRequest, Batch};
+pub use model::{LoadError, Model, Placement, PredictError, SelfTest};
+pub use options::{Kernels, OpenOptions};
 
 /// Seeded uniform values in [-4, 4) (xorshift), for the kernels' unit tests.
 #[cfg(test)]

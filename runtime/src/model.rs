@@ -1,20 +1,20 @@
-//! A verified, loaded bundle.
+//! A verified, loaded bundle: `Model::open` runs the checks in their
+//! documented order, each a small named function with its own error, before
+//! the model is parsed; then the model predicts, runs and health-checks.
 
 use std::path::Path;
 
 use anyhow::bail;
-use neoc_bundle::container::{self, Signer, Trust};
+use neoc_bundle::container::{self, Signer, Trust, VerifiedBundle};
 use neoc_bundle::manifest::{shape_string, version_at_least, Dim, Manifest};
-use neoc_bundle::sign::TrustedKey;
 use neoc_bundle::BundleError;
 use neoc_targets::{Arch, Host, Incompatible};
 use tract_core::prelude::*;
 
-use crate::engine::{TractEngine, ENGINE_NAME, MODEL_FORMAT, OPENVINO_ENGINE, OPENVINO_FORMAT, REGISTRIES};
-use crate::request::{BadRequest, Batch};
+use crate::codec::{BadRequest, Batch};
+use crate::engine::{default_threads, Engine, LoadParams, REGISTRIES};
+use crate::options::OpenOptions;
 use crate::tensors::{compare, TestVectors};
-use crate::trees::{self, Compiled, Forest};
-use neoc_bundle::manifest::EngineInfo;
 
 /// This runtime's version, compared with bundles' `min_runtime_version`.
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -39,19 +39,6 @@ pub enum LoadError {
     Accelerator(String),
 }
 
-/// Who to trust when opening bundles.
-#[derive(Clone, Debug, Default)]
-pub struct OpenOptions {
-    pub trusted_keys: Vec<TrustedKey>,
-    pub allow_unsigned: bool,
-    /// Run an accelerator bundle's CPU model when this neorun cannot drive
-    /// its accelerator.
-    pub allow_cpu_fallback: bool,
-    /// Run the bundle's fallback engine (tract) when its primary engine
-    /// (OpenVINO) cannot be loaded here.
-    pub allow_engine_fallback: bool,
-}
-
 /// Where a bundle's model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -67,7 +54,7 @@ pub enum Placement {
 /// Decides where the bundle runs: on its accelerator when this neorun can
 /// drive it, else on the CPU if the operator allowed the fallback and the
 /// bundle carries a CPU model, else an error saying which.
-pub fn placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placement, LoadError> {
+pub fn check_placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placement, LoadError> {
     let what = match m.target.accelerator.as_str() {
         "none" => return Ok(Placement::Cpu),
         "cuda" if crate::engine::CUDA_BUILD => return Ok(Placement::Cuda),
@@ -116,133 +103,14 @@ pub struct Model {
     engine: Engine,
 }
 
-/// The output tensors of a forest: `label` and `probabilities` for a
-/// classifier, `predictions` for a regressor.
-pub fn forest_outputs(f: &Forest, labels: Vec<i64>, values: Vec<f32>, rows: usize) -> TractResult<Vec<Tensor>> {
-    let values = Tensor::from_shape(&[rows, f.output_width()], &values)?;
-    Ok(match &f.task {
-        trees::Task::Classifier { .. } => vec![Tensor::from_shape(&[rows], &labels)?, values],
-        trees::Task::Regressor => vec![values],
-    })
-}
-
-/// The engines a bundle can name.
-#[derive(Debug)]
-enum Engine {
-    Tract(TractEngine),
-    Trees(Compiled, usize),
-    #[cfg(feature = "openvino")]
-    OpenVino(crate::openvino::OvEngine),
-    #[cfg(feature = "neuron")]
-    Neuron(crate::neuron::NeuronEngine),
-}
-
-/// Threads when the operator gave none: the target's default (the device's
-/// cores), at most this host's CPUs; all of them when the target names none.
-pub fn default_threads(target_threads: Option<u32>) -> usize {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    target_threads.map(|t| (t as usize).clamp(1, cpus)).unwrap_or(cpus)
-}
-
 fn threads_for(m: &Manifest) -> usize {
     default_threads(m.target.threads)
 }
 
-impl Engine {
-    /// Loads `info`'s model; `precision` and `threads` matter to OpenVINO only.
-    fn load_info(info: &EngineInfo, precision: &str, threads: usize, bytes: &[u8]) -> Result<Engine, LoadError> {
-        if info.name == OPENVINO_ENGINE && info.model_format == OPENVINO_FORMAT {
-            return Engine::openvino(info, precision, threads, bytes);
-        }
-        Engine::load(&info.name, &info.model_format, bytes)
-    }
-
-    #[cfg(feature = "openvino")]
-    fn openvino(info: &EngineInfo, precision: &str, threads: usize, bytes: &[u8]) -> Result<Engine, LoadError> {
-        use crate::openvino::{library, parse_version, release, OvEngine};
-        let lib = library().map_err(LoadError::Engine)?;
-        if let Some(verified) = parse_version(&info.version) {
-            if lib.version < verified {
-                return Err(LoadError::Engine(format!(
-                    "bundle was verified with OpenVINO {}; this host's library ({}) is OpenVINO {}, older\nhint: install OpenVINO {}.{} or newer (pip install 'openvino>={}.{}'), or point OPENVINO_LIB_PATH at it",
-                    info.version,
-                    lib.path.display(),
-                    release(&lib.build),
-                    verified.0,
-                    verified.1,
-                    verified.0,
-                    verified.1
-                )));
-            }
-        }
-        crate::guard::guarded(|| OvEngine::new(bytes, precision, threads))
-            .map_err(LoadError::Engine)?
-            .map(Engine::OpenVino)
-            .map_err(|e| LoadError::Engine(format!("{OPENVINO_ENGINE}: {e:#}")))
-    }
-
-    #[cfg(not(feature = "openvino"))]
-    fn openvino(_: &EngineInfo, _: &str, _: usize, _: &[u8]) -> Result<Engine, LoadError> {
-        Err(LoadError::Engine(
-            "this neorun was built without the OpenVINO engine\nhint: build it with `cargo build --release -p neoc-runtime --features openvino` (OpenVINO itself is needed only at run time)".into(),
-        ))
-    }
-
-    fn load(name: &str, format: &str, bytes: &[u8]) -> Result<Engine, LoadError> {
-        match (name, format) {
-            (ENGINE_NAME, MODEL_FORMAT) => Ok(Engine::Tract(
-                TractEngine::from_nnef_tar(bytes).map_err(|e| LoadError::Engine(format!("{ENGINE_NAME}: {e:#}")))?,
-            )),
-            (trees::ENGINE_NAME, trees::MODEL_FORMAT) => {
-                let f: Forest = serde_json::from_slice(bytes).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
-                let c = Compiled::new(f).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
-                Ok(Engine::Trees(c, 1))
-            }
-            _ => Err(LoadError::UnknownEngine(format!("{name} ({format})"))),
-        }
-    }
-
-    fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
-        match self {
-            Engine::Tract(t) => t.run(inputs),
-            Engine::Trees(c, threads) => {
-                let f = &c.forest;
-                let x = inputs[0].cast_to::<f32>()?;
-                let rows = x.shape()[0];
-                let data = x.try_as_plain_ram()?.as_slice::<f32>()?;
-                let (labels, values) = if *threads > 1 && rows >= 1024 {
-                    // rows split across threads; each walks every tree for its rows
-                    let nf = f.num_features;
-                    let chunk = rows.div_ceil(*threads);
-                    let parts: Vec<(Vec<i64>, Vec<f32>)> = std::thread::scope(|s| {
-                        let handles: Vec<_> = data
-                            .chunks(chunk * nf)
-                            .map(|part| s.spawn(move || c.predict(part, part.len() / nf)))
-                            .collect();
-                        handles.into_iter().map(|h| h.join().expect("tree worker panicked")).collect()
-                    });
-                    parts.into_iter().fold((vec![], vec![]), |(mut l, mut v), (pl, pv)| {
-                        l.extend(pl);
-                        v.extend(pv);
-                        (l, v)
-                    })
-                } else {
-                    c.predict(data, rows)
-                };
-                forest_outputs(f, labels, values, rows)
-            }
-            #[cfg(feature = "openvino")]
-            Engine::OpenVino(e) => e.run(inputs),
-            #[cfg(feature = "neuron")]
-            Engine::Neuron(e) => e.run(inputs),
-        }
-    }
-}
-
 /// Loads a Neuron bundle's NEFF through libnrt.
 #[cfg(feature = "neuron")]
-fn neuron_engine(bundle: &container::VerifiedBundle) -> Result<crate::neuron::NeuronEngine, String> {
-    use crate::neuron::{Declared, NeuronEngine};
+fn neuron_engine(bundle: &VerifiedBundle) -> Result<crate::engine::neuron::NeuronEngine, String> {
+    use crate::engine::neuron::{Declared, NeuronEngine};
     let m = &bundle.manifest;
     let file = m
         .accelerator_model
@@ -255,48 +123,84 @@ fn neuron_engine(bundle: &container::VerifiedBundle) -> Result<crate::neuron::Ne
     crate::guard::guarded(|| NeuronEngine::new(neff, &ins, &outs))?.map_err(|e| format!("{e:#}"))
 }
 
-impl Model {
-    /// Opens a bundle, checking in this order before anything else is read:
-    /// signature, file digests and container, format version, target, runtime
-    /// version, engine. Only then is the model parsed.
-    pub fn open(path: &Path, options: &OpenOptions) -> Result<Model, LoadError> {
-        let trust = if options.allow_unsigned {
-            Trust::KeysOrUnsigned(options.trusted_keys.clone())
-        } else {
-            Trust::Keys(options.trusted_keys.clone())
-        };
-        let bundle = container::read(path, &trust)?;
-        let m = &bundle.manifest;
-        let arch = Arch::parse(&m.target.arch).ok_or_else(|| {
-            BundleError::Manifest(format!("unknown architecture `{}` in target {}", m.target.arch, m.target.name))
-        })?;
-        Host::detect().check(&m.target.name, arch, &m.target.features)?;
-        let placement = placement(m, options.allow_cpu_fallback)?;
-        match version_at_least(RUNTIME_VERSION, &m.min_runtime_version) {
-            Some(true) => {}
-            Some(false) => {
-                return Err(LoadError::RuntimeTooOld {
-                    need: m.min_runtime_version.clone(),
-                    have: RUNTIME_VERSION.into(),
-                })
-            }
-            None => {
-                return Err(BundleError::Manifest(format!("bad min_runtime_version `{}`", m.min_runtime_version)).into())
-            }
+fn load_params<'a>(m: &'a Manifest, options: &OpenOptions, precision: Option<&'a str>) -> LoadParams<'a> {
+    LoadParams {
+        precision: precision.unwrap_or(&m.target.precision),
+        kernels: options.kernels,
+        threads: options.threads,
+        default_threads: threads_for(m),
+    }
+}
+
+/// The signature against the trusted keys, every file's digest, and the
+/// container's canonical form: nothing else is read before these pass.
+fn check_container(path: &Path, options: &OpenOptions) -> Result<VerifiedBundle, LoadError> {
+    let trust = if options.allow_unsigned {
+        Trust::KeysOrUnsigned(options.trusted_keys.clone())
+    } else {
+        Trust::Keys(options.trusted_keys.clone())
+    };
+    Ok(container::read(path, &trust)?)
+}
+
+/// This host can run the bundle's target: its architecture and CPU features.
+fn check_target(m: &Manifest) -> Result<(), LoadError> {
+    let arch = Arch::parse(&m.target.arch).ok_or_else(|| {
+        BundleError::Manifest(format!("unknown architecture `{}` in target {}", m.target.arch, m.target.name))
+    })?;
+    Ok(Host::detect().check(&m.target.name, arch, &m.target.features)?)
+}
+
+/// This neorun is recent enough for the bundle.
+fn check_runtime_version(m: &Manifest) -> Result<(), LoadError> {
+    match version_at_least(RUNTIME_VERSION, &m.min_runtime_version) {
+        Some(true) => Ok(()),
+        Some(false) => {
+            Err(LoadError::RuntimeTooOld { need: m.min_runtime_version.clone(), have: RUNTIME_VERSION.into() })
         }
-        if let Some(r) = m.engine.registries.iter().find(|r| !REGISTRIES.contains(&r.as_str())) {
-            return Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun")));
-        }
-        let model_bytes = bundle.file(&m.engine.model_file).expect("manifest checked: model file present");
-        let threads = threads_for(m);
-        let mut running = format!("{} ({})", m.engine.name, m.target.precision);
-        let (engine, placement) = match placement {
-            #[cfg(feature = "cuda")]
-            Placement::Cuda if m.engine.name == ENGINE_NAME => match TractEngine::cuda_from_nnef_tar(model_bytes) {
+        None => Err(BundleError::Manifest(format!("bad min_runtime_version `{}`", m.min_runtime_version)).into()),
+    }
+}
+
+/// Every operator registry the model needs is built in.
+fn check_registries(m: &Manifest) -> Result<(), LoadError> {
+    match m.engine.registries.iter().find(|r| !REGISTRIES.contains(&r.as_str())) {
+        Some(r) => Err(LoadError::Engine(format!("operator registry `{r}` is not built into this neorun"))),
+        None => Ok(()),
+    }
+}
+
+fn read_test_vectors(bundle: &VerifiedBundle) -> Result<Option<TestVectors>, LoadError> {
+    let Some(name) = &bundle.manifest.test_vectors else { return Ok(None) };
+    let bytes = bundle.file(name).ok_or_else(|| BundleError::Manifest(format!("test vectors `{name}` are missing")))?;
+    let tv = serde_json::from_slice::<TestVectors>(bytes).map_err(|e| BundleError::Manifest(format!("{name}: {e}")))?;
+    Ok(Some(tv))
+}
+
+/// Loads the model in the engine its placement calls for, taking the
+/// fallbacks the operator allowed; returns the engine, where it runs and
+/// what runs it.
+fn load_engine(
+    bundle: &VerifiedBundle,
+    placement: Placement,
+    options: &OpenOptions,
+) -> Result<(Engine, Placement, String), LoadError> {
+    let m = &bundle.manifest;
+    let model_bytes = bundle
+        .file(&m.engine.model_file)
+        .ok_or_else(|| BundleError::Manifest(format!("model file `{}` is missing", m.engine.model_file)))?;
+    let params = load_params(m, options, None);
+    #[allow(unused_mut)]
+    let mut running = format!("{} ({})", m.engine.name, m.target.precision);
+    let cpu = || Engine::load(&m.engine.name, &m.engine.model_format, params, model_bytes);
+    let loaded = match placement {
+        #[cfg(feature = "cuda")]
+        Placement::Cuda if m.engine.name == crate::engine::ENGINE_NAME => {
+            match crate::engine::TractEngine::cuda_from_nnef_tar(model_bytes) {
                 Ok(e) => (Engine::Tract(e), Placement::Cuda),
                 Err(e) if options.allow_cpu_fallback && m.target.cpu_fallback => {
                     tracing::warn!("no usable CUDA device ({e:#}); running the bundle's CPU model");
-                    (Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?, Placement::CpuFallback)
+                    (cpu()?, Placement::CpuFallback)
                 }
                 Err(e) => {
                     return Err(LoadError::Accelerator(format!(
@@ -304,56 +208,72 @@ impl Model {
                         m.target.name
                     )))
                 }
-            },
-            #[cfg(feature = "neuron")]
-            Placement::Neuron => match neuron_engine(&bundle) {
-                Ok(e) => {
-                    running = format!("neuron (NEFF on {}, libnrt {})", m.target.accelerator_arch.as_deref().unwrap_or("Inferentia"), e.runtime_version());
-                    (Engine::Neuron(e), Placement::Neuron)
-                }
-                Err(e) if options.allow_cpu_fallback && m.target.cpu_fallback => {
-                    tracing::warn!("the Neuron runtime cannot run this bundle here ({e}); running the bundle's CPU model");
-                    (Engine::load(&m.engine.name, &m.engine.model_format, model_bytes)?, Placement::CpuFallback)
-                }
-                Err(e) => {
-                    let hint = if m.target.cpu_fallback {
-                        "\nhint: or pass --cpu-fallback to run the bundle's CPU model on this host instead"
-                    } else {
-                        ""
-                    };
-                    return Err(LoadError::Accelerator(format!(
-                        "bundle was compiled for {} (AWS Neuron), and the Neuron runtime cannot run it here: {e}{hint}",
-                        m.target.name
+            }
+        }
+        #[cfg(feature = "neuron")]
+        Placement::Neuron => match neuron_engine(bundle) {
+            Ok(e) => {
+                running = format!(
+                    "neuron (NEFF on {}, libnrt {})",
+                    m.target.accelerator_arch.as_deref().unwrap_or("Inferentia"),
+                    e.runtime_version()
+                );
+                (Engine::Neuron(e), Placement::Neuron)
+            }
+            Err(e) if options.allow_cpu_fallback && m.target.cpu_fallback => {
+                tracing::warn!("the Neuron runtime cannot run this bundle here ({e}); running the bundle's CPU model");
+                (cpu()?, Placement::CpuFallback)
+            }
+            Err(e) => {
+                let hint = if m.target.cpu_fallback {
+                    "\nhint: or pass --cpu-fallback to run the bundle's CPU model on this host instead"
+                } else {
+                    ""
+                };
+                return Err(LoadError::Accelerator(format!(
+                    "bundle was compiled for {} (AWS Neuron), and the Neuron runtime cannot run it here: {e}{hint}",
+                    m.target.name
+                )));
+            }
+        },
+        p => match Engine::load_info(&m.engine, params, model_bytes) {
+            Ok(e) => (e, p),
+            Err(LoadError::Engine(why)) if m.fallback_engine.is_some() => {
+                let fb = m.fallback_engine.as_ref().expect("checked");
+                if !options.allow_engine_fallback {
+                    return Err(LoadError::Engine(format!(
+                        "{why}\nhint: or pass --engine-fallback to run the bundle's {} model instead (verified at compile time, slower)",
+                        fb.name
                     )));
                 }
-            },
-            p => match Engine::load_info(&m.engine, &m.target.precision, threads, model_bytes) {
-                Ok(e) => (e, p),
-                Err(LoadError::Engine(why)) if m.fallback_engine.is_some() => {
-                    let fb = m.fallback_engine.as_ref().expect("checked");
-                    if !options.allow_engine_fallback {
-                        return Err(LoadError::Engine(format!(
-                            "{why}\nhint: or pass --engine-fallback to run the bundle's {} model instead (verified at compile time, slower)",
-                            fb.name
-                        )));
-                    }
-                    tracing::warn!("{} cannot run here ({why}); running the bundle's {} model", m.engine.name, fb.name);
-                    let bytes = bundle.file(&fb.model_file).expect("manifest checked: fallback model file present");
-                    running = format!("{} (fp32, fallback for {})", fb.name, m.engine.name);
-                    (Engine::load_info(fb, "fp32", threads, bytes)?, p)
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        let test_vectors = match &m.test_vectors {
-            Some(name) => Some(
-                serde_json::from_slice::<TestVectors>(
-                    bundle.file(name).expect("manifest checked: test vectors present"),
-                )
-                .map_err(|e| BundleError::Manifest(format!("{name}: {e}")))?,
-            ),
-            None => None,
-        };
+                tracing::warn!("{} cannot run here ({why}); running the bundle's {} model", m.engine.name, fb.name);
+                let bytes = bundle
+                    .file(&fb.model_file)
+                    .ok_or_else(|| BundleError::Manifest(format!("fallback model `{}` is missing", fb.model_file)))?;
+                running = format!("{} (fp32, fallback for {})", fb.name, m.engine.name);
+                (Engine::load_info(fb, load_params(m, options, Some("fp32")), bytes)?, p)
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    Ok((loaded.0, loaded.1, running))
+}
+
+impl Model {
+    /// Opens a bundle, checking in this order before the model is parsed:
+    /// signature, file digests and canonical container (`check_container`),
+    /// target vs this host (`check_target`), accelerator (`check_placement`),
+    /// runtime version (`check_runtime_version`), operator registries
+    /// (`check_registries`); then the engine loads the model (`load_engine`).
+    pub fn open(path: &Path, options: &OpenOptions) -> Result<Model, LoadError> {
+        let bundle = check_container(path, options)?;
+        let m = &bundle.manifest;
+        check_target(m)?;
+        let placement = check_placement(m, options.allow_cpu_fallback)?;
+        check_runtime_version(m)?;
+        check_registries(m)?;
+        let (engine, placement, running) = load_engine(&bundle, placement, options)?;
+        let test_vectors = read_test_vectors(&bundle)?;
         Ok(Model {
             manifest: bundle.manifest,
             signer: bundle.signer,
@@ -366,14 +286,15 @@ impl Model {
     }
 
     /// Builds a model from parts already verified (used by the compiler's
-    /// verify stage, which runs exactly what it is about to package).
+    /// verify stage, which runs exactly what it is about to package, loaded
+    /// as `open` loads it).
     pub fn from_parts(
         manifest: Manifest,
         model_file: &[u8],
         test_vectors: Option<TestVectors>,
+        options: &OpenOptions,
     ) -> Result<Model, LoadError> {
-        let threads = threads_for(&manifest);
-        let engine = Engine::load_info(&manifest.engine, &manifest.target.precision, threads, model_file)?;
+        let engine = Engine::load_info(&manifest.engine, load_params(&manifest, options, None), model_file)?;
         Ok(Model {
             running: format!("{} ({})", manifest.engine.name, manifest.target.precision),
             manifest,
@@ -390,9 +311,9 @@ impl Model {
     pub fn gpu_placement(&self) -> Option<neoc_bundle::manifest::GpuPlacement> {
         match (&self.engine, &self.placement) {
             #[cfg(feature = "cuda")]
-            (Engine::Tract(e), Placement::Cuda) => e
-                .prepared_model()
-                .map(|m| crate::placement::read(m, "read from the model tract's CUDA runtime prepared on this GPU")),
+            (Engine::Tract(e), Placement::Cuda) => e.prepared_model().map(|m| {
+                crate::engine::placement::read(m, "read from the model tract's CUDA runtime prepared on this GPU")
+            }),
             _ => None,
         }
     }
@@ -403,27 +324,18 @@ impl Model {
         threads_for(&self.manifest)
     }
 
-    /// Threads used for inference: tract's executor (process-wide), or the
-    /// trees engine's row split (batches of 1024 rows and more: below, spawning
-    /// the workers costs more than it saves; measured with `neorun bench --sweep`).
+    /// Threads inside one run from now on (tract's matrix products, the
+    /// trees engine's row split from 1024 rows, OpenVINO's streams); this
+    /// model's only, never another's.
     pub fn set_threads(&mut self, threads: usize) {
-        let threads = threads.max(1);
-        match &mut self.engine {
-            Engine::Tract(_) => {
-                use tract_linalg::multithread::{set_default_executor, Executor};
-                set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
-            }
-            Engine::Trees(_, t) => *t = threads,
-            #[cfg(feature = "openvino")]
-            Engine::OpenVino(e) => {
-                if let Err(e) = e.set_threads(threads) {
-                    tracing::warn!("OpenVINO: keeping the previous thread count: {e:#}");
-                }
-            }
-            // the NeuronCores compute; host threads only feed them
-            #[cfg(feature = "neuron")]
-            Engine::Neuron(_) => {}
-        }
+        self.engine.set_threads(threads);
+    }
+
+    /// Whether requests can be merged along a symbolic first axis of every
+    /// input and output (dynamic batching).
+    pub fn symbolic_batch(&self) -> bool {
+        let m = &self.manifest;
+        m.inputs.iter().chain(&m.outputs).all(|s| matches!(s.shape.first(), Some(Dim::Symbol(_))))
     }
 
     /// Per-node times of a tract model (see `TractEngine::profile`).

@@ -2,6 +2,7 @@
 //! typed data arrays written to responses and test vectors.
 
 use anyhow::{bail, ensure, Context};
+use neoc_bundle::dtype::DType;
 use serde::{Deserialize, Serialize};
 use tract_core::prelude::*;
 
@@ -19,41 +20,51 @@ pub fn values_along(t: &Tensor, rank: usize, axis: usize, len: usize) -> TractRe
     Ok(Some(if v.len() == len { v } else { vec![v[0]; len] }))
 }
 
-/// The dtype spellings of manifests (`f32`, `i64`, …) and tract's datum types.
-pub fn datum_type(name: &str) -> Option<DatumType> {
-    Some(match name {
-        "f32" => DatumType::F32,
-        "f64" => DatumType::F64,
-        "f16" => DatumType::F16,
-        "i64" => DatumType::I64,
-        "i32" => DatumType::I32,
-        "i16" => DatumType::I16,
-        "i8" => DatumType::I8,
-        "u64" => DatumType::U64,
-        "u32" => DatumType::U32,
-        "u16" => DatumType::U16,
-        "u8" => DatumType::U8,
-        "bool" => DatumType::Bool,
+/// tract's datum type for a bundle's element type.
+pub fn datum_type_of(t: DType) -> DatumType {
+    match t {
+        DType::F32 => DatumType::F32,
+        DType::F64 => DatumType::F64,
+        DType::F16 => DatumType::F16,
+        DType::I64 => DatumType::I64,
+        DType::I32 => DatumType::I32,
+        DType::I16 => DatumType::I16,
+        DType::I8 => DatumType::I8,
+        DType::U64 => DatumType::U64,
+        DType::U32 => DatumType::U32,
+        DType::U16 => DatumType::U16,
+        DType::U8 => DatumType::U8,
+        DType::Bool => DatumType::Bool,
+    }
+}
+
+/// The bundle element type of one of tract's datum types, if it has one.
+pub fn dtype_of(dt: DatumType) -> Option<DType> {
+    Some(match dt {
+        DatumType::F32 => DType::F32,
+        DatumType::F64 => DType::F64,
+        DatumType::F16 => DType::F16,
+        DatumType::I64 => DType::I64,
+        DatumType::I32 => DType::I32,
+        DatumType::I16 => DType::I16,
+        DatumType::I8 => DType::I8,
+        DatumType::U64 => DType::U64,
+        DatumType::U32 => DType::U32,
+        DatumType::U16 => DType::U16,
+        DatumType::U8 => DType::U8,
+        DatumType::Bool => DType::Bool,
         _ => return None,
     })
 }
 
+/// tract's datum type for a manifest's dtype name (`f32`, `i64`, …).
+pub fn datum_type(name: &str) -> Option<DatumType> {
+    DType::parse(name).map(datum_type_of)
+}
+
+/// The manifest's name for one of tract's datum types.
 pub fn dtype_name(dt: DatumType) -> Option<&'static str> {
-    Some(match dt {
-        DatumType::F32 => "f32",
-        DatumType::F64 => "f64",
-        DatumType::F16 => "f16",
-        DatumType::I64 => "i64",
-        DatumType::I32 => "i32",
-        DatumType::I16 => "i16",
-        DatumType::I8 => "i8",
-        DatumType::U64 => "u64",
-        DatumType::U32 => "u32",
-        DatumType::U16 => "u16",
-        DatumType::U8 => "u8",
-        DatumType::Bool => "bool",
-        _ => return None,
-    })
+    dtype_of(dt).map(DType::name)
 }
 
 /// Flat tensor data, serialized as a JSON array of the element type (f32

@@ -57,10 +57,10 @@ pub fn assert_fresh(bin: &Path) {
         }
         t
     }
-    let own = if bin.ends_with("neorun") { "runtime" } else { "compiler" };
+    let own = if bin.ends_with("neorun") { "runtime/neorun" } else { "compiler" };
     let built = std::fs::metadata(bin).and_then(|m| m.modified()).unwrap();
     let crates: &[&str] = if bin.ends_with("neorun") {
-        &["bundle", "targets", "runtime"]
+        &["bundle", "targets", "runtime", "runtime/neorun"]
     } else {
         &["bundle", "targets", "compiler", "runtime"]
     };

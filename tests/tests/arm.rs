@@ -4,7 +4,7 @@
 //! it says nothing about ARM speed.
 //!
 //! `.ci/run` builds the binaries (cargo build --release --target
-//! aarch64-unknown-linux-gnu / armv7-unknown-linux-gnueabihf -p neoc-runtime);
+//! aarch64-unknown-linux-gnu / armv7-unknown-linux-gnueabihf -p neorun);
 //! NEOC_AARCH64_NEORUN and NEOC_ARMV7_NEORUN override their paths.
 
 use std::io::BufRead;
@@ -20,7 +20,7 @@ fn cross_neorun(env: &str, triple: &str, packages: &str) -> PathBuf {
         .unwrap_or_else(|| root().join(format!("target/{triple}/release/neorun")));
     assert!(
         p.exists(),
-        "{} not found: build it with `cargo build --release --target {triple} -p neoc-runtime` \
+        "{} not found: build it with `cargo build --release --target {triple} -p neorun` \
          (needs {packages}, qemu-user and the rustup target; .ci/run installs them)",
         p.display()
     );

@@ -218,9 +218,9 @@ fn openvino_library_missing_or_incompatible_is_named_and_fallback_is_opt_in() {
     assert!(e.contains("verified with OpenVINO 2026.") && e.contains("2025.2.0"), "{e}");
 }
 
-/// The functions neorun checks a library for (runtime/src/openvino.rs).
+/// The functions neorun checks a library for (runtime/src/engine/openvino.rs).
 fn neoc_runtime_required() -> Vec<String> {
-    let src = std::fs::read_to_string(root().join("runtime/src/openvino.rs")).unwrap();
+    let src = std::fs::read_to_string(root().join("runtime/src/engine/openvino.rs")).unwrap();
     let start = src.find("const REQUIRED").unwrap();
     let end = start + src[start..].find("];").unwrap();
     src[start..end].split('"').skip(1).step_by(2).map(|s| s.to_string()).collect()

@@ -143,7 +143,44 @@ fn sagemaker_and_oip_routes_answer_like_predict() {
     // metrics counted all of it
     let (_, metrics) = call(a.get(&format!("{}/metrics", s.base)), None);
     assert!(metrics.contains("neorun_requests_total{model=\"fraud-xgb\",variant=\"AllTraffic\"} 2"), "{metrics}");
-    assert!(metrics.contains("neorun_request_duration_seconds_bucket{model=\"image-cnn\""), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("neorun_request_duration_seconds_bucket{") && l.contains("model=\"image-cnn\"")),
+        "{metrics}"
+    );
+}
+
+/// `/metrics` is a valid Prometheus exposition: the stock `promtool check
+/// metrics` (Debian's prometheus package) parses and lints it.
+#[test]
+fn metrics_pass_promtool() {
+    let s = start(&[]);
+    let a = agent();
+    let csv = std::fs::read(root().join("models/fraud-xgb/sample.csv")).unwrap();
+    assert_eq!(call(a.post(&format!("{}/invocations", s.base)).set("Content-Type", "text/csv"), Some(&csv)).0, 200);
+    assert_eq!(call(a.post(&format!("{}/invocations", s.base)).set("Content-Type", "text/csv"), Some(b"1,2")).0, 400);
+    let (code, metrics) = call(a.get(&format!("{}/metrics", s.base)), None);
+    assert_eq!(code, 200);
+    for name in ["neorun_requests_total", "neorun_errors_total", "neorun_queue_waiting", "neorun_inflight_requests"] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let promtool = which("promtool").expect("promtool is not installed: apt-get install prometheus (.ci/run does)");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

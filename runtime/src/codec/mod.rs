@@ -1,5 +1,6 @@
-//! Requests and responses: CSV and JSON bodies to input tensors, output
-//! tensors to JSON or CSV.
+//! Request and response codecs, as pure functions: CSV, JSON and JSON Lines
+//! bodies to input tensors and output tensors back (this module), and the
+//! Open Inference Protocol's JSON and binary forms (`oip`).
 //!
 //! Every input is seen as a batch of rows: the first axis of the input's shape
 //! is the batch axis (fixed or symbolic), the rest is the shape of one row. A
@@ -12,6 +13,8 @@ use serde_json::Value;
 use tract_core::prelude::*;
 
 use crate::tensors::{datum_type, NamedTensor};
+
+pub mod oip;
 
 /// Body formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,12 +48,12 @@ impl Format {
 #[error("{0}")]
 pub struct BadRequest(pub String);
 
-fn bad(msg: impl Into<String>) -> BadRequest {
+pub(crate) fn bad(msg: impl Into<String>) -> BadRequest {
     BadRequest(msg.into())
 }
 
 /// Inputs of one request, each as `[rows] + row shape`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Batch {
     pub rows: usize,
     pub inputs: Vec<Tensor>,
@@ -302,7 +305,12 @@ fn json_input(spec: &TensorSpec, value: &Value) -> Result<(usize, Tensor), BadRe
     Ok((rows, t))
 }
 
-fn tensor_from_json(leaves: &[&Value], dt: DatumType, shape: &[usize], name: &str) -> Result<Tensor, BadRequest> {
+pub(crate) fn tensor_from_json(
+    leaves: &[&Value],
+    dt: DatumType,
+    shape: &[usize],
+    name: &str,
+) -> Result<Tensor, BadRequest> {
     let at = |i: usize| format!("input `{name}`, element {i}");
     let t = match dt {
         DatumType::F32 | DatumType::F64 | DatumType::F16 => {

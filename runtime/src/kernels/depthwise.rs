@@ -14,7 +14,9 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
-use crate::window::{nchw, Window};
+use super::simd;
+use super::simd::available;
+use super::window::{is_depthwise, nchw, plane_conv, Window};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlaneDepthwise {
@@ -86,7 +88,7 @@ impl EvalOp for PlaneDepthwise {
                         plane(&g, xp, taps, b, out, &mut scratch);
                     }
                     if self.relu {
-                        crate::epilogue::relu(out);
+                        simd::relu(out);
                     }
                 }
                 Ok(())
@@ -246,11 +248,30 @@ impl TypedOp for PlaneDepthwise {
     as_op!();
 }
 
-/// Whether `conv` has one filter per channel (what `PlaneDepthwise` takes
-/// among the convolutions `gemm::plane_conv` accepts).
-pub fn is_depthwise(conv: &Conv) -> bool {
-    let spec = &conv.pool_spec;
-    conv.group > 1 && conv.group == spec.input_channels && conv.group == spec.output_channels
+/// Replaces f32 depthwise convolutions (one filter per channel, over NCHW
+/// or CHW planes) with `PlaneDepthwise`; returns how many. Does nothing on
+/// a CPU without AVX2 and FMA.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    if !available() {
+        return Ok(0);
+    }
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        let facts: TVec<TypedFact> =
+            node.inputs.iter().map(|i| model.outlet_fact(*i).cloned()).collect::<TractResult<_>>()?;
+        if facts.iter().any(|f| f.datum_type != f32::datum_type() || !f.is_plain())
+            || !plane_conv(conv, &facts)
+            || !is_depthwise(conv)
+        {
+            continue;
+        }
+        let op = PlaneDepthwise { pool_spec: conv.pool_spec.clone(), relu: false };
+        model.node_mut(id).op = Box::new(op);
+        replaced += 1;
+    }
+    Ok(replaced)
 }
 
 #[cfg(test)]
@@ -311,7 +332,7 @@ mod tests {
                     let theirs =
                         m.clone().into_optimized()?.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
                     let facts: Vec<TypedFact> = m.node_input_facts(y[0].node)?.into_iter().cloned().collect();
-                    assert!(crate::gemm::plane_conv(&conv, &facts) && is_depthwise(&conv), "{k:?} {s:?} {padding:?}");
+                    assert!(plane_conv(&conv, &facts) && is_depthwise(&conv), "{k:?} {s:?} {padding:?}");
                     let node = y[0].node;
                     m.node_mut(node).op = Box::new(PlaneDepthwise { pool_spec: conv.pool_spec.clone(), relu: false });
                     let ours = m.into_runnable()?.run(tvec!(input.into_tvalue()))?;

@@ -2,26 +2,22 @@
 //!
 //! Only the NNEF side of tract is linked here (`tract-nnef`, plus the
 //! protobuf-free `tract-onnx-opl` operator library for ONNX operators that
-//! NNEF has no word for); the runtime never parses ONNX.
+//! NNEF has no word for); the runtime never parses ONNX. Each model keeps
+//! its own executor (thread pool), so one model's thread count is not
+//! another's.
 
 use anyhow::Context;
 use tract_core::prelude::*;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx_opl::WithOnnx;
 use tract_transformers::WithTractTransformers;
 
+use crate::options::Kernels;
+
 /// Name of the engine in manifests.
 pub const ENGINE_NAME: &str = "tract";
-/// Whether this build can run CUDA-target bundles on a GPU.
-pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 /// The tract version this runtime embeds (kept in step with Cargo.toml by a test).
 pub const TRACT_VERSION: &str = "0.23.9";
-/// Name of the OpenVINO engine in manifests, and the model format it reads.
-pub const OPENVINO_ENGINE: &str = "openvino";
-pub const OPENVINO_FORMAT: &str = "onnx";
-/// Whether this build has the OpenVINO engine (`--features openvino`).
-pub const OPENVINO_BUILD: bool = cfg!(feature = "openvino");
-/// Whether this build has the AWS Neuron engine (`--features neuron`, default).
-pub const NEURON_BUILD: bool = cfg!(feature = "neuron");
 /// The only model format this engine loads.
 pub const MODEL_FORMAT: &str = "tract-nnef-tar";
 /// Registries (beyond tract_core) this engine can provide.
@@ -51,6 +47,8 @@ pub fn neoc_registry() -> tract_nnef::internal::Registry {
 /// A model ready to run.
 pub struct TractEngine {
     plan: Box<dyn Runnable>,
+    /// The model's own thread pool (or none: single-threaded).
+    executor: Executor,
     /// Duration of the last run, in µs: runs shorter than `POOL_MIN_US` stay
     /// on the calling thread (see `in_pool`).
     last_us: std::sync::atomic::AtomicU64,
@@ -70,20 +68,24 @@ const POOL_MIN_US: u64 = 1000;
 /// operators slow down (ShuffleNet ran slower on 2 threads than on 1). Inside
 /// the pool, the thread running the plan is one of the workers and takes its
 /// share of each product.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    use tract_linalg::multithread::{current_tract_executor, Executor};
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if pool.current_thread_index().is_none() => pool.install(f),
-        _ => f(),
+fn in_pool<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
+    match executor {
+        // the executor is thread-local: set again on the pool's thread
+        Executor::MultiThread(pool) if pool.current_thread_index().is_none() => {
+            let e = executor.clone();
+            pool.install(move || multithread_tract_scope(e, f))
+        }
+        _ => multithread_tract_scope(executor.clone(), f),
     }
 }
 
-/// Whether neorun swaps in its own kernels (LRN, pooling, and on x86-64 the
-/// convolution, depthwise and matrix-product kernels): yes unless
-/// `NEORUN_KERNELS=tract`, which keeps tract's everywhere (to compare, or to
-/// rule ours out).
-pub fn own_kernels() -> bool {
-    std::env::var("NEORUN_KERNELS").map(|v| v != "tract").unwrap_or(true)
+/// A private pool of `threads` for one model (none for one thread).
+fn executor(threads: usize) -> Executor {
+    if threads > 1 {
+        Executor::multithread_with_name(threads, "neorun-tract")
+    } else {
+        Executor::SingleThread
+    }
 }
 
 /// One node's share of a profiled run.
@@ -103,29 +105,21 @@ impl std::fmt::Debug for TractEngine {
 
 impl TractEngine {
     /// Loads an NNEF tar (as written by `neoc`) and optimizes it for this CPU.
-    pub fn from_nnef_tar(bytes: &[u8]) -> TractResult<TractEngine> {
+    pub fn from_nnef_tar(bytes: &[u8], kernels: Kernels, threads: usize) -> TractResult<TractEngine> {
         let model = nnef().model_for_read(&mut &bytes[..]).context("loading the NNEF model")?;
-        TractEngine::from_typed(model)
+        TractEngine::from_typed(model, kernels, threads)
     }
 
-    pub fn from_typed(model: TypedModel) -> TractResult<TractEngine> {
+    pub fn from_typed(model: TypedModel, kernels: Kernels, threads: usize) -> TractResult<TractEngine> {
         // neorun's own operators for the ones tract computes slowly
         // (`bench --profile`), swapped in after decluttering (which folds
         // pads into pools) and before tract's code generation: what tract's
         // CPU runtime does (`into_optimized`, then a plan), split in two
         let mut model = model.into_decluttered().context("decluttering the model")?;
-        if own_kernels() {
-            crate::lrn::substitute(&mut model)?;
-            crate::pool::substitute(&mut model)?;
-            #[cfg(target_arch = "x86_64")]
-            {
-                crate::gemm::substitute(&mut model)?;
-                crate::epilogue::fuse(&mut model)?;
-            }
-        }
+        crate::kernels::install(&mut model, kernels)?;
         model.optimize().context("optimizing the model for this CPU")?;
         let plan = TypedSimplePlan::new(model)?;
-        Ok(TractEngine { plan: Box::new(plan), last_us: Default::default() })
+        Ok(TractEngine { plan: Box::new(plan), executor: executor(threads), last_us: Default::default() })
     }
 
     /// Loads an NNEF tar for tract's CUDA runtime (builds with `--features
@@ -141,7 +135,12 @@ impl TractEngine {
         let model = model.into_decluttered().context("decluttering the model")?;
         let runtime = runtime_for_name("cuda")?.context("tract's CUDA runtime is not registered")?;
         let plan = runtime.prepare(model).context("preparing the model for the GPU")?;
-        Ok(TractEngine { plan, last_us: Default::default() })
+        Ok(TractEngine { plan, executor: Executor::SingleThread, last_us: Default::default() })
+    }
+
+    /// Threads for this model's runs from now on.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.executor = executor(threads);
     }
 
     /// The model as prepared for its runtime (translated, optimized).
@@ -159,7 +158,7 @@ impl TractEngine {
         let runs = runs.max(1);
         // the runs go through the same pool as `run`, so that the times are
         // those a served request sees
-        in_pool(|| -> TractResult<()> {
+        in_pool(&self.executor, || -> TractResult<()> {
             for r in 0..=runs {
                 let ins = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
                 state.run_plan_with_eval(ins, |ctx, op_state, node, input| {
@@ -199,13 +198,12 @@ impl TractEngine {
         };
         let t0 = std::time::Instant::now();
         let out = if self.last_us.load(Relaxed) >= POOL_MIN_US {
-            in_pool(run)
+            in_pool(&self.executor, run)
         } else {
             // short runs keep every operator on this thread: handing one to
             // the pool costs about as much as it saves, and the pool's
             // workers then spin against this thread for the CPUs (image-cnn,
             // 100 µs, ran 20% slower on 2 threads than on 1 without this)
-            use tract_linalg::multithread::{multithread_tract_scope, Executor};
             multithread_tract_scope(Executor::SingleThread, run)
         };
         self.last_us.store(t0.elapsed().as_micros() as u64, Relaxed);
@@ -227,7 +225,7 @@ mod tests {
         m.select_output_outlets(&r)?;
         let mut tar = Vec::new();
         nnef().write_to_tar(&m, &mut tar)?;
-        let e = TractEngine::from_nnef_tar(&tar)?;
+        let e = TractEngine::from_nnef_tar(&tar, Kernels::Own, 1)?;
         let out = e.run(vec![tensor1(&[7f32, -7.0, 7.5, 9.0]), tensor1(&[3f32, 3.0, 2.0, 4.5])])?;
         assert_eq!(out[0], tensor1(&[1f32, -1.0, 1.5, 0.0]));
         Ok(())
@@ -242,7 +240,7 @@ mod tests {
         m.select_output_outlets(&g)?;
         let mut tar = Vec::new();
         nnef().write_to_tar(&m, &mut tar)?;
-        let e = TractEngine::from_nnef_tar(&tar)?;
+        let e = TractEngine::from_nnef_tar(&tar, Kernels::Own, 1)?;
         let out = e.run(vec![tensor1(&[-1f32, 0.0, 2.0])])?;
         let want = [-0.15865526f32, 0.0, 1.9544997];
         for (g, w) in out[0].try_as_plain_ram()?.as_slice::<f32>()?.iter().zip(want) {

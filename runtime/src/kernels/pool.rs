@@ -16,7 +16,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{MaxPool, PoolSpec, SumPool};
 use tract_core::ops::nn::DataFormat;
 
-use crate::window::Window;
+use super::window::Window;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reduce {

@@ -2,6 +2,11 @@
 //! crate's kernels (x86-64 with AVX2 and FMA; its AVX-512 kernels where the
 //! CPU has AVX-512F).
 //!
+//! (Over 600 lines on purpose: `GemmConv` and `GemmEinSum` share `Product`,
+//! the hand-off to tract's threads and the weight layouts, which would be
+//! split across files only to be imported back; a fifth of it is the tests
+//! that check both against tract's own operators.)
+//!
 //! tract turns convolutions into im2col + its own matrix-product kernels;
 //! on the zoo CNNs those products were 65-92% of a run (`neorun bench
 //! --profile`) and ran at about 130 GFLOP/s on one core of this project's
@@ -22,11 +27,13 @@
 //! it. Threads: the products run on tract's thread pool, with its size.
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
+use tract_core::ops::cnn::{Conv, PoolSpec};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::nn::DataFormat;
 
-use crate::window::{nchw, Window};
+use super::simd;
+use super::simd::available;
+use super::window::{is_depthwise, nchw, plane_conv, Window};
 
 /// im2col buffers hold at most this many floats (4 MiB, so that the band
 /// the product reads is still in cache); larger ones are built a band of
@@ -36,11 +43,6 @@ const COLUMNS_LIMIT: usize = 1 << 20;
 
 /// Smaller products stay with tract (its call overhead is lower).
 const MIN_EINSUM_MACS: usize = 1 << 18;
-
-/// Whether this CPU has what the kernels need (AVX2 and FMA).
-pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
 
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`; every operand given by a
 /// pointer and its (row, column) strides in elements.
@@ -312,7 +314,7 @@ fn conv_bands(
                 unsafe { p.run(yg[oy0 * g.win.ow..].as_mut_ptr(), lhs, rhs, threads) };
                 if relu {
                     for o in 0..og {
-                        crate::epilogue::relu(&mut yg[o * ohw + oy0 * g.win.ow..][..cols]);
+                        simd::relu(&mut yg[o * ohw + oy0 * g.win.ow..][..cols]);
                     }
                 }
                 oy0 += rows;
@@ -562,7 +564,7 @@ impl EvalOp for GemmEinSum {
             output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.fill(0.0);
         }
         if self.relu {
-            crate::epilogue::relu(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+            simd::relu(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -576,26 +578,8 @@ impl TypedOp for GemmEinSum {
     as_op!();
 }
 
-/// Whether `conv` over inputs with `facts` is a convolution neorun's plane
-/// kernels take (`GemmConv`, or `PlaneDepthwise` when depthwise): float
-/// (not quantized), OIHW kernel, 2-D over NCHW or CHW planes, a bias of one
-/// value or one per output channel. The inputs' types are checked by the
-/// caller (f32, plain).
-pub(crate) fn plane_conv(conv: &Conv, facts: &[TypedFact]) -> bool {
-    let spec = &conv.pool_spec;
-    conv.q_params.is_none()
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        && spec.kernel_shape.len() == 2
-        && facts.len() == 3
-        && facts[0].rank() == 3 + spec.data_format.has_n() as usize
-        && facts[1].rank() == 4
-        && facts[2].shape.volume().to_usize().is_ok_and(|v| v == 1 || v == spec.output_channels)
-}
-
-/// Replaces f32 convolutions and large constant-weight products with the
-/// `gemm` ones, and depthwise convolutions with `PlaneDepthwise`; returns
-/// how many. Run after decluttering, before tract's
+/// Replaces f32 convolutions (depthwise ones are `depthwise.rs`'s) and
+/// large constant-weight products with the `gemm` ones; returns how many. Run after decluttering, before tract's
 /// code generation. Does nothing on a CPU without AVX2 and FMA.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
@@ -611,14 +595,10 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let op: Box<dyn TypedOp> = if let Some(conv) = node.op_as::<Conv>() {
-            if !plane_conv(conv, &facts) {
+            if !plane_conv(conv, &facts) || is_depthwise(conv) {
                 continue;
             }
-            if crate::depthwise::is_depthwise(conv) {
-                Box::new(crate::depthwise::PlaneDepthwise { pool_spec: conv.pool_spec.clone(), relu: false })
-            } else {
-                Box::new(GemmConv { pool_spec: conv.pool_spec.clone(), group: conv.group, relu: false })
-            }
+            Box::new(GemmConv { pool_spec: conv.pool_spec.clone(), group: conv.group, relu: false })
         } else if let Some(einsum) = node.op_as::<EinSum>() {
             if einsum.q_params.is_some() || einsum.operating_dt != f32_dt || facts.len() != 2 {
                 continue;
@@ -669,6 +649,7 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_core::ops::cnn::KernelFormat;
     use tract_core::ops::cnn::PaddingSpec;
 
     fn random(shape: &[usize], next: &mut impl FnMut() -> f32) -> TractResult<Tensor> {

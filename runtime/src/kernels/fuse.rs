@@ -10,17 +10,8 @@ use tract_core::model::Rewriter;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::math::{Add, Max};
 
-use crate::depthwise::PlaneDepthwise;
-use crate::gemm::{GemmConv, GemmEinSum};
-
-/// max(x, 0), in place.
-pub fn relu(y: &mut [f32]) {
-    for v in y {
-        // written as a comparison, not f32::max, so that it vectorises to
-        // one instruction; NaN becomes 0, as max(NaN, 0) does
-        *v = if *v > 0.0 { *v } else { 0.0 };
-    }
-}
+use super::depthwise::PlaneDepthwise;
+use super::gemm::{GemmConv, GemmEinSum};
 
 /// Moves ReLUs (a maximum with a constant zero) after `GemmConv`,
 /// `PlaneDepthwise` and `GemmEinSum`, and constant per-row additions after
@@ -98,7 +89,7 @@ fn fuse_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::TractEngine;
+    use crate::engine::tract::TractEngine;
     use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::einsum::EinSum;
     use tract_core::ops::nn::DataFormat;
@@ -140,7 +131,7 @@ mod tests {
     /// the same input; returns the prepared model's operator names.
     fn compare(m: TypedModel, x: Tensor) -> TractResult<Vec<String>> {
         let theirs = m.clone().into_optimized()?.into_runnable()?.run(tvec![x.clone().into_tvalue()])?;
-        let engine = TractEngine::from_typed(m)?;
+        let engine = TractEngine::from_typed(m, crate::options::Kernels::Own, 1)?;
         let ours = engine.run(vec![x])?;
         for (t, o) in theirs.iter().zip(&ours) {
             let (t, o) = (t.try_as_plain_ram()?, o.try_as_plain_ram()?);
@@ -154,7 +145,7 @@ mod tests {
     /// ReLUs after convolutions (grouped and depthwise too) run inside them.
     #[test]
     fn relu_goes_into_convolutions() -> TractResult<()> {
-        if !crate::gemm::available() {
+        if !super::super::simd::available() {
             return Ok(());
         }
         let mut next = crate::seeded_values(0x2545_f491_u64);
@@ -177,7 +168,7 @@ mod tests {
     /// whose output is also used elsewhere keeps them.
     #[test]
     fn bias_and_relu_go_into_products() -> TractResult<()> {
-        if !crate::gemm::available() {
+        if !super::super::simd::available() {
             return Ok(());
         }
         let mut next = crate::seeded_values(0x9e37_79b9_u64);

@@ -7,11 +7,11 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::PoolSpec;
+use tract_core::ops::cnn::{Conv, KernelFormat, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
 /// `(n, c, h, w)` of an NCHW input, or of a CHW one (one image).
-pub(crate) fn nchw(shape: &[usize], format: DataFormat) -> TractResult<(usize, usize, usize, usize)> {
+pub fn nchw(shape: &[usize], format: DataFormat) -> TractResult<(usize, usize, usize, usize)> {
     match (format, shape) {
         (DataFormat::NCHW, &[n, c, h, w]) => Ok((n, c, h, w)),
         (DataFormat::CHW, &[c, h, w]) => Ok((1, c, h, w)),
@@ -20,7 +20,7 @@ pub(crate) fn nchw(shape: &[usize], format: DataFormat) -> TractResult<(usize, u
 }
 
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Window {
+pub struct Window {
     /// Input plane.
     pub h: usize,
     pub w: usize,
@@ -80,4 +80,28 @@ impl Window {
         let start = ((a as isize * self.sw as isize + off).max(0) as usize).min(self.w);
         (a, b, start)
     }
+}
+
+/// Whether `conv` over inputs with `facts` is a convolution neorun's plane
+/// kernels take (`GemmConv`, or `PlaneDepthwise` when depthwise): float
+/// (not quantized), OIHW kernel, 2-D over NCHW or CHW planes, a bias of one
+/// value or one per output channel. The inputs' types are checked by the
+/// caller (f32, plain).
+pub fn plane_conv(conv: &Conv, facts: &[TypedFact]) -> bool {
+    let spec = &conv.pool_spec;
+    conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && spec.kernel_shape.len() == 2
+        && facts.len() == 3
+        && facts[0].rank() == 3 + spec.data_format.has_n() as usize
+        && facts[1].rank() == 4
+        && facts[2].shape.volume().to_usize().is_ok_and(|v| v == 1 || v == spec.output_channels)
+}
+
+/// Whether `conv` has one filter per channel (what `PlaneDepthwise` takes
+/// among the convolutions `plane_conv` accepts).
+pub fn is_depthwise(conv: &Conv) -> bool {
+    let spec = &conv.pool_spec;
+    conv.group > 1 && conv.group == spec.input_channels && conv.group == spec.output_channels
 }

@@ -1,0 +1,173 @@
+//! The command line, as clap types: what each flag is called and says in
+//! `--help`. Turning flags into validated settings is `settings.rs`'s job.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::EXIT_HELP;
+
+#[derive(Parser)]
+#[command(name = "neorun", version, about = "Verify and run neoc bundles", after_help = EXIT_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How bundles are opened: who is trusted, which fallbacks are allowed,
+/// whose kernels run.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Public key (minisign .pub) trusted to sign bundles; repeatable
+    #[arg(long = "trusted-key", value_name = "PUB", env = "NEORUN_TRUSTED_KEY")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Run bundles that carry no signature (signed ones are still checked)
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Run an accelerator bundle (CUDA, Neuron) on the CPU, with the CPU model it carries, when this neorun cannot drive the accelerator
+    #[arg(long)]
+    pub cpu_fallback: bool,
+    /// Run an OpenVINO bundle with the tract model it carries when OpenVINO cannot be loaded here (missing or too old)
+    #[arg(long)]
+    pub engine_fallback: bool,
+    /// Whose kernels run tract models: `own` (neorun's convolution, matrix-product, pooling and LRN kernels where they apply) or `tract` (tract's everywhere, to compare or to rule ours out)
+    #[arg(long, env = "NEORUN_KERNELS", default_value = "own", value_name = "own|tract")]
+    pub kernels: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Answer one request: read it from a file or stdin, print the result on stdout
+    Predict(PredictArgs),
+    /// Serve bundles over HTTP: SageMaker's inference contract and the Open Inference Protocol v2
+    Serve(ServeArgs),
+    /// Batch transform: run every line of a CSV or JSON Lines file, write the results in input order
+    Batch(BatchArgs),
+    /// Measure in-process latency and throughput on the bundle's test vectors
+    Bench(BenchArgs),
+    /// Verify a bundle, load it and run its test vectors (the device health check)
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Request body; `-` for stdin
+    #[arg(long, short, default_value = "-")]
+    pub input: String,
+    /// Request format: csv, json, text/csv, application/json (default: from the file name or content)
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Response format: json or csv
+    #[arg(long, default_value = "json")]
+    pub accept: String,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(clap::Args)]
+pub struct BatchArgs {
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Input file: one row per line (CSV, or JSON Lines of arrays)
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Output file (written whole or not at all)
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Input format: csv or jsonlines (default: from the file name)
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Output format: csv or jsonlines (default: the input's)
+    #[arg(long)]
+    pub accept: Option<String>,
+    /// Rows per model run
+    #[arg(long, default_value_t = 1024)]
+    pub max_rows: usize,
+    /// Inference threads
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Inference threads
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Rows per run (models with a symbolic batch axis; test rows are repeated to fill it)
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Timed runs
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
+    /// Untimed runs first
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Print one JSON document
+    #[arg(long)]
+    pub json: bool,
+    /// Try thread counts 1..=CPUs and batches 1, 8, 64, 256 (symbolic-batch models), and recommend the best for latency and for throughput
+    #[arg(long)]
+    pub sweep: bool,
+    /// Time every operator of a tract model over the timed runs and print the slowest, with tract's description of each (kernel, shapes) and the time per operator type
+    #[arg(long, conflicts_with = "sweep")]
+    pub profile: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Bundles to serve; each is named by its manifest (the first answers /invocations)
+    #[arg(required = true)]
+    pub bundles: Vec<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port; 0 picks a free one (printed on stdout)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Name of the (single) model, instead of the manifest's
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Inferences running at once (default: the first bundle's device default, at most this host's CPUs)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Requests allowed to wait for an inference slot; beyond, 503 with Retry-After
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Largest request body, in bytes
+    #[arg(long, default_value_t = 6 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Request timeout, in seconds (fractions allowed: 0.5)
+    #[arg(long, default_value = "60")]
+    pub timeout: f64,
+    /// Require `Authorization: Bearer TOKEN` on every route but health checks
+    #[arg(long, env = "NEORUN_AUTH_TOKEN", conflicts_with = "auth_token_file")]
+    pub auth_token: Option<String>,
+    /// Read the bearer token from a file
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Dynamic batching: merge concurrent requests into runs of at most this many rows (1 = off)
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Dynamic batching: how long a request may wait for others to join its batch, in µs
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_delay: u64,
+    /// Production variant name (X-Amzn-Invoked-Production-Variant)
+    #[arg(long, default_value = "AllTraffic")]
+    pub variant: String,
+    /// Log format on stderr: text or json
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+}

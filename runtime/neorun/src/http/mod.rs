@@ -1,0 +1,144 @@
+//! The HTTP transport (axum): SageMaker's inference-container routes and
+//! the Open Inference Protocol v2. Handlers read the request, decode it with
+//! the runtime's codecs, submit it to `infer` and encode the answer; they
+//! never call an engine themselves.
+
+mod error;
+mod negotiate;
+mod oip;
+mod sagemaker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::infer::Inference;
+use crate::metrics::Metrics;
+use crate::models::ModelTable;
+
+/// What the HTTP layer itself decides.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub auth_token: Option<String>,
+    /// The production variant named in `X-Amzn-Invoked-Production-Variant`.
+    pub variant: String,
+}
+
+pub struct AppState {
+    pub models: Arc<ModelTable>,
+    pub inference: Arc<Inference>,
+    pub metrics: Arc<Metrics>,
+    pub settings: HttpSettings,
+    /// Set when shutdown starts: new requests get 503 while in-flight ones finish.
+    pub draining: Arc<AtomicBool>,
+}
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ping", get(sagemaker::ping))
+        .route("/invocations", post(sagemaker::invocations))
+        .route("/endpoints/{endpoint}/invocations", post(sagemaker::endpoint_invocations))
+        .route("/v2", get(oip::server))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{model}", get(oip::metadata))
+        .route("/v2/models/{model}/versions/{version}", get(oip::metadata_version))
+        .route("/v2/models/{model}/ready", get(oip::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(oip::model_ready_version))
+        .route("/v2/models/{model}/infer", post(oip::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(oip::infer_version))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Authentication, refusal while draining, and the request timeout.
+async fn guard(State(st): St, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let health = path == "/ping" || path.starts_with("/v2/health");
+    if let Some(token) = &st.settings.auth_token {
+        if !health {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+            if !ok {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token (Authorization: Bearer …)",
+                )
+                .into_response();
+            }
+        }
+    }
+    if st.draining.load(Ordering::Relaxed) && !health {
+        return ApiError::unavailable("server is shutting down").into_response();
+    }
+    let timeout = st.settings.timeout;
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("request not completed within {timeout:?}"))
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = st.settings.max_body;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("length limit") {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than the {limit} byte limit"))
+        } else {
+            ApiError::bad(format!("reading the body: {msg}"))
+        }
+    })
+}
+
+/// Counts an inference request and its outcome in the model's metrics.
+fn account(st: &AppState, model: &str, started: Instant, r: &Result<Response, ApiError>) {
+    let status = match r {
+        Ok(resp) => resp.status().as_u16(),
+        Err(e) => e.status.as_u16(),
+    };
+    st.metrics.answered(model, started.elapsed(), status);
+}
+
+/// `/metrics`: OpenMetrics when the scraper asks for it, else the
+/// Prometheus text format.
+async fn metrics(State(st): St, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        (StatusCode::OK, [(header::CONTENT_TYPE, ct)], st.metrics.render_openmetrics()).into_response()
+    } else {
+        let ct = "text/plain; version=0.0.4; charset=utf-8";
+        (StatusCode::OK, [(header::CONTENT_TYPE, ct)], st.metrics.render()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+//! `neorun`: the device process. It verifies neoc bundles and runs them —
+//! one request (`predict`), a health check (`check`), a file (`batch`), a
+//! benchmark (`bench`), or an HTTP server (`serve`).
+//!
+//! The engines, kernels and codecs are the `neoc-runtime` library's; this
+//! crate holds what only the device process needs: the CLI, settings, the
+//! transport-neutral inference layer (admission, batching), the live model
+//! table, HTTP, metrics and shutdown.
+
+mod cli;
+mod commands;
+mod exit;
+mod http;
+mod infer;
+mod metrics;
+mod models;
+mod settings;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), Failure> = match cli.command {
+        Command::Predict(a) => commands::predict::run(a),
+        Command::Check(a) => commands::check::run(a),
+        Command::Batch(a) => commands::batch::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::Serve(a) => settings::Serve::resolve(a).and_then(commands::serve::run),
+    };
+    exit::report(result)
+}

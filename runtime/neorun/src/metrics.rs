@@ -1,0 +1,232 @@
+//! The server's Prometheus metrics, kept with the Prometheus project's own
+//! client (`prometheus-client`) and exposed on `/metrics` in the text format
+//! (`promtool check metrics` passes it; a test runs it).
+//!
+//! Gauges are kept by guards (`Tracked`): a request counted as queued or
+//! running stops being counted when its guard is dropped, on every path.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub variant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub model: String,
+    pub variant: String,
+    /// `4xx` (the request's fault) or `5xx`.
+    pub class: String,
+}
+
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+fn latency() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+fn batch_rows() -> Histogram {
+    Histogram::new(BATCH_BUCKETS)
+}
+
+type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the server keeps.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ModelLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Histograms,
+    queue_duration: Histograms,
+    batch: Histograms,
+    rejected: Counter,
+    /// Requests admitted and waiting for an inference slot.
+    pub waiting: Gauge,
+    /// Requests whose inference is running (at most `--threads` model runs;
+    /// a merged batch counts each of its requests).
+    pub running: Gauge,
+    variant: String,
+}
+
+impl Metrics {
+    pub fn new(variant: &str) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<ModelLabels, Counter>::default();
+        registry.register("neorun_requests", "Inference requests answered, by model", requests.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "neorun_errors",
+            "Inference requests answered with an error, by status class",
+            errors.clone(),
+        );
+        let duration = Histograms::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "neorun_request_duration_seconds",
+            "Time from the request's arrival to its answer",
+            duration.clone(),
+        );
+        let queue_duration = Histograms::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "neorun_queue_duration_seconds",
+            "Time a request waited for an inference slot",
+            queue_duration.clone(),
+        );
+        let batch = Histograms::new_with_constructor(batch_rows as fn() -> Histogram);
+        registry.register("neorun_batch_rows", "Rows per model run", batch.clone());
+        let rejected = Counter::default();
+        registry.register("neorun_rejected", "Requests refused with 503 because the queue was full", rejected.clone());
+        let waiting = Gauge::default();
+        registry.register("neorun_queue_waiting", "Requests waiting for an inference slot", waiting.clone());
+        let running = Gauge::default();
+        registry.register("neorun_inflight_requests", "Requests whose inference is running", running.clone());
+        Metrics {
+            registry,
+            requests,
+            errors,
+            duration,
+            queue_duration,
+            batch,
+            rejected,
+            waiting,
+            running,
+            variant: variant.to_string(),
+        }
+    }
+
+    fn labels(&self, model: &str) -> ModelLabels {
+        ModelLabels { model: model.to_string(), variant: self.variant.clone() }
+    }
+
+    /// Creates the model's series at zero, so they are there before its first request.
+    pub fn register_model(&self, model: &str) {
+        let l = self.labels(model);
+        let _ = self.requests.get_or_create(&l);
+        for class in ["4xx", "5xx"] {
+            let _ = self.errors.get_or_create(&ErrorLabels {
+                model: model.into(),
+                variant: self.variant.clone(),
+                class: class.into(),
+            });
+        }
+        let _ = self.duration.get_or_create(&l);
+        let _ = self.queue_duration.get_or_create(&l);
+        let _ = self.batch.get_or_create(&l);
+    }
+
+    /// Counts an answered request: its latency and, for an error, its class.
+    pub fn answered(&self, model: &str, took: Duration, status: u16) {
+        let l = self.labels(model);
+        self.requests.get_or_create(&l).inc();
+        self.duration.get_or_create(&l).observe(took.as_secs_f64());
+        if status >= 400 {
+            let class = if status < 500 { "4xx" } else { "5xx" };
+            self.errors
+                .get_or_create(&ErrorLabels { model: model.into(), variant: self.variant.clone(), class: class.into() })
+                .inc();
+        }
+    }
+
+    pub fn queued_for(&self, model: &str, waited: Duration) {
+        self.queue_duration.get_or_create(&self.labels(model)).observe(waited.as_secs_f64());
+    }
+
+    pub fn batch_of(&self, model: &str, rows: usize) {
+        self.batch.get_or_create(&self.labels(model)).observe(rows as f64);
+    }
+
+    pub fn rejected(&self) {
+        self.rejected.inc();
+    }
+
+    /// The OpenMetrics text exposition (`application/openmetrics-text`).
+    pub fn render_openmetrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// The Prometheus text exposition (`text/plain; version=0.0.4`), what
+    /// scrapers and `promtool` read when they do not ask for OpenMetrics.
+    pub fn render(&self) -> String {
+        prometheus_text(&self.render_openmetrics())
+    }
+}
+
+/// OpenMetrics text to the Prometheus text format: the two differ here only
+/// in that OpenMetrics names a counter family without its `_total` suffix
+/// in `# HELP`/`# TYPE` (the samples carry it in both) and ends with `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let name = rest.split(' ').next().unwrap_or("");
+                if counters.contains(&name) {
+                    out.push_str(&format!("{prefix}{name}_total{}\n", &rest[name.len()..]));
+                    continue;
+                }
+                out.push_str(line);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Counts one in a gauge for as long as it lives.
+#[derive(Debug)]
+pub struct Tracked(Gauge);
+
+impl Tracked {
+    pub fn new(g: &Gauge) -> Tracked {
+        g.inc();
+        Tracked(g.clone())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_render_with_their_labels_and_guards_give_gauges_back() {
+        let m = Metrics::new("AllTraffic");
+        m.register_model("fraud");
+        m.answered("fraud", Duration::from_millis(2), 200);
+        m.answered("fraud", Duration::from_millis(2), 503);
+        let g = Tracked::new(&m.running);
+        let text = m.render();
+        assert!(text.contains("# TYPE neorun_requests_total counter\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(m.render_openmetrics().contains("# TYPE neorun_requests counter\n"));
+        assert!(text.contains("neorun_requests_total{model=\"fraud\",variant=\"AllTraffic\"} 2"), "{text}");
+        assert!(text.contains("neorun_errors_total{model=\"fraud\",variant=\"AllTraffic\",class=\"5xx\"} 1"), "{text}");
+        assert!(text.contains("neorun_inflight_requests 1"), "{text}");
+        drop(g);
+        assert!(m.render().contains("neorun_inflight_requests 0"));
+    }
+}

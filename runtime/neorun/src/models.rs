@@ -1,0 +1,66 @@
+//! The live model table: the models a server answers for, by name. An
+//! entry can be replaced while requests run: a request holds the entry it
+//! started with (an `Arc`) until it ends, so a swap publishes the new
+//! version at once and the old one is freed when its last request is done.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use neoc_runtime::Model;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::infer::Job;
+
+/// One served model.
+pub struct LiveModel {
+    pub name: String,
+    pub model: Arc<Model>,
+    /// The model's batcher, when requests to it are merged.
+    pub(crate) batcher: Option<UnboundedSender<Job>>,
+}
+
+#[derive(Default)]
+struct Table {
+    models: BTreeMap<String, Arc<LiveModel>>,
+    /// The model `/invocations` answers when the request names none.
+    default: Option<String>,
+}
+
+#[derive(Default)]
+pub struct ModelTable {
+    inner: RwLock<Table>,
+}
+
+impl ModelTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // a writer that panicked left a consistent map (every write is one insert)
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<LiveModel>> {
+        self.read().models.get(name).cloned()
+    }
+
+    pub fn default_model(&self) -> Option<Arc<LiveModel>> {
+        let t = self.read();
+        t.default.as_ref().and_then(|d| t.models.get(d)).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().models.keys().cloned().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().models.is_empty()
+    }
+
+    /// Publishes `live` under its name; the first model published becomes
+    /// the default. Returns the entry it replaced, if any.
+    pub fn publish(&self, live: LiveModel) -> Option<Arc<LiveModel>> {
+        let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if t.default.is_none() {
+            t.default = Some(live.name.clone());
+        }
+        t.models.insert(live.name.clone(), Arc::new(live))
+    }
+}

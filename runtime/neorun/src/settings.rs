@@ -1,0 +1,133 @@
+//! Settings: flags and environment (clap reads both) resolved and checked
+//! here, once, into the values the commands use. Nothing below this layer
+//! reads the environment or a flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use neoc_bundle::sign::TrustedKey;
+use neoc_runtime::{Kernels, OpenOptions};
+
+use crate::cli::{LoadArgs, ServeArgs};
+use crate::exit::Failure;
+
+/// How to open bundles, from the shared loading flags; `threads` is the
+/// command's own.
+pub fn open_options(load: &LoadArgs, threads: Option<usize>) -> Result<OpenOptions, Failure> {
+    let kernels = match load.kernels.as_str() {
+        "own" => Kernels::Own,
+        "tract" => Kernels::Tract,
+        other => return Err(Failure::Other(anyhow!("--kernels (or NEORUN_KERNELS) {other:?}: use `own` or `tract`"))),
+    };
+    let mut trusted_keys = Vec::new();
+    for p in &load.trusted_keys {
+        trusted_keys.push(TrustedKey::from_file(p).map_err(|e| Failure::Refused(e.into()))?);
+    }
+    if trusted_keys.is_empty() && !load.allow_unsigned {
+        return Err(Failure::Other(anyhow!(
+            "no trusted key given\nhint: pass --trusted-key KEY.pub (the signer's public key), or --allow-unsigned for unsigned bundles"
+        )));
+    }
+    Ok(OpenOptions {
+        trusted_keys,
+        allow_unsigned: load.allow_unsigned,
+        allow_cpu_fallback: load.cpu_fallback,
+        allow_engine_fallback: load.engine_fallback,
+        kernels,
+        threads: threads.map(|t| t.max(1)),
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `neorun serve`, resolved.
+pub struct Serve {
+    pub bundles: Vec<PathBuf>,
+    pub open: OpenOptions,
+    pub host: String,
+    pub port: u16,
+    /// The single model's name, instead of its manifest's.
+    pub name: Option<String>,
+    /// Inferences at once; `None`: the first bundle's device default.
+    pub threads: Option<usize>,
+    pub max_queue: usize,
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub auth_token: Option<String>,
+    pub max_batch: usize,
+    pub max_queue_delay: Duration,
+    pub variant: String,
+    pub log_format: LogFormat,
+}
+
+impl Serve {
+    pub fn resolve(a: ServeArgs) -> Result<Serve, Failure> {
+        let log_format = match a.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(anyhow!("--log-format {other:?}: use text or json").into()),
+        };
+        if a.name.is_some() && a.bundles.len() > 1 {
+            return Err(
+                anyhow!("--name names a single model; with several bundles each is named by its manifest").into()
+            );
+        }
+        if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+            return Err(anyhow!("--timeout {}: give seconds above 0 and at most a day (86400)", a.timeout).into());
+        }
+        let auth_token = match (a.auth_token, &a.auth_token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(p)) => {
+                Some(std::fs::read_to_string(p).map_err(|e| anyhow!("{}: {e}", p.display()))?.trim().to_string())
+            }
+            _ => None,
+        };
+        if auth_token.as_deref() == Some("") {
+            return Err(anyhow!("the auth token is empty").into());
+        }
+        let threads = a.threads.map(|t| t.max(1));
+        Ok(Serve {
+            open: open_options(&a.load, threads)?,
+            bundles: a.bundles,
+            host: a.host,
+            port: a.port,
+            name: a.name,
+            threads,
+            max_queue: a.max_queue,
+            max_body: a.max_body,
+            timeout: Duration::from_secs_f64(a.timeout),
+            auth_token,
+            max_batch: a.max_batch.max(1),
+            max_queue_delay: Duration::from_micros(a.max_queue_delay),
+            variant: a.variant,
+            log_format,
+        })
+    }
+}
+
+/// Installs the stderr log subscriber (`RUST_LOG` filters it; info by default).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr).init()
+        }
+    }
+}
+
+/// Content types `neorun batch` reads and writes: `true` for JSON Lines.
+pub fn batch_format(s: &str) -> Result<bool, Failure> {
+    match s.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+        "csv" | "text/csv" => Ok(false),
+        "jsonlines" | "jsonl" | "application/jsonlines" | "application/x-jsonlines" => Ok(true),
+        other => Err(anyhow!("format {other:?} is not supported for batch; use csv or jsonlines").into()),
+    }
+}

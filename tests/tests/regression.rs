@@ -1,0 +1,285 @@
+//! Regression tests, each named after what broke. They run the real
+//! binaries: `neorun serve` started as a process, queried over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use neoc_e2e::*;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(exe: &Path, dir: &Path, args: &[&str]) -> Server {
+    let mut child = Command::new(exe)
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .args(["--trusted-key", "k.pub", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, base }
+}
+
+/// (status, body), or `None` when the connection failed or was cut.
+fn post(url: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Option<(u16, String)> {
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let mut req = agent.post(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    match req.send_bytes(body) {
+        Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
+        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+        Err(_) => None,
+    }
+}
+
+fn get(url: &str) -> Option<(u16, String)> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    match agent.get(url).call() {
+        Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
+        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+        Err(_) => None,
+    }
+}
+
+/// The value of an unlabelled sample in a Prometheus text exposition.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn python(dir: &Path, script: &str) {
+    let o = Command::new(venv_python()).args(["-c", script, dir.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A model that takes about a second or more per request on one thread of
+/// this machine: 48 box-filter convolutions (64 channels, 3x3) over a
+/// 192x192 plane tiled from an 8x8 input. Constant weights keep the values
+/// bounded, so verification is exact to f32 rounding.
+fn slow_model(dir: &Path) -> PathBuf {
+    python(
+        dir,
+        r#"
+import sys, os, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+C, S, T, L = 64, 8, 24, 48
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, S, S])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 1, 1])
+inits = [numpy_helper.from_array(np.array([1, 1, T, T], np.int64), "reps"),
+         numpy_helper.from_array(np.full((C, C, 3, 3), 1.0 / (C * 9), np.float32), "w")]
+nodes = [helper.make_node("Tile", ["x", "reps"], ["t0"])]
+for i in range(L):
+    nodes.append(helper.make_node("Conv", [f"t{i}", "w"], [f"t{i + 1}"], pads=[1, 1, 1, 1]))
+nodes.append(helper.make_node("GlobalAveragePool", [f"t{L}"], ["y"]))
+m = helper.make_model(helper.make_graph(nodes, "slow", [x], [y], inits),
+                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+onnx.save(m, sys.argv[1] + "/slow.onnx")
+"#,
+    );
+    ok(run(
+        "neoc",
+        dir,
+        &["compile", "slow.onnx", "--target", "host", "--key", "k.key", "-o", "slow.neo", "--input", "x=1,64,8,8"],
+        &[],
+        None,
+    ));
+    dir.join("slow.neo")
+}
+
+/// A request that timed out while waiting for an inference slot used to
+/// keep its place in the queue count for ever: after `--max-queue` +
+/// `--threads` such timeouts every request got 503. One that timed out
+/// during inference gave its slot back while the inference ran on, so more
+/// than `--threads` inferences could run at once.
+#[test]
+fn requests_that_time_out_while_queued_give_their_places_back() {
+    let dir = scratch();
+    let d = dir.path();
+    slow_model(d);
+    let fast = compile(d, "fraud-xgb:1", "host", &[]);
+    let s = serve(
+        &bin("neorun"),
+        d,
+        &["slow.neo", fast.to_str().unwrap(), "--threads", "1", "--max-queue", "2", "--timeout", "1"],
+    );
+    let alone = alone_us(d);
+    let row = vec!["0.5"; 64 * 8 * 8].join(",");
+    let url = format!("{}/invocations", s.base);
+    // rounds of concurrent slow requests: every one times out (408) or is
+    // refused while the queue is full (503); 4 rounds of 4 give more
+    // timeouts than --max-queue + --threads
+    let mut timeouts = 0;
+    for _ in 0..4 {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, row) = (url.clone(), row.clone());
+                std::thread::spawn(move || post(&url, &[CSV], row.as_bytes(), Duration::from_secs(30)))
+            })
+            .collect();
+        for h in handles {
+            let (code, body) = h.join().unwrap().expect("an answer to every slow request");
+            assert!(code == 408 || code == 503, "a slow request answered {code}: {body} (one run takes {alone} µs)");
+            timeouts += (code == 408) as usize;
+        }
+    }
+    assert!(timeouts > 3, "only {timeouts} requests timed out (one run takes {alone} µs)");
+    // the abandoned inferences finish, and nothing stays counted
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settled =
+        |m: &str| gauge(m, "neorun_inflight_requests") == Some(0.0) && gauge(m, "neorun_queue_waiting") == Some(0.0);
+    let metrics = loop {
+        let (_, m) = get(&format!("{}/metrics", s.base)).expect("the server answers /metrics");
+        if settled(&m) || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // normal requests are served
+    let csv = std::fs::read(root().join("models/fraud-xgb/sample.csv")).unwrap();
+    for _ in 0..5 {
+        let (code, body) =
+            post(&url, &[CSV, ("X-Amzn-SageMaker-Target-Model", "fraud-xgb")], &csv, Duration::from_secs(30)).unwrap();
+        assert_eq!(code, 200, "after {timeouts} timeouts: {body}");
+    }
+    assert!(settled(&metrics), "the in-flight and queued gauges did not return to zero:\n{metrics}");
+}
+
+const CSV: (&str, &str) = ("Content-Type", "text/csv");
+
+/// One run of `slow.neo` in µs, measured in-process by `neorun bench`; it
+/// must outlast the 1 s timeout the tests serve it with.
+fn alone_us(dir: &Path) -> f64 {
+    let out = ok(run(
+        "neorun",
+        dir,
+        &["bench", "slow.neo", "--trusted-key", "k.pub", "--iterations", "1", "--warmup", "0", "--json"],
+        &[],
+        None,
+    ));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let us = doc["median_us"].as_f64().unwrap_or_else(|| panic!("{out}"));
+    assert!(us > 1.5e6, "slow.neo runs in {us} µs here: too fast to outlast a 1 s timeout; add layers");
+    us
+}
+
+/// The running inferences never exceed `--threads`, even when requests time
+/// out during inference (the slot is held until the engine returns).
+#[test]
+fn a_request_that_times_out_during_inference_keeps_its_slot_until_the_engine_returns() {
+    let dir = scratch();
+    let d = dir.path();
+    slow_model(d);
+    let s = serve(&bin("neorun"), d, &["slow.neo", "--threads", "1", "--max-queue", "8", "--timeout", "1"]);
+    alone_us(d);
+    let row = vec!["0.5"; 64 * 8 * 8].join(",");
+    let url = format!("{}/invocations", s.base);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, base) = (stop.clone(), s.base.clone());
+        std::thread::spawn(move || {
+            let mut most = 0.0f64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some((_, m)) = get(&format!("{base}/metrics")) {
+                    most = most.max(gauge(&m, "neorun_inflight_requests").unwrap_or(f64::NAN));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        })
+    };
+    for _ in 0..3 {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (url, row) = (url.clone(), row.clone());
+                std::thread::spawn(move || post(&url, &[CSV], row.as_bytes(), Duration::from_secs(30)))
+            })
+            .collect();
+        for h in handles {
+            let (code, _) = h.join().unwrap().expect("an answer");
+            assert!(code == 408 || code == 503 || code == 200, "{code}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert!(most == 1.0, "at most --threads (1) inferences may run at once; the metrics showed {most}");
+}
+
+/// The size-optimised device build (`--profile dist`) used `panic =
+/// "abort"`, so a panic inside the engine (tract on an integer remainder by
+/// zero), which the runtime turns into an error for that request, killed
+/// the whole server instead.
+#[test]
+fn the_dist_neorun_survives_an_engine_panic() {
+    let dist = std::env::var_os("NEORUN_DIST_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        bin("neorun").parent().unwrap().parent().unwrap().join("dist/neorun") // target/release/.. /dist
+    });
+    assert!(
+        dist.exists(),
+        "{} not found: build the device binary first (cargo build --profile dist -p neorun; .ci/run does)",
+        dist.display()
+    );
+    let dir = scratch();
+    let d = dir.path();
+    python(
+        d,
+        r#"
+import sys, os, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
+b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
+o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
+m = helper.make_model(helper.make_graph([helper.make_node("Mod", ["a", "b"], ["r"])], "m", [a, b], [o]),
+                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+onnx.save(m, sys.argv[1] + "/m.onnx")
+t = sys.argv[1] + "/test_data_set_0"; os.makedirs(t)
+x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
+open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
+open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
+open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(np.array([[1, 2]], np.int32), "r").SerializeToString())
+"#,
+    );
+    let st =
+        Command::new("tar").current_dir(d).args(["czf", "m.tar.gz", "m.onnx", "test_data_set_0"]).status().unwrap();
+    assert!(st.success());
+    ok(run("neoc", d, &["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", "m.neo"], &[], None));
+    let mut s = serve(&dist, d, &["m.neo", "--max-batch", "1"]);
+    let url = format!("{}/invocations", s.base);
+    let t = Duration::from_secs(30);
+    let good = br#"{"inputs": {"a": [[7, -7]], "b": [[3, 3]]}}"#;
+    let zero = br#"{"inputs": {"a": [[7, -7]], "b": [[0, 3]]}}"#;
+    assert_eq!(post(&url, &[("Content-Type", "application/json")], good, t).map(|r| r.0), Some(200));
+    for _ in 0..3 {
+        let r = post(&url, &[("Content-Type", "application/json")], zero, t);
+        let (code, body) = r.unwrap_or_else(|| {
+            let status = s.child.try_wait().ok().flatten();
+            panic!("the dist server dropped the connection on a bad request (process: {status:?})")
+        });
+        assert!((400..600).contains(&code), "{code} {body}");
+        assert!(body.contains("divisor of zero"), "{body}");
+    }
+    let (code, body) =
+        post(&url, &[("Content-Type", "application/json")], good, t).expect("the dist server is still up");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("[1,2]"), "{body}");
+}
