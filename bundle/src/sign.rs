@@ -266,7 +266,7 @@ mod tests {
         let (sk, pk) = pair();
         let a = sk.sign(b"hello", "neoc test");
         assert_eq!(a, sk.sign(b"hello", "neoc test"));
-        let (id, comment) = verify(b"hello", a.as_bytes(), &[pk.clone()]).unwrap();
+        let (id, comment) = verify(b"hello", a.as_bytes(), std::slice::from_ref(&pk)).unwrap();
         assert_eq!(id, sk.key_id());
         assert_eq!(comment, "neoc test");
         assert!(matches!(verify(b"hellO", a.as_bytes(), &[pk]), Err(BundleError::BadSignature(_))));
@@ -310,7 +310,7 @@ mod tests {
             for flip in [0x01u8, 0x20, 0x80] {
                 let mut s = sig.clone();
                 s[i] ^= flip;
-                assert!(verify(b"data", &s, &[pk.clone()]).is_err(), "byte {i} ^ {flip:#x} accepted");
+                assert!(verify(b"data", &s, std::slice::from_ref(&pk)).is_err(), "byte {i} ^ {flip:#x} accepted");
             }
         }
     }

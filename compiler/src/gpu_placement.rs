@@ -102,7 +102,7 @@ fn untranspose_matmul_output(
         return Ok(None);
     }
     let swapped =
-        PrefixMatMul { transpose_a: !op.transpose_b, transpose_b: !op.transpose_a, transpose_c: false, ..op.clone() };
+        PrefixMatMul { transpose_a: !op.transpose_b, transpose_b: !op.transpose_a, transpose_c: false, ..*op };
     TypedModelPatch::replace_single_op(model, node, &[node.inputs[1], node.inputs[0]], swapped).map(Some)
 }
 

@@ -251,8 +251,8 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
         }
         if let Some(fw) = detect(&root.join(rel)) {
             candidates.push((rel.clone(), fw));
-        } else if forced.is_some() && src.files.len() == 1 {
-            candidates.push((rel.clone(), forced.unwrap()));
+        } else if let Some(fw) = forced.filter(|_| src.files.len() == 1) {
+            candidates.push((rel.clone(), fw));
         }
     }
     let (rel, detected) = match candidates.as_slice() {

@@ -846,8 +846,8 @@ fn targets(json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<19} {:<30} {:<10} {:<15} {:<19} {:<5} {}",
-        "TARGET", "TRIPLE", "PRECISION", "ENGINES", "ACCELERATOR", "HERE", "DESCRIPTION"
+        "{:<19} {:<30} {:<10} {:<15} {:<19} {:<5} DESCRIPTION",
+        "TARGET", "TRIPLE", "PRECISION", "ENGINES", "ACCELERATOR", "HERE"
     );
     for t in neoc_targets::CATALOG {
         let (_, _, runs, _) = status(t);

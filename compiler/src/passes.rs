@@ -209,7 +209,8 @@ mod tests {
     /// output (its name is the bundle's output name).
     #[test]
     fn other_scales_stay() -> TractResult<()> {
-        let cases: [(&str, &dyn Fn(&mut TypedModel, OutletId) -> TractResult<TVec<OutletId>>); 3] = [
+        type Wire = dyn Fn(&mut TypedModel, OutletId) -> TractResult<TVec<OutletId>>;
+        let cases: [(&str, &Wire); 3] = [
             ("spatial", &|m, y| {
                 let s = konst(m, "scale", &[1, 1, 5, 1], 2.0)?;
                 let y = bin(m, "mul", tract_core::ops::math::mul(), y, s)?;

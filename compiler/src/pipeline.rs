@@ -86,11 +86,16 @@ struct Lowered {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     /// Runs the source model as imported (before any layout or optimisation).
-    reference: std::rc::Rc<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>>,
+    reference: Reference,
     reference_desc: String,
     /// Inputs to use when the model ships no test data.
-    seeded: std::rc::Rc<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>,
+    seeded: Seeded,
 }
+
+/// Runs the imported model: the reference verification compares with.
+type Reference = std::rc::Rc<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>>>;
+/// Makes seeded inputs for a model that ships no test data.
+type Seeded = std::rc::Rc<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>;
 
 /// A model as imported, before lowering.
 enum Imported {
@@ -384,10 +389,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             timer.start("select", &format!("timing {} candidates for {} on this host", verified.len(), t.name));
             for p in &verified {
                 let key = (format!("{}-{}", p.0, p.1), threads);
-                if !timings.contains_key(&key) {
+                if let std::collections::btree_map::Entry::Vacant(e) = timings.entry(key) {
                     let o = outcome_mut(&mut outcomes, p).expect("verified");
                     let us = time_model(o.model.as_mut().expect("verified"), threads)?;
-                    timings.insert(key, us);
+                    e.insert(us);
                 }
             }
         }
@@ -876,8 +881,8 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
             registries.push(r.into());
         }
     }
-    let inputs = specs(&model, &model.input_outlets()?)?;
-    let outputs = specs(&model, &model.output_outlets()?)?;
+    let inputs = specs(&model, model.input_outlets()?)?;
+    let outputs = specs(&model, model.output_outlets()?)?;
     let plan = reference.into_runnable().context("preparing the reference model")?;
     let seed_specs = inputs.clone();
     Ok(Lowered {
@@ -993,7 +998,7 @@ fn lower_trees(
             for _ in 0..rows {
                 for c in &cuts {
                     let r = rng.next();
-                    v.push(if r % 20 == 0 {
+                    v.push(if r.is_multiple_of(20) {
                         f32::NAN
                     } else if c.is_empty() {
                         (rng.unit() * 2.0 - 1.0) as f32

@@ -573,8 +573,8 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     }
     // group trees by id, nodes by (tree, node id)
     let mut trees_by_id: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for i in 0..n {
-        trees_by_id.entry(tree_ids[i]).or_default().push(i);
+    for (i, id) in tree_ids.iter().enumerate().take(n) {
+        trees_by_id.entry(*id).or_default().push(i);
     }
     let distinct_ids: std::collections::BTreeSet<i64> = w_id.iter().cloned().collect();
     let labels = a.ints("classlabels_int64s");
@@ -585,49 +585,49 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
     let base_values = a.floats("base_values")?;
     let all_positive = w_weight.iter().all(|w| *w >= 0.0);
     let binary = classifier && labels.len() == 2 && distinct_ids.len() == 1;
-    let (groups, post_transform, task, id_to_group): (usize, PostTransform, Task, Box<dyn Fn(i64) -> Option<u32>>) =
-        if classifier {
-            if binary {
-                let pt = match (post.as_str(), all_positive) {
+    type GroupOf = Box<dyn Fn(i64) -> Option<u32>>;
+    let (groups, post_transform, task, id_to_group): (usize, PostTransform, Task, GroupOf) = if classifier {
+        if binary {
+            let pt = match (post.as_str(), all_positive) {
                 ("LOGISTIC", false) => PostTransform::BinarySigmoidSymmetric,
                 (p, _) => bail!("binary TreeEnsembleClassifier with post_transform {p}{} is not supported yet (LOGISTIC with signed weights, as XGBoost exports, is)", if all_positive { " and only non-negative weights" } else { "" }),
             };
-                if base_values.len() > 1 {
-                    bail!("binary TreeEnsembleClassifier with {} base_values is not supported yet", base_values.len());
-                }
-                (1, pt, Task::Classifier { labels: labels.clone() }, Box::new(|_| Some(0)))
-            } else {
-                let pt = match post.as_str() {
-                    "NONE" => PostTransform::None,
-                    "LOGISTIC" => PostTransform::Sigmoid,
-                    "SOFTMAX" => PostTransform::Softmax,
-                    p => bail!("TreeEnsembleClassifier post_transform {p} is not supported yet"),
-                };
-                let k = labels.len();
-                (
-                    k,
-                    pt,
-                    Task::Classifier { labels: labels.clone() },
-                    Box::new(move |id| (id >= 0 && (id as usize) < k).then_some(id as u32)),
-                )
+            if base_values.len() > 1 {
+                bail!("binary TreeEnsembleClassifier with {} base_values is not supported yet", base_values.len());
             }
+            (1, pt, Task::Classifier { labels: labels.clone() }, Box::new(|_| Some(0)))
         } else {
-            let targets = a.get("n_targets").map(|x| x.i as usize).unwrap_or(1).max(1);
-            if post != "NONE" {
-                bail!("TreeEnsembleRegressor post_transform {post} is not supported yet");
-            }
-            if let Some(agg) = a.string("aggregate_function") {
-                if agg != "SUM" {
-                    bail!("TreeEnsembleRegressor aggregate_function {agg} is not supported yet (SUM is)");
-                }
-            }
+            let pt = match post.as_str() {
+                "NONE" => PostTransform::None,
+                "LOGISTIC" => PostTransform::Sigmoid,
+                "SOFTMAX" => PostTransform::Softmax,
+                p => bail!("TreeEnsembleClassifier post_transform {p} is not supported yet"),
+            };
+            let k = labels.len();
             (
-                targets,
-                PostTransform::None,
-                Task::Regressor,
-                Box::new(move |id| (id >= 0 && (id as usize) < targets).then_some(id as u32)),
+                k,
+                pt,
+                Task::Classifier { labels: labels.clone() },
+                Box::new(move |id| (id >= 0 && (id as usize) < k).then_some(id as u32)),
             )
-        };
+        }
+    } else {
+        let targets = a.get("n_targets").map(|x| x.i as usize).unwrap_or(1).max(1);
+        if post != "NONE" {
+            bail!("TreeEnsembleRegressor post_transform {post} is not supported yet");
+        }
+        if let Some(agg) = a.string("aggregate_function") {
+            if agg != "SUM" {
+                bail!("TreeEnsembleRegressor aggregate_function {agg} is not supported yet (SUM is)");
+            }
+        }
+        (
+            targets,
+            PostTransform::None,
+            Task::Regressor,
+            Box::new(move |id| (id >= 0 && (id as usize) < targets).then_some(id as u32)),
+        )
+    };
     let mut base_margin = vec![0f32; groups];
     if !base_values.is_empty() {
         if base_values.len() != groups {
@@ -797,9 +797,7 @@ fn tree_ensemble_v5(
         let mut stack = vec![(root as usize, false, usize::MAX, false)];
         while let Some((idx, is_leaf, parent, is_second)) = stack.pop() {
             let me = nodes.len();
-            if let Some(IrNode::Split { first, second, .. }) =
-                (parent != usize::MAX).then(|| &mut nodes[parent]).map(|p| p)
-            {
+            if let Some(IrNode::Split { first, second, .. }) = (parent != usize::MAX).then(|| &mut nodes[parent]) {
                 if is_second {
                     *second = me
                 } else {

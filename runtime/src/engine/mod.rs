@@ -51,7 +51,7 @@ pub fn default_threads(target_threads: Option<u32>) -> usize {
 pub enum Engine {
     Tract(TractEngine),
     /// The compiled forest, and the threads its rows are split over.
-    Trees(Compiled, usize),
+    Trees(Box<Compiled>, usize),
     #[cfg(feature = "openvino")]
     OpenVino(self::openvino::OvEngine),
     #[cfg(feature = "neuron")]
@@ -121,7 +121,7 @@ impl Engine {
             (trees::ENGINE_NAME, trees::MODEL_FORMAT) => {
                 let f: Forest = serde_json::from_slice(bytes).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
                 let c = Compiled::new(f).map_err(|e| LoadError::Engine(format!("trees: {e}")))?;
-                Ok(Engine::Trees(c, p.threads.unwrap_or(1).max(1)))
+                Ok(Engine::Trees(Box::new(c), p.threads.unwrap_or(1).max(1)))
             }
             _ => Err(LoadError::UnknownEngine(format!("{name} ({format})"))),
         }

@@ -107,20 +107,16 @@ impl Forest {
         if self.num_features == 0 {
             return Err("forest reads no features".into());
         }
-        match (&self.task, self.post_transform) {
-            (Task::Classifier { labels }, PostTransform::BinarySigmoid | PostTransform::BinarySigmoidSymmetric) => {
-                if self.num_groups != 1 || labels.len() != 2 {
-                    return Err("binary classifier needs one group and two labels".into());
-                }
+        let binary =
+            matches!(self.post_transform, PostTransform::BinarySigmoid | PostTransform::BinarySigmoidSymmetric);
+        match (&self.task, binary) {
+            (Task::Classifier { labels }, true) if self.num_groups != 1 || labels.len() != 2 => {
+                return Err("binary classifier needs one group and two labels".into());
             }
-            (Task::Classifier { labels }, _) => {
-                if labels.len() != self.num_groups || labels.len() < 2 {
-                    return Err(format!("classifier has {} labels for {} groups", labels.len(), self.num_groups));
-                }
+            (Task::Classifier { labels }, false) if labels.len() != self.num_groups || labels.len() < 2 => {
+                return Err(format!("classifier has {} labels for {} groups", labels.len(), self.num_groups));
             }
-            (Task::Regressor, PostTransform::BinarySigmoid | PostTransform::BinarySigmoidSymmetric) => {
-                return Err("binary post-transform on a regressor".into())
-            }
+            (Task::Regressor, true) => return Err("binary post-transform on a regressor".into()),
             _ => {}
         }
         for &r in &self.roots {
@@ -243,11 +239,11 @@ impl Compiled {
         let mut nodes = Vec::with_capacity(n);
         let mut leaf = vec![(0u32, 0u32); n];
         let mut ops = std::collections::BTreeSet::new();
-        for i in 0..n {
+        for (i, slot) in leaf.iter_mut().enumerate() {
             let f = forest.flags[i];
             if f & LEAF != 0 {
                 nodes.push(Node { threshold: 0.0, feature: 0, left: i as u32, bits: 0 });
-                leaf[i] = (forest.left[i], forest.feature[i]);
+                *slot = (forest.left[i], forest.feature[i]);
             } else {
                 ops.insert(f & 0x07);
                 let missing = if f & MISSING_FIRST != 0 { 2 } else { 0 };
@@ -368,6 +364,8 @@ impl Compiled {
                 let xr = row(r);
                 let out = &mut m[r * g..(r + 1) * g];
                 let mut t = 0;
+                // lanes indexed in lockstep, the form the compiler interleaves
+                #[allow(clippy::needless_range_loop)]
                 while t + LANES <= trees {
                     let mut idx = [0usize; LANES];
                     let mut depth = 0;

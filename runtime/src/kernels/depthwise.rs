@@ -145,7 +145,7 @@ fn plane(g: &Window, x: &[f32], taps: &[f32], bias: f32, out: &mut [f32], scratc
             let (phase0, phase1) = phases[q * 2 * sub..][..2 * sub].split_at_mut(sub);
             let (row0, row1) = (&mut phase0[rr * wq..][..wq], &mut phase1[rr * wq..][..wq]);
             // input column ix lands in phase (ix + left) % 2, at (ix + left) / 2
-            let (first, second) = if g.left % 2 == 0 {
+            let (first, second) = if g.left.is_multiple_of(2) {
                 (&mut row0[g.left / 2..], &mut row1[g.left / 2..])
             } else {
                 (&mut row1[g.left / 2..], &mut row0[g.left / 2 + 1..])

@@ -23,6 +23,7 @@
 //! - `EinSum` products of a tensor with a rank-2 weight (what tract makes of
 //!   1x1 convolutions and of dense layers) for `GemmEinSum`, when the product
 //!   is large enough (`MIN_EINSUM_MACS`) for the call to pay off.
+//!
 //! The bias is written into the output before the product accumulates onto
 //! it. Threads: the products run on tract's thread pool, with its size.
 
@@ -214,7 +215,7 @@ impl EvalOp for GemmConv {
         let win = Window::new(&self.pool_spec, h, w, kshape[2], kshape[3]);
         let g = ConvGeo { c, o: kshape[0], group: self.group, win };
         ensure!(
-            c % g.group == 0 && g.o % g.group == 0 && kshape[1] * g.group == c,
+            c % g.group == 0 && g.o.is_multiple_of(g.group) && kshape[1] * g.group == c,
             "GemmConv: kernel {kshape:?} does not fit {c} input channels in {} groups",
             g.group
         );
@@ -534,7 +535,6 @@ impl EvalOp for GemmEinSum {
                         run.fill(bias[i % p.m]);
                     }
                 }
-                drop(view);
                 output
             }
             // SAFETY: every element is written by one of the products below
@@ -695,7 +695,8 @@ mod tests {
         }
         let mut next = crate::seeded_values(0x5851_f42d_u64);
         let mut substituted = 0;
-        let cases: &[(usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], usize)] = &[
+        type Case = (usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], usize);
+        let cases: &[Case] = &[
             // (n, c, o, kernel, stride, dilation, group)
             (1, 3, 8, [3, 3], [1, 1], [1, 1], 1),
             (2, 4, 6, [3, 3], [2, 2], [1, 1], 1),
