@@ -305,3 +305,69 @@ pub fn file_digest(path: &Path) -> String {
     }
     format!("sha256:{}", hex::encode(h.finalize()))
 }
+
+/// Compiles `dir/m.neo`: an ONNX integer `Mod` (`r = a mod b`, inputs
+/// `[N,2]` i32) with one test case. A zero divisor makes tract panic inside
+/// the engine, which neorun must turn into an error for that request.
+pub fn int_mod_bundle(dir: &Path) -> PathBuf {
+    let d = dir;
+    let script = r#"
+import sys, os, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
+b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
+o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
+m = helper.make_model(helper.make_graph([helper.make_node("Mod", ["a", "b"], ["r"])], "m", [a, b], [o]),
+                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+onnx.save(m, sys.argv[1] + "/m.onnx")
+t = sys.argv[1] + "/test_data_set_0"; os.makedirs(t)
+x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
+open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
+open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
+open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(np.array([[1, 2]], np.int32), "r").SerializeToString())
+"#;
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st =
+        Command::new("tar").current_dir(d).args(["czf", "m.tar.gz", "m.onnx", "test_data_set_0"]).status().unwrap();
+    assert!(st.success());
+    ok(run("neoc", d, &["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", "m.neo"], &[], None));
+    d.join("m.neo")
+}
+
+/// A server process (`neorun serve`) on 127.0.0.1 with a free port, killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `exe serve ARGS --trusted-key k.pub --port 0` in `dir` and reads the
+/// address it prints.
+pub fn serve_with(exe: &Path, dir: &Path, args: &[&str]) -> Served {
+    use std::io::BufRead;
+    let mut child = Command::new(exe)
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .args(["--trusted-key", "k.pub", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Served { child, base }
+}

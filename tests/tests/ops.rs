@@ -79,27 +79,7 @@ fn an_engine_panic_on_a_request_is_an_error_not_a_crash() {
     // integer remainder by zero panics inside tract: neorun answers with an error
     let dir = scratch();
     let d = dir.path();
-    let script = r#"
-import sys, os, numpy as np, onnx
-from onnx import helper, TensorProto, numpy_helper
-a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
-b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
-o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
-m = helper.make_model(helper.make_graph([helper.make_node("Mod", ["a", "b"], ["r"])], "m", [a, b], [o]),
-                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-onnx.save(m, sys.argv[1] + "/m.onnx")
-t = sys.argv[1] + "/test_data_set_0"; os.makedirs(t)
-x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
-open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
-open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
-open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(np.array([[1, 2]], np.int32), "r").SerializeToString())
-"#;
-    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let st =
-        Command::new("tar").current_dir(d).args(["czf", "m.tar.gz", "m.onnx", "test_data_set_0"]).status().unwrap();
-    assert!(st.success());
-    ok(run("neoc", d, &["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", "m.neo"], &[], None));
+    int_mod_bundle(d);
     std::fs::write(d.join("ok.json"), br#"{"inputs": {"a": [[7, -7]], "b": [[3, 3]]}}"#).unwrap();
     let p = ok(predict(d, "m.neo", "ok.json"));
     assert!(p.contains("[1,2]"), "{p}");

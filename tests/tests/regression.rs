@@ -1,44 +1,11 @@
 //! Regression tests, each named after what broke. They run the real
 //! binaries: `neorun serve` started as a process, queried over HTTP.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use neoc_e2e::*;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(exe: &Path, dir: &Path, args: &[&str]) -> Server {
-    let mut child = Command::new(exe)
-        .current_dir(dir)
-        .arg("serve")
-        .args(args)
-        .args(["--trusted-key", "k.pub", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Server { child, base }
-}
 
 /// (status, body), or `None` when the connection failed or was cut.
 fn post(url: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Option<(u16, String)> {
@@ -118,7 +85,7 @@ fn requests_that_time_out_while_queued_give_their_places_back() {
     let d = dir.path();
     slow_model(d);
     let fast = compile(d, "fraud-xgb:1", "host", &[]);
-    let s = serve(
+    let s = serve_with(
         &bin("neorun"),
         d,
         &["slow.neo", fast.to_str().unwrap(), "--threads", "1", "--max-queue", "2", "--timeout", "1"],
@@ -190,7 +157,7 @@ fn a_request_that_times_out_during_inference_keeps_its_slot_until_the_engine_ret
     let dir = scratch();
     let d = dir.path();
     slow_model(d);
-    let s = serve(&bin("neorun"), d, &["slow.neo", "--threads", "1", "--max-queue", "8", "--timeout", "1"]);
+    let s = serve_with(&bin("neorun"), d, &["slow.neo", "--threads", "1", "--max-queue", "8", "--timeout", "1"]);
     alone_us(d);
     let row = vec!["0.5"; 64 * 8 * 8].join(",");
     let url = format!("{}/invocations", s.base);
@@ -241,29 +208,8 @@ fn the_dist_neorun_survives_an_engine_panic() {
     );
     let dir = scratch();
     let d = dir.path();
-    python(
-        d,
-        r#"
-import sys, os, numpy as np, onnx
-from onnx import helper, TensorProto, numpy_helper
-a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
-b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
-o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
-m = helper.make_model(helper.make_graph([helper.make_node("Mod", ["a", "b"], ["r"])], "m", [a, b], [o]),
-                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-onnx.save(m, sys.argv[1] + "/m.onnx")
-t = sys.argv[1] + "/test_data_set_0"; os.makedirs(t)
-x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
-open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
-open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
-open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(np.array([[1, 2]], np.int32), "r").SerializeToString())
-"#,
-    );
-    let st =
-        Command::new("tar").current_dir(d).args(["czf", "m.tar.gz", "m.onnx", "test_data_set_0"]).status().unwrap();
-    assert!(st.success());
-    ok(run("neoc", d, &["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", "m.neo"], &[], None));
-    let mut s = serve(&dist, d, &["m.neo", "--max-batch", "1"]);
+    int_mod_bundle(d);
+    let mut s = serve_with(&dist, d, &["m.neo", "--max-batch", "1"]);
     let url = format!("{}/invocations", s.base);
     let t = Duration::from_secs(30);
     let good = br#"{"inputs": {"a": [[7, -7]], "b": [[3, 3]]}}"#;

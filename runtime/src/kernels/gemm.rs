@@ -579,8 +579,9 @@ impl TypedOp for GemmEinSum {
 }
 
 /// Replaces f32 convolutions (depthwise ones are `depthwise.rs`'s) and
-/// large constant-weight products with the `gemm` ones; returns how many. Run after decluttering, before tract's
-/// code generation. Does nothing on a CPU without AVX2 and FMA.
+/// large constant-weight products with the `gemm` ones; returns how many.
+/// Run after decluttering, before tract's code generation. Does nothing on
+/// a CPU without AVX2 and FMA.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     if !available() {
         return Ok(0);
