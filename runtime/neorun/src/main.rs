@@ -16,6 +16,8 @@ mod metrics;
 mod models;
 mod settings;
 mod shutdown;
+#[cfg(test)]
+mod testing;
 
 use std::process::ExitCode;
 

@@ -64,3 +64,42 @@ impl ModelTable {
         t.models.insert(live.name.clone(), Arc::new(live))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use neoc_runtime::{Batch, Model};
+    use tract_core::prelude::*;
+
+    use super::ModelTable;
+    use crate::infer::{InferSettings, Inference};
+    use crate::metrics::Metrics;
+    use crate::testing::tiny_model;
+
+    fn version(m: &Model) -> &str {
+        &m.manifest.model.version
+    }
+
+    #[tokio::test]
+    async fn a_swap_publishes_the_new_entry_while_requests_finish_on_the_old() {
+        let inference = Inference::new(
+            InferSettings { threads: 1, max_queue: 4, max_batch: 64, max_queue_delay: Duration::ZERO },
+            Arc::new(Metrics::new("v")),
+        );
+        let table = ModelTable::default();
+        assert!(table.publish(inference.live_model("tiny".into(), tiny_model("3"))).is_none());
+        let held = table.get("tiny").unwrap();
+        let old = table.publish(inference.live_model("tiny".into(), tiny_model("4"))).unwrap();
+        assert!(Arc::ptr_eq(&old, &held));
+        assert_eq!(version(&table.get("tiny").unwrap().model), "4");
+        assert_eq!(version(&table.default_model().unwrap().model), "4");
+        // the request that held version 3 is still answered by it, through its batcher
+        let batch = Batch { rows: 1, inputs: vec![tensor2(&[[0.9f32, 0.0]])] };
+        let out = inference.infer(&held, batch).await.unwrap();
+        assert_eq!(out[0], tensor1(&[1i64]));
+        assert_eq!(version(&held.model), "3");
+        assert_eq!(table.names(), vec!["tiny".to_string()]);
+    }
+}
