@@ -434,8 +434,10 @@ impl Model {
                 ))));
             }
         }
-        // neural models have no notion of a missing value: a NaN would flow
-        // silently into every output, so it is refused (trees route NaN)
+        // neural models have no notion of a missing value: a NaN (or an
+        // infinity, which becomes one at the first product with a zero) would
+        // flow silently into every output, so both are refused (trees route
+        // NaN and compare infinities like any value)
         if !matches!(self.engine, Engine::Trees(..)) {
             for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
                 if t.datum_type().is_float() {
@@ -444,6 +446,13 @@ impl Model {
                         return Err(PredictError::BadRequest(BadRequest(format!(
                             "input `{}` holds NaN (element {i}); this model has no missing-value handling",
                             spec.name
+                        ))));
+                    }
+                    if let Some(i) = v.iter().position(|x| x.is_infinite()) {
+                        return Err(PredictError::BadRequest(BadRequest(format!(
+                            "input `{}` holds {} (element {i}); this model takes finite values only",
+                            spec.name,
+                            if v[i] > 0.0 { "Infinity" } else { "-Infinity" }
                         ))));
                     }
                 }

@@ -200,6 +200,12 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
             400,
             "holds NaN",
         ),
+        (
+            a.post(&inv).set("Content-Type", "text/csv").set("X-Amzn-SageMaker-Target-Model", "fraud-mlp"),
+            row30.replacen("0.5", "-inf", 1).into_bytes(),
+            400,
+            "holds -Infinity",
+        ),
         (a.post(&inv).set("Content-Type", "text/csv"), vec![b'1'; 30000], 413, "byte limit"),
         (a.post(&inv).set("Content-Type", "application/xml"), row30.clone().into_bytes(), 415, "not supported"),
         (a.post(&inv).set("Content-Type", "text/csv").set("Accept", "image/png"), row30.clone().into_bytes(), 406, "cannot answer"),

@@ -63,7 +63,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{model}/versions/{version}/infer", post(oip::infer_version))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take this method")
+        })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
 }
 
@@ -88,7 +92,9 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
             }
         }
     }
-    if st.draining.load(Ordering::Relaxed) && !health {
+    // while draining, readiness fails too (a load balancer stops sending),
+    // liveness does not (the process is fine)
+    if st.draining.load(Ordering::Relaxed) && path != "/v2/health/live" {
         return ApiError::unavailable("server is shutting down").into_response();
     }
     let timeout = st.settings.timeout;
@@ -97,6 +103,25 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
         Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("request not completed within {timeout:?}"))
             .into_response(),
     }
+}
+
+/// Errors the framework answers by itself (a path it cannot decode, say)
+/// come as plain text: rewritten as `{"error": …}` like every other, the
+/// text kept as the message.
+async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let text = axum::body::to_bytes(r.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    ApiError::new(status, message).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -17,6 +17,10 @@ use crate::metrics::Metrics;
 use crate::models::ModelTable;
 
 fn app(max_batch: usize) -> axum::Router {
+    app_with(max_batch, false)
+}
+
+fn app_with(max_batch: usize, draining: bool) -> axum::Router {
     let metrics = Arc::new(Metrics::new("AllTraffic"));
     let inference = Inference::new(
         InferSettings { threads: 1, max_queue: 4, max_batch, max_queue_delay: Duration::ZERO },
@@ -34,7 +38,7 @@ fn app(max_batch: usize) -> axum::Router {
             auth_token: None,
             variant: "AllTraffic".into(),
         },
-        draining: Arc::new(AtomicBool::new(false)),
+        draining: Arc::new(AtomicBool::new(draining)),
     }))
 }
 
@@ -136,6 +140,17 @@ async fn sagemaker_routes_refuse_bad_requests_with_json_errors() {
         assert_eq!(h["content-type"], "application/json", "{what}");
         let msg = json_of(&b)["error"].as_str().unwrap().to_string();
         assert!(msg.contains(needle), "{what}: {msg}");
+    }
+    // the framework's own refusals are JSON too
+    for (req, status) in [
+        (get("/invocations"), StatusCode::METHOD_NOT_ALLOWED),
+        (get("/v2/models/%FF%FE/ready"), StatusCode::BAD_REQUEST),
+    ] {
+        let what = req.uri().to_string();
+        let (s, h, b) = send(&app, req).await;
+        assert_eq!(s, status, "{what}");
+        assert_eq!(h["content-type"], "application/json", "{what}");
+        assert!(!json_of(&b)["error"].as_str().unwrap().is_empty(), "{what}");
     }
     // a model name that is not ASCII is an error, never the default model
     let mut req = post("/invocations", &[("content-type", "text/csv")], "0.2,0");
@@ -247,4 +262,23 @@ async fn oip_refuses_bad_tensors_without_allocating_them() {
     }
     let (s, _, _) = send(&app, post("/v2/models/nope/infer", &[], "{}")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn while_draining_readiness_fails_and_liveness_holds() {
+    let app = app_with(64, true);
+    for (uri, status) in [
+        ("/ping", StatusCode::SERVICE_UNAVAILABLE),
+        ("/v2/health/ready", StatusCode::SERVICE_UNAVAILABLE),
+        ("/v2/health/live", StatusCode::OK),
+    ] {
+        let (s, h, _) = send(&app, get(uri)).await;
+        assert_eq!(s, status, "{uri}");
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(h["retry-after"], "1", "{uri}");
+        }
+    }
+    let (s, _, b) = send(&app, post("/invocations", &[("content-type", "text/csv")], "0.2,0")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&b).contains("shutting down"));
 }
