@@ -229,3 +229,47 @@ fn the_dist_neorun_survives_an_engine_panic() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("[1,2]"), "{body}");
 }
+
+/// Connections that never finished their headers, or never sent anything,
+/// were held for ever: a few hundred of them exhausted the server. Now the
+/// header-read timeout closes them, and `--max-connections` bounds how many
+/// are open at once.
+#[test]
+fn connections_that_never_send_their_headers_are_closed() {
+    use std::io::{Read, Write};
+    let dir = scratch();
+    let d = dir.path();
+    let bundle = compile(d, "fraud-xgb:1", "host", &[]);
+    let s =
+        serve_with(&bin("neorun"), d, &[bundle.to_str().unwrap(), "--header-timeout", "1", "--max-connections", "8"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if i % 2 == 0 {
+            // a slowloris: headers begun, never finished
+            c.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n").unwrap();
+        }
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // the limit is reached: a ninth connection is closed at once
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = extra.read_to_end(&mut buf);
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "a connection beyond --max-connections was served");
+    // every held connection is closed by the server after the header timeout
+    for (i, c) in held.iter_mut().enumerate() {
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        let waited = t0.elapsed();
+        assert!(waited < Duration::from_secs(6), "connection {i} was held for {waited:?}");
+    }
+    // and the server answers again
+    let (code, _) = get(&format!("{}/ping", s.base)).expect("the server answers after the idle connections are closed");
+    assert_eq!(code, 200);
+}

@@ -152,6 +152,12 @@ pub struct ServeArgs {
     /// Request timeout, in seconds (fractions allowed: 0.5)
     #[arg(long, default_value = "60")]
     pub timeout: f64,
+    /// How long a connection may take to send a request's headers, and stay idle between requests, in seconds; then it is closed
+    #[arg(long, default_value = "30")]
+    pub header_timeout: f64,
+    /// Connections open at once; beyond, new ones are closed at once (keep it under the process's file-descriptor limit)
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
     /// Require `Authorization: Bearer TOKEN` on every route but health checks
     #[arg(long, env = "NEORUN_AUTH_TOKEN", conflicts_with = "auth_token_file")]
     pub auth_token: Option<String>,

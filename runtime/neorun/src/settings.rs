@@ -58,6 +58,8 @@ pub struct Serve {
     pub max_queue: usize,
     pub max_body: usize,
     pub timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
     pub auth_token: Option<String>,
     pub max_batch: usize,
     pub max_queue_delay: Duration,
@@ -77,8 +79,13 @@ impl Serve {
                 anyhow!("--name names a single model; with several bundles each is named by its manifest").into()
             );
         }
-        if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
-            return Err(anyhow!("--timeout {}: give seconds above 0 and at most a day (86400)", a.timeout).into());
+        for (flag, v) in [("--timeout", a.timeout), ("--header-timeout", a.header_timeout)] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(anyhow!("{flag} {v}: give seconds above 0 and at most a day (86400)").into());
+            }
+        }
+        if a.max_connections == 0 {
+            return Err(anyhow!("--max-connections 0: at least one connection must be allowed").into());
         }
         let auth_token = match (a.auth_token, &a.auth_token_file) {
             (Some(t), _) => Some(t),
@@ -101,6 +108,8 @@ impl Serve {
             max_queue: a.max_queue,
             max_body: a.max_body,
             timeout: Duration::from_secs_f64(a.timeout),
+            header_timeout: Duration::from_secs_f64(a.header_timeout),
+            max_connections: a.max_connections,
             auth_token,
             max_batch: a.max_batch.max(1),
             max_queue_delay: Duration::from_micros(a.max_queue_delay),

@@ -71,10 +71,9 @@ pub fn run(s: Serve) -> Result<(), Failure> {
         println!("listening on http://{addr}");
         std::io::stdout().flush().ok();
         tracing::info!(%addr, threads, "serving");
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(crate::shutdown::signalled(draining))
-            .await
-            .map_err(|e| anyhow!("server error: {e}"))?;
+        let conns = http::server::ConnSettings { header_timeout: s.header_timeout, max_connections: s.max_connections };
+        let signalled = crate::shutdown::signalled(draining.clone());
+        http::server::serve(listener, http::router(state), conns, signalled, draining).await;
         tracing::info!("drained; exiting");
         Ok::<(), anyhow::Error>(())
     })?;

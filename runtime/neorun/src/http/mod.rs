@@ -7,6 +7,7 @@ mod error;
 mod negotiate;
 mod oip;
 mod sagemaker;
+pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
