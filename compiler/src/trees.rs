@@ -148,6 +148,10 @@ pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
             }
             let r = right[i].as_i64().with_context(|| format!("tree {t}, node {i}: bad right child"))?;
             let f = index[i].as_u64().with_context(|| format!("tree {t}, node {i}: bad split index"))?;
+            // never truncated: an index beyond u32 is refused here, one beyond
+            // the input width by the layout
+            let f =
+                u32::try_from(f).map_err(|_| anyhow::anyhow!("tree {t}, node {i}: split index {f} is out of range"))?;
             if l < 0 || r < 0 {
                 bail!("tree {t}, node {i}: child index {} is negative", l.min(r));
             }
@@ -158,7 +162,7 @@ pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
             };
             // XGBoost: x < threshold goes left; a missing value follows default_left
             nodes.push(IrNode::Split {
-                feature: f as u32,
+                feature: f,
                 threshold: value,
                 op: trees::OP_LT,
                 missing_first: dl,
@@ -426,6 +430,11 @@ pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
         let mut nodes = Vec::with_capacity(internal + leaves);
         for i in 0..internal {
             let dt = decision[i] as u32;
+            // a feature index is a whole number in u32's range; never saturated
+            let fi = feature[i];
+            if !(fi >= 0.0 && fi.fract() == 0.0 && fi <= u32::MAX as f64) {
+                bail!("tree {t}, split {i}: split_feature {fi} is not a feature index");
+            }
             if dt & 1 != 0 {
                 bail!("tree {t}, split {i}: categorical splits are not supported yet");
             }
@@ -443,7 +452,7 @@ pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
                 _ => bail!("tree {t}, split {i}: zero-as-missing splits are not supported yet"),
             };
             nodes.push(IrNode::Split {
-                feature: feature[i] as u32,
+                feature: fi as u32,
                 threshold: t32,
                 op: trees::OP_LE,
                 missing_first,
@@ -672,8 +681,8 @@ pub fn onnx_ml(graph: &pb::GraphProto, num_features_hint: Option<usize>) -> Resu
             let second = child(falses[gi], node_ids[gi])?;
             is_child[first] = true;
             is_child[second] = true;
-            if features[gi] < 0 {
-                bail!("tree {tid}, node {}: negative feature id", node_ids[gi]);
+            if features[gi] < 0 || features[gi] > u32::MAX as i64 {
+                bail!("tree {tid}, node {}: negative or out-of-range feature id {}", node_ids[gi], features[gi]);
             }
             max_feature = max_feature.max(features[gi] as usize);
             nodes.push(IrNode::Split {
@@ -825,8 +834,8 @@ fn tree_ensemble_v5(
                 6 => bail!("tree {t}, node {idx}: set-membership (categorical) splits are not supported yet"),
                 m => bail!("tree {t}, node {idx}: unknown mode {m}"),
             };
-            if features[idx] < 0 {
-                bail!("tree {t}, node {idx}: negative feature id");
+            if features[idx] < 0 || features[idx] > u32::MAX as i64 {
+                bail!("tree {t}, node {idx}: negative or out-of-range feature id {}", features[idx]);
             }
             max_feature = max_feature.max(features[idx] as usize);
             let child = |id: i64, leaf: i64| -> Result<(usize, bool)> {

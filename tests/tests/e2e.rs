@@ -547,6 +547,11 @@ fn malformed_xgboost_models_are_explained() {
         m.pointer_mut(&format!("{tree0}/split_indices/0")).map(|v| *v = 31.into()).unwrap()
     });
     assert!(err.contains("feature 31 is beyond the input width 30"), "{err}");
+    // an index past u32 used to be truncated (2^40 became feature 0) and signed
+    let err = compile_edited_xgboost(d, |m| {
+        m.pointer_mut(&format!("{tree0}/split_indices/0")).map(|v| *v = (1u64 << 40).into()).unwrap()
+    });
+    assert!(err.contains("tree 0, node 0: split index 1099511627776 is out of range"), "{err}");
     let err = compile_edited_xgboost(d, |m| {
         m.pointer_mut("/learner/objective/name").map(|v| *v = "survival:cox".into()).unwrap()
     });
@@ -589,6 +594,12 @@ fn malformed_lightgbm_models_are_explained() {
     std::fs::write(d.join("lightgbm-model.txt"), text.replacen("left_child=2 ", "left_child=99 ", 1)).unwrap();
     let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
     assert!(err.contains("out of range"), "{err}");
+    // a negative split feature used to saturate to feature 0 and be signed
+    let neg = text.replacen("split_feature=1 ", "split_feature=-5 ", 1);
+    assert_ne!(neg, text, "the sample model's first split_feature changed; update this test");
+    std::fs::write(d.join("lightgbm-model.txt"), neg).unwrap();
+    let err = fails(compile_file(d, &d.join("lightgbm-model.txt")), 1);
+    assert!(err.contains("split 0: split_feature -5 is not a feature index"), "{err}");
 }
 
 #[test]
