@@ -147,9 +147,11 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     crate::trees::onnx_ml(graph, None).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?,
                 )
             } else {
-                let inference = import::onnx(&located, &proto, &inputs, &target_names)?;
+                // tract panics on some graphs (an allocation it cannot make, a
+                // constant divided by zero): an error naming the model, not a crash
+                let inference = guard_import(&located, || import::onnx(&located, &proto, &inputs, &target_names))??;
                 timer.start("passes", "typing and decluttering");
-                Imported::Tract(inference.into_typed().map_err(|e| {
+                Imported::Tract(guard_import(&located, || inference.into_typed())?.map_err(|e| {
                     anyhow::anyhow!("type and shape inference failed: {e:#}\nhint: give input shapes and types with --input NAME=DIMS[:DTYPE] (e.g. --input image=1,3,224,224:f32)")
                 })?)
             }
@@ -158,7 +160,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             if !opts.inputs.is_empty() {
                 bail!("--input is not supported for NNEF models: their input shapes are part of graph.nnef");
             }
-            let typed = import::nnef(&located)?;
+            let typed = guard_import(&located, || import::nnef(&located))??;
             timer.start("passes", "decluttering");
             Imported::Tract(typed)
         }
@@ -1132,6 +1134,19 @@ impl SplitMix {
     }
 }
 
+/// Runs an importer, turning a panic inside tract into an error naming the model.
+fn guard_import<T>(located: &import::Located, f: impl FnOnce() -> T) -> Result<T> {
+    neoc_runtime::guard::guarded(f).map_err(|p| {
+        let why = p.trim_start_matches("the engine failed on this input: ");
+        anyhow::anyhow!("{}: tract failed while importing the model: {why}", located.rel)
+    })
+}
+
+/// The most elements a seeded verification input may have (1 GiB of f32):
+/// a declared shape beyond is a mistake (`--input features=1e12,30`), not a
+/// model to verify.
+pub const MAX_SEEDED_ELEMENTS: usize = 1 << 28;
+
 fn seeded_input(spec: &TensorSpec, rng: &mut SplitMix) -> Result<Tensor> {
     // symbolic dimensions (a batch) get 2, to exercise batching
     let shape: Vec<usize> = spec
@@ -1142,7 +1157,15 @@ fn seeded_input(spec: &TensorSpec, rng: &mut SplitMix) -> Result<Tensor> {
             Dim::Symbol(_) => 2,
         })
         .collect();
-    let n: usize = shape.iter().product();
+    let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).filter(|n| *n <= MAX_SEEDED_ELEMENTS);
+    let Some(n) = n else {
+        bail!(
+            "input `{}` is declared with shape {} ({} elements with the batch at 2); neoc verifies with inputs of that shape and allows at most {MAX_SEEDED_ELEMENTS}\nhint: check the shape given with --input, in model.json, or in the model",
+            spec.name,
+            neoc_bundle::manifest::shape_string(&spec.shape),
+            shape.iter().map(|d| *d as f64).product::<f64>()
+        );
+    };
     let dt = neoc_runtime::tensors::datum_type(&spec.dtype).context("dtype")?;
     let t = match dt {
         DatumType::Bool => Tensor::from_shape(&shape, &(0..n).map(|_| rng.next() & 1 == 1).collect::<Vec<_>>())?,

@@ -57,6 +57,12 @@ fn array<'a>(v: &'a Value, key: &str, tree: usize) -> Result<&'a Vec<Value>> {
 
 /// Parses XGBoost's JSON model format (`Booster.save_model("*.json")`), or
 /// its binary twin UBJSON (`*.ubj`, XGBoost's default since 2.1).
+/// The most input features a tree model may declare: its rows are a flat
+/// f32 array, and a width beyond is a corrupt or hostile file.
+pub const MAX_FEATURES: usize = 1 << 24;
+/// The most classes: the labels are listed in the bundle.
+pub const MAX_CLASSES: usize = 1 << 16;
+
 pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     let doc: Value =
@@ -68,8 +74,16 @@ pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
         };
     let learner = doc.get("learner").context("XGBoost model has no `learner` (is this an XGBoost JSON model?)")?;
     let params = learner.get("learner_model_param").context("XGBoost model has no `learner_model_param`")?;
-    let num_feature = num(params.get("num_feature").context("missing num_feature")?, "num_feature")? as usize;
-    let num_class = params.get("num_class").map(|v| num(v, "num_class")).transpose()?.unwrap_or(0.0) as usize;
+    let num_feature = num(params.get("num_feature").context("missing num_feature")?, "num_feature")?;
+    if !(num_feature >= 1.0 && num_feature <= MAX_FEATURES as f64) {
+        bail!("num_feature {num_feature} is out of range (1 to {MAX_FEATURES})");
+    }
+    let num_feature = num_feature as usize;
+    let num_class = params.get("num_class").map(|v| num(v, "num_class")).transpose()?.unwrap_or(0.0);
+    if !(0.0..=MAX_CLASSES as f64).contains(&num_class) {
+        bail!("num_class {num_class} is out of range (0 to {MAX_CLASSES})");
+    }
+    let num_class = num_class as usize;
     if params.get("num_target").map(|v| num(v, "num_target")).transpose()?.unwrap_or(1.0) as usize != 1 {
         bail!("multi-target XGBoost models are not supported yet");
     }
@@ -345,8 +359,15 @@ pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
             .with_context(|| format!("`{k}` is not a number"))
     };
     let num_class = get_usize(&h, "num_class")?;
+    if num_class > MAX_CLASSES {
+        bail!("num_class {num_class} is out of range (at most {MAX_CLASSES})");
+    }
     let per_iter = get_usize(&h, "num_tree_per_iteration")?.max(1);
-    let num_features = get_usize(&h, "max_feature_idx")? + 1;
+    let max_feature_idx = get_usize(&h, "max_feature_idx")?;
+    if max_feature_idx >= MAX_FEATURES {
+        bail!("max_feature_idx {max_feature_idx} is out of range (below {MAX_FEATURES})");
+    }
+    let num_features = max_feature_idx + 1;
     let objective = h.get("objective").cloned().unwrap_or_default();
     let mut obj = objective.split_whitespace();
     let obj_name = obj.next().unwrap_or("");

@@ -273,3 +273,59 @@ fn connections_that_never_send_their_headers_are_closed() {
     let (code, _) = get(&format!("{}/ping", s.base)).expect("the server answers after the idle connections are closed");
     assert_eq!(code, 200);
 }
+
+/// A one-line mistake in a declared size (`--input features=1e12,30`, an
+/// XGBoost `num_feature`, a LightGBM `max_feature_idx`, `num_class`) made
+/// neoc allocate it and abort; tract panics while importing a graph
+/// (ConstantOfShape of 10^12 elements) ended in exit 101 with a backtrace.
+/// Each is now an error naming what was wrong.
+#[test]
+fn declared_sizes_and_import_panics_are_errors_not_aborts() {
+    let dir = scratch();
+    let d = dir.path();
+    let neoc = |args: &[&str]| {
+        let o = run("neoc", d, &[args, &["--target", "host", "--key", "k.key", "-o", "x.neo"]].concat(), &[], None);
+        let e = stderr(&o);
+        let code = o.status.code();
+        assert!(matches!(code, Some(1) | Some(4)), "exit {code:?} (not an error exit): {e}");
+        assert!(!e.contains("panicked") && !e.contains("memory allocation"), "{e}");
+        assert!(!d.join("x.neo").exists(), "a bundle was written");
+        e
+    };
+    let mlp = root().join("models/fraud-mlp/model.onnx");
+    let e = neoc(&["compile", mlp.to_str().unwrap(), "--input", "features=1000000000000,30"]);
+    assert!(e.contains("input `features`") && e.contains("allows at most"), "{e}");
+    let xgb: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/fraud-xgb/xgboost-model.json")).unwrap()).unwrap();
+    for (field, value, needle) in [
+        ("num_feature", "1000000000000", "num_feature 1000000000000 is out of range"),
+        ("num_class", "1000000000000", "num_class 1000000000000 is out of range"),
+    ] {
+        let mut m = xgb.clone();
+        m["learner"]["learner_model_param"][field] = value.into();
+        std::fs::write(d.join("xgboost-model.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = neoc(&["compile", d.join("xgboost-model.json").to_str().unwrap()]);
+        assert!(e.contains(needle), "{field}: {e}");
+    }
+    let lgbm = std::fs::read_to_string(root().join("models/fraud-lgbm/lightgbm-model.txt")).unwrap();
+    let edited = lgbm.replacen("max_feature_idx=29", "max_feature_idx=999999999", 1);
+    assert_ne!(edited, lgbm);
+    std::fs::write(d.join("lightgbm-model.txt"), edited).unwrap();
+    let e = neoc(&["compile", d.join("lightgbm-model.txt").to_str().unwrap()]);
+    assert!(e.contains("max_feature_idx 999999999 is out of range"), "{e}");
+    python(
+        d,
+        r#"
+import sys, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]); y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+shp = numpy_helper.from_array(np.array([10**6, 10**6], dtype=np.int64), "shp")
+g = helper.make_graph([helper.make_node("ConstantOfShape", ["shp"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+     helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0), helper.make_node("Add", ["x", "s"], ["y"])], "g", [x], [y], [shp])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 8
+onnx.save(m, sys.argv[1] + "/cos.onnx")
+"#,
+    );
+    let e = neoc(&["compile", "cos.onnx"]);
+    assert!(e.contains("cos.onnx") && e.contains("tract failed while importing the model"), "{e}");
+}
