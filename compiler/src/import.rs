@@ -194,7 +194,12 @@ fn detect(path: &Path) -> Option<Framework> {
     if name.starts_with("xgboost-model") || name.ends_with(".ubj") {
         return Some(Framework::Xgboost);
     }
-    let head = std::fs::read(path).ok().map(|d| d[..d.len().min(4096)].to_vec()).unwrap_or_default();
+    // the first 4 KiB only: a tarball's other files may be large
+    let mut head = Vec::with_capacity(4096);
+    if let Ok(f) = std::fs::File::open(path) {
+        use std::io::Read;
+        let _ = f.take(4096).read_to_end(&mut head);
+    }
     if head.len() >= 8 && &head[4..8] == b"TFL3" {
         return Some(Framework::Tflite);
     }

@@ -340,3 +340,40 @@ save("modfold.onnx", helper.make_graph([helper.make_node("Mod", ["ten", "z"], ["
     let e = neoc(&["compile", "cos.onnx"]);
     assert!(e.contains("tract failed while importing the model"), "{e}");
 }
+
+/// Framework detection read every file of a model tarball whole to look at
+/// its first 4 KiB: an 8 MB tarball with a 1 GiB padding file took 1 GiB of
+/// memory. It reads the first 4 KiB now.
+#[test]
+fn large_extra_files_in_a_tarball_cost_no_memory() {
+    let dir = scratch();
+    let d = dir.path();
+    let script = r#"
+import random, resource, shutil, subprocess, sys, tarfile, os
+d, root, neoc = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(d + "/pad")
+shutil.copy(root + "/models/fraud-mlp/model.onnx", d + "/pad/")
+shutil.copy(root + "/models/fraud-mlp/model.json", d + "/pad/")
+r = random.Random(1)
+with open(d + "/pad/padding.bin", "wb") as f:  # 512 MiB that gzip shrinks ~170x, under the bomb guard
+    for _ in range(8192):
+        f.write(r.randbytes(380) + bytes(65536 - 380))
+with tarfile.open(d + "/pad.tar.gz", "w:gz", compresslevel=1) as t:
+    for n in ("model.onnx", "model.json", "padding.bin"):
+        t.add(d + "/pad/" + n, arcname=n)
+shutil.rmtree(d + "/pad")
+p = subprocess.run([neoc, "compile", d + "/pad.tar.gz", "--target", "host", "--key", d + "/k.key", "-o", d + "/pad.neo", "-q"],
+                   capture_output=True, text=True)
+print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stderr.replace("\n", " "))
+"#;
+    let o = Command::new(venv_python())
+        .args(["-c", script, d.to_str().unwrap(), root().to_str().unwrap(), bin("neoc").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let mut f = out.split_whitespace();
+    let (code, rss_kb): (i32, u64) = (f.next().unwrap().parse().unwrap(), f.next().unwrap().parse().unwrap());
+    assert_eq!(code, 0, "{out}");
+    assert!(rss_kb < 400 * 1024, "neoc peaked at {} MB for a tarball with 512 MiB of padding: {out}", rss_kb / 1024);
+}
