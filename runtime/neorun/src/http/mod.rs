@@ -82,7 +82,7 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer)
                 .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
             if !ok {
                 return ApiError::new(
@@ -123,6 +123,13 @@ async fn json_errors(r: Response) -> Response {
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
     ApiError::new(status, message).into_response()
+}
+
+/// The credentials of an `Authorization: Bearer …` header (the scheme is
+/// case-insensitive, RFC 7235).
+fn bearer(v: &str) -> Option<&str> {
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -282,3 +282,12 @@ async fn while_draining_readiness_fails_and_liveness_holds() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&b).contains("shutting down"));
 }
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    assert_eq!(super::bearer("Bearer s3cret"), Some("s3cret"));
+    assert_eq!(super::bearer("bearer s3cret"), Some("s3cret"));
+    assert_eq!(super::bearer("BEARER  s3cret"), Some("s3cret"));
+    assert_eq!(super::bearer("Basic s3cret"), None);
+    assert_eq!(super::bearer("Bearers3cret"), None);
+}
