@@ -45,6 +45,28 @@ impl DType {
         TABLE.iter().find(|r| r.1 == name).map(|r| r.0)
     }
 
+    /// From a name a user may type (`--input x=1,4:float32`): the manifest's
+    /// spelling, NumPy's (`float32`, `int64`, `uint8`) or C's (`float`,
+    /// `double`), in any case.
+    pub fn from_user(name: &str) -> Option<DType> {
+        let n = name.to_ascii_lowercase();
+        DType::parse(&n).or(match n.as_str() {
+            "float32" | "float" => Some(DType::F32),
+            "float64" | "double" => Some(DType::F64),
+            "float16" | "half" => Some(DType::F16),
+            "int64" => Some(DType::I64),
+            "int32" => Some(DType::I32),
+            "int16" => Some(DType::I16),
+            "int8" => Some(DType::I8),
+            "uint64" => Some(DType::U64),
+            "uint32" => Some(DType::U32),
+            "uint16" => Some(DType::U16),
+            "uint8" => Some(DType::U8),
+            "boolean" => Some(DType::Bool),
+            _ => None,
+        })
+    }
+
     /// From an Open Inference Protocol datatype (`FP32`, `INT64`, …).
     pub fn from_oip(name: &str) -> Option<DType> {
         TABLE.iter().find(|r| r.2 == name).map(|r| r.0)
@@ -88,6 +110,9 @@ mod tests {
             assert_eq!((t.name(), t.oip(), t.size()), (name, oip, size));
         }
         assert_eq!(DType::parse("FP32"), None);
+        assert_eq!(DType::from_user("Float32"), Some(DType::F32));
+        assert_eq!(DType::from_user("I64"), Some(DType::I64));
+        assert_eq!(DType::from_user("complex64"), None);
         assert_eq!(DType::from_oip("BYTES"), None);
     }
 }

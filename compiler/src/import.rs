@@ -92,21 +92,13 @@ pub fn parse_input_flag(s: &str) -> Result<Vec<(String, InputConfig)>> {
 }
 
 fn parse_dtype(t: &str) -> Result<DatumType> {
-    Ok(match t.to_ascii_lowercase().as_str() {
-        "f32" | "float32" | "float" => DatumType::F32,
-        "f64" | "float64" | "double" => DatumType::F64,
-        "f16" | "float16" => DatumType::F16,
-        "i64" | "int64" => DatumType::I64,
-        "i32" | "int32" => DatumType::I32,
-        "i16" | "int16" => DatumType::I16,
-        "i8" | "int8" => DatumType::I8,
-        "u8" | "uint8" => DatumType::U8,
-        "u16" | "uint16" => DatumType::U16,
-        "u32" | "uint32" => DatumType::U32,
-        "u64" | "uint64" => DatumType::U64,
-        "bool" => DatumType::Bool,
-        other => bail!("unknown dtype `{other}` (use f32, f64, f16, i64, i32, i16, i8, u8, u16, u32, u64 or bool)"),
-    })
+    match neoc_bundle::dtype::DType::from_user(t) {
+        Some(d) => Ok(neoc_runtime::tensors::datum_type_of(d)),
+        None => bail!(
+            "unknown dtype `{}` (use f32, f64, f16, i64, i32, i16, i8, u8, u16, u32, u64 or bool)",
+            t.to_ascii_lowercase()
+        ),
+    }
 }
 
 /// Neo's DataInputConfig: `{"name": [dims]}`, where a dim may be a number, or
