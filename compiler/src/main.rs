@@ -1,4 +1,9 @@
 //! `neoc`: compile models into signed bundles for a target.
+//!
+//! (Over 600 lines: one `run_*` per subcommand with its human and `--json`
+//! output, sharing the printer and the exit-code mapping; each subcommand's
+//! work is in the library. Moving them to `commands/` as neorun has is the next
+//! step when one more subcommand lands.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,10 @@
 //! The compile pipeline: import → coverage → passes → serialize → verify →
 //! package. Each stage is named; the driver reports them as they run.
+//!
+//! (Over 600 lines: the named stages and the candidate/target bookkeeping
+//! that threads through all of them live together so the order reads top to
+//! bottom; the lowering per engine and the verification are the parts that
+//! would move out first, to `lower/` and `verify.rs`.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

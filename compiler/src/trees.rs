@@ -1,9 +1,13 @@
 //! Tree-ensemble importers: XGBoost's JSON model and ONNX-ML
 //! TreeEnsembleClassifier / TreeEnsembleRegressor, into the `trees` engine's
-//! IR (`neoc_runtime::engine::trees::IrNode`), then laid out for speed.
+//! IR (`forest::IrNode`), then laid out for speed (`forest::layout`).
 //!
 //! tract is not used for trees: its TreeEnsembleClassifier is 100–250× slower
 //! than onnxruntime and mislabels binary exports (FIELD-NOTES).
+//!
+//! (Over 600 lines: three importers — XGBoost JSON/UBJ, LightGBM text, ONNX-ML
+//! v1 and v5 — and the node-by-node reference evaluator they are verified
+//! against, which must read the same IR; the layout is in `forest.rs`.)
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,6 +5,10 @@
 //! accelerator. Device presets follow SageMaker Neo's names (`ml_c5`,
 //! `rasp4b`, …); generic targets exist for each architecture. This crate does
 //! no I/O beyond asking the CPU which features it has ([`Host::detect`]).
+//!
+//! (Over 600 lines by a few: `CATALOG` is data, one entry per target, and
+//! host detection sits next to it on purpose, as the only place that asks the
+//! CPU anything.)
 
 use std::fmt;
 

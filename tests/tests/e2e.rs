@@ -1,5 +1,8 @@
 //! compile → sign → verify → predict, with the real binaries, the sample
 //! models, and the stock `minisign` tool.
+//!
+//! (Over 600 lines: one test per user-visible behaviour of compile → sign →
+//! verify → predict; they share the scratch and helper set-up of this file.)
 
 use std::path::Path;
 

@@ -11,6 +11,9 @@
 //!
 //! Every blob is checked against its digest while it streams to disk, and
 //! lands under its final name only once it matched.
+//!
+//! (Over 600 lines by its tests: about 50 lines of reference-parsing and
+//! store tests at the bottom.)
 
 pub mod layout;
 pub mod remote;
