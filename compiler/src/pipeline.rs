@@ -1141,10 +1141,8 @@ impl SplitMix {
 
 /// Runs an importer, turning a panic inside tract into an error naming the model.
 fn guard_import<T>(located: &import::Located, f: impl FnOnce() -> T) -> Result<T> {
-    neoc_runtime::guard::guarded(f).map_err(|p| {
-        let why = p.trim_start_matches("the engine failed on this input: ");
-        anyhow::anyhow!("{}: tract failed while importing the model: {why}", located.rel)
-    })
+    neoc_runtime::guard::caught(f)
+        .map_err(|why| anyhow::anyhow!("{}: tract failed while importing the model: {why}", located.rel))
 }
 
 /// The most elements a seeded verification input may have (1 GiB of f32):

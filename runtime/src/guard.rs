@@ -14,8 +14,15 @@ thread_local! {
 
 static HOOK: Once = Once::new();
 
-/// Runs `f`; a panic inside becomes `Err(message)`.
+/// Runs `f`; a panic inside becomes `Err(message)`, worded as an engine
+/// failure on the request's input.
 pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    caught(f).map_err(|msg| format!("the engine failed on this input: {msg}"))
+}
+
+/// Runs `f`; a panic inside becomes `Err` with the panic's own message, for
+/// callers that word it themselves (an importer, say).
+pub fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -28,12 +35,10 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let r = catch_unwind(AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(was));
     r.map_err(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
+        p.downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        format!("the engine failed on this input: {msg}")
+            .unwrap_or_else(|| "unknown panic".into())
     })
 }
 

@@ -442,18 +442,20 @@ impl Model {
             for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
                 if t.datum_type().is_float() {
                     let v = crate::tensors::to_f64(t).map_err(|e| PredictError::Engine(e.to_string()))?;
-                    if let Some(i) = v.iter().position(|x| x.is_nan()) {
-                        return Err(PredictError::BadRequest(BadRequest(format!(
-                            "input `{}` holds NaN (element {i}); this model has no missing-value handling",
-                            spec.name
-                        ))));
-                    }
-                    if let Some(i) = v.iter().position(|x| x.is_infinite()) {
-                        return Err(PredictError::BadRequest(BadRequest(format!(
-                            "input `{}` holds {} (element {i}); this model takes finite values only",
-                            spec.name,
-                            if v[i] > 0.0 { "Infinity" } else { "-Infinity" }
-                        ))));
+                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                        let msg = if v[i].is_nan() {
+                            format!(
+                                "input `{}` holds NaN (element {i}); this model has no missing-value handling",
+                                spec.name
+                            )
+                        } else {
+                            let inf = if v[i] > 0.0 { "Infinity" } else { "-Infinity" };
+                            format!(
+                                "input `{}` holds {inf} (element {i}); this model takes finite values only",
+                                spec.name
+                            )
+                        };
+                        return Err(PredictError::BadRequest(BadRequest(msg)));
                     }
                 }
             }

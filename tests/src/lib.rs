@@ -309,8 +309,7 @@ pub fn file_digest(path: &Path) -> String {
 /// Compiles `dir/m.neo`: an ONNX integer `Mod` (`r = a mod b`, inputs
 /// `[N,2]` i32) with one test case. A zero divisor makes tract panic inside
 /// the engine, which neorun must turn into an error for that request.
-pub fn int_mod_bundle(dir: &Path) -> PathBuf {
-    let d = dir;
+pub fn int_mod_bundle(d: &Path) -> PathBuf {
     let script = r#"
 import sys, os, numpy as np, onnx
 from onnx import helper, TensorProto, numpy_helper

@@ -1,20 +1,26 @@
 //! `neorun serve`, started for real on 127.0.0.1:0 and queried over HTTP.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 
 use neoc_e2e::*;
 
+/// A served set of sample bundles, with the scratch directory they live in.
 struct Server {
-    child: Child,
-    base: String,
+    served: Served,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Server {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Served {
+        &mut self.served
     }
 }
 
@@ -25,25 +31,11 @@ fn start(extra: &[&str]) -> Server {
     for m in ["fraud-xgb:1", "fraud-mlp:1", "image-cnn:1"] {
         bundles.push(compile(dir.path(), m, "host", &[]));
     }
-    let mut args: Vec<String> = vec!["serve".into()];
-    args.extend(bundles.iter().map(|b| b.display().to_string()));
-    args.extend(["--trusted-key", "k.pub", "--port", "0"].map(String::from));
+    let mut args: Vec<String> = bundles.iter().map(|b| b.display().to_string()).collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut child = Command::new(bin("neorun"))
-        .current_dir(dir.path())
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Server { child, base, _dir: dir }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let served = serve_with(&bin("neorun"), dir.path(), &args);
+    Server { served, _dir: dir }
 }
 
 fn agent() -> ureq::Agent {
