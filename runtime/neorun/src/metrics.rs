@@ -108,41 +108,23 @@ impl Metrics {
         ModelLabels { model: model.to_string(), variant: self.variant.clone() }
     }
 
-    /// Creates the model's series at zero, so they are there before its first request.
-    pub fn register_model(&self, model: &str) {
+    /// Creates the model's series at zero (so they are there before its
+    /// first request) and returns handles to them: a request updates its
+    /// model's series through these, with no lookup by name.
+    pub fn register_model(&self, model: &str) -> ModelSeries {
         let l = self.labels(model);
-        let _ = self.requests.get_or_create(&l);
-        for class in ["4xx", "5xx"] {
-            let _ = self.errors.get_or_create(&ErrorLabels {
-                model: model.into(),
-                variant: self.variant.clone(),
-                class: class.into(),
-            });
+        let error = |class: &str| {
+            let e = ErrorLabels { model: model.into(), variant: self.variant.clone(), class: class.into() };
+            self.errors.get_or_create(&e).clone()
+        };
+        ModelSeries {
+            requests: self.requests.get_or_create(&l).clone(),
+            errors_4xx: error("4xx"),
+            errors_5xx: error("5xx"),
+            duration: self.duration.get_or_create(&l).clone(),
+            queue_duration: self.queue_duration.get_or_create(&l).clone(),
+            batch: self.batch.get_or_create(&l).clone(),
         }
-        let _ = self.duration.get_or_create(&l);
-        let _ = self.queue_duration.get_or_create(&l);
-        let _ = self.batch.get_or_create(&l);
-    }
-
-    /// Counts an answered request: its latency and, for an error, its class.
-    pub fn answered(&self, model: &str, took: Duration, status: u16) {
-        let l = self.labels(model);
-        self.requests.get_or_create(&l).inc();
-        self.duration.get_or_create(&l).observe(took.as_secs_f64());
-        if status >= 400 {
-            let class = if status < 500 { "4xx" } else { "5xx" };
-            self.errors
-                .get_or_create(&ErrorLabels { model: model.into(), variant: self.variant.clone(), class: class.into() })
-                .inc();
-        }
-    }
-
-    pub fn queued_for(&self, model: &str, waited: Duration) {
-        self.queue_duration.get_or_create(&self.labels(model)).observe(waited.as_secs_f64());
-    }
-
-    pub fn batch_of(&self, model: &str, rows: usize) {
-        self.batch.get_or_create(&self.labels(model)).observe(rows as f64);
     }
 
     pub fn rejected(&self) {
@@ -160,6 +142,38 @@ impl Metrics {
     /// scrapers and `promtool` read when they do not ask for OpenMetrics.
     pub fn render(&self) -> String {
         prometheus_text(&self.render_openmetrics())
+    }
+}
+
+/// One model's series (handles sharing the registry's values).
+#[derive(Clone, Debug)]
+pub struct ModelSeries {
+    requests: Counter,
+    errors_4xx: Counter,
+    errors_5xx: Counter,
+    duration: Histogram,
+    queue_duration: Histogram,
+    batch: Histogram,
+}
+
+impl ModelSeries {
+    /// Counts an answered request: its latency and, for an error, its class.
+    pub fn answered(&self, took: Duration, status: u16) {
+        self.requests.inc();
+        self.duration.observe(took.as_secs_f64());
+        if (400..500).contains(&status) {
+            self.errors_4xx.inc();
+        } else if status >= 500 {
+            self.errors_5xx.inc();
+        }
+    }
+
+    pub fn queued_for(&self, waited: Duration) {
+        self.queue_duration.observe(waited.as_secs_f64());
+    }
+
+    pub fn batch_of(&self, rows: usize) {
+        self.batch.observe(rows as f64);
     }
 }
 
@@ -215,9 +229,9 @@ mod tests {
     #[test]
     fn series_render_with_their_labels_and_guards_give_gauges_back() {
         let m = Metrics::new("AllTraffic");
-        m.register_model("fraud");
-        m.answered("fraud", Duration::from_millis(2), 200);
-        m.answered("fraud", Duration::from_millis(2), 503);
+        let s = m.register_model("fraud");
+        s.answered(Duration::from_millis(2), 200);
+        s.answered(Duration::from_millis(2), 503);
         let g = Tracked::new(&m.running);
         let text = m.render();
         assert!(text.contains("# TYPE neorun_requests_total counter\n"), "{text}");

@@ -10,6 +10,7 @@ use neoc_runtime::Model;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::infer::Job;
+use crate::metrics::ModelSeries;
 
 /// One served model.
 pub struct LiveModel {
@@ -17,6 +18,8 @@ pub struct LiveModel {
     pub model: Arc<Model>,
     /// The model's batcher, when requests to it are merged.
     pub(crate) batcher: Option<UnboundedSender<Job>>,
+    /// Its metrics.
+    pub series: ModelSeries,
 }
 
 #[derive(Default)]

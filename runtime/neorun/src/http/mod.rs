@@ -25,7 +25,7 @@ pub use error::ApiError;
 
 use crate::infer::Inference;
 use crate::metrics::Metrics;
-use crate::models::ModelTable;
+use crate::models::{LiveModel, ModelTable};
 
 /// What the HTTP layer itself decides.
 #[derive(Clone, Debug)]
@@ -149,12 +149,12 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// Counts an inference request and its outcome in the model's metrics.
-fn account(st: &AppState, model: &str, started: Instant, r: &Result<Response, ApiError>) {
+fn account(live: &LiveModel, started: Instant, r: &Result<Response, ApiError>) {
     let status = match r {
         Ok(resp) => resp.status().as_u16(),
         Err(e) => e.status.as_u16(),
     };
-    st.metrics.answered(model, started.elapsed(), status);
+    live.series.answered(started.elapsed(), status);
 }
 
 /// `/metrics`: OpenMetrics when the scraper asks for it, else the

@@ -99,7 +99,7 @@ async fn infer_any(
         Err(e) => return e.into_response(),
     };
     let r = answer(&st, &live, &headers, body).await;
-    account(&st, &live.name, started, &r);
+    account(&live, started, &r);
     r.unwrap_or_else(|e| e.into_response())
 }
 

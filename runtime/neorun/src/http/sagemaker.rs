@@ -57,7 +57,7 @@ async fn invoke(st: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
     let r = match target(&st, &headers) {
         Ok(live) => {
             let r = answer(&st, &live, &headers, body).await;
-            account(&st, &live.name, started, &r);
+            account(&live, started, &r);
             r
         }
         Err(e) => Err(e),

@@ -12,8 +12,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tract_core::prelude::*;
 
 use super::{InferError, Inference, Job};
+use crate::metrics::ModelSeries;
 
-pub(super) async fn run(inf: Arc<Inference>, name: String, model: Arc<Model>, mut rx: UnboundedReceiver<Job>) {
+pub(super) async fn run(inf: Arc<Inference>, series: ModelSeries, model: Arc<Model>, mut rx: UnboundedReceiver<Job>) {
     let max_rows = inf.settings.max_batch;
     let delay = inf.settings.max_queue_delay;
     let mut carry: Option<Job> = None;
@@ -49,7 +50,7 @@ pub(super) async fn run(inf: Arc<Inference>, name: String, model: Arc<Model>, mu
             jobs.push(j);
         }
         for j in &jobs {
-            inf.metrics.queued_for(&name, j.queued.since().elapsed());
+            series.queued_for(j.queued.since().elapsed());
         }
         let mut parts = Vec::with_capacity(jobs.len());
         let mut queued = Vec::with_capacity(jobs.len());
@@ -66,7 +67,7 @@ pub(super) async fn run(inf: Arc<Inference>, name: String, model: Arc<Model>, mu
                 continue;
             }
         };
-        inf.metrics.batch_of(&name, rows);
+        series.batch_of(rows);
         let model = model.clone();
         tokio::spawn(async move {
             let (inputs, replies): (Vec<(Vec<Tensor>, usize)>, Vec<_>) =

@@ -59,15 +59,15 @@ impl Inference {
     /// current tokio runtime) when its requests can be merged.
     pub fn live_model(self: &Arc<Self>, name: String, model: Model) -> LiveModel {
         let model = Arc::new(model);
-        self.metrics.register_model(&name);
+        let series = self.metrics.register_model(&name);
         let batcher = if self.settings.max_batch > 1 && model.symbolic_batch() {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(batcher::run(self.clone(), name.clone(), model.clone(), rx));
+            tokio::spawn(batcher::run(self.clone(), series.clone(), model.clone(), rx));
             Some(tx)
         } else {
             None
         };
-        LiveModel { name, model, batcher }
+        LiveModel { name, model, batcher, series }
     }
 
     /// Runs `batch` on `live`: admitted first (or refused with
@@ -85,8 +85,8 @@ impl Inference {
         }
         let since = queued.since();
         let running = self.admission.start(vec![queued]).await?;
-        self.metrics.queued_for(&live.name, since.elapsed());
-        self.metrics.batch_of(&live.name, batch.rows);
+        live.series.queued_for(since.elapsed());
+        live.series.batch_of(batch.rows);
         let model = live.model.clone();
         tokio::task::spawn_blocking(move || {
             let _running = running;
