@@ -17,7 +17,7 @@ pub mod options;
 pub mod tensors;
 
 pub use codec::{BadRequest, Batch};
-pub use model::{LoadError, Model, Placement, PredictError, SelfTest};
+pub use model::{LoadError, Model, Placement, PredictError, SelfTest, Verified};
 pub use options::{Kernels, OpenOptions};
 
 /// Seeded uniform values in [-4, 4) (xorshift), for the kernels' unit tests.

@@ -87,6 +87,15 @@ pub fn check_placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placeme
     )))
 }
 
+/// A bundle that passed every check `Model::open` makes before loading.
+#[derive(Debug)]
+pub struct Verified {
+    pub manifest: Manifest,
+    pub signer: Signer,
+    /// sha256 of the bundle file.
+    pub digest: String,
+}
+
 /// A bundle that passed every check, with its model ready to run.
 #[derive(Debug)]
 pub struct Model {
@@ -283,6 +292,20 @@ impl Model {
             placement,
             running,
         })
+    }
+
+    /// Runs `open`'s checks (container, target, placement, runtime version,
+    /// registries) without loading the model: what a control plane needs to
+    /// refuse a bundle at once (`CreateModel`) before an endpoint loads it.
+    /// Returns the verified manifest, its signer and the bundle's digest.
+    pub fn verify(path: &Path, options: &OpenOptions) -> Result<Verified, LoadError> {
+        let bundle = check_container(path, options)?;
+        let m = &bundle.manifest;
+        check_target(m)?;
+        check_placement(m, options.allow_cpu_fallback)?;
+        check_runtime_version(m)?;
+        check_registries(m)?;
+        Ok(Verified { manifest: bundle.manifest, signer: bundle.signer, digest: bundle.digest })
     }
 
     /// Builds a model from parts already verified (used by the compiler's

@@ -127,9 +127,39 @@ pub struct BenchArgs {
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Bundles to serve; each is named by its manifest (the first answers /invocations)
-    #[arg(required = true)]
+    /// Bundles to serve; each is named by its manifest (the first answers /invocations). Optional with --state-dir or --endpoint
+    #[arg(required_unless_present_any = ["state_dir", "endpoints"])]
     pub bundles: Vec<PathBuf>,
+    /// Keep the control plane's models, endpoint configurations and endpoints here (created if missing); they come back after a restart
+    #[arg(long, env = "NEORUN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Declare an endpoint: a CreateEndpointConfig JSON body plus `Models` (CreateModel bodies) and optionally `EndpointName`; repeatable; SIGHUP re-reads them
+    #[arg(long = "endpoint", value_name = "FILE")]
+    pub endpoints: Vec<PathBuf>,
+    /// AWS shared-credentials file whose access keys may sign requests (SigV4); the control plane (POST /, the SageMaker API) needs these or --auth-token
+    #[arg(long, env = "NEORUN_ACCESS_KEYS", value_name = "FILE")]
+    pub access_keys: Option<PathBuf>,
+    /// Require a SigV4 signature (or the bearer token) on inference requests too
+    #[arg(long, requires = "access_keys")]
+    pub sign_data_plane: bool,
+    /// Region named in the ARNs the control plane returns
+    #[arg(long, default_value = "local")]
+    pub region: String,
+    /// Threads for shadow variants (lowest CPU priority; a copy that finds them all busy is shed)
+    #[arg(long, default_value_t = 1)]
+    pub shadow_threads: usize,
+    /// Data capture: bytes of records waiting to be written, at most; beyond, records are dropped and counted
+    #[arg(long, default_value_t = 64 << 20)]
+    pub capture_max_pending_bytes: usize,
+    /// Data capture: start a new file after this many seconds
+    #[arg(long, default_value_t = 300)]
+    pub capture_rotate_seconds: u64,
+    /// Data capture: start a new file at this size, in bytes
+    #[arg(long, default_value_t = 64 << 20)]
+    pub capture_max_file_bytes: u64,
+    /// Data capture pauses while the destination's disk is fuller than this percentage (resumes by itself)
+    #[arg(long, default_value_t = 90.0)]
+    pub capture_disk_high_water: f64,
     #[command(flatten)]
     pub load: LoadArgs,
     #[arg(long, default_value = "127.0.0.1")]

@@ -7,8 +7,11 @@
 //! transport-neutral inference layer (admission, batching), the live model
 //! table, HTTP, metrics and shutdown.
 
+mod capture;
 mod cli;
 mod commands;
+mod control;
+mod endpoints;
 mod exit;
 mod http;
 mod infer;
@@ -16,6 +19,7 @@ mod metrics;
 mod models;
 mod settings;
 mod shutdown;
+mod sigv4;
 #[cfg(test)]
 mod testing;
 

@@ -42,6 +42,95 @@ fn batch_rows() -> Histogram {
 
 type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
+/// An endpoint's variant, labelled as CloudWatch dimensions name them
+/// (`EndpointName`, `VariantName`), so dashboards translate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VariantLabels {
+    pub endpoint_name: String,
+    pub variant_name: String,
+    /// `production` or `shadow`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComparisonLabels {
+    pub endpoint_name: String,
+    pub variant_name: String,
+    /// `agree`, `disagree` (an answer that differs from production's) or
+    /// `shadow_error` (the shadow failed where production answered).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaptureLabels {
+    pub endpoint_name: String,
+    pub variant_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+type VariantHistograms = Family<VariantLabels, Histogram, fn() -> Histogram>;
+type ShadowHistograms = Family<CaptureLabels, Histogram, fn() -> Histogram>;
+
+/// Sizes of a disagreement: the largest absolute difference between a
+/// shadow's answer and production's.
+const DIFF_BUCKETS: [f64; 10] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e4];
+
+fn diff_sizes() -> Histogram {
+    Histogram::new(DIFF_BUCKETS)
+}
+
+/// The endpoint, shadow and capture families (SageMaker's CloudWatch
+/// names: `Invocations`, `Invocation4XXErrors`, `Invocation5XXErrors`,
+/// `ModelLatency`, `OverheadLatency`, in Prometheus' spelling).
+#[derive(Clone)]
+struct EndpointFamilies {
+    invocations: Family<VariantLabels, Counter>,
+    errors_4xx: Family<VariantLabels, Counter>,
+    errors_5xx: Family<VariantLabels, Counter>,
+    model_latency: VariantHistograms,
+    overhead_latency: VariantHistograms,
+    comparisons: Family<ComparisonLabels, Counter>,
+    difference: ShadowHistograms,
+    shadow_shed: Family<CaptureLabels, Counter>,
+    capture_written: Family<CaptureLabels, Counter>,
+    capture_dropped: Family<ReasonLabels, Counter>,
+    capture_paused: Gauge,
+}
+
+impl EndpointFamilies {
+    fn register(r: &mut Registry) -> EndpointFamilies {
+        let f = EndpointFamilies {
+            invocations: Family::default(),
+            errors_4xx: Family::default(),
+            errors_5xx: Family::default(),
+            model_latency: VariantHistograms::new_with_constructor(latency as fn() -> Histogram),
+            overhead_latency: VariantHistograms::new_with_constructor(latency as fn() -> Histogram),
+            comparisons: Family::default(),
+            difference: ShadowHistograms::new_with_constructor(diff_sizes as fn() -> Histogram),
+            shadow_shed: Family::default(),
+            capture_written: Family::default(),
+            capture_dropped: Family::default(),
+            capture_paused: Gauge::default(),
+        };
+        r.register("neorun_invocations", "Invocations: requests an endpoint variant answered (SageMaker's Invocations)", f.invocations.clone());
+        r.register("neorun_invocation_4xx_errors", "Invocations answered with a 4xx (SageMaker's Invocation4XXErrors)", f.errors_4xx.clone());
+        r.register("neorun_invocation_5xx_errors", "Invocations answered with a 5xx (SageMaker's Invocation5XXErrors)", f.errors_5xx.clone());
+        r.register("neorun_model_latency_seconds", "Time the model took to answer (SageMaker's ModelLatency, in seconds)", f.model_latency.clone());
+        r.register("neorun_overhead_latency_seconds", "Time spent around the model: reading, decoding, queueing, encoding (SageMaker's OverheadLatency, in seconds)", f.overhead_latency.clone());
+        r.register("neorun_shadow_comparisons", "Shadow answers compared with production's answer to the same request, by outcome", f.comparisons.clone());
+        r.register("neorun_shadow_difference", "Largest absolute difference between a shadow's answer and production's, for answers that disagree", f.difference.clone());
+        r.register("neorun_shadow_shed", "Shadow copies not run because the machine was busy (live traffic first)", f.shadow_shed.clone());
+        r.register("neorun_capture_records", "Data capture records written", f.capture_written.clone());
+        r.register("neorun_capture_dropped", "Data capture records not written, by reason (queue_full, disk_high_water, write_error, shutting_down)", f.capture_dropped.clone());
+        r.register("neorun_capture_paused", "1 while data capture is paused because a destination disk is over its high-water mark", f.capture_paused.clone());
+        f
+    }
+}
+
 /// Every metric the server keeps.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +146,7 @@ pub struct Metrics {
     /// a merged batch counts each of its requests).
     pub running: Gauge,
     variant: String,
+    endpoints: EndpointFamilies,
 }
 
 impl Metrics {
@@ -90,7 +180,9 @@ impl Metrics {
         registry.register("neorun_queue_waiting", "Requests waiting for an inference slot", waiting.clone());
         let running = Gauge::default();
         registry.register("neorun_inflight_requests", "Requests whose inference is running", running.clone());
+        let endpoints = EndpointFamilies::register(&mut registry);
         Metrics {
+            endpoints,
             registry,
             requests,
             errors,
@@ -104,17 +196,15 @@ impl Metrics {
         }
     }
 
-    fn labels(&self, model: &str) -> ModelLabels {
-        ModelLabels { model: model.to_string(), variant: self.variant.clone() }
-    }
-
     /// Creates the model's series at zero (so they are there before its
     /// first request) and returns handles to them: a request updates its
-    /// model's series through these, with no lookup by name.
-    pub fn register_model(&self, model: &str) -> ModelSeries {
-        let l = self.labels(model);
+    /// model's series through these, with no lookup by name. `variant`:
+    /// the endpoint variant it serves, else the server's `--variant`.
+    pub fn register_model(&self, model: &str, variant: Option<&str>) -> ModelSeries {
+        let variant = variant.unwrap_or(&self.variant).to_string();
+        let l = ModelLabels { model: model.to_string(), variant: variant.clone() };
         let error = |class: &str| {
-            let e = ErrorLabels { model: model.into(), variant: self.variant.clone(), class: class.into() };
+            let e = ErrorLabels { model: model.into(), variant: variant.clone(), class: class.into() };
             self.errors.get_or_create(&e).clone()
         };
         ModelSeries {
@@ -124,6 +214,44 @@ impl Metrics {
             duration: self.duration.get_or_create(&l).clone(),
             queue_duration: self.queue_duration.get_or_create(&l).clone(),
             batch: self.batch.get_or_create(&l).clone(),
+        }
+    }
+
+    /// An endpoint variant's series (production or shadow), at zero.
+    pub fn register_variant(&self, endpoint: &str, variant: &str, shadow: bool) -> VariantSeries {
+        let f = &self.endpoints;
+        let l = VariantLabels {
+            endpoint_name: endpoint.into(),
+            variant_name: variant.into(),
+            kind: if shadow { "shadow" } else { "production" }.into(),
+        };
+        let c = CaptureLabels { endpoint_name: endpoint.into(), variant_name: variant.into() };
+        let outcome = |o: &str| {
+            let l = ComparisonLabels { endpoint_name: endpoint.into(), variant_name: variant.into(), outcome: o.into() };
+            f.comparisons.get_or_create(&l).clone()
+        };
+        VariantSeries {
+            invocations: f.invocations.get_or_create(&l).clone(),
+            errors_4xx: f.errors_4xx.get_or_create(&l).clone(),
+            errors_5xx: f.errors_5xx.get_or_create(&l).clone(),
+            model_latency: f.model_latency.get_or_create(&l).clone(),
+            overhead_latency: f.overhead_latency.get_or_create(&l).clone(),
+            shadow: shadow.then(|| ShadowSeries {
+                agree: outcome("agree"),
+                disagree: outcome("disagree"),
+                shadow_error: outcome("shadow_error"),
+                difference: f.difference.get_or_create(&c).clone(),
+                shed: f.shadow_shed.get_or_create(&c).clone(),
+            }),
+        }
+    }
+
+    /// Handles for the capture writer.
+    pub fn capture(&self) -> CaptureMetrics {
+        CaptureMetrics {
+            written: self.endpoints.capture_written.clone(),
+            dropped: self.endpoints.capture_dropped.clone(),
+            paused: self.endpoints.capture_paused.clone(),
         }
     }
 
@@ -174,6 +302,86 @@ impl ModelSeries {
 
     pub fn batch_of(&self, rows: usize) {
         self.batch.observe(rows as f64);
+    }
+}
+
+/// One endpoint variant's series.
+#[derive(Clone, Debug)]
+pub struct VariantSeries {
+    invocations: Counter,
+    errors_4xx: Counter,
+    errors_5xx: Counter,
+    model_latency: Histogram,
+    overhead_latency: Histogram,
+    /// A shadow variant's comparison series.
+    pub shadow: Option<ShadowSeries>,
+}
+
+impl VariantSeries {
+    /// Counts an invocation: its status, and (when the model ran) the
+    /// model's time and the rest of the request's.
+    pub fn invoked(&self, status: u16, total: Duration, model: Option<Duration>) {
+        self.invocations.inc();
+        if (400..500).contains(&status) {
+            self.errors_4xx.inc();
+        } else if status >= 500 {
+            self.errors_5xx.inc();
+        }
+        if let Some(m) = model {
+            self.model_latency.observe(m.as_secs_f64());
+            self.overhead_latency.observe(total.saturating_sub(m).as_secs_f64());
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ShadowSeries {
+    agree: Counter,
+    disagree: Counter,
+    shadow_error: Counter,
+    difference: Histogram,
+    shed: Counter,
+}
+
+impl ShadowSeries {
+    pub fn agreed(&self) {
+        self.agree.inc();
+    }
+
+    pub fn disagreed(&self, largest_difference: f64) {
+        self.disagree.inc();
+        self.difference.observe(largest_difference);
+    }
+
+    pub fn failed(&self) {
+        self.shadow_error.inc();
+    }
+
+    pub fn shed(&self) {
+        self.shed.inc();
+    }
+}
+
+/// The capture writer's series.
+#[derive(Clone, Debug)]
+pub struct CaptureMetrics {
+    written: Family<CaptureLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
+    paused: Gauge,
+}
+
+impl CaptureMetrics {
+    pub fn written(&self, endpoint: &str, variant: &str) {
+        let l = CaptureLabels { endpoint_name: endpoint.into(), variant_name: variant.into() };
+        self.written.get_or_create(&l).inc();
+    }
+
+    pub fn dropped(&self, reason: &str) {
+        self.dropped.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
     }
 }
 
@@ -229,7 +437,7 @@ mod tests {
     #[test]
     fn series_render_with_their_labels_and_guards_give_gauges_back() {
         let m = Metrics::new("AllTraffic");
-        let s = m.register_model("fraud");
+        let s = m.register_model("fraud", None);
         s.answered(Duration::from_millis(2), 200);
         s.answered(Duration::from_millis(2), 503);
         let g = Tracked::new(&m.running);

@@ -9,7 +9,9 @@ use anyhow::anyhow;
 use neoc_bundle::sign::TrustedKey;
 use neoc_runtime::{Kernels, OpenOptions};
 
+use crate::capture::CaptureSettings;
 use crate::cli::{LoadArgs, ServeArgs};
+use crate::sigv4::AccessKeys;
 use crate::exit::Failure;
 
 /// How to open bundles, from the shared loading flags; `threads` is the
@@ -65,6 +67,13 @@ pub struct Serve {
     pub max_queue_delay: Duration,
     pub variant: String,
     pub log_format: LogFormat,
+    pub state_dir: Option<PathBuf>,
+    pub endpoints: Vec<PathBuf>,
+    pub access_keys: Option<AccessKeys>,
+    pub sign_data_plane: bool,
+    pub region: String,
+    pub shadow_threads: usize,
+    pub capture: CaptureSettings,
 }
 
 impl Serve {
@@ -98,7 +107,39 @@ impl Serve {
             return Err(anyhow!("the auth token is empty").into());
         }
         let threads = a.threads.map(|t| t.max(1));
+        let access_keys = a
+            .access_keys
+            .as_deref()
+            .map(AccessKeys::from_file)
+            .transpose()
+            .map_err(|e| anyhow!("--access-keys {e:#}"))?;
+        if !(a.capture_disk_high_water > 0.0 && a.capture_disk_high_water <= 100.0) {
+            return Err(anyhow!("--capture-disk-high-water {}: give a percentage above 0 and at most 100", a.capture_disk_high_water).into());
+        }
+        if a.capture_rotate_seconds == 0 || a.capture_max_file_bytes == 0 {
+            return Err(anyhow!("--capture-rotate-seconds and --capture-max-file-bytes must be above 0").into());
+        }
+        if !a.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') || a.region.is_empty() {
+            return Err(anyhow!("--region {:?}: lowercase letters, digits and hyphens (us-east-1)", a.region).into());
+        }
+        if a.name.is_some() && a.bundles.is_empty() {
+            return Err(anyhow!("--name names a bundle given on the command line; endpoints name their models in their configuration").into());
+        }
+        let capture = CaptureSettings {
+            max_pending_bytes: a.capture_max_pending_bytes,
+            rotate_after: Duration::from_secs(a.capture_rotate_seconds),
+            max_file_bytes: a.capture_max_file_bytes,
+            disk_high_water: a.capture_disk_high_water / 100.0,
+            ..CaptureSettings::default()
+        };
         Ok(Serve {
+            state_dir: a.state_dir,
+            endpoints: a.endpoints,
+            access_keys,
+            sign_data_plane: a.sign_data_plane,
+            region: a.region,
+            shadow_threads: a.shadow_threads.max(1),
+            capture,
             open: open_options(&a.load, threads)?,
             bundles: a.bundles,
             host: a.host,

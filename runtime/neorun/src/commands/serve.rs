@@ -1,12 +1,19 @@
-//! `neorun serve`: verify, load and health-check every bundle, then serve
-//! them over HTTP until SIGTERM/SIGINT, and drain.
+//! `neorun serve`: verify, load and health-check every bundle, restore the
+//! control plane's endpoints (`--state-dir`) and apply the declared ones
+//! (`--endpoint`), then serve over HTTP until SIGTERM/SIGINT, and drain:
+//! in-flight requests finish, shadow copies finish, capture is flushed.
+//! SIGHUP re-reads the declared endpoint files.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::anyhow;
 
+use crate::capture::Capture;
+use crate::control::store::Store;
+use crate::control::ControlPlane;
 use crate::exit::Failure;
+use crate::infer::spare::SparePool;
 use crate::http::{self, AppState, HttpSettings};
 use crate::infer::{InferSettings, Inference};
 use crate::metrics::Metrics;
@@ -29,7 +36,7 @@ pub fn run(s: Serve) -> Result<(), Failure> {
         tracing::info!(model = %name, version = %model.manifest.model.version, engine = %model.running, test_vectors = st.cases, "loaded {}", b.display());
         loaded.push((name, model));
     }
-    let threads = threads.unwrap_or(1);
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(threads + 2)
@@ -51,6 +58,25 @@ pub fn run(s: Serve) -> Result<(), Failure> {
         for (name, model) in loaded {
             models.publish(inference.live_model(name, model));
         }
+        let capture = Capture::start(s.capture.clone(), metrics.capture());
+        let store = match &s.state_dir {
+            Some(d) => Some(Store::open(d)?),
+            None => None,
+        };
+        if store.is_none() && (s.access_keys.is_some() || s.auth_token.is_some()) {
+            tracing::warn!("no --state-dir: endpoints created through the control plane are lost when neorun stops");
+        }
+        let control = ControlPlane::new(store, inference.clone(), metrics.clone(), capture.clone(), s.open.clone(), s.region.clone());
+        control.restore().await?;
+        for f in &s.endpoints {
+            let name = control.apply_file(f, "--endpoint").await.map_err(|e| anyhow!("{e}"))?;
+            tracing::info!(endpoint = %name, file = %f.display(), "endpoint in service");
+        }
+        #[cfg(unix)]
+        if !s.endpoints.is_empty() {
+            tokio::spawn(reload_on_sighup(control.clone(), s.endpoints.clone()));
+        }
+        let spare = SparePool::new(s.shadow_threads);
         let draining = Arc::new(Default::default());
         let state = Arc::new(AppState {
             models,
@@ -61,8 +87,13 @@ pub fn run(s: Serve) -> Result<(), Failure> {
                 timeout: s.timeout,
                 auth_token: s.auth_token,
                 variant: s.variant,
+                access_keys: s.access_keys,
+                sign_data_plane: s.sign_data_plane,
             },
             draining: Arc::clone(&draining),
+            control: Some(control),
+            capture: capture.clone(),
+            spare: spare.clone(),
         });
         let listener = tokio::net::TcpListener::bind((s.host.as_str(), s.port))
             .await
@@ -74,8 +105,33 @@ pub fn run(s: Serve) -> Result<(), Failure> {
         let conns = http::server::ConnSettings { header_timeout: s.header_timeout, max_connections: s.max_connections };
         let signalled = crate::shutdown::signalled(draining.clone());
         http::server::serve(listener, http::router(state), conns, signalled, draining).await;
+        // shadow copies under way finish (and are captured), then capture flushes
+        tokio::task::spawn_blocking(move || {
+            spare.close();
+            capture.close();
+        })
+        .await
+        .ok();
         tracing::info!("drained; exiting");
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// SIGHUP: apply the declared endpoint files again. A file that fails
+/// (bad JSON, a bundle that does not verify) changes nothing; the error is
+/// logged and the endpoint keeps serving what it served.
+#[cfg(unix)]
+async fn reload_on_sighup(control: Arc<ControlPlane>, files: Vec<std::path::PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the declared endpoints");
+        for f in &files {
+            match control.apply_file(f, "SIGHUP").await {
+                Ok(name) => tracing::info!(endpoint = %name, file = %f.display(), "reloaded"),
+                Err(e) => tracing::error!("reload failed, nothing changed: {e}"),
+            }
+        }
+    }
 }

@@ -1,6 +1,10 @@
-//! Errors on the wire: every error is `{"error": "..."}` with a status
-//! that says whose fault it was (4xx the request's, 5xx the server's). The
-//! inference layer's errors are mapped to statuses here and nowhere else.
+//! Errors on the wire: every error is `{"error": "...", "message": "..."}`
+//! (the same text twice: `error` for plain HTTP clients, `message` where
+//! AWS SDKs read it) with a status that says whose fault it was (4xx the
+//! request's, 5xx the server's) and `x-amzn-ErrorType`, the error code
+//! botocore raises (`ValidationError`, `ModelError`, `ServiceUnavailable`,
+//! `InternalFailure`, SageMaker Runtime's names). The inference layer's
+//! errors are mapped to statuses here and nowhere else.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +19,13 @@ pub struct ApiError {
     pub message: String,
     /// Adds `Retry-After: 1` (overload, draining).
     pub retry_after: bool,
+    /// The model failed on a request it accepted (`ModelError`).
+    pub model_error: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), retry_after: false }
+        ApiError { status, message: message.into(), retry_after: false, model_error: false }
     }
 
     pub fn bad(message: impl Into<String>) -> ApiError {
@@ -31,7 +37,7 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after: true }
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after: true, model_error: false }
     }
 }
 
@@ -42,9 +48,10 @@ impl From<InferError> for ApiError {
             InferError::Overloaded | InferError::ShuttingDown => ApiError::unavailable(message),
             InferError::UnknownModel { .. } => ApiError::not_found(message),
             InferError::BadRequest(_) => ApiError::bad(message),
-            InferError::Engine(_) | InferError::Internal(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+            InferError::Engine(_) => {
+                ApiError { model_error: true, ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message) }
             }
+            InferError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }
 }
@@ -57,8 +64,16 @@ impl From<BadRequest> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.message }).to_string();
+        let code = match self.status.as_u16() {
+            401 | 403 => "AccessDeniedException",
+            500 if self.model_error => "ModelError",
+            503 => "ServiceUnavailable",
+            s if s >= 500 => "InternalFailure",
+            _ => "ValidationError",
+        };
+        let body = json!({ "error": self.message, "message": self.message }).to_string();
         let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        r.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static(code));
         if self.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -3,6 +3,8 @@
 //! the runtime's codecs, submit it to `infer` and encode the answer; they
 //! never call an engine themselves.
 
+mod aws;
+mod endpoint;
 mod error;
 mod negotiate;
 mod oip;
@@ -11,7 +13,7 @@ pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -23,9 +25,13 @@ use axum::Router;
 
 pub use error::ApiError;
 
+use crate::capture::Capture;
+use crate::control::{AwsError, ControlPlane};
+use crate::infer::spare::SparePool;
 use crate::infer::Inference;
 use crate::metrics::Metrics;
 use crate::models::{LiveModel, ModelTable};
+use crate::sigv4::{self, AccessKeys};
 
 /// What the HTTP layer itself decides.
 #[derive(Clone, Debug)]
@@ -35,7 +41,15 @@ pub struct HttpSettings {
     pub auth_token: Option<String>,
     /// The production variant named in `X-Amzn-Invoked-Production-Variant`.
     pub variant: String,
+    /// Keys SigV4 signatures are checked against (`--access-keys`).
+    pub access_keys: Option<AccessKeys>,
+    /// Require a signature (or the bearer token) on the data plane too.
+    pub sign_data_plane: bool,
 }
+
+/// Who made a request, once authenticated (for the control plane's journal).
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
 
 pub struct AppState {
     pub models: Arc<ModelTable>,
@@ -44,15 +58,21 @@ pub struct AppState {
     pub settings: HttpSettings,
     /// Set when shutdown starts: new requests get 503 while in-flight ones finish.
     pub draining: Arc<AtomicBool>,
+    /// Endpoints and the SageMaker API that manages them.
+    pub control: Option<Arc<ControlPlane>>,
+    pub capture: Capture,
+    /// Where shadow copies run.
+    pub spare: Arc<SparePool>,
 }
 
 type St = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", post(aws::control))
         .route("/ping", get(sagemaker::ping))
         .route("/invocations", post(sagemaker::invocations))
-        .route("/endpoints/{endpoint}/invocations", post(sagemaker::endpoint_invocations))
+        .route("/endpoints/{endpoint}/invocations", post(endpoint::endpoint_invocations))
         .route("/v2", get(oip::server))
         .route("/v2/health/live", get(oip::live))
         .route("/v2/health/ready", get(oip::ready))
@@ -74,25 +94,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Authentication, refusal while draining, and the request timeout.
 async fn guard(State(st): St, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let health = path == "/ping" || path.starts_with("/v2/health");
-    if let Some(token) = &st.settings.auth_token {
-        if !health {
-            let ok = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer)
-                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-            if !ok {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token (Authorization: Bearer …)",
-                )
-                .into_response();
+    let req = match authenticate(&st, req).await {
+        Ok((mut req, caller)) => {
+            if let Some(c) = caller {
+                req.extensions_mut().insert(c);
             }
+            req
         }
-    }
+        Err(refused) => return refused,
+    };
+    let path = req.uri().path().to_string();
     // while draining, readiness fails too (a load balancer stops sending),
     // liveness does not (the process is fine)
     if st.draining.load(Ordering::Relaxed) && path != "/v2/health/live" {
@@ -104,6 +115,55 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
         Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("request not completed within {timeout:?}"))
             .into_response(),
     }
+}
+
+/// Who the request is from. A SigV4 signature is checked against the
+/// access keys (the body is read for it, within the body limit); else the
+/// bearer token, when one is configured. The control plane (`POST /`)
+/// always needs one of them; the data plane needs one when a token is set
+/// or `--sign-data-plane` is. Health checks need none.
+async fn authenticate(st: &AppState, req: Request) -> Result<(Request, Option<Caller>), Response> {
+    let path = req.uri().path();
+    if path == "/ping" || path.starts_with("/v2/health") {
+        return Ok((req, None));
+    }
+    let control = path == "/" && req.method() == axum::http::Method::POST;
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let signed = auth.as_deref().is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256"));
+    let refuse = |e: sigv4::SigError| AwsError::new(StatusCode::FORBIDDEN, e.code(), e.message()).into_response();
+    if let (true, Some(keys)) = (signed, &st.settings.access_keys) {
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(st, body).await.map_err(IntoResponse::into_response)?;
+        let r = sigv4::Request {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body: &bytes,
+        };
+        return match sigv4::verify(keys, &r, SystemTime::now()) {
+            Ok(id) => Ok((Request::from_parts(parts, Body::from(bytes)), Some(Caller(format!("access key {id}"))))),
+            Err(e) => Err(refuse(e)),
+        };
+    }
+    if let Some(token) = &st.settings.auth_token {
+        let ok = auth.as_deref().and_then(bearer).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        if ok {
+            return Ok((req, Some(Caller("bearer token".into()))));
+        }
+        if control && st.settings.access_keys.is_some() {
+            return Err(refuse(sigv4::SigError::Missing));
+        }
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer …)")
+            .into_response());
+    }
+    if st.settings.access_keys.is_some() && (control || st.settings.sign_data_plane) {
+        return Err(refuse(sigv4::SigError::Missing));
+    }
+    // the data plane is open (no token, no --sign-data-plane); the control
+    // plane's handler refuses an anonymous caller itself, saying how to set
+    // authentication up
+    Ok((req, None))
 }
 
 /// Errors the framework answers by itself (a path it cannot decode, say)

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use neoc_runtime::codec;
+use neoc_runtime::{codec, Batch};
+use tract_core::prelude::Tensor;
 
 use super::error::ApiError;
 use super::negotiate::{accept, content_type, Out};
@@ -20,22 +21,13 @@ use crate::infer::InferError;
 use crate::models::LiveModel;
 
 pub async fn ping(State(st): St) -> Response {
-    if st.models.is_empty() {
+    if st.models.is_empty() && st.control.is_none() {
         return ApiError::unavailable("no model loaded").into_response();
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"healthy\"}").into_response()
 }
 
 pub async fn invocations(State(st): St, headers: HeaderMap, body: Body) -> Response {
-    invoke(st, headers, body).await
-}
-
-pub async fn endpoint_invocations(
-    State(st): St,
-    Path(_endpoint): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
     invoke(st, headers, body).await
 }
 
@@ -52,7 +44,7 @@ fn target(st: &AppState, headers: &HeaderMap) -> Result<Arc<LiveModel>, ApiError
     }
 }
 
-async fn invoke(st: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn invoke(st: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let r = match target(&st, &headers) {
         Ok(live) => {
@@ -73,24 +65,42 @@ async fn invoke(st: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
 }
 
 async fn answer(st: &AppState, live: &LiveModel, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(st, body).await?;
+    let (batch, out) = decode(live, headers, &bytes)?;
+    let rows = batch.rows;
+    let outputs = st.inference.infer(live, batch).await?;
+    let (ct, bytes) = encode(live, out, &outputs, rows)?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response())
+}
+
+/// A request body as the model's inputs, and the format to answer in.
+pub(super) fn decode(live: &LiveModel, headers: &HeaderMap, bytes: &[u8]) -> Result<(Batch, Out), ApiError> {
     let (format, lines) = content_type(headers)?;
     let out = accept(headers)?;
-    let bytes = read_body(st, body).await?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad("empty body"));
     }
     let inputs = &live.model.manifest.inputs;
-    let body = if lines { codec::jsonlines_to_instances(&bytes)? } else { bytes.to_vec() };
-    let batch = codec::parse(&body, format, inputs)
+    let lines_body;
+    let body = if lines {
+        lines_body = codec::jsonlines_to_instances(bytes)?;
+        &lines_body[..]
+    } else {
+        bytes
+    };
+    let batch = codec::parse(body, format, inputs)
         .map_err(|e| ApiError::bad(format!("{e} (the model's inputs are {})", codec::describe_inputs(inputs))))?;
-    let rows = batch.rows;
-    let outputs = st.inference.infer(live, batch).await?;
+    Ok((batch, out))
+}
+
+/// The model's outputs in the response format: its content type and bytes.
+pub(super) fn encode(live: &LiveModel, out: Out, outputs: &[Tensor], rows: usize) -> Result<(&'static str, Vec<u8>), ApiError> {
     let names = live.model.output_names();
     let (ct, bytes) = match out {
-        Out::Json => ("application/json", codec::to_json(&names, &outputs)),
-        Out::Csv => ("text/csv", codec::to_csv(&names, &outputs, rows)),
-        Out::JsonLines => ("application/jsonlines", codec::to_jsonlines(&names, &outputs, rows)),
+        Out::Json => ("application/json", codec::to_json(&names, outputs)),
+        Out::Csv => ("text/csv", codec::to_csv(&names, outputs, rows)),
+        Out::JsonLines => ("application/jsonlines", codec::to_jsonlines(&names, outputs, rows)),
     };
     let bytes = bytes.map_err(|e| ApiError::new(StatusCode::NOT_ACCEPTABLE, e.to_string()))?;
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response())
+    Ok((ct, bytes))
 }

@@ -28,6 +28,7 @@ fn app_with(max_batch: usize, draining: bool) -> axum::Router {
     );
     let models = Arc::new(ModelTable::default());
     models.publish(inference.live_model("tiny".into(), crate::testing::tiny_model("3")));
+    let metrics_capture = metrics.capture();
     router(Arc::new(AppState {
         models,
         inference,
@@ -37,8 +38,13 @@ fn app_with(max_batch: usize, draining: bool) -> axum::Router {
             timeout: Duration::from_secs(10),
             auth_token: None,
             variant: "AllTraffic".into(),
+            access_keys: None,
+            sign_data_plane: false,
         },
         draining: Arc::new(AtomicBool::new(draining)),
+        control: None,
+        capture: crate::capture::Capture::start(Default::default(), metrics_capture),
+        spare: crate::infer::spare::SparePool::new(1),
     }))
 }
 

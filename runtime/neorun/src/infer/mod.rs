@@ -6,6 +6,7 @@
 mod admission;
 mod batcher;
 pub mod error;
+pub mod spare;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +59,13 @@ impl Inference {
     /// Makes a model servable under `name`: with a batcher (a task on the
     /// current tokio runtime) when its requests can be merged.
     pub fn live_model(self: &Arc<Self>, name: String, model: Model) -> LiveModel {
-        let model = Arc::new(model);
-        let series = self.metrics.register_model(&name);
+        self.live_variant(name, Arc::new(model), None)
+    }
+
+    /// `live_model` for an endpoint's variant: its series carry the
+    /// variant's name, and the model may be shared with other variants.
+    pub fn live_variant(self: &Arc<Self>, name: String, model: Arc<Model>, variant: Option<&str>) -> LiveModel {
+        let series = self.metrics.register_model(&name, variant);
         let batcher = if self.settings.max_batch > 1 && model.symbolic_batch() {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(batcher::run(self.clone(), series.clone(), model.clone(), rx));
@@ -68,6 +74,12 @@ impl Inference {
             None
         };
         LiveModel { name, model, batcher, series }
+    }
+
+    /// Whether live requests are waiting for a slot: work that can wait
+    /// (shadow copies) is shed while they are.
+    pub fn busy(&self) -> bool {
+        self.metrics.waiting.get() > 0
     }
 
     /// Runs `batch` on `live`: admitted first (or refused with

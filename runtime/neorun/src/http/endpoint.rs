@@ -1,0 +1,223 @@
+//! `POST /endpoints/{name}/invocations` on an endpoint: the variant is the
+//! one `X-Amzn-SageMaker-Target-Variant` names or one drawn by weight;
+//! `X-Amzn-Invoked-Production-Variant` says which answered. After the
+//! answer is ready — off the caller's path — the request goes to data
+//! capture (when sampled) and a copy to each shadow variant whose share it
+//! falls in. Shadows run on the spare-capacity threads, are shed first when
+//! the machine is busy, and their answers are compared with production's,
+//! captured and counted, never returned.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tract_core::prelude::Tensor;
+
+use super::error::ApiError;
+use super::sagemaker::{decode, encode};
+use super::{read_body, AppState, St};
+use crate::capture::{Payload, Record};
+use crate::endpoints::{compare, Agreement, Choice, LiveEndpoint, Shadow, Variant};
+
+pub async fn endpoint_invocations(
+    State(st): St,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = st.control.as_ref().and_then(|cp| cp.endpoints.get(&endpoint));
+    let Some(ep) = live else {
+        return match &st.control {
+            // a server of bundles only answers every endpoint name (the
+            // SageMaker container contract: the name is the client's)
+            Some(cp) if cp.has_endpoints() || st.models.is_empty() => {
+                ApiError::bad(cp.not_live_reason(&endpoint)).into_response()
+            }
+            _ => super::sagemaker::invoke(st, headers, body).await,
+        };
+    };
+    let started = Instant::now();
+    let target = match headers.get("X-Amzn-SageMaker-Target-Variant").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return ApiError::bad("X-Amzn-SageMaker-Target-Variant is not ASCII").into_response(),
+    };
+    let variant = match ep.choose(target) {
+        Ok(v) => v,
+        Err(Choice::Unknown { name, variants }) => {
+            return ApiError::bad(format!(
+                "X-Amzn-SageMaker-Target-Variant: endpoint {endpoint} has no variant {name:?}; its variants are {}",
+                variants.join(", ")
+            ))
+            .into_response()
+        }
+        Err(Choice::NoWeight) => {
+            return ApiError::bad(format!(
+                "endpoint {endpoint}: every variant has weight 0; name one in X-Amzn-SageMaker-Target-Variant"
+            ))
+            .into_response()
+        }
+    };
+    let r = answer(&st, variant, &headers, body).await;
+    let (mut resp, model_time) = match r {
+        Ok(a) => {
+            let resp = (StatusCode::OK, [(header::CONTENT_TYPE, a.content_type)], a.body.clone()).into_response();
+            after(&st, &ep, variant, &headers, &a);
+            (resp, Some(a.model_time))
+        }
+        Err((e, model_time)) => (e.into_response(), model_time),
+    };
+    variant.series.invoked(resp.status().as_u16(), started.elapsed(), model_time);
+    variant.live.series.answered(started.elapsed(), resp.status().as_u16());
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&variant.name) {
+        h.insert("X-Amzn-Invoked-Production-Variant", v);
+    }
+    for echoed in ["X-Amzn-SageMaker-Inference-Id", "X-Amzn-SageMaker-Custom-Attributes"] {
+        if let Some(v) = headers.get(echoed) {
+            h.insert(echoed, v.clone());
+        }
+    }
+    resp
+}
+
+/// A production answer and what capture and shadows need of it.
+struct Answer {
+    request: Bytes,
+    content_type: &'static str,
+    body: Bytes,
+    outputs: Arc<Vec<Tensor>>,
+    model_time: Duration,
+}
+
+async fn answer(
+    st: &AppState,
+    variant: &Variant,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Answer, (ApiError, Option<Duration>)> {
+    let request = read_body(st, body).await.map_err(|e| (e, None))?;
+    let (batch, out) = decode(&variant.live, headers, &request).map_err(|e| (e, None))?;
+    let rows = batch.rows;
+    let t = Instant::now();
+    let outputs = st.inference.infer(&variant.live, batch).await.map_err(|e| (ApiError::from(e), Some(t.elapsed())))?;
+    let model_time = t.elapsed();
+    let (content_type, bytes) = encode(&variant.live, out, &outputs, rows).map_err(|e| (e, Some(model_time)))?;
+    Ok(Answer { request, content_type, body: Bytes::from(bytes), outputs: Arc::new(outputs), model_time })
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn request_content_type(headers: &HeaderMap) -> String {
+    header_string(headers, header::CONTENT_TYPE.as_str()).unwrap_or_else(|| "application/json".into())
+}
+
+/// Capture and shadow copies of an answered request: nothing here waits.
+fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers: &HeaderMap, a: &Answer) {
+    let inference_id = header_string(headers, "X-Amzn-SageMaker-Inference-Id");
+    let custom_attributes = header_string(headers, "X-Amzn-SageMaker-Custom-Attributes");
+    let now = SystemTime::now();
+    if let Some(spec) = ep.capture.as_ref().filter(|s| s.sampled()) {
+        st.capture.submit(Record {
+            spec: spec.clone(),
+            endpoint: ep.name.as_str().into(),
+            variant: variant.name.as_str().into(),
+            input: spec.input.then(|| Payload { content_type: request_content_type(headers), data: a.request.clone() }),
+            output: spec.output.then(|| Payload { content_type: a.content_type.into(), data: a.body.clone() }),
+            inference_id: inference_id.clone(),
+            custom_attributes: custom_attributes.clone(),
+            time: now,
+        });
+    }
+    for (i, shadow) in ep.shadows.iter().enumerate() {
+        if !(shadow.sampling >= 1.0 || fastrand::f64() < shadow.sampling) {
+            continue;
+        }
+        let series = shadow.series.shadow.clone().expect("a shadow has shadow series");
+        if st.inference.busy() {
+            series.shed();
+            continue;
+        }
+        let copy = ShadowCopy {
+            ep: ep.clone(),
+            index: i,
+            headers: headers.clone(),
+            request: a.request.clone(),
+            production: a.outputs.clone(),
+            inference_id: inference_id.clone(),
+            custom_attributes: custom_attributes.clone(),
+            st: st.clone(),
+        };
+        if !st.spare.try_run(move || copy.run()) {
+            series.shed();
+        }
+    }
+}
+
+/// One request copied to one shadow variant.
+struct ShadowCopy {
+    ep: Arc<LiveEndpoint>,
+    index: usize,
+    headers: HeaderMap,
+    request: Bytes,
+    production: Arc<Vec<Tensor>>,
+    inference_id: Option<String>,
+    custom_attributes: Option<String>,
+    st: Arc<AppState>,
+}
+
+impl ShadowCopy {
+    fn shadow(&self) -> &Shadow {
+        &self.ep.shadows[self.index]
+    }
+
+    /// Runs on a spare thread: decode, run, compare, capture, count.
+    fn run(self) {
+        let shadow = self.shadow();
+        let series = shadow.series.shadow.as_ref().expect("a shadow has shadow series");
+        let started = Instant::now();
+        let outcome = (|| -> Result<(Vec<Tensor>, &'static str, Vec<u8>, Duration), ApiError> {
+            let (batch, out) = decode(&shadow.live, &self.headers, &self.request)?;
+            let rows = batch.rows;
+            let t = Instant::now();
+            let outputs = shadow.live.model.predict(batch).map_err(crate::infer::InferError::from)?;
+            let model_time = t.elapsed();
+            let (ct, bytes) = encode(&shadow.live, out, &outputs, rows)?;
+            Ok((outputs, ct, bytes, model_time))
+        })();
+        match outcome {
+            Ok((outputs, ct, bytes, model_time)) => {
+                shadow.series.invoked(200, started.elapsed(), Some(model_time));
+                match compare(&self.production, &outputs) {
+                    Agreement::Agree => series.agreed(),
+                    Agreement::Disagree(d) => series.disagreed(d),
+                }
+                if let Some(spec) = self.ep.capture.as_ref().filter(|s| s.sampled()) {
+                    self.st.capture.submit(Record {
+                        spec: spec.clone(),
+                        endpoint: self.ep.name.as_str().into(),
+                        variant: shadow.name.as_str().into(),
+                        input: spec.input.then(|| Payload {
+                            content_type: request_content_type(&self.headers),
+                            data: self.request.clone(),
+                        }),
+                        output: spec.output.then(|| Payload { content_type: ct.into(), data: Bytes::from(bytes) }),
+                        inference_id: self.inference_id.clone(),
+                        custom_attributes: self.custom_attributes.clone(),
+                        time: SystemTime::now(),
+                    });
+                }
+            }
+            Err(e) => {
+                shadow.series.invoked(e.status.as_u16(), started.elapsed(), None);
+                series.failed();
+                tracing::debug!(endpoint = %self.ep.name, shadow = %shadow.name, "shadow failed: {}", e.message);
+            }
+        }
+    }
+}
