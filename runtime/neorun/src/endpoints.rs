@@ -33,6 +33,9 @@ pub struct Shadow {
     /// Its weight as configured (`sampling` × the production weights).
     pub weight: f64,
     pub series: VariantSeries,
+    /// Its copies running now: one slow shadow may not take every spare
+    /// thread and starve the others.
+    pub running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct LiveEndpoint {

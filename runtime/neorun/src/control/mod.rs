@@ -747,28 +747,37 @@ impl ControlPlane {
             let digest = &dep.models[model].digest;
             reusable.get(&(var.to_string(), model.to_string(), digest.clone())).cloned()
         };
-        // open the models no variant can reuse, each once, on the blocking pool
-        let mut to_open: Vec<(String, PathBuf)> = Vec::new();
-        for v in def.variants.iter().chain(&def.shadows) {
-            if reused(&v.name, &v.model_name).is_none() && !to_open.iter().any(|(m, _)| *m == v.model_name) {
-                to_open.push((v.model_name.clone(), dep.models[&v.model_name].def.bundle.clone()));
+        // open the models no variant can reuse, each once, on the blocking
+        // pool; a shadow gets its own copy running on one thread (its
+        // spare thread, at the lowest priority: no engine threads of its own
+        // compete with live traffic)
+        let mut to_open: Vec<(String, bool, PathBuf)> = Vec::new();
+        let roles = def.variants.iter().map(|v| (v, false)).chain(def.shadows.iter().map(|v| (v, true)));
+        for (v, shadow) in roles {
+            if reused(&v.name, &v.model_name).is_none() && !to_open.iter().any(|(m, s, _)| *m == v.model_name && *s == shadow) {
+                to_open.push((v.model_name.clone(), shadow, dep.models[&v.model_name].def.bundle.clone()));
             }
         }
         let open = self.open.clone();
-        let opened = tokio::task::spawn_blocking(move || -> Result<HashMap<String, Arc<Model>>, String> {
+        let opened = tokio::task::spawn_blocking(move || -> Result<HashMap<(String, bool), Arc<Model>>, String> {
             let mut out = HashMap::new();
-            for (model, path) in to_open {
-                let m = Model::open(&path, &open).map_err(|e| format!("model {model} ({}): {e}", path.display()))?;
+            for (model, shadow, path) in to_open {
+                let mut m = Model::open(&path, &open).map_err(|e| format!("model {model} ({}): {e}", path.display()))?;
+                if shadow {
+                    m.set_threads(1);
+                }
                 m.self_test().map_err(|e| format!("model {model} ({}): health check failed: {e}", path.display()))?;
-                out.insert(model, Arc::new(m));
+                out.insert((model, shadow), Arc::new(m));
             }
             Ok(out)
         })
         .await
         .map_err(|e| format!("loading the models: {e}"))??;
-        let live_for = |var: &str, model: &str| -> Arc<LiveModel> {
-            reused(var, model)
-                .unwrap_or_else(|| Arc::new(self.inference.live_variant(model.to_string(), opened[model].clone(), Some(var))))
+        let live_for = |var: &str, model: &str, shadow: bool| -> Arc<LiveModel> {
+            reused(var, model).unwrap_or_else(|| {
+                let m = opened[&(model.to_string(), shadow)].clone();
+                Arc::new(self.inference.live_variant(model.to_string(), m, Some(var)))
+            })
         };
         let capture = match def.capture.as_ref().filter(|c| c.enabled) {
             Some(c) => {
@@ -803,7 +812,7 @@ impl ControlPlane {
             .map(|v| Variant {
                 name: v.name.clone(),
                 model_name: v.model_name.clone(),
-                live: live_for(&v.name, &v.model_name),
+                live: live_for(&v.name, &v.model_name, false),
                 weight: dep.weights[&v.name],
                 series: self.metrics.register_variant(name, &v.name, false),
             })
@@ -817,10 +826,11 @@ impl ControlPlane {
                 Shadow {
                     name: s.name.clone(),
                     model_name: s.model_name.clone(),
-                    live: live_for(&s.name, &s.model_name),
+                    live: live_for(&s.name, &s.model_name, true),
                     sampling: if total > 0.0 { (weight / total).min(1.0) } else { 0.0 },
                     weight,
                     series: self.metrics.register_variant(name, &s.name, true),
+                    running: Default::default(),
                 }
             })
             .collect();
@@ -987,6 +997,7 @@ fn reweighted(live: &LiveEndpoint, weights: &BTreeMap<String, f64>) -> LiveEndpo
                 sampling: if total > 0.0 { (weight / total).min(1.0) } else { 0.0 },
                 weight,
                 series: s.series.clone(),
+                running: s.running.clone(),
             }
         })
         .collect();

@@ -7,6 +7,7 @@
 //! the machine is busy, and their answers are compared with production's,
 //! captured and counted, never returned.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -134,15 +135,18 @@ fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers:
             time: now,
         });
     }
+    // each shadow may hold its share of the spare threads (at least one)
+    let share = (st.spare.size() / ep.shadows.len().max(1)).max(1);
     for (i, shadow) in ep.shadows.iter().enumerate() {
         if !(shadow.sampling >= 1.0 || fastrand::f64() < shadow.sampling) {
             continue;
         }
         let series = shadow.series.shadow.clone().expect("a shadow has shadow series");
-        if st.inference.busy() {
+        if st.inference.busy() || shadow.running.load(Ordering::Relaxed) >= share {
             series.shed();
             continue;
         }
+        shadow.running.fetch_add(1, Ordering::Relaxed);
         let copy = ShadowCopy {
             ep: ep.clone(),
             index: i,
@@ -153,7 +157,9 @@ fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers:
             custom_attributes: custom_attributes.clone(),
             st: st.clone(),
         };
+        let running = shadow.running.clone();
         if !st.spare.try_run(move || copy.run()) {
+            running.fetch_sub(1, Ordering::Relaxed);
             series.shed();
         }
     }
@@ -179,6 +185,14 @@ impl ShadowCopy {
     /// Runs on a spare thread: decode, run, compare, capture, count.
     fn run(self) {
         let shadow = self.shadow();
+        // gives the shadow's share back however this ends
+        struct Done(Arc<AtomicUsize>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _done = Done(shadow.running.clone());
         let series = shadow.series.shadow.as_ref().expect("a shadow has shadow series");
         let started = Instant::now();
         let outcome = (|| -> Result<(Vec<Tensor>, &'static str, Vec<u8>, Duration), ApiError> {

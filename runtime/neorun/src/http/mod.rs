@@ -175,7 +175,7 @@ async fn json_errors(r: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("application/x-amz-json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return r;
     }

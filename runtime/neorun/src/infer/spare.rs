@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 pub struct SparePool {
+    size: usize,
     tx: Mutex<Option<SyncSender<Job>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -44,7 +45,12 @@ impl SparePool {
                 .expect("starting a spare-capacity thread");
             handles.push(h);
         }
-        Arc::new(SparePool { tx: Mutex::new(Some(tx)), threads: Mutex::new(handles) })
+        Arc::new(SparePool { size: threads.max(1), tx: Mutex::new(Some(tx)), threads: Mutex::new(handles) })
+    }
+
+    /// How many spare threads there are.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// Runs `job` on an idle spare thread; `false` (the job dropped) when
