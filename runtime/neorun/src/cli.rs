@@ -39,8 +39,8 @@ pub struct LoadArgs {
 pub enum Command {
     /// Answer one request: read it from a file or stdin, print the result on stdout
     Predict(PredictArgs),
-    /// Serve bundles over HTTP: SageMaker's inference contract and the Open Inference Protocol v2
-    Serve(ServeArgs),
+    /// Serve bundles and endpoints over HTTP: SageMaker's inference contract and control plane, and the Open Inference Protocol v2
+    Serve(Box<ServeArgs>),
     /// Batch transform: run every line of a CSV or JSON Lines file, write the results in input order
     Batch(BatchArgs),
     /// Measure in-process latency and throughput on the bundle's test vectors

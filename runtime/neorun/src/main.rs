@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Command::Check(a) => commands::check::run(a),
         Command::Batch(a) => commands::batch::run(a),
         Command::Bench(a) => commands::bench::run(a),
-        Command::Serve(a) => settings::Serve::resolve(a).and_then(commands::serve::run),
+        Command::Serve(a) => settings::Serve::resolve(*a).and_then(commands::serve::run),
     };
     exit::report(result)
 }

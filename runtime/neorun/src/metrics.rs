@@ -116,17 +116,53 @@ impl EndpointFamilies {
             capture_dropped: Family::default(),
             capture_paused: Gauge::default(),
         };
-        r.register("neorun_invocations", "Invocations: requests an endpoint variant answered (SageMaker's Invocations)", f.invocations.clone());
-        r.register("neorun_invocation_4xx_errors", "Invocations answered with a 4xx (SageMaker's Invocation4XXErrors)", f.errors_4xx.clone());
-        r.register("neorun_invocation_5xx_errors", "Invocations answered with a 5xx (SageMaker's Invocation5XXErrors)", f.errors_5xx.clone());
-        r.register("neorun_model_latency_seconds", "Time the model took to answer (SageMaker's ModelLatency, in seconds)", f.model_latency.clone());
+        r.register(
+            "neorun_invocations",
+            "Invocations: requests an endpoint variant answered (SageMaker's Invocations)",
+            f.invocations.clone(),
+        );
+        r.register(
+            "neorun_invocation_4xx_errors",
+            "Invocations answered with a 4xx (SageMaker's Invocation4XXErrors)",
+            f.errors_4xx.clone(),
+        );
+        r.register(
+            "neorun_invocation_5xx_errors",
+            "Invocations answered with a 5xx (SageMaker's Invocation5XXErrors)",
+            f.errors_5xx.clone(),
+        );
+        r.register(
+            "neorun_model_latency_seconds",
+            "Time the model took to answer (SageMaker's ModelLatency, in seconds)",
+            f.model_latency.clone(),
+        );
         r.register("neorun_overhead_latency_seconds", "Time spent around the model: reading, decoding, queueing, encoding (SageMaker's OverheadLatency, in seconds)", f.overhead_latency.clone());
-        r.register("neorun_shadow_comparisons", "Shadow answers compared with production's answer to the same request, by outcome", f.comparisons.clone());
-        r.register("neorun_shadow_difference", "Largest absolute difference between a shadow's answer and production's, for answers that disagree", f.difference.clone());
-        r.register("neorun_shadow_shed", "Shadow copies not run because the machine was busy (live traffic first)", f.shadow_shed.clone());
+        r.register(
+            "neorun_shadow_comparisons",
+            "Shadow answers compared with production's answer to the same request, by outcome",
+            f.comparisons.clone(),
+        );
+        r.register(
+            "neorun_shadow_difference",
+            "Largest absolute difference between a shadow's answer and production's, for answers that disagree",
+            f.difference.clone(),
+        );
+        r.register(
+            "neorun_shadow_shed",
+            "Shadow copies not run because the machine was busy (live traffic first)",
+            f.shadow_shed.clone(),
+        );
         r.register("neorun_capture_records", "Data capture records written", f.capture_written.clone());
-        r.register("neorun_capture_dropped", "Data capture records not written, by reason (queue_full, disk_high_water, write_error, shutting_down)", f.capture_dropped.clone());
-        r.register("neorun_capture_paused", "1 while data capture is paused because a destination disk is over its high-water mark", f.capture_paused.clone());
+        r.register(
+            "neorun_capture_dropped",
+            "Data capture records not written, by reason (queue_full, disk_high_water, write_error, shutting_down)",
+            f.capture_dropped.clone(),
+        );
+        r.register(
+            "neorun_capture_paused",
+            "1 while data capture is paused because a destination disk is over its high-water mark",
+            f.capture_paused.clone(),
+        );
         f
     }
 }
@@ -227,7 +263,8 @@ impl Metrics {
         };
         let c = CaptureLabels { endpoint_name: endpoint.into(), variant_name: variant.into() };
         let outcome = |o: &str| {
-            let l = ComparisonLabels { endpoint_name: endpoint.into(), variant_name: variant.into(), outcome: o.into() };
+            let l =
+                ComparisonLabels { endpoint_name: endpoint.into(), variant_name: variant.into(), outcome: o.into() };
             f.comparisons.get_or_create(&l).clone()
         };
         VariantSeries {

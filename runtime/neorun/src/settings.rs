@@ -11,8 +11,8 @@ use neoc_runtime::{Kernels, OpenOptions};
 
 use crate::capture::CaptureSettings;
 use crate::cli::{LoadArgs, ServeArgs};
-use crate::sigv4::AccessKeys;
 use crate::exit::Failure;
+use crate::sigv4::AccessKeys;
 
 /// How to open bundles, from the shared loading flags; `threads` is the
 /// command's own.
@@ -114,7 +114,11 @@ impl Serve {
             .transpose()
             .map_err(|e| anyhow!("--access-keys {e:#}"))?;
         if !(a.capture_disk_high_water > 0.0 && a.capture_disk_high_water <= 100.0) {
-            return Err(anyhow!("--capture-disk-high-water {}: give a percentage above 0 and at most 100", a.capture_disk_high_water).into());
+            return Err(anyhow!(
+                "--capture-disk-high-water {}: give a percentage above 0 and at most 100",
+                a.capture_disk_high_water
+            )
+            .into());
         }
         if a.capture_rotate_seconds == 0 || a.capture_max_file_bytes == 0 {
             return Err(anyhow!("--capture-rotate-seconds and --capture-max-file-bytes must be above 0").into());
@@ -123,7 +127,10 @@ impl Serve {
             return Err(anyhow!("--region {:?}: lowercase letters, digits and hyphens (us-east-1)", a.region).into());
         }
         if a.name.is_some() && a.bundles.is_empty() {
-            return Err(anyhow!("--name names a bundle given on the command line; endpoints name their models in their configuration").into());
+            return Err(anyhow!(
+                "--name names a bundle given on the command line; endpoints name their models in their configuration"
+            )
+            .into());
         }
         let capture = CaptureSettings {
             max_pending_bytes: a.capture_max_pending_bytes,

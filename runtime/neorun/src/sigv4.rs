@@ -91,7 +91,9 @@ impl AccessKeys {
         }
         finish(section.take())?;
         if keys.is_empty() {
-            bail!("no access keys in it (expected [profile] sections with aws_access_key_id and aws_secret_access_key)");
+            bail!(
+                "no access keys in it (expected [profile] sections with aws_access_key_id and aws_secret_access_key)"
+            );
         }
         if let Some(id) = keys.iter().find(|(_, s)| s.is_empty()).map(|(id, _)| id.clone()) {
             bail!("the secret of access key {id} is empty");
@@ -265,10 +267,7 @@ pub fn verify(keys: &AccessKeys, r: &Request<'_>, now: SystemTime) -> Result<Str
     let when = parse_amz_date(amz_date)
         .ok_or_else(|| SigError::Incomplete(format!("X-Amz-Date {amz_date:?} is not yyyymmddThhmmssZ")))?;
     if !amz_date.starts_with(a.date) || a.date.len() != 8 {
-        return Err(SigError::Incomplete(format!(
-            "the Credential's date {} is not X-Amz-Date's ({amz_date})",
-            a.date
-        )));
+        return Err(SigError::Incomplete(format!("the Credential's date {} is not X-Amz-Date's ({amz_date})", a.date)));
     }
     let skew = now.duration_since(when).or_else(|e| Ok::<_, ()>(e.duration())).unwrap_or_default();
     if skew > MAX_SKEW {
@@ -317,12 +316,15 @@ mod tests {
         let creq = canonical_request(&r, &signed).unwrap();
         let scope = format!("{}/us-east-1/sagemaker/aws4_request", &date[..8]);
         let to_sign = format!("AWS4-HMAC-SHA256\n{date}\n{scope}\n{}", hex::encode(Sha256::digest(creq.as_bytes())));
-        let mut k = hmac(format!("AWS4{secret}").as_bytes(), date[..8].as_bytes());
+        let mut k = hmac(format!("AWS4{secret}").as_bytes(), &date.as_bytes()[..8]);
         for part in ["us-east-1", "sagemaker", "aws4_request"] {
             k = hmac(&k, part.as_bytes());
         }
         let sig = hex::encode(hmac(&k, to_sign.as_bytes()));
-        let v = format!("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{scope}, SignedHeaders={}, Signature={sig}", signed.join(";"));
+        let v = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{scope}, SignedHeaders={}, Signature={sig}",
+            signed.join(";")
+        );
         h.insert("authorization", HeaderValue::from_str(&v).unwrap());
     }
 
@@ -369,7 +371,9 @@ mod tests {
         let body = br#"{"MaxResults":10}"#;
         let mut h = headers(date);
         sign(&mut h, body, date, SECRET);
-        let req = |h: &HeaderMap, body: &'static [u8]| verify(&keys(), &Request { method: "POST", path: "/", query: None, headers: h, body }, at(date));
+        let req = |h: &HeaderMap, body: &'static [u8]| {
+            verify(&keys(), &Request { method: "POST", path: "/", query: None, headers: h, body }, at(date))
+        };
         let body: &'static [u8] = br#"{"MaxResults":10}"#;
         assert_eq!(req(&h, body).unwrap(), "AKIDEXAMPLE");
         // another body, another target, another secret
@@ -406,7 +410,10 @@ mod tests {
     #[test]
     fn malformed_authorization_headers_say_what_is_missing() {
         let date = "20261202T010203Z";
-        let zeros = format!("AWS4-HMAC-SHA256 Credential=A/20261202/r/sagemaker/aws4_request, SignedHeaders=host, Signature={}", "0".repeat(64));
+        let zeros = format!(
+            "AWS4-HMAC-SHA256 Credential=A/20261202/r/sagemaker/aws4_request, SignedHeaders=host, Signature={}",
+            "0".repeat(64)
+        );
         for (value, says) in [
             ("Bearer abc", "AWS4-HMAC-SHA256"),
             ("AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-date, Signature=00", "Credential"),

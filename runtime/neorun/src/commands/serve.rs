@@ -13,8 +13,8 @@ use crate::capture::Capture;
 use crate::control::store::Store;
 use crate::control::ControlPlane;
 use crate::exit::Failure;
-use crate::infer::spare::SparePool;
 use crate::http::{self, AppState, HttpSettings};
+use crate::infer::spare::SparePool;
 use crate::infer::{InferSettings, Inference};
 use crate::metrics::Metrics;
 use crate::models::ModelTable;
@@ -66,7 +66,14 @@ pub fn run(s: Serve) -> Result<(), Failure> {
         if store.is_none() && (s.access_keys.is_some() || s.auth_token.is_some()) {
             tracing::warn!("no --state-dir: endpoints created through the control plane are lost when neorun stops");
         }
-        let control = ControlPlane::new(store, inference.clone(), metrics.clone(), capture.clone(), s.open.clone(), s.region.clone());
+        let control = ControlPlane::new(
+            store,
+            inference.clone(),
+            metrics.clone(),
+            capture.clone(),
+            s.open.clone(),
+            s.region.clone(),
+        );
         control.restore().await?;
         for f in &s.endpoints {
             let name = control.apply_file(f, "--endpoint").await.map_err(|e| anyhow!("{e}"))?;

@@ -266,9 +266,8 @@ impl ControlPlane {
         let r = tokio::task::spawn_blocking(move || Model::verify(&path, &open))
             .await
             .map_err(|e| AwsError::internal(format!("verifying the bundle: {e}")))?;
-        r.map(|v| v.digest).map_err(|e| {
-            AwsError::validation(format!("PrimaryContainer.ModelDataUrl: {}: {e}", def.bundle.display()))
-        })
+        r.map(|v| v.digest)
+            .map_err(|e| AwsError::validation(format!("PrimaryContainer.ModelDataUrl: {}: {e}", def.bundle.display())))
     }
 
     async fn create_model(&self, v: &Value, who: Caller<'_>) -> Result<Value, AwsError> {
@@ -290,7 +289,12 @@ impl ControlPlane {
             self.persist("models", &rec.def.name, Some(&model_json(&rec)))?;
             st.models.insert(rec.def.name.clone(), rec.clone());
         }
-        self.journal(who, "CreateModel", &rec.def.name, json!({ "bundle": rec.def.bundle, "digest": rec.digest, "ignored": ignored }));
+        self.journal(
+            who,
+            "CreateModel",
+            &rec.def.name,
+            json!({ "bundle": rec.def.bundle, "digest": rec.digest, "ignored": ignored }),
+        );
         Ok(json!({ "ModelArn": rec.arn, "IgnoredFields": ignored }))
     }
 
@@ -337,7 +341,8 @@ impl ControlPlane {
             }
         }
         if let Some(c) = def.capture.as_ref().filter(|c| c.enabled) {
-            check_writable(&c.dir).map_err(|e| AwsError::validation(format!("DataCaptureConfig.DestinationS3Uri: {e}")))?;
+            check_writable(&c.dir)
+                .map_err(|e| AwsError::validation(format!("DataCaptureConfig.DestinationS3Uri: {e}")))?;
         }
         Ok(())
     }
@@ -409,7 +414,8 @@ impl ControlPlane {
             })?;
             models.insert(m.def.name.clone(), m.clone());
         }
-        let weights = config.def.variants.iter().chain(&config.def.shadows).map(|v| (v.name.clone(), v.weight)).collect();
+        let weights =
+            config.def.variants.iter().chain(&config.def.shadows).map(|v| (v.name.clone(), v.weight)).collect();
         Ok(Deployment { config: config.clone(), models, weights })
     }
 
@@ -428,7 +434,11 @@ impl ControlPlane {
                 self.arn("endpoint", &name)
             )));
         }
-        let config = st.configs.get(&config_name).ok_or_else(|| AwsError::not_found("endpoint configuration", &config_name))?.clone();
+        let config = st
+            .configs
+            .get(&config_name)
+            .ok_or_else(|| AwsError::not_found("endpoint configuration", &config_name))?
+            .clone();
         let dep = Self::deployment(&st, &config)?;
         let t = now();
         let rec = EndpointRec {
@@ -457,13 +467,20 @@ impl ControlPlane {
         let config_name = f.name("EndpointConfigName")?.to_string();
         let retain = f.bool("RetainAllVariantProperties")?.unwrap_or(false);
         f.refuse(&[
-            ("DeploymentConfig", "deployment guardrails (blue/green, canary, linear) are not supported yet: the update is all at once"),
+            (
+                "DeploymentConfig",
+                "deployment guardrails (blue/green, canary, linear) are not supported yet: the update is all at once",
+            ),
             ("ExcludeRetainedVariantProperties", "not supported"),
         ])?;
         f.ignore(&["RetainDeploymentConfig"]);
         f.finish(&mut Vec::new())?;
         let mut st = self.lock();
-        let config = st.configs.get(&config_name).ok_or_else(|| AwsError::not_found("endpoint configuration", &config_name))?.clone();
+        let config = st
+            .configs
+            .get(&config_name)
+            .ok_or_else(|| AwsError::not_found("endpoint configuration", &config_name))?
+            .clone();
         let mut dep = Self::deployment(&st, &config)?;
         let ep = st.endpoints.get_mut(&name).ok_or_else(|| AwsError::not_found("endpoint", &name))?;
         if ep.status != Status::InService {
@@ -499,7 +516,9 @@ impl ControlPlane {
     fn update_weights(&self, v: &Value, who: Caller<'_>) -> Result<Value, AwsError> {
         let mut f = Fields::new("", v)?;
         let name = f.name("EndpointName")?.to_string();
-        let items = f.list("DesiredWeightsAndCapacities")?.ok_or_else(|| shapes::invalid("DesiredWeightsAndCapacities", "required field is missing"))?;
+        let items = f
+            .list("DesiredWeightsAndCapacities")?
+            .ok_or_else(|| shapes::invalid("DesiredWeightsAndCapacities", "required field is missing"))?;
         let mut changes = Vec::new();
         let mut ignored = Vec::new();
         for mut item in items {
@@ -544,7 +563,10 @@ impl ControlPlane {
         }
         let production: f64 = cur.config.def.variants.iter().map(|v| weights[&v.name]).sum();
         if production <= 0.0 {
-            return Err(shapes::invalid("DesiredWeightsAndCapacities", "the production variants' weights would sum to zero: no variant would get traffic"));
+            return Err(shapes::invalid(
+                "DesiredWeightsAndCapacities",
+                "the production variants' weights would sum to zero: no variant would get traffic",
+            ));
         }
         for s in &cur.config.def.shadows {
             if weights[&s.name] > production + 1e-9 {
@@ -569,7 +591,12 @@ impl ControlPlane {
         // the new weights, on the models already loaded: one swap
         self.endpoints.publish(reweighted(&live, &weights));
         drop(st);
-        self.journal(who, "UpdateEndpointWeightsAndCapacities", &name, json!({ "weights": weights, "ignored": ignored }));
+        self.journal(
+            who,
+            "UpdateEndpointWeightsAndCapacities",
+            &name,
+            json!({ "weights": weights, "ignored": ignored }),
+        );
         Ok(json!({ "EndpointArn": rec.arn }))
     }
 
@@ -728,10 +755,20 @@ impl ControlPlane {
         if let Err(e) = saved {
             tracing::error!(endpoint = %name, "{}", e.message);
         }
-        self.journal("neorun", "EndpointStatus", &name, json!({ "EndpointStatus": rec.status.name(), "FailureReason": rec.failure }));
+        self.journal(
+            "neorun",
+            "EndpointStatus",
+            &name,
+            json!({ "EndpointStatus": rec.status.name(), "FailureReason": rec.failure }),
+        );
     }
 
-    async fn build(&self, name: &str, dep: &Deployment, current: Option<&LiveEndpoint>) -> Result<LiveEndpoint, String> {
+    async fn build(
+        &self,
+        name: &str,
+        dep: &Deployment,
+        current: Option<&LiveEndpoint>,
+    ) -> Result<LiveEndpoint, String> {
         let def = &dep.config.def;
         // what can be reused: (variant, model, digest) → live model
         let mut reusable: HashMap<(String, String, String), Arc<LiveModel>> = HashMap::new();
@@ -754,7 +791,9 @@ impl ControlPlane {
         let mut to_open: Vec<(String, bool, PathBuf)> = Vec::new();
         let roles = def.variants.iter().map(|v| (v, false)).chain(def.shadows.iter().map(|v| (v, true)));
         for (v, shadow) in roles {
-            if reused(&v.name, &v.model_name).is_none() && !to_open.iter().any(|(m, s, _)| *m == v.model_name && *s == shadow) {
+            if reused(&v.name, &v.model_name).is_none()
+                && !to_open.iter().any(|(m, s, _)| *m == v.model_name && *s == shadow)
+            {
                 to_open.push((v.model_name.clone(), shadow, dep.models[&v.model_name].def.bundle.clone()));
             }
         }
@@ -762,7 +801,8 @@ impl ControlPlane {
         let opened = tokio::task::spawn_blocking(move || -> Result<HashMap<(String, bool), Arc<Model>>, String> {
             let mut out = HashMap::new();
             for (model, shadow, path) in to_open {
-                let mut m = Model::open(&path, &open).map_err(|e| format!("model {model} ({}): {e}", path.display()))?;
+                let mut m =
+                    Model::open(&path, &open).map_err(|e| format!("model {model} ({}): {e}", path.display()))?;
                 if shadow {
                     m.set_threads(1);
                 }
@@ -851,7 +891,8 @@ impl ControlPlane {
                 st.models.insert(rec.def.name.clone(), rec);
             }
             for v in store.load("endpoint-configs")? {
-                let rec = config_from_json(&v).map_err(|e| anyhow::anyhow!("state: an endpoint configuration record: {e}"))?;
+                let rec = config_from_json(&v)
+                    .map_err(|e| anyhow::anyhow!("state: an endpoint configuration record: {e}"))?;
                 st.configs.insert(rec.def.name.clone(), rec);
             }
             for v in store.load("endpoints")? {
@@ -900,12 +941,17 @@ impl ControlPlane {
             Some(_) => return Err(format!("{}: EndpointName: expected a string", path.display())),
         };
         let Some(models) = v.get("Models").and_then(Value::as_array) else {
-            return Err(format!("{}: Models: required (a list of CreateModel bodies: ModelName, PrimaryContainer.ModelDataUrl)", path.display()));
+            return Err(format!(
+                "{}: Models: required (a list of CreateModel bodies: ModelName, PrimaryContainer.ModelDataUrl)",
+                path.display()
+            ));
         };
         let mut recs = Vec::new();
         for (i, m) in models.iter().enumerate() {
-            let def = shapes::create_model(m, &mut ignored).map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
-            let digest = self.verify(&def).await.map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
+            let def = shapes::create_model(m, &mut ignored)
+                .map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
+            let digest =
+                self.verify(&def).await.map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
             recs.push(ModelRec { arn: self.arn("model", &def.name), created: now(), request: m.clone(), digest, def });
         }
         let generation = {
@@ -925,7 +971,12 @@ impl ControlPlane {
                 self.persist("models", &r.def.name, Some(&model_json(r))).map_err(at)?;
                 st.models.insert(r.def.name.clone(), r.clone());
             }
-            let crec = ConfigRec { arn: self.arn("endpoint-config", &config.name), created: now(), request: strip(&v, &["Models", "EndpointName"]), def: config.clone() };
+            let crec = ConfigRec {
+                arn: self.arn("endpoint-config", &config.name),
+                created: now(),
+                request: strip(&v, &["Models", "EndpointName"]),
+                def: config.clone(),
+            };
             self.persist("endpoint-configs", &config.name, Some(&config_json(&crec))).map_err(at)?;
             st.configs.insert(config.name.clone(), crec.clone());
             let dep = Self::deployment(&st, &crec).map_err(at)?;
@@ -960,7 +1011,11 @@ impl ControlPlane {
         let st = self.lock();
         match st.endpoints.get(&endpoint) {
             Some(ep) if ep.failure.is_none() && ep.status == Status::InService => Ok(endpoint),
-            Some(ep) => Err(format!("{}: endpoint {endpoint}: {}", path.display(), ep.failure.clone().unwrap_or_else(|| ep.status.name().into()))),
+            Some(ep) => Err(format!(
+                "{}: endpoint {endpoint}: {}",
+                path.display(),
+                ep.failure.clone().unwrap_or_else(|| ep.status.name().into())
+            )),
             None => Err(format!("{}: endpoint {endpoint} was deleted while it deployed", path.display())),
         }
     }
@@ -1070,7 +1125,8 @@ fn variant_summary(name: &str, model: &ModelRec, weight: Option<f64>, desired: f
         "VariantStatus": [],
     });
     if loading {
-        s["VariantStatus"] = json!([{ "Status": "Creating", "StatusMessage": "loading and health-checking the bundle" }]);
+        s["VariantStatus"] =
+            json!([{ "Status": "Creating", "StatusMessage": "loading and health-checking the bundle" }]);
     }
     s
 }
@@ -1092,10 +1148,18 @@ fn describe(ep: &EndpointRec, live: Option<&LiveEndpoint>) -> Value {
     let loading = ep.current.is_none();
     let weight_now = |name: &str| -> Option<f64> {
         let l = live?;
-        l.variants.iter().find(|v| v.name == name).map(|v| v.weight).or_else(|| l.shadows.iter().find(|s| s.name == name).map(|s| s.weight))
+        l.variants
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.weight)
+            .or_else(|| l.shadows.iter().find(|s| s.name == name).map(|s| s.weight))
     };
     let summaries = |vs: &[shapes::VariantDef]| -> Vec<Value> {
-        vs.iter().map(|v| variant_summary(&v.name, &dep.models[&v.model_name], weight_now(&v.name), dep.weights[&v.name], loading)).collect()
+        vs.iter()
+            .map(|v| {
+                variant_summary(&v.name, &dep.models[&v.model_name], weight_now(&v.name), dep.weights[&v.name], loading)
+            })
+            .collect()
     };
     out["ProductionVariants"] = json!(summaries(&dep.config.def.variants));
     if !dep.config.def.shadows.is_empty() {
@@ -1164,7 +1228,8 @@ fn deployment_from_json(v: &Value) -> Result<Deployment, String> {
         let m = model_from_json(m)?;
         models.insert(m.def.name.clone(), m);
     }
-    let weights: BTreeMap<String, f64> = serde_json::from_value(v["Weights"].clone()).map_err(|e| format!("Weights: {e}"))?;
+    let weights: BTreeMap<String, f64> =
+        serde_json::from_value(v["Weights"].clone()).map_err(|e| format!("Weights: {e}"))?;
     for var in config.def.variants.iter().chain(&config.def.shadows) {
         if !models.contains_key(&var.model_name) || !weights.contains_key(&var.name) {
             return Err(format!("the deployment of {} lacks variant {}", config.def.name, var.name));

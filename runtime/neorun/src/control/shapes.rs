@@ -89,9 +89,12 @@ impl<'a> Fields<'a> {
         let at = self.at(key);
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(items)) => {
-                items.iter().enumerate().map(|(i, v)| Fields::new(&format!("{at}[{i}]"), v)).collect::<Result<_, _>>().map(Some)
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Fields::new(&format!("{at}[{i}]"), v))
+                .collect::<Result<_, _>>()
+                .map(Some),
             Some(_) => Err(invalid(&at, "expected a list")),
         }
     }
@@ -103,7 +106,9 @@ impl<'a> Fields<'a> {
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| invalid(&format!("{at}[{i}]"), "expected a string")))
+                .map(|(i, v)| {
+                    v.as_str().map(str::to_string).ok_or_else(|| invalid(&format!("{at}[{i}]"), "expected a string"))
+                })
                 .collect::<Result<_, _>>()
                 .map(Some),
             Some(_) => Err(invalid(&at, "expected a list of strings")),
@@ -191,7 +196,12 @@ pub fn bundle_path(path: &str, url: &str) -> Result<PathBuf, AwsError> {
         return Err(invalid(path, "oci:// references are not pulled by neorun yet: run `neoc pull REF -o model.neo` and give that file's path"));
     }
     if let Some((scheme, _)) = url.split_once("://") {
-        return Err(invalid(path, &format!("{scheme}:// is not a bundle location neorun reads; give a path or a file:// URL to a .neo bundle")));
+        return Err(invalid(
+            path,
+            &format!(
+                "{scheme}:// is not a bundle location neorun reads; give a path or a file:// URL to a .neo bundle"
+            ),
+        ));
     }
     if url.is_empty() {
         return Err(invalid(path, "empty"));
@@ -199,8 +209,10 @@ pub fn bundle_path(path: &str, url: &str) -> Result<PathBuf, AwsError> {
     Ok(PathBuf::from(url))
 }
 
-const IGNORED_MODEL: &[&str] = &["ExecutionRoleArn", "Tags", "VpcConfig", "EnableNetworkIsolation", "InferenceExecutionConfig"];
-const IGNORED_CONTAINER: &[&str] = &["Image", "ImageConfig", "Environment", "ContainerHostname", "InferenceSpecificationName"];
+const IGNORED_MODEL: &[&str] =
+    &["ExecutionRoleArn", "Tags", "VpcConfig", "EnableNetworkIsolation", "InferenceExecutionConfig"];
+const IGNORED_CONTAINER: &[&str] =
+    &["Image", "ImageConfig", "Environment", "ContainerHostname", "InferenceSpecificationName"];
 
 pub fn create_model(v: &Value, ignored: &mut Vec<String>) -> Result<ModelDef, AwsError> {
     let mut f = Fields::new("", v)?;
@@ -212,10 +224,18 @@ pub fn create_model(v: &Value, ignored: &mut Vec<String>) -> Result<ModelDef, Aw
         (Some(c), None) => c,
         (None, Some(mut cs)) if cs.len() == 1 => cs.remove(0),
         (None, Some(cs)) => {
-            return Err(invalid("Containers", &format!("{} containers: neorun runs one bundle per model (inference pipelines are not supported)", cs.len())))
+            return Err(invalid(
+                "Containers",
+                &format!(
+                    "{} containers: neorun runs one bundle per model (inference pipelines are not supported)",
+                    cs.len()
+                ),
+            ))
         }
         (Some(_), Some(_)) => return Err(invalid("Containers", "give PrimaryContainer or Containers, not both")),
-        (None, None) => return Err(invalid("PrimaryContainer", "required field is missing (its ModelDataUrl names the bundle)")),
+        (None, None) => {
+            return Err(invalid("PrimaryContainer", "required field is missing (its ModelDataUrl names the bundle)"))
+        }
     };
     let url_path = format!("{}.ModelDataUrl", container.path());
     let mut c = container;
@@ -308,7 +328,10 @@ fn capture(mut f: Fields<'_>, ignored: &mut Vec<String>) -> Result<CaptureDef, A
     let enabled = f.bool("EnableCapture")?.unwrap_or(true);
     let pct = f.int("InitialSamplingPercentage")?.ok_or_else(|| missing(&format!("{at}.InitialSamplingPercentage")))?;
     if !(0..=100).contains(&pct) {
-        return Err(invalid(&format!("{at}.InitialSamplingPercentage"), &format!("{pct} is not a percentage from 0 to 100")));
+        return Err(invalid(
+            &format!("{at}.InitialSamplingPercentage"),
+            &format!("{pct} is not a percentage from 0 to 100"),
+        ));
     }
     let destination = f.req_str("DestinationS3Uri")?.to_string();
     let dir = match destination.strip_prefix("file://") {
@@ -385,15 +408,29 @@ pub fn create_endpoint_config(v: &Value, extra: &[&str], ignored: &mut Vec<Strin
 /// What a configuration must satisfy as a whole.
 pub fn check_config(c: &ConfigDef) -> Result<(), AwsError> {
     let mut names: Vec<&str> = Vec::new();
-    for (list, v) in c.variants.iter().map(|v| ("ProductionVariants", v)).chain(c.shadows.iter().map(|v| ("ShadowProductionVariants", v))) {
+    for (list, v) in c
+        .variants
+        .iter()
+        .map(|v| ("ProductionVariants", v))
+        .chain(c.shadows.iter().map(|v| ("ShadowProductionVariants", v)))
+    {
         if names.iter().any(|n| n.eq_ignore_ascii_case(&v.name)) {
-            return Err(invalid(list, &format!("variant name {:?} is used twice (names must be unique in a configuration, ignoring case)", v.name)));
+            return Err(invalid(
+                list,
+                &format!(
+                    "variant name {:?} is used twice (names must be unique in a configuration, ignoring case)",
+                    v.name
+                ),
+            ));
         }
         names.push(&v.name);
     }
     let total = c.production_weight();
     if total <= 0.0 {
-        return Err(invalid("ProductionVariants", "the InitialVariantWeight values sum to zero: no variant would get traffic"));
+        return Err(invalid(
+            "ProductionVariants",
+            "the InitialVariantWeight values sum to zero: no variant would get traffic",
+        ));
     }
     for (i, s) in c.shadows.iter().enumerate() {
         let pct = 100.0 * s.weight / total;
@@ -440,20 +477,53 @@ mod tests {
 
     #[test]
     fn each_bad_config_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
-            (Box::new(|v| v["ProductionVariants"][1]["Wieght"] = json!(1)), "ProductionVariants[1].Wieght: unknown field"),
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|v| v["ProductionVariants"][1]["Wieght"] = json!(1)),
+                "ProductionVariants[1].Wieght: unknown field",
+            ),
             (Box::new(|v| v["Bogus"] = json!(1)), "Bogus: unknown field"),
-            (Box::new(|v| { v["ProductionVariants"][0]["InitialVariantWeight"] = json!(0); v["ProductionVariants"][1]["InitialVariantWeight"] = json!(0); }), "sum to zero"),
+            (
+                Box::new(|v| {
+                    v["ProductionVariants"][0]["InitialVariantWeight"] = json!(0);
+                    v["ProductionVariants"][1]["InitialVariantWeight"] = json!(0);
+                }),
+                "sum to zero",
+            ),
             (Box::new(|v| v["ProductionVariants"][1]["VariantName"] = json!("a")), "used twice"),
-            (Box::new(|v| v["ProductionVariants"][1]["InitialVariantWeight"] = json!(-1)), "ProductionVariants[1].InitialVariantWeight"),
+            (
+                Box::new(|v| v["ProductionVariants"][1]["InitialVariantWeight"] = json!(-1)),
+                "ProductionVariants[1].InitialVariantWeight",
+            ),
             (Box::new(|v| v["ProductionVariants"][1]["InitialVariantWeight"] = json!("1")), "expected a number"),
-            (Box::new(|v| v["ShadowProductionVariants"] = json!([{"VariantName": "S", "ModelName": "m3", "InitialVariantWeight": 5}])), "ShadowProductionVariants[0].InitialVariantWeight: 5 samples 125.0%"),
-            (Box::new(|v| v["DataCaptureConfig"]["InitialSamplingPercentage"] = json!(101)), "DataCaptureConfig.InitialSamplingPercentage"),
-            (Box::new(|v| v["DataCaptureConfig"]["DestinationS3Uri"] = json!("s3://bucket/x")), "DataCaptureConfig.DestinationS3Uri: neorun writes capture to a local directory"),
-            (Box::new(|v| v["DataCaptureConfig"]["CaptureOptions"][0]["CaptureMode"] = json!("Both")), "CaptureOptions[0].CaptureMode"),
+            (
+                Box::new(|v| {
+                    v["ShadowProductionVariants"] =
+                        json!([{"VariantName": "S", "ModelName": "m3", "InitialVariantWeight": 5}])
+                }),
+                "ShadowProductionVariants[0].InitialVariantWeight: 5 samples 125.0%",
+            ),
+            (
+                Box::new(|v| v["DataCaptureConfig"]["InitialSamplingPercentage"] = json!(101)),
+                "DataCaptureConfig.InitialSamplingPercentage",
+            ),
+            (
+                Box::new(|v| v["DataCaptureConfig"]["DestinationS3Uri"] = json!("s3://bucket/x")),
+                "DataCaptureConfig.DestinationS3Uri: neorun writes capture to a local directory",
+            ),
+            (
+                Box::new(|v| v["DataCaptureConfig"]["CaptureOptions"][0]["CaptureMode"] = json!("Both")),
+                "CaptureOptions[0].CaptureMode",
+            ),
             (Box::new(|v| v["ProductionVariants"][0]["VariantName"] = json!("bad name")), "not a valid name"),
             (Box::new(|v| v["AsyncInferenceConfig"] = json!({})), "AsyncInferenceConfig: asynchronous"),
-            (Box::new(|v| { v.as_object_mut().unwrap().remove("ProductionVariants"); }), "ProductionVariants: required"),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("ProductionVariants");
+                }),
+                "ProductionVariants: required",
+            ),
         ];
         for (change, says) in cases {
             let mut v = base();
@@ -471,9 +541,15 @@ mod tests {
         assert_eq!(ig, vec!["PrimaryContainer.Image", "ExecutionRoleArn"]);
         for (v, says) in [
             (json!({"ModelName": "m"}), "PrimaryContainer: required"),
-            (json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "s3://b/m.tar.gz"}}), "PrimaryContainer.ModelDataUrl: s3://"),
+            (
+                json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "s3://b/m.tar.gz"}}),
+                "PrimaryContainer.ModelDataUrl: s3://",
+            ),
             (json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "oci://r/m:1"}}), "neoc pull"),
-            (json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "m.neo", "Mode": "MultiModel"}}), "SingleModel"),
+            (
+                json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "m.neo", "Mode": "MultiModel"}}),
+                "SingleModel",
+            ),
             (json!({"ModelName": "-m", "PrimaryContainer": {"ModelDataUrl": "m.neo"}}), "ModelName"),
         ] {
             let e = create_model(&v, &mut ig).unwrap_err().message;

@@ -23,7 +23,8 @@ pub struct Store {
 impl Store {
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
         for k in KINDS {
-            std::fs::create_dir_all(dir.join(k)).with_context(|| format!("creating the state directory {}", dir.join(k).display()))?;
+            std::fs::create_dir_all(dir.join(k))
+                .with_context(|| format!("creating the state directory {}", dir.join(k).display()))?;
         }
         let journal = OpenOptions::new()
             .create(true)

@@ -43,10 +43,13 @@ async fn call(
     let Some(cp) = &st.control else {
         return Err(AwsError::validation("this server has no control plane"));
     };
-    let target = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| AwsError::new(StatusCode::BAD_REQUEST, "UnknownOperationException", "no X-Amz-Target header (expected SageMaker.<Operation>)"))?;
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        AwsError::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            "no X-Amz-Target header (expected SageMaker.<Operation>)",
+        )
+    })?;
     let op = target.strip_prefix("SageMaker.").ok_or_else(|| {
         AwsError::new(
             StatusCode::BAD_REQUEST,

@@ -135,9 +135,14 @@ fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers:
             time: now,
         });
     }
-    // each shadow may hold its share of the spare threads (at least one)
+    // each shadow may hold its share of the spare threads (at least one),
+    // and they are offered in a rotating order: a slow shadow that is
+    // offered first every time would have the only free thread every time
     let share = (st.spare.size() / ep.shadows.len().max(1)).max(1);
-    for (i, shadow) in ep.shadows.iter().enumerate() {
+    let first = if ep.shadows.is_empty() { 0 } else { fastrand::usize(..ep.shadows.len()) };
+    let order = (0..ep.shadows.len()).map(|k| (first + k) % ep.shadows.len());
+    for i in order {
+        let shadow = &ep.shadows[i];
         if !(shadow.sampling >= 1.0 || fastrand::f64() < shadow.sampling) {
             continue;
         }
@@ -164,6 +169,9 @@ fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers:
         }
     }
 }
+
+/// A shadow's outputs, its answer's content type and bytes, and the model's time.
+type ShadowAnswer = (Vec<Tensor>, &'static str, Vec<u8>, Duration);
 
 /// One request copied to one shadow variant.
 struct ShadowCopy {
@@ -195,7 +203,7 @@ impl ShadowCopy {
         let _done = Done(shadow.running.clone());
         let series = shadow.series.shadow.as_ref().expect("a shadow has shadow series");
         let started = Instant::now();
-        let outcome = (|| -> Result<(Vec<Tensor>, &'static str, Vec<u8>, Duration), ApiError> {
+        let outcome = (|| -> Result<ShadowAnswer, ApiError> {
             let (batch, out) = decode(&shadow.live, &self.headers, &self.request)?;
             let rows = batch.rows;
             let t = Instant::now();

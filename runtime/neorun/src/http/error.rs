@@ -37,7 +37,12 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after: true, model_error: false }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            retry_after: true,
+            model_error: false,
+        }
     }
 }
 

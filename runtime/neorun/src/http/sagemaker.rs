@@ -94,7 +94,12 @@ pub(super) fn decode(live: &LiveModel, headers: &HeaderMap, bytes: &[u8]) -> Res
 }
 
 /// The model's outputs in the response format: its content type and bytes.
-pub(super) fn encode(live: &LiveModel, out: Out, outputs: &[Tensor], rows: usize) -> Result<(&'static str, Vec<u8>), ApiError> {
+pub(super) fn encode(
+    live: &LiveModel,
+    out: Out,
+    outputs: &[Tensor],
+    rows: usize,
+) -> Result<(&'static str, Vec<u8>), ApiError> {
     let names = live.model.output_names();
     let (ct, bytes) = match out {
         Out::Json => ("application/json", codec::to_json(&names, outputs)),
