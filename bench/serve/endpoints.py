@@ -55,18 +55,29 @@ def metric(text, prefix):
 
 shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
-decl = os.path.join(WORK, "ep.json")
-json.dump({
-    "EndpointName": "ep", "EndpointConfigName": "ep-config",
-    "Models": [{"ModelName": "xgb", "PrimaryContainer": {"ModelDataUrl": BUNDLE}}],
-    "ProductionVariants": [{"VariantName": "A", "ModelName": "xgb", "InitialVariantWeight": 1},
-                           {"VariantName": "B", "ModelName": "xgb", "InitialVariantWeight": 1}],
-    "DataCaptureConfig": {"InitialSamplingPercentage": 100, "DestinationS3Uri": os.path.join(WORK, "capture"),
-                          "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-                          "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]}},
-}, open(decl, "w"))
+
+
+def declare(path, variants, capture):
+    doc = {
+        "EndpointName": "ep", "EndpointConfigName": "ep-config",
+        "Models": [{"ModelName": "xgb", "PrimaryContainer": {"ModelDataUrl": BUNDLE}}],
+        "ProductionVariants": [{"VariantName": v, "ModelName": "xgb", "InitialVariantWeight": 1} for v in variants],
+    }
+    if capture:
+        doc["DataCaptureConfig"] = {"InitialSamplingPercentage": 100, "DestinationS3Uri": os.path.join(WORK, "capture"),
+                                    "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                                    "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]}}
+    json.dump(doc, open(path, "w"))
+    return path
+
+
+decl = declare(os.path.join(WORK, "ep.json"), ["A", "B"], True)
+one = declare(os.path.join(WORK, "one.json"), ["A"], False)
+two = declare(os.path.join(WORK, "two.json"), ["A", "B"], False)
 systems = {
     "bundle alone (/invocations)": ([NEORUN, "serve", BUNDLE, "--allow-unsigned", "--port", "18091"], "/invocations"),
+    "endpoint, 1 variant": ([NEORUN, "serve", "--endpoint", one, "--allow-unsigned", "--port", "18093"], "/endpoints/ep/invocations"),
+    "endpoint, 2 variants": ([NEORUN, "serve", "--endpoint", two, "--allow-unsigned", "--port", "18094"], "/endpoints/ep/invocations"),
     "endpoint, 2 variants, capture 100%": ([NEORUN, "serve", "--endpoint", decl, "--allow-unsigned", "--port", "18092"],
                                            "/endpoints/ep/invocations"),
 }
@@ -99,7 +110,7 @@ for r in rows:
           f"{r['captured'] / DUR:>11.0f} {r['capture_dropped']:>8.0f} {r['non2xx']:>8}")
 for conns in (1, 8, 64):
     a = next(r for r in rows if r["conns"] == conns and r["system"].startswith("bundle"))
-    b = next(r for r in rows if r["conns"] == conns and r["system"].startswith("endpoint"))
+    b = next(r for r in rows if r["conns"] == conns and r["system"].endswith("capture 100%"))
     print(f"{conns:>3} conns: endpoint/alone  p50 {b['p50_ms'] / a['p50_ms']:.2f}x  p99 {b['p99_ms'] / a['p99_ms']:.2f}x  "
           f"throughput {b['rps'] / a['rps']:.2f}x")
 json.dump(rows, open(OUT, "w"), indent=1)

@@ -20,16 +20,19 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
 
 use crate::metrics::CaptureMetrics;
+
+/// How often the writer looks for records: what a record may wait before
+/// it is written (and what capture adds to shutdown).
+const POLL: Duration = Duration::from_millis(5);
 
 /// How capture writes, for the whole server.
 #[derive(Clone, Debug)]
@@ -142,35 +145,80 @@ impl Record {
         self.input.as_ref().map_or(0, |p| p.data.len()) + self.output.as_ref().map_or(0, |p| p.data.len())
     }
 
-    /// The JSON line, with the documented field names.
-    fn to_json(&self) -> Value {
-        let payload = |p: &Payload, mode: &str| {
-            let encoding = self.spec.encoding(&p.content_type);
+    /// The JSON line, with the documented field names (serialized from
+    /// borrowed parts: the body and answer are not copied on the way).
+    fn to_line(&self) -> serde_json::Result<Vec<u8>> {
+        fn payload<'p>(spec: &CaptureSpec, p: &'p Payload, mode: &'static str) -> Io<'p> {
+            let encoding = spec.encoding(&p.content_type);
             let data = match encoding {
-                "BASE64" => base64::engine::general_purpose::STANDARD.encode(&p.data),
-                _ => String::from_utf8_lossy(&p.data).into_owned(),
+                "BASE64" => std::borrow::Cow::Owned(base64::engine::general_purpose::STANDARD.encode(&p.data)),
+                _ => String::from_utf8_lossy(&p.data),
             };
-            json!({ "observedContentType": p.content_type, "mode": mode, "data": data, "encoding": encoding })
-        };
-        let mut capture = serde_json::Map::new();
-        if let Some(p) = &self.input {
-            capture.insert("endpointInput".into(), payload(p, "INPUT"));
-        }
-        if let Some(p) = &self.output {
-            capture.insert("endpointOutput".into(), payload(p, "OUTPUT"));
-        }
-        let mut meta = serde_json::Map::new();
-        meta.insert("eventId".into(), uuid::Uuid::new_v4().to_string().into());
-        if let Some(id) = &self.inference_id {
-            meta.insert("inferenceId".into(), id.clone().into());
-        }
-        if let Some(a) = &self.custom_attributes {
-            meta.insert("customAttributes".into(), a.clone().into());
+            Io { observed_content_type: &p.content_type, mode, data, encoding }
         }
         let t: DateTime<Utc> = self.time.into();
-        meta.insert("inferenceTime".into(), t.format("%Y-%m-%dT%H:%M:%SZ").to_string().into());
-        json!({ "captureData": capture, "eventMetadata": meta, "eventVersion": "0" })
+        let line = Line {
+            capture_data: CaptureData {
+                endpoint_input: self.input.as_ref().map(|p| payload(&self.spec, p, "INPUT")),
+                endpoint_output: self.output.as_ref().map(|p| payload(&self.spec, p, "OUTPUT")),
+            },
+            event_metadata: Meta {
+                event_id: event_id(),
+                inference_id: self.inference_id.as_deref(),
+                custom_attributes: self.custom_attributes.as_deref(),
+                inference_time: t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            },
+            event_version: "0",
+        };
+        let mut out = serde_json::to_vec(&line)?;
+        out.push(b'\n');
+        Ok(out)
     }
+}
+
+/// A random (version 4) UUID from a fast non-cryptographic generator: an
+/// event id must be unique, not secret, and a system call per record was
+/// measurable.
+fn event_id() -> String {
+    let bytes = fastrand::u128(..).to_le_bytes();
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Line<'a> {
+    capture_data: CaptureData<'a>,
+    event_metadata: Meta<'a>,
+    event_version: &'static str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CaptureData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_input: Option<Io<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_output: Option<Io<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Io<'a> {
+    observed_content_type: &'a str,
+    mode: &'static str,
+    data: std::borrow::Cow<'a, str>,
+    encoding: &'static str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    event_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inference_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custom_attributes: Option<&'a str>,
+    inference_time: String,
 }
 
 enum Msg {
@@ -298,24 +346,36 @@ impl Writer {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             libc::setpriority(libc::PRIO_PROCESS, tid, 10);
         }
+        // the writer polls: a request's send never has to wake it (a
+        // wake-up per record cost the request path more than the write)
         loop {
-            match self.rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(Msg::Record(r)) => {
-                    self.write(r);
-                    // drain what is there, then flush once
-                    while let Ok(Msg::Record(r)) = self.rx.try_recv() {
+            let mut wrote = false;
+            let mut closed = false;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Msg::Record(r)) => {
                         self.write(r);
+                        wrote = true;
                     }
-                    self.flush_all();
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if wrote {
+                self.flush_all();
+            }
+            if closed {
+                break;
             }
             if self.last_check.elapsed() >= Duration::from_secs(1) {
                 self.last_check = Instant::now();
                 self.rotate_old();
                 self.check_disks();
             }
+            std::thread::sleep(POLL);
         }
         self.flush_all();
         for (_, mut f) in self.files.drain() {
@@ -338,8 +398,7 @@ impl Writer {
     }
 
     fn write_one(&mut self, r: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&r.to_json()).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        let line = r.to_line().map_err(std::io::Error::other)?;
         let t: DateTime<Utc> = r.time.into();
         let hour = t.format("%Y/%m/%d/%H").to_string();
         let key = (r.spec.dir.clone(), r.endpoint.clone(), r.variant.clone());
@@ -446,6 +505,7 @@ fn disk_used_fraction(dir: &Path) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use serde_json::Value;
 
     fn spec(dir: &Path, csv: bool) -> CaptureSpec {
         let csv_types = if csv { vec!["text/csv".to_string()] } else { vec![] };
