@@ -264,6 +264,49 @@ def bad(base, work):
     return out
 
 
+def promote(base, work):
+    """A shadow promoted to production, then removed, with UpdateEndpoint."""
+    sm, rt = clients(base)
+    sm.create_model(ModelName="xgb", PrimaryContainer={"ModelDataUrl": work + "/xgb.neo"})
+    sm.create_model(ModelName="mlp", PrimaryContainer={"ModelDataUrl": work + "/mlp.neo"})
+    sm.create_endpoint_config(EndpointConfigName="with-shadow",
+                              ProductionVariants=[{"VariantName": "A", "ModelName": "xgb"}],
+                              ShadowProductionVariants=[{"VariantName": "S", "ModelName": "mlp", "InitialVariantWeight": 0.5}])
+    sm.create_endpoint_config(EndpointConfigName="promoted",
+                              ProductionVariants=[{"VariantName": "S", "ModelName": "mlp"}])
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName="with-shadow")
+    wait = lambda: sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    wait()
+    out = {"before": sm.describe_endpoint(EndpointName="ep")}
+    body = row()
+    out["answered_before"] = sorted({rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=body)["InvokedProductionVariant"] for _ in range(20)})
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName="promoted")
+    wait()
+    out["after"] = sm.describe_endpoint(EndpointName="ep")
+    out["answered_after"] = sorted({rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=body)["InvokedProductionVariant"] for _ in range(20)})
+    out["update_missing_config"] = error(lambda: sm.update_endpoint(EndpointName="ep", EndpointConfigName="ghost"))
+    return out
+
+
+def status(base, work):
+    """DescribeEndpoint as it is now (no waiting), and an invocation's error."""
+    sm, rt = clients(base)
+    for _ in range(100):
+        d = sm.describe_endpoint(EndpointName="ep")
+        if d["EndpointStatus"] != "Creating":
+            break
+        time.sleep(0.1)
+    return {"status": d["EndpointStatus"], "reason": d.get("FailureReason"),
+            "invoke": error(lambda: rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=row()))}
+
+
+def invoke(base, work):
+    """One signed invocation of endpoint `ep`."""
+    _, rt = clients(base)
+    r = rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=row())
+    return {"variant": r["InvokedProductionVariant"], "body": json.loads(r["Body"].read())}
+
+
 def raw(base, op, body):
     """A SageMaker call with a body botocore's validation would stop, signed by botocore."""
     from botocore.auth import SigV4Auth
@@ -284,5 +327,6 @@ def raw(base, op, body):
 
 if __name__ == "__main__":
     mode, base, work = sys.argv[1], sys.argv[2], sys.argv[3]
-    result = {"flow": flow, "sampled": sampled, "setup": setup, "state": state, "bad": bad}[mode](base, work)
+    result = {"flow": flow, "sampled": sampled, "setup": setup, "state": state, "bad": bad,
+              "promote": promote, "invoke": invoke, "status": status}[mode](base, work)
     print(json.dumps(result, default=str))

@@ -461,6 +461,20 @@ fn state_survives_a_restart_and_kill_9() {
     s.child.wait().unwrap();
     let s = control_plane(d, &[]);
     assert_eq!(boto3("state", &s.base, d), before, "after SIGTERM");
+    // a bundle gone at restart: the endpoint is Failed and says why, and
+    // keeps its deployment, so the next start (bundle back) restores it
+    drop(s);
+    std::fs::rename(d.join("mlp.neo"), d.join("mlp.moved")).unwrap();
+    let s = control_plane(d, &[]);
+    let failed = boto3("status", &s.base, d);
+    assert_eq!(failed["status"], "Failed", "{failed}");
+    assert!(failed["reason"].as_str().unwrap().contains("mlp.neo"), "{failed}");
+    assert_eq!(failed["invoke"]["code"], "ValidationError");
+    assert!(failed["invoke"]["message"].as_str().unwrap().contains("Failed"), "{failed}");
+    drop(s);
+    std::fs::rename(d.join("mlp.moved"), d.join("mlp.neo")).unwrap();
+    let s = control_plane(d, &[]);
+    assert_eq!(boto3("state", &s.base, d), before, "after the bundle came back");
 }
 
 #[test]
@@ -868,4 +882,42 @@ fn a_declared_endpoint_reloads_on_sighup_without_a_failed_request() {
     assert!(n(1, "B") > 0);
     assert_eq!(n(2, "A"), 0, "the broken file changed the endpoint: {seen:?}");
     assert!(n(2, "B") > 0);
+}
+
+#[test]
+fn a_shadow_is_promoted_to_production_with_update_endpoint() {
+    let _shared = shared();
+    let dir = work();
+    let s = control_plane(dir.path(), &[]);
+    let doc = boto3("promote", &s.base, dir.path());
+    let shadows = &doc["before"]["ShadowProductionVariants"];
+    assert_eq!(shadows[0]["VariantName"], "S");
+    assert_eq!(shadows[0]["CurrentWeight"], 0.5);
+    // a shadow's answers are never returned
+    assert_eq!(doc["answered_before"], json!(["A"]));
+    assert_eq!(doc["after"]["EndpointConfigName"], "promoted");
+    assert_eq!(doc["after"]["EndpointStatus"], "InService");
+    assert!(doc["after"].get("ShadowProductionVariants").is_none());
+    assert_eq!(doc["answered_after"], json!(["S"]));
+    assert_eq!(doc["update_missing_config"]["code"], "ValidationException");
+}
+
+#[test]
+fn sign_data_plane_requires_a_signature_on_invocations() {
+    let _shared = shared();
+    let dir = work();
+    let d = dir.path();
+    declare(&d.join("ep.json"), d, "ep", &[("A", "xgb", 1.0)], &[], false);
+    let s = control_plane(d, &["--endpoint", "ep.json", "--sign-data-plane"]);
+    let r = ureq::post(&format!("{}/endpoints/ep/invocations", s.base))
+        .set("Content-Type", "text/csv")
+        .send_bytes(&std::fs::read(d.join("row.csv")).unwrap());
+    let Err(ureq::Error::Status(403, resp)) = r else { panic!("an unsigned invocation was answered") };
+    assert_eq!(resp.header("x-amzn-ErrorType"), Some("MissingAuthenticationTokenException"));
+    // boto3 signs, and is answered
+    let doc = boto3("invoke", &s.base, d);
+    assert_eq!(doc["variant"], "A");
+    assert!(doc["body"]["outputs"].is_array());
+    // health checks stay open for load balancers
+    assert_eq!(ureq::get(&format!("{}/ping", s.base)).call().unwrap().status(), 200);
 }

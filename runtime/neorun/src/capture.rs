@@ -596,6 +596,34 @@ mod tests {
     }
 
     #[test]
+    fn files_rotate_at_their_size_limit_and_every_record_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Metrics::new("v");
+        let settings = CaptureSettings { max_file_bytes: 1000, ..CaptureSettings::default() };
+        let c = Capture::start(settings, m.capture());
+        let s = c.spec(spec(d.path(), true));
+        for i in 0..20 {
+            c.submit(record(&s, "A", &format!("{i},{i}")));
+        }
+        c.close();
+        let lines = lines_under(d.path());
+        assert_eq!(lines.len(), 20);
+        let files: std::collections::BTreeSet<_> = lines.iter().map(|(p, _)| p.clone()).collect();
+        assert!(files.len() > 2, "{} files for 20 records of ~300 bytes at a 1000-byte limit", files.len());
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= 1000);
+        }
+        let mut inputs: Vec<String> = lines
+            .iter()
+            .map(|(_, v)| v["captureData"]["endpointInput"]["data"].as_str().unwrap().to_string())
+            .collect();
+        inputs.sort();
+        let mut want: Vec<String> = (0..20).map(|i| format!("{i},{i}")).collect();
+        want.sort();
+        assert_eq!(inputs, want);
+    }
+
+    #[test]
     fn a_destination_over_the_high_water_mark_pauses_and_counts() {
         let d = tempfile::tempdir().unwrap();
         let m = Metrics::new("v");

@@ -732,7 +732,9 @@ impl ControlPlane {
         if ep.generation != generation {
             return; // a newer change (or a delete and re-create) took over
         }
-        let first = ep.current.is_none();
+        // whether anything serves under this name (a restart serves nothing
+        // until its deployment is live again)
+        let serving = self.endpoints.get(&name).is_some();
         match result {
             Ok(live) => {
                 self.endpoints.publish(live);
@@ -743,8 +745,10 @@ impl ControlPlane {
             Err(reason) => {
                 ep.pending = None;
                 ep.failure = Some(reason.clone());
-                // a failed update leaves the old version serving
-                ep.status = if first { Status::Failed } else { Status::InService };
+                // a failed update leaves the old version serving; a failed
+                // restore keeps what served before (`current`), so the next
+                // start tries it again
+                ep.status = if serving { Status::InService } else { Status::Failed };
                 tracing::error!(endpoint = %name, "deployment failed: {reason}");
             }
         }
@@ -898,13 +902,14 @@ impl ControlPlane {
             for v in store.load("endpoints")? {
                 let mut rec = endpoint_from_json(&v).map_err(|e| anyhow::anyhow!("state: an endpoint record: {e}"))?;
                 // what served before is what serves now; an update that was
-                // under way is taken up again
+                // under way is taken up again. A creation that failed stays
+                // failed; an endpoint whose restore failed is tried again.
                 let target = rec.pending.clone().or_else(|| rec.current.clone());
                 match (rec.status, target) {
-                    (Status::Failed, _) | (_, None) => {}
+                    (Status::Failed, _) if rec.current.is_none() => {}
+                    (_, None) => {}
                     (_, Some(dep)) => {
                         rec.pending = Some(dep);
-                        rec.current = None;
                         rec.status = Status::Creating;
                         rec.generation = 1;
                         redeploy.push(rec.name.clone());
@@ -1145,7 +1150,7 @@ fn describe(ep: &EndpointRec, live: Option<&LiveEndpoint>) -> Value {
     let shown = ep.current.as_ref().or(ep.pending.as_ref());
     let Some(dep) = shown else { return out };
     out["EndpointConfigName"] = json!(dep.config.def.name);
-    let loading = ep.current.is_none();
+    let loading = live.is_none();
     let weight_now = |name: &str| -> Option<f64> {
         let l = live?;
         l.variants
@@ -1174,7 +1179,7 @@ fn describe(ep: &EndpointRec, live: Option<&LiveEndpoint>) -> Value {
             "KmsKeyId": "",
         });
     }
-    if let Some(p) = ep.pending.as_ref().filter(|_| ep.current.is_some()) {
+    if let Some(p) = ep.pending.as_ref().filter(|_| ep.status == Status::Updating) {
         out["PendingDeploymentSummary"] = json!({ "EndpointConfigName": p.config.def.name });
     }
     out
