@@ -285,6 +285,14 @@ def promote(base, work):
     out["after"] = sm.describe_endpoint(EndpointName="ep")
     out["answered_after"] = sorted({rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=body)["InvokedProductionVariant"] for _ in range(20)})
     out["update_missing_config"] = error(lambda: sm.update_endpoint(EndpointName="ep", EndpointConfigName="ghost"))
+    # deleting what the endpoint was made from does not change it (as on SageMaker)
+    sm.delete_endpoint_config(EndpointConfigName="promoted")
+    sm.delete_model(ModelName="mlp")
+    out["deleted_model"] = error(lambda: sm.describe_model(ModelName="mlp"))
+    out["deleted_config"] = error(lambda: sm.describe_endpoint_config(EndpointConfigName="promoted"))
+    out["delete_again"] = error(lambda: sm.delete_model(ModelName="mlp"))
+    out["still_answers"] = rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=body)["InvokedProductionVariant"]
+    out["models_left"] = [m["ModelName"] for m in sm.list_models()["Models"]]
     return out
 
 

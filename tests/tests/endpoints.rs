@@ -900,6 +900,11 @@ fn a_shadow_is_promoted_to_production_with_update_endpoint() {
     assert!(doc["after"].get("ShadowProductionVariants").is_none());
     assert_eq!(doc["answered_after"], json!(["S"]));
     assert_eq!(doc["update_missing_config"]["code"], "ValidationException");
+    assert!(doc["deleted_model"]["message"].as_str().unwrap().contains("Could not find model \"mlp\""));
+    assert!(doc["deleted_config"]["message"].as_str().unwrap().contains("Could not find endpoint configuration"));
+    assert_eq!(doc["delete_again"]["code"], "ValidationException");
+    assert_eq!(doc["still_answers"], "S");
+    assert_eq!(doc["models_left"], json!(["xgb"]));
 }
 
 #[test]

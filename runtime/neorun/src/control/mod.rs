@@ -316,14 +316,28 @@ impl ControlPlane {
 
     fn delete_model(&self, v: &Value, who: Caller<'_>) -> Result<Value, AwsError> {
         let name = name_field(v, "ModelName")?;
+        self.delete_record(&name, ("model", "models", "DeleteModel"), who, |st| &mut st.models)
+    }
+
+    /// Deletes one model or configuration: refused if absent, persisted
+    /// before it leaves the state, journalled. `what`: (the kind as errors
+    /// name it, its store directory, the operation).
+    fn delete_record<T>(
+        &self,
+        name: &str,
+        what: (&str, &str, &str),
+        who: Caller<'_>,
+        map: impl Fn(&mut State) -> &mut BTreeMap<String, T>,
+    ) -> Result<Value, AwsError> {
+        let (kind, dir, op) = what;
         let mut st = self.lock();
-        if !st.models.contains_key(&name) {
-            return Err(AwsError::not_found("model", &name));
+        if !map(&mut st).contains_key(name) {
+            return Err(AwsError::not_found(kind, name));
         }
-        self.persist("models", &name, None)?;
-        st.models.remove(&name);
+        self.persist(dir, name, None)?;
+        map(&mut st).remove(name);
         drop(st);
-        self.journal(who, "DeleteModel", &name, json!({}));
+        self.journal(who, op, name, json!({}));
         Ok(json!({}))
     }
 
@@ -388,15 +402,8 @@ impl ControlPlane {
 
     fn delete_endpoint_config(&self, v: &Value, who: Caller<'_>) -> Result<Value, AwsError> {
         let name = name_field(v, "EndpointConfigName")?;
-        let mut st = self.lock();
-        if !st.configs.contains_key(&name) {
-            return Err(AwsError::not_found("endpoint configuration", &name));
-        }
-        self.persist("endpoint-configs", &name, None)?;
-        st.configs.remove(&name);
-        drop(st);
-        self.journal(who, "DeleteEndpointConfig", &name, json!({}));
-        Ok(json!({}))
+        let what = ("endpoint configuration", "endpoint-configs", "DeleteEndpointConfig");
+        self.delete_record(&name, what, who, |st| &mut st.configs)
     }
 
     // ---- endpoints ----
