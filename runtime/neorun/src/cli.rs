@@ -145,7 +145,7 @@ pub struct ServeArgs {
     /// Region named in the ARNs the control plane returns
     #[arg(long, default_value = "local")]
     pub region: String,
-    /// Threads for shadow variants (lowest CPU priority; a copy that finds them all busy is shed)
+    /// Threads for shadow variants (SCHED_IDLE: live traffic always preempts them; a copy that finds them all busy is shed). Keep it below the number of CPUs: a spare thread on every CPU measurably raised the caller's p99
     #[arg(long, default_value_t = 1)]
     pub shadow_threads: usize,
     /// Data capture: bytes of records waiting to be written, at most; beyond, records are dropped and counted
