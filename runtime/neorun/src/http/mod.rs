@@ -92,25 +92,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Authentication, refusal while draining, and the request timeout.
+/// Authentication, refusal while draining, and the request timeout (which
+/// covers reading a signed request's body for its signature too).
 async fn guard(State(st): St, req: Request, next: Next) -> Response {
-    let req = match authenticate(&st, req).await {
-        Ok((mut req, caller)) => {
-            if let Some(c) = caller {
-                req.extensions_mut().insert(c);
-            }
-            req
-        }
-        Err(refused) => return refused,
-    };
-    let path = req.uri().path().to_string();
     // while draining, readiness fails too (a load balancer stops sending),
     // liveness does not (the process is fine)
-    if st.draining.load(Ordering::Relaxed) && path != "/v2/health/live" {
+    if st.draining.load(Ordering::Relaxed) && req.uri().path() != "/v2/health/live" {
         return ApiError::unavailable("server is shutting down").into_response();
     }
     let timeout = st.settings.timeout;
-    match tokio::time::timeout(timeout, next.run(req)).await {
+    let run = async {
+        match authenticate(&st, req).await {
+            Ok((mut req, caller)) => {
+                if let Some(c) = caller {
+                    req.extensions_mut().insert(c);
+                }
+                next.run(req).await
+            }
+            Err(refused) => refused,
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
         Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("request not completed within {timeout:?}"))
             .into_response(),
