@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod printer;
 pub mod provenance;
 pub mod publish;
-pub mod registry;
+/// The registry client, shared with neorun (`neoc-registry`).
+pub use neoc_registry as registry;
 pub mod source;
 pub mod trees;

@@ -8,7 +8,7 @@
 //! annotations, so `neoc pull REF --target T` picks one.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use neoc_bundle::container::{self, Signer, Trust};
@@ -20,7 +20,7 @@ use crate::source::{ANN_FRAMEWORK, ANN_INPUT_CONFIG, ANN_MODEL_NAME, ANN_MODEL_V
 
 pub const ANN_BUNDLE_MODEL: &str = "dev.neoc.bundle.model";
 pub const ANN_BUNDLE_VERSION: &str = "dev.neoc.bundle.model-version";
-pub const ANN_BUNDLE_TARGET: &str = "dev.neoc.bundle.target";
+pub use crate::registry::ANN_BUNDLE_TARGET;
 pub const ANN_BUNDLE_TRIPLE: &str = "dev.neoc.bundle.triple";
 pub const ANN_BUNDLE_ACCELERATOR: &str = "dev.neoc.bundle.accelerator";
 pub const ANN_BUNDLE_MANIFEST: &str = "dev.neoc.bundle.manifest-digest";
@@ -50,13 +50,7 @@ fn pushed(r: &Reference, tag: Option<&str>, d: &Descriptor, kind: &str) -> Pushe
     }
 }
 
-fn file_descriptor(path: &Path, media_type: &str) -> Result<Descriptor> {
-    let (digest, size) = registry::digest_file(path)?;
-    let mut d = Descriptor::of(media_type, b"");
-    d.digest = digest;
-    d.size = size;
-    Ok(d)
-}
+use crate::registry::file_descriptor;
 
 fn title(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into())
@@ -209,90 +203,4 @@ pub fn push_model(store: &Store, r: &Reference, tag: &str, path: &Path, created:
     Ok(pushed(r, Some(tag), &d, registry::MODEL_ARTIFACT_TYPE))
 }
 
-/// One file a pull wrote.
-#[derive(Serialize, Debug)]
-pub struct PulledFile {
-    pub path: PathBuf,
-    pub digest: String,
-    pub size: u64,
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    /// The manifest it came from, pinned by digest.
-    pub from: String,
-}
-
-/// Pulls the artifact `r` names into `out`: every layer of a manifest, or,
-/// for an index, every entry (only `target`'s with `--target`).
-pub fn pull(store: &Store, r: &Reference, out: &Path, target: Option<&str>) -> Result<Vec<PulledFile>> {
-    let (desc, bytes) = store.resolve(r)?;
-    let manifests: Vec<(Reference, Manifest)> = match registry::parse_manifest(&bytes, &r.to_string())? {
-        Fetched::Manifest(m) => {
-            if let Some(t) = target {
-                let has = m.annotations.get(ANN_BUNDLE_TARGET);
-                if has.is_some_and(|h| h != t) {
-                    bail!("{r} is a bundle for {}, not {t}", has.unwrap());
-                }
-            }
-            vec![(r.with_digest(&desc.digest), m)]
-        }
-        Fetched::Index(i) => {
-            let targets: Vec<String> =
-                i.manifests.iter().filter_map(|d| d.annotations.get(ANN_BUNDLE_TARGET).cloned()).collect();
-            let chosen: Vec<&Descriptor> = match target {
-                Some(t) => {
-                    let c: Vec<&Descriptor> = i
-                        .manifests
-                        .iter()
-                        .filter(|d| d.annotations.get(ANN_BUNDLE_TARGET).map(String::as_str) == Some(t))
-                        .collect();
-                    if c.is_empty() {
-                        bail!(
-                            "{r} has no bundle for target {t}\nhint: it has: {}",
-                            if targets.is_empty() { "no neoc bundles".into() } else { targets.join(", ") }
-                        );
-                    }
-                    c
-                }
-                None => i.manifests.iter().collect(),
-            };
-            let mut v = Vec::new();
-            for d in chosen {
-                let pinned = r.with_digest(&d.digest);
-                let (_, b) = store.resolve(&pinned)?;
-                match registry::parse_manifest(&b, &pinned.to_string())? {
-                    Fetched::Manifest(m) => v.push((pinned, m)),
-                    Fetched::Index(_) => bail!("{pinned}: nested indexes are not supported"),
-                }
-            }
-            v
-        }
-    };
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut files = Vec::new();
-    let mut names = std::collections::BTreeSet::new();
-    for (pinned, m) in &manifests {
-        if m.layers.is_empty() {
-            bail!("{pinned} has no layers: nothing to pull");
-        }
-        for layer in &m.layers {
-            let name = registry::layer_file_name(layer);
-            if !names.insert(name.clone()) {
-                bail!("{r}: two layers would be written to {name}; pull them one at a time by digest");
-            }
-            let dest = out.join(&name);
-            let already = dest.is_file()
-                && file_descriptor(&dest, "").is_ok_and(|d| d.digest == layer.digest && d.size == layer.size);
-            if !already {
-                store.fetch_blob(layer, &dest)?;
-            }
-            files.push(PulledFile {
-                path: dest,
-                digest: layer.digest.clone(),
-                size: layer.size,
-                media_type: layer.media_type.clone(),
-                from: pinned.to_string(),
-            });
-        }
-    }
-    Ok(files)
-}
+pub use crate::registry::{pull, PulledFile};

@@ -308,6 +308,24 @@ def status(base, work):
             "invoke": error(lambda: rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=row()))}
 
 
+def oci(base, work):
+    """Models pulled from an OCI registry by the control plane."""
+    refs = json.load(open(work + "/oci.json"))
+    sm, rt = clients(base)
+    out = {"created": sm.create_model(ModelName="xgb", PrimaryContainer={"ModelDataUrl": refs["index"]})["ModelArn"]}
+    sm.create_endpoint_config(EndpointConfigName="cfg", ProductionVariants=[{"VariantName": "A", "ModelName": "xgb"}])
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName="cfg")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    r = rt.invoke_endpoint(EndpointName="ep", ContentType="text/csv", Body=row())
+    out["body"] = json.loads(r["Body"].read())
+    out["url"] = sm.describe_model(ModelName="xgb")["PrimaryContainer"]["ModelDataUrl"]
+    out["resolved"] = sm.describe_endpoint(EndpointName="ep")["ProductionVariants"][0]["DeployedImages"][0]["ResolvedImage"]
+    out["other_target"] = error(lambda: sm.create_model(ModelName="arm", PrimaryContainer={"ModelDataUrl": refs["other"]}))
+    out["missing_tag"] = error(lambda: sm.create_model(ModelName="gone", PrimaryContainer={"ModelDataUrl": refs["missing"]}))
+    out["models"] = [m["ModelName"] for m in sm.list_models()["Models"]]
+    return out
+
+
 def invoke(base, work):
     """One signed invocation of endpoint `ep`."""
     _, rt = clients(base)
@@ -336,5 +354,5 @@ def raw(base, op, body):
 if __name__ == "__main__":
     mode, base, work = sys.argv[1], sys.argv[2], sys.argv[3]
     result = {"flow": flow, "sampled": sampled, "setup": setup, "state": state, "bad": bad,
-              "promote": promote, "invoke": invoke, "status": status}[mode](base, work)
+              "promote": promote, "invoke": invoke, "status": status, "oci": oci}[mode](base, work)
     print(json.dumps(result, default=str))

@@ -931,3 +931,66 @@ fn sign_data_plane_requires_a_signature_on_invocations() {
     // health checks stay open for load balancers
     assert_eq!(ureq::get(&format!("{}/ping", s.base)).call().unwrap().status(), 200);
 }
+
+#[test]
+fn models_are_pulled_from_an_oci_registry_and_verified() {
+    let _shared = shared();
+    let dir = work();
+    let d = dir.path();
+    let reg = Registry::start();
+    // a two-target bundle set: this host's and a Raspberry Pi's
+    let models = root().join("models/registry");
+    ok(run(
+        "neoc",
+        d,
+        &[
+            "compile",
+            "fraud-xgb:1",
+            "--target",
+            host_target(),
+            "--target",
+            "rasp4b",
+            "--key",
+            "k.key",
+            "-o",
+            "out",
+            "--push",
+            &reg.oci("bundles/fraud-xgb"),
+            "--registry",
+            models.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    ));
+    let refs = json!({
+        "index": reg.oci("bundles/fraud-xgb:1"),
+        "other": reg.oci("bundles/fraud-xgb:1-rasp4b"),
+        "missing": reg.oci("bundles/fraud-xgb:9"),
+    });
+    std::fs::write(d.join("oci.json"), refs.to_string()).unwrap();
+    let s = control_plane(d, &[]);
+    let doc = boto3("oci", &s.base, d);
+    assert!(doc["body"]["outputs"].is_array(), "{doc}");
+    assert_eq!(doc["url"], refs["index"]);
+    // the bundle kept is this host's, under its digest
+    let host_bundle = d.join(format!("out/fraud-xgb-1.{}.neo", host_target()));
+    let kept = doc["resolved"].as_str().unwrap();
+    assert_eq!(kept, file_digest(&host_bundle), "{doc}");
+    assert!(d.join("state/bundles").join(format!("{}.neo", kept.replace(':', "-"))).is_file());
+    let other = &doc["other_target"];
+    assert_eq!(other["code"], "ValidationException");
+    assert!(
+        other["message"].as_str().unwrap().contains("PrimaryContainer.ModelDataUrl")
+            && other["message"].as_str().unwrap().contains("runs here"),
+        "{other}"
+    );
+    assert!(doc["missing_tag"]["message"].as_str().unwrap().contains("PrimaryContainer.ModelDataUrl"), "{doc}");
+    assert_eq!(doc["models"], json!(["xgb"]));
+    // after kill -9 the endpoint comes back from the pulled copy, registry or not
+    let mut s = s;
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    drop(reg);
+    let s = control_plane(d, &[]);
+    assert_eq!(boto3("invoke", &s.base, d)["variant"], "A");
+}

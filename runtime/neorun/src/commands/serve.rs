@@ -73,7 +73,7 @@ pub fn run(s: Serve) -> Result<(), Failure> {
             capture.clone(),
             s.open.clone(),
             s.region.clone(),
-        );
+        )?;
         control.restore().await?;
         for f in &s.endpoints {
             let name = control.apply_file(f, "--endpoint").await.map_err(|e| anyhow!("{e}"))?;

@@ -171,6 +171,11 @@ pub struct ControlPlane {
     capture: Capture,
     open: OpenOptions,
     region: String,
+    /// Where `oci://` bundles are pulled to (under the state directory, or a
+    /// temporary one removed on exit).
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
+    bundles: PathBuf,
+    _bundles_tmp: Option<tempfile::TempDir>,
 }
 
 /// Who asked, for the journal.
@@ -184,8 +189,17 @@ impl ControlPlane {
         capture: Capture,
         open: OpenOptions,
         region: String,
-    ) -> Arc<ControlPlane> {
-        Arc::new(ControlPlane {
+    ) -> anyhow::Result<Arc<ControlPlane>> {
+        let (bundles, tmp) = match &store {
+            Some(s) => (s.bundles_dir(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("neorun-bundles-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        Ok(Arc::new(ControlPlane {
+            bundles,
+            _bundles_tmp: tmp,
             state: Mutex::new(State::default()),
             store,
             endpoints: Arc::new(EndpointTable::default()),
@@ -194,7 +208,7 @@ impl ControlPlane {
             capture,
             open,
             region,
-        })
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -270,14 +284,63 @@ impl ControlPlane {
             .map_err(|e| AwsError::validation(format!("PrimaryContainer.ModelDataUrl: {}: {e}", def.bundle.display())))
     }
 
+    /// Pulls an `oci://` model's bundle into the bundle directory: the
+    /// reference's manifest, or every entry of its index, each layer
+    /// digest-checked as it streams (neoc's registry client); the first
+    /// bundle that passes `Model::verify` on this host is kept, under its
+    /// digest. Registry credentials: `NEOC_REGISTRY_USER`/`_PASSWORD` or the
+    /// Docker config, as for `neoc pull`.
+    #[cfg(feature = "registry")]
+    async fn pull(&self, def: &mut ModelDef) -> Result<(), AwsError> {
+        use neoc_registry::{pull, Access, Reference, Store, BUNDLE_LAYER};
+        let (url, dir, open) = (def.url.clone(), self.bundles.clone(), self.open.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
+            let r = Reference::parse(&url, || Err(anyhow::anyhow!("not a remote reference")))
+                .map_err(|e| format!("{e:#}"))?;
+            let store = Store::open(&r, &Access::default()).map_err(|e| format!("{e:#}"))?;
+            let tmp = tempfile::tempdir_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let files = pull(&store, &r, tmp.path(), None).map_err(|e| format!("{e:#}"))?;
+            let mut refused = Vec::new();
+            for f in files.iter().filter(|f| f.media_type == BUNDLE_LAYER) {
+                match Model::verify(&f.path, &open) {
+                    Ok(v) => {
+                        let dest = dir.join(format!("{}.neo", v.digest.replace(':', "-")));
+                        std::fs::rename(&f.path, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+                        return Ok(dest);
+                    }
+                    Err(e) => refused.push(format!("{}: {e}", f.from)),
+                }
+            }
+            if refused.is_empty() {
+                Err(format!("{url} holds no neoc bundle"))
+            } else {
+                Err(format!("no bundle in {url} runs here: {}", refused.join("; ")))
+            }
+        })
+        .await
+        .map_err(|e| AwsError::internal(format!("pulling the bundle: {e}")))?;
+        def.bundle = r.map_err(|e| AwsError::validation(format!("PrimaryContainer.ModelDataUrl: {e}")))?;
+        Ok(())
+    }
+
+    #[cfg(not(feature = "registry"))]
+    async fn pull(&self, _def: &mut ModelDef) -> Result<(), AwsError> {
+        Err(AwsError::validation(
+            "PrimaryContainer.ModelDataUrl: this neorun was built without registry support (cargo feature `registry`): run `neoc pull REF -o model.neo` and give that file's path",
+        ))
+    }
+
     async fn create_model(&self, v: &Value, who: Caller<'_>) -> Result<Value, AwsError> {
         let mut ignored = Vec::new();
-        let def = shapes::create_model(v, &mut ignored)?;
+        let mut def = shapes::create_model(v, &mut ignored)?;
         if self.lock().models.contains_key(&def.name) {
             return Err(AwsError::validation(format!(
                 "Cannot create already existing model \"{}\".",
                 self.arn("model", &def.name)
             )));
+        }
+        if def.is_oci() {
+            self.pull(&mut def).await?;
         }
         let digest = self.verify(&def).await?;
         let rec = ModelRec { arn: self.arn("model", &def.name), created: now(), request: v.clone(), digest, def };
@@ -960,8 +1023,11 @@ impl ControlPlane {
         };
         let mut recs = Vec::new();
         for (i, m) in models.iter().enumerate() {
-            let def = shapes::create_model(m, &mut ignored)
+            let mut def = shapes::create_model(m, &mut ignored)
                 .map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
+            if def.is_oci() {
+                self.pull(&mut def).await.map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
+            }
             let digest =
                 self.verify(&def).await.map_err(|e| format!("{}: Models[{i}].{}", path.display(), e.message))?;
             recs.push(ModelRec { arn: self.arn("model", &def.name), created: now(), request: m.clone(), digest, def });
@@ -1195,12 +1261,16 @@ fn describe(ep: &EndpointRec, live: Option<&LiveEndpoint>) -> Value {
 // ---- the records on disk ----
 
 fn model_json(m: &ModelRec) -> Value {
-    json!({ "Request": m.request, "ModelArn": m.arn, "CreationTime": m.created, "Digest": m.digest })
+    json!({ "Request": m.request, "ModelArn": m.arn, "CreationTime": m.created, "Digest": m.digest, "Bundle": m.def.bundle })
 }
 
 fn model_from_json(v: &Value) -> Result<ModelRec, String> {
     let request = v.get("Request").cloned().ok_or("no Request")?;
-    let def = shapes::create_model(&request, &mut Vec::new()).map_err(|e| e.message)?;
+    let mut def = shapes::create_model(&request, &mut Vec::new()).map_err(|e| e.message)?;
+    // where a pulled bundle was put
+    if let Some(b) = v.get("Bundle").and_then(Value::as_str) {
+        def.bundle = PathBuf::from(b);
+    }
     Ok(ModelRec {
         def,
         request,

@@ -180,7 +180,14 @@ pub struct ModelDef {
     pub name: String,
     /// `PrimaryContainer.ModelDataUrl` as given.
     pub url: String,
+    /// The bundle file (for an `oci://` URL: empty until pulled).
     pub bundle: PathBuf,
+}
+
+impl ModelDef {
+    pub fn is_oci(&self) -> bool {
+        self.url.starts_with("oci://")
+    }
 }
 
 /// A bundle reference: a path or `file://` URL. Other schemes are refused
@@ -193,7 +200,8 @@ pub fn bundle_path(path: &str, url: &str) -> Result<PathBuf, AwsError> {
         return Ok(PathBuf::from(rest));
     }
     if url.starts_with("oci://") {
-        return Err(invalid(path, "oci:// references are not pulled by neorun yet: run `neoc pull REF -o model.neo` and give that file's path"));
+        // pulled by the control plane (`ControlPlane::pull`)
+        return Ok(PathBuf::new());
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(invalid(
@@ -545,7 +553,6 @@ mod tests {
                 json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "s3://b/m.tar.gz"}}),
                 "PrimaryContainer.ModelDataUrl: s3://",
             ),
-            (json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "oci://r/m:1"}}), "neoc pull"),
             (
                 json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "m.neo", "Mode": "MultiModel"}}),
                 "SingleModel",

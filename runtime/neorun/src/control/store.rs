@@ -31,7 +31,14 @@ impl Store {
             .append(true)
             .open(dir.join("journal.jsonl"))
             .with_context(|| format!("opening {}", dir.join("journal.jsonl").display()))?;
+        std::fs::create_dir_all(dir.join("bundles"))
+            .with_context(|| format!("creating {}", dir.join("bundles").display()))?;
         Ok(Store { dir: dir.to_path_buf(), journal: Mutex::new(journal) })
+    }
+
+    /// Where bundles pulled from registries are kept.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.dir.join("bundles")
     }
 
     fn path(&self, kind: &str, name: &str) -> PathBuf {

@@ -16,7 +16,10 @@
 //! store tests at the bottom.)
 
 pub mod layout;
+mod pull;
 pub mod remote;
+
+pub use pull::{file_descriptor, pull, PulledFile, ANN_BUNDLE_TARGET};
 
 use std::collections::BTreeMap;
 use std::io::Write;
