@@ -1223,7 +1223,7 @@ fn describe(ep: &EndpointRec, live: Option<&LiveEndpoint>) -> Value {
     let shown = ep.current.as_ref().or(ep.pending.as_ref());
     let Some(dep) = shown else { return out };
     out["EndpointConfigName"] = json!(dep.config.def.name);
-    let loading = live.is_none();
+    let loading = ep.status == Status::Creating;
     let weight_now = |name: &str| -> Option<f64> {
         let l = live?;
         l.variants
