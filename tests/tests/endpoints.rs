@@ -702,7 +702,11 @@ fn shadows_never_slow_or_fail_the_caller_and_every_answer_is_compared_and_captur
         &[("Slow", "slow", 1.0), ("Broken", "broken", 1.0)],
         true,
     );
-    let s = serve_with(&bin("neorun"), d, &["--endpoint", "off.json", "--endpoint", "on.json", "--threads", "1"]);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test keeps a CPU for shadows and needs 2; this machine has {cpus}");
+    let last = (cpus - 1).to_string();
+    let args = ["--endpoint", "off.json", "--endpoint", "on.json", "--threads", "1", "--shadow-cpus", &last];
+    let s = serve_with(&bin("neorun"), d, &args);
     let row = std::fs::read(d.join("row.csv")).unwrap();
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let send = |ep: &str| -> f64 {
@@ -728,12 +732,12 @@ fn shadows_never_slow_or_fail_the_caller_and_every_answer_is_compared_and_captur
     // block starts, so `off` runs on a machine with no shadow work at all.
     // The p99 of each arm over 4,000 requests; a shared 2-core machine's
     // noise can swing one measurement, so up to three are taken and the
-    // best ratio counts. The bar is 25%, not the 10% asked for: on this
-    // 2-vCPU machine a shadow that keeps the other CPU busy measured +0-20%
-    // at p99 (p50 unchanged) through caches and preemption, whatever its
-    // priority; a shadow in the live path would cost far more (every copy
-    // ~1 ms in front of the next request).
-    const LIMIT: f64 = 1.25;
+    // best ratio counts. The server keeps the last CPU for shadows
+    // (`--shadow-cpus`, the one-machine form of SageMaker's separate shadow
+    // instances): sharing every CPU, a shadow that keeps one busy measured
+    // +0-20% at p99 here through preemption and caches, whatever its
+    // priority (docs/endpoints.md).
+    const LIMIT: f64 = 1.10;
     let mut sent_on = 200;
     let mut attempts = Vec::new();
     for _ in 0..3 {
@@ -993,4 +997,31 @@ fn models_are_pulled_from_an_oci_registry_and_verified() {
     drop(reg);
     let s = control_plane(d, &[]);
     assert_eq!(boto3("invoke", &s.base, d)["variant"], "A");
+}
+
+#[test]
+fn bad_shadow_cpu_lists_are_refused_at_start() {
+    let _shared = shared();
+    let dir = scratch();
+    let d = dir.path();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all = format!("0-{}", cpus - 1);
+    for (list, says) in [
+        ("x", "not a CPU number"),
+        ("3-1", "low to high"),
+        ("4096", "not one this process may use"),
+        (all.as_str(), "leaves no CPU for live traffic"),
+    ] {
+        let e = fails(
+            run(
+                "neorun",
+                d,
+                &["serve", "--state-dir", "s", "--shadow-cpus", list, "--allow-unsigned", "--port", "0"],
+                &[],
+                None,
+            ),
+            1,
+        );
+        assert!(e.contains("--shadow-cpus") && e.contains(says), "{list}: {e}");
+    }
 }

@@ -148,6 +148,9 @@ pub struct ServeArgs {
     /// Threads for shadow variants (SCHED_IDLE: live traffic always preempts them; a copy that finds them all busy is shed). Keep it below the number of CPUs: a spare thread on every CPU measurably raised the caller's p99
     #[arg(long, default_value_t = 1)]
     pub shadow_threads: usize,
+    /// Keep these CPUs (3, or 2-3) for shadow variants: the spare threads run only there and live traffic never does — the one-machine form of SageMaker's separate shadow instances (live traffic gets the other CPUs)
+    #[arg(long, value_name = "CPUS")]
+    pub shadow_cpus: Option<String>,
     /// Data capture: bytes of records waiting to be written, at most; beyond, records are dropped and counted
     #[arg(long, default_value_t = 64 << 20)]
     pub capture_max_pending_bytes: usize,

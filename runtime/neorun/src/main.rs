@@ -11,6 +11,7 @@ mod capture;
 mod cli;
 mod commands;
 mod control;
+mod cpus;
 mod endpoints;
 mod exit;
 mod http;

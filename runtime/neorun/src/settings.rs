@@ -73,6 +73,10 @@ pub struct Serve {
     pub sign_data_plane: bool,
     pub region: String,
     pub shadow_threads: usize,
+    /// CPUs kept for shadows, and the ones left for live traffic (both
+    /// empty without `--shadow-cpus`).
+    pub shadow_cpus: Vec<usize>,
+    pub live_cpus: Vec<usize>,
     pub capture: CaptureSettings,
 }
 
@@ -132,6 +136,25 @@ impl Serve {
             )
             .into());
         }
+        let (shadow_cpus, live_cpus) = match &a.shadow_cpus {
+            None => (Vec::new(), Vec::new()),
+            Some(list) => {
+                let shadow = crate::cpus::parse_list(list).map_err(|e| anyhow!("--shadow-cpus {e}"))?;
+                let allowed =
+                    crate::cpus::allowed().map_err(|e| anyhow!("--shadow-cpus: reading this process's CPUs: {e}"))?;
+                if let Some(c) = shadow.iter().find(|c| !allowed.contains(c)) {
+                    return Err(anyhow!(
+                        "--shadow-cpus: CPU {c} is not one this process may use (it may use {allowed:?})"
+                    )
+                    .into());
+                }
+                let live: Vec<usize> = allowed.into_iter().filter(|c| !shadow.contains(c)).collect();
+                if live.is_empty() {
+                    return Err(anyhow!("--shadow-cpus {list}: that leaves no CPU for live traffic").into());
+                }
+                (shadow, live)
+            }
+        };
         let capture = CaptureSettings {
             max_pending_bytes: a.capture_max_pending_bytes,
             rotate_after: Duration::from_secs(a.capture_rotate_seconds),
@@ -146,6 +169,8 @@ impl Serve {
             sign_data_plane: a.sign_data_plane,
             region: a.region,
             shadow_threads: a.shadow_threads.max(1),
+            shadow_cpus,
+            live_cpus,
             capture,
             open: open_options(&a.load, threads)?,
             bundles: a.bundles,

@@ -22,6 +22,13 @@ use crate::settings::{self, Serve};
 
 pub fn run(s: Serve) -> Result<(), Failure> {
     settings::init_logging(s.log_format);
+    // with --shadow-cpus, everything started from here on (engine thread
+    // pools, the async runtime, capture) runs on the live CPUs
+    if !s.live_cpus.is_empty() {
+        crate::cpus::pin_current_thread(&s.live_cpus)
+            .map_err(|e| anyhow!("--shadow-cpus: setting CPU affinity: {e}"))?;
+        tracing::info!(live = ?s.live_cpus, shadow = ?s.shadow_cpus, "CPUs split between live traffic and shadows");
+    }
     let mut threads = s.threads;
     let mut loaded = Vec::new();
     for b in &s.bundles {
@@ -83,7 +90,7 @@ pub fn run(s: Serve) -> Result<(), Failure> {
         if !s.endpoints.is_empty() {
             tokio::spawn(reload_on_sighup(control.clone(), s.endpoints.clone()));
         }
-        let spare = SparePool::new(s.shadow_threads);
+        let spare = SparePool::new(s.shadow_threads, s.shadow_cpus.clone());
         let draining = Arc::new(Default::default());
         let state = Arc::new(AppState {
             models,

@@ -21,16 +21,22 @@ pub struct SparePool {
 
 impl SparePool {
     /// `threads` workers; each takes one job at a time and none waits.
-    pub fn new(threads: usize) -> Arc<SparePool> {
+    /// With `cpus`, the workers run only on those CPUs.
+    pub fn new(threads: usize, cpus: Vec<usize>) -> Arc<SparePool> {
         // a rendezvous channel: a send succeeds only when a worker is idle
         let (tx, rx) = sync_channel::<Job>(0);
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
-            let rx = rx.clone();
+            let (rx, cpus) = (rx.clone(), cpus.clone());
             let h = std::thread::Builder::new()
                 .name(format!("neorun-spare-{i}"))
                 .spawn(move || {
+                    if !cpus.is_empty() {
+                        if let Err(e) = crate::cpus::pin_current_thread(&cpus) {
+                            tracing::warn!("a spare thread could not be confined to {cpus:?}: {e}");
+                        }
+                    }
                     lower_priority();
                     loop {
                         let job = {
@@ -102,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_busy_pool_refuses_at_once_and_takes_work_again_when_idle() {
-        let pool = SparePool::new(1);
+        let pool = SparePool::new(1, Vec::new());
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (started_tx, started) = std::sync::mpsc::channel::<()>();
         // the worker may not be at recv yet: retry until it takes the job
