@@ -552,14 +552,7 @@ impl ControlPlane {
             .ok_or_else(|| AwsError::not_found("endpoint configuration", &config_name))?
             .clone();
         let mut dep = Self::deployment(&st, &config)?;
-        let ep = st.endpoints.get_mut(&name).ok_or_else(|| AwsError::not_found("endpoint", &name))?;
-        if ep.status != Status::InService {
-            return Err(AwsError::validation(format!(
-                "Cannot update in-progress endpoint \"{}\": it is {}",
-                ep.arn,
-                ep.status.name()
-            )));
-        }
+        let ep = updatable(&mut st, &name)?;
         if retain {
             if let Some(cur) = &ep.current {
                 for (var, w) in dep.weights.iter_mut() {
@@ -610,14 +603,7 @@ impl ControlPlane {
             return Err(shapes::invalid("DesiredWeightsAndCapacities", "give at least one variant"));
         }
         let mut st = self.lock();
-        let ep = st.endpoints.get_mut(&name).ok_or_else(|| AwsError::not_found("endpoint", &name))?;
-        if ep.status != Status::InService {
-            return Err(AwsError::validation(format!(
-                "Cannot update in-progress endpoint \"{}\": it is {}",
-                ep.arn,
-                ep.status.name()
-            )));
-        }
+        let ep = updatable(&mut st, &name)?;
         let cur = ep.current.as_mut().ok_or_else(|| AwsError::internal("endpoint in service without a deployment"))?;
         let mut weights = cur.weights.clone();
         for (at, variant, w) in &changes {
@@ -1102,6 +1088,20 @@ impl ControlPlane {
     pub fn has_endpoints(&self) -> bool {
         !self.lock().endpoints.is_empty()
     }
+}
+
+/// An endpoint that may be updated now: it exists and is in service
+/// (SageMaker refuses to update one that is creating or updating).
+fn updatable<'s>(st: &'s mut State, name: &str) -> Result<&'s mut EndpointRec, AwsError> {
+    let ep = st.endpoints.get_mut(name).ok_or_else(|| AwsError::not_found("endpoint", name))?;
+    if ep.status != Status::InService {
+        return Err(AwsError::validation(format!(
+            "Cannot update in-progress endpoint \"{}\": it is {}",
+            ep.arn,
+            ep.status.name()
+        )));
+    }
+    Ok(ep)
 }
 
 /// The live endpoint with new weights and nothing else changed.
