@@ -2,6 +2,11 @@
 //! stock clients (boto3, the AWS CLI) against a real server process —
 //! production variants and weights, shadow variants, data capture, state
 //! that survives restarts and `kill -9`, and every kind of bad input.
+//!
+//! (Over 600 lines: one end-to-end test per acceptance point of the
+//! endpoints issue, each starting its own server; the record reader and
+//! the server helpers are at the top, `declare` and `slow_bundle` beside
+//! the tests that use them.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

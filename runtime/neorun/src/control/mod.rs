@@ -8,6 +8,11 @@
 //! the background (`Creating` → `InService`, or `Failed` with the reason)
 //! and published to the data plane's `EndpointTable`; an update builds the
 //! new version beside the old and swaps it in one step.
+//!
+//! (Over 600 lines because the fourteen operations share one state and one
+//! lock: each is short, and splitting them across files would spread the
+//! state's invariants — persisted before changed, generations — over
+//! several. Request parsing is in `shapes.rs`, the disk in `store.rs`.)
 
 pub mod shapes;
 pub mod store;
