@@ -99,22 +99,13 @@ impl Store {
     }
 }
 
-/// Writes `path` so that it holds either its old contents or `bytes`, whatever happens.
+/// Writes `path` so that it holds either its old contents or `bytes`,
+/// whatever happens: the bundle writer's temporary-file-and-rename
+/// (`container::write_atomic`, which syncs the file), then the directory
+/// synced so that the rename itself survives a crash.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow!("writing {}: {e}", path.display()));
-    }
-    sync_dir(dir)
+    neoc_bundle::container::write_atomic(path, bytes).map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
