@@ -47,6 +47,81 @@ pub enum Command {
     Bench(BenchArgs),
     /// Verify a bundle, load it and run its test vectors (the device health check)
     Check(CheckArgs),
+    /// Drive a running server's endpoints without AWS tools: update (guarded), roll back, describe, wait
+    Endpoint(EndpointArgs),
+    /// Read the control plane's journal: from a running server, or straight from a state directory
+    Journal(JournalArgs),
+}
+
+/// Where the server is and how to authenticate to it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// The server's address
+    #[arg(long, env = "NEORUN_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The server's --auth-token (sent as a bearer token)
+    #[arg(long, env = "NEORUN_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct EndpointArgs {
+    #[command(subcommand)]
+    pub command: EndpointCommand,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCommand {
+    /// UpdateEndpoint: move NAME to CONFIG, guarded by a DeploymentConfig (blue/green, canary or linear) when one is given
+    Update {
+        name: String,
+        /// The endpoint configuration to move to
+        #[arg(long)]
+        config: String,
+        /// A DeploymentConfig: JSON text, or @FILE
+        #[arg(long)]
+        deployment_config: Option<String>,
+        /// Keep the serving variants' weights and data capture (RetainAllVariantProperties)
+        #[arg(long)]
+        retain_all_variant_properties: bool,
+        /// Reuse the endpoint's last DeploymentConfig (RetainDeploymentConfig)
+        #[arg(long)]
+        retain_deployment_config: bool,
+        /// Wait until the update ends, printing each change of state; exit 1 if it was rolled back or failed
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a guarded update and move all traffic back to the serving (blue) configuration at once
+    Rollback { name: String },
+    /// DescribeEndpoint
+    Describe { name: String },
+    /// Wait until NAME is InService (exit 1 if it ends Failed or carries a FailureReason)
+    Wait {
+        name: String,
+        /// Give up after this many seconds
+        #[arg(long, default_value = "3600")]
+        timeout: u64,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct JournalArgs {
+    /// Only entries about this endpoint, model, configuration or alarm
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this operation or event (UpdateEndpoint, DeploymentStep, DeploymentRolledBack, AlarmStateChange, …)
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Only entries at or after this time (ISO 8601, UTC, as the entries carry it)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Read this state directory's journal instead of asking a server
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +211,9 @@ pub struct ServeArgs {
     /// Declare an endpoint: a CreateEndpointConfig JSON body plus `Models` (CreateModel bodies) and optionally `EndpointName`; repeatable; SIGHUP re-reads them
     #[arg(long = "endpoint", value_name = "FILE")]
     pub endpoints: Vec<PathBuf>,
+    /// Alarms for guarded rollouts: a JSON list of CloudWatch PutMetricAlarm bodies (`"External": true` for one Alertmanager drives); applied at start
+    #[arg(long = "alarms", value_name = "FILE")]
+    pub alarms: Vec<PathBuf>,
     /// AWS shared-credentials file whose access keys may sign requests (SigV4); the control plane (POST /, the SageMaker API) needs these or --auth-token
     #[arg(long, env = "NEORUN_ACCESS_KEYS", value_name = "FILE")]
     pub access_keys: Option<PathBuf>,

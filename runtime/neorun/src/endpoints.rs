@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use tract_core::prelude::*;
 
+use crate::alarms::Counters;
 use crate::capture::CaptureSpec;
 use crate::metrics::VariantSeries;
 use crate::models::LiveModel;
@@ -21,6 +22,8 @@ pub struct Variant {
     pub live: Arc<LiveModel>,
     pub weight: f64,
     pub series: VariantSeries,
+    /// What alarms watch (this fleet's own: blue and green count apart).
+    pub counters: Arc<Counters>,
 }
 
 /// A shadow variant: sees a copy of `sampling` of live requests.
@@ -36,6 +39,7 @@ pub struct Shadow {
     /// Its copies running now: one slow shadow may not take every spare
     /// thread and starve the others.
     pub running: Arc<std::sync::atomic::AtomicUsize>,
+    pub counters: Arc<Counters>,
 }
 
 pub struct LiveEndpoint {
@@ -43,6 +47,15 @@ pub struct LiveEndpoint {
     pub variants: Vec<Variant>,
     pub shadows: Vec<Shadow>,
     pub capture: Option<Arc<CaptureSpec>>,
+    /// During a blue/green update: the new fleet and the share of requests
+    /// it gets (this entry's own variants are blue).
+    pub green: Option<Green>,
+}
+
+pub struct Green {
+    pub fleet: Arc<LiveEndpoint>,
+    /// 0..=1.
+    pub share: f64,
 }
 
 /// Why no variant was chosen.
@@ -55,6 +68,45 @@ pub enum Choice {
 }
 
 impl LiveEndpoint {
+    /// The fleet a request goes to, and its variant: during an update a
+    /// request goes to green with probability `share`; a named variant goes
+    /// to the fleet that has it (drawn by share when both have it).
+    pub fn route(self: &Arc<Self>, target: Option<&str>) -> Result<(Arc<LiveEndpoint>, usize), Choice> {
+        let fleet = match &self.green {
+            None => self.clone(),
+            Some(g) => {
+                let to_green = g.share >= 1.0 || (g.share > 0.0 && fastrand::f64() < g.share);
+                let has = |f: &LiveEndpoint, t: &str| f.variants.iter().any(|v| v.name == t);
+                match target {
+                    Some(t) if has(self, t) && !has(&g.fleet, t) => self.clone(),
+                    Some(t) if has(&g.fleet, t) && !has(self, t) => g.fleet.clone(),
+                    Some(t) if !has(self, t) && !has(&g.fleet, t) => {
+                        let mut variants: Vec<String> = self.variants.iter().map(|v| v.name.clone()).collect();
+                        variants.extend(g.fleet.variants.iter().map(|v| v.name.clone()));
+                        variants.dedup();
+                        return Err(Choice::Unknown { name: t.to_string(), variants });
+                    }
+                    _ if to_green => g.fleet.clone(),
+                    _ => self.clone(),
+                }
+            }
+        };
+        let chosen = fleet.choose(target)? as *const Variant;
+        let i = fleet.variants.iter().position(|v| std::ptr::eq(v, chosen)).expect("chosen from this fleet");
+        Ok((fleet, i))
+    }
+
+    /// Every variant's counters, with its name (both fleets, shadows too).
+    pub fn sources(&self) -> Vec<(String, Arc<Counters>)> {
+        let mut out: Vec<(String, Arc<Counters>)> =
+            self.variants.iter().map(|v| (v.name.clone(), v.counters.clone())).collect();
+        out.extend(self.shadows.iter().map(|s| (s.name.clone(), s.counters.clone())));
+        if let Some(g) = &self.green {
+            out.extend(g.fleet.sources());
+        }
+        out
+    }
+
     /// The variant a request goes to: the one it names, else one drawn
     /// with probability weight / sum of weights.
     pub fn choose(&self, target: Option<&str>) -> Result<&Variant, Choice> {
@@ -95,8 +147,18 @@ impl EndpointTable {
         self.inner.write().unwrap_or_else(|e| e.into_inner()).insert(e.name.clone(), Arc::new(e))
     }
 
+    /// Publishes an entry already shared (a fleet that served beside
+    /// another during an update).
+    pub fn publish_arc(&self, e: Arc<LiveEndpoint>) -> Option<Arc<LiveEndpoint>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).insert(e.name.clone(), e)
+    }
+
     pub fn remove(&self, name: &str) -> Option<Arc<LiveEndpoint>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner()).remove(name)
+    }
+
+    pub fn all(&self) -> Vec<Arc<LiveEndpoint>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 }
 

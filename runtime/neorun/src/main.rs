@@ -7,6 +7,7 @@
 //! transport-neutral inference layer (admission, batching), the live model
 //! table, HTTP, metrics and shutdown.
 
+mod alarms;
 mod capture;
 mod cli;
 mod commands;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
         Command::Batch(a) => commands::batch::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Serve(a) => settings::Serve::resolve(*a).and_then(commands::serve::run),
+        Command::Endpoint(a) => commands::client::endpoint(a),
+        Command::Journal(a) => commands::client::journal(a),
     };
     exit::report(result)
 }

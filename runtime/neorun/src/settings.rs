@@ -69,6 +69,7 @@ pub struct Serve {
     pub log_format: LogFormat,
     pub state_dir: Option<PathBuf>,
     pub endpoints: Vec<PathBuf>,
+    pub alarms: Vec<PathBuf>,
     pub access_keys: Option<AccessKeys>,
     pub sign_data_plane: bool,
     pub region: String,
@@ -165,6 +166,7 @@ impl Serve {
         Ok(Serve {
             state_dir: a.state_dir,
             endpoints: a.endpoints,
+            alarms: a.alarms,
             access_keys,
             sign_data_plane: a.sign_data_plane,
             region: a.region,

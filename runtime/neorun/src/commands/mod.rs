@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod bench;
 pub mod check;
+pub mod client;
 pub mod predict;
 pub mod serve;
 

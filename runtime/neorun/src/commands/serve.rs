@@ -82,6 +82,11 @@ pub fn run(s: Serve) -> Result<(), Failure> {
             s.region.clone(),
         )?;
         control.restore().await?;
+        for f in &s.alarms {
+            let n = control.apply_alarms_file(f).map_err(|e| anyhow!("--alarms: {e}"))?;
+            tracing::info!(file = %f.display(), alarms = n, "alarms defined");
+        }
+        control.start_alarms();
         for f in &s.endpoints {
             let name = control.apply_file(f, "--endpoint").await.map_err(|e| anyhow!("{e}"))?;
             tracing::info!(endpoint = %name, file = %f.display(), "endpoint in service");

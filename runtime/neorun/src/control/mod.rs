@@ -14,6 +14,8 @@
 //! state's invariants — persisted before changed, generations — over
 //! several. Request parsing is in `shapes.rs`, the disk in `store.rs`.)
 
+mod alarm_ops;
+pub mod rollout;
 pub mod shapes;
 pub mod store;
 
@@ -27,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use neoc_runtime::{Model, OpenOptions};
 use serde_json::{json, Value};
 
+use crate::alarms::{Alarms, Counters};
 use crate::capture::{check_writable, Capture, CaptureSpec};
 use crate::endpoints::{EndpointTable, LiveEndpoint, Shadow, Variant};
 use crate::infer::Inference;
@@ -110,6 +113,7 @@ enum Status {
     Updating,
     InService,
     Failed,
+    UpdateRollbackFailed,
 }
 
 impl Status {
@@ -119,6 +123,7 @@ impl Status {
             Status::Updating => "Updating",
             Status::InService => "InService",
             Status::Failed => "Failed",
+            Status::UpdateRollbackFailed => "UpdateRollbackFailed",
         }
     }
 
@@ -127,6 +132,7 @@ impl Status {
             "InService" => Status::InService,
             "Failed" => Status::Failed,
             "Updating" => Status::Updating,
+            "UpdateRollbackFailed" => Status::UpdateRollbackFailed,
             _ => Status::Creating,
         }
     }
@@ -158,6 +164,12 @@ struct EndpointRec {
     /// Bumped by every change, so a deployment that finishes after a newer
     /// change (or a delete) does not publish.
     generation: u64,
+    /// A guarded update under way.
+    rollout: Option<rollout::Progress>,
+    /// The `DeploymentConfig` of the last guarded update that completed
+    /// (or the one given at creation): `LastDeploymentConfig`, and what
+    /// `RetainDeploymentConfig` reuses.
+    last_deployment: Option<Value>,
 }
 
 #[derive(Default)]
@@ -171,6 +183,7 @@ pub struct ControlPlane {
     state: Mutex<State>,
     store: Option<Store>,
     pub endpoints: Arc<EndpointTable>,
+    alarms: Mutex<Alarms>,
     inference: Arc<Inference>,
     metrics: Arc<Metrics>,
     capture: Capture,
@@ -208,6 +221,7 @@ impl ControlPlane {
             state: Mutex::new(State::default()),
             store,
             endpoints: Arc::new(EndpointTable::default()),
+            alarms: Mutex::new(Alarms::default()),
             inference,
             metrics,
             capture,
@@ -218,6 +232,10 @@ impl ControlPlane {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn alarms_lock(&self) -> std::sync::MutexGuard<'_, Alarms> {
+        self.alarms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn arn(&self, kind: &str, name: &str) -> String {
@@ -246,13 +264,7 @@ impl ControlPlane {
 
     /// Runs one operation (`X-Amz-Target: SageMaker.<op>`).
     pub async fn call(self: &Arc<Self>, op: &str, body: &[u8], who: Caller<'_>) -> Result<Value, AwsError> {
-        let v: Value = if body.iter().all(|b| b.is_ascii_whitespace()) {
-            json!({})
-        } else {
-            serde_json::from_slice(body).map_err(|e| {
-                AwsError::new(StatusCode::BAD_REQUEST, "SerializationException", format!("the body is not JSON: {e}"))
-            })?
-        };
+        let v = body_json(body)?;
         match op {
             "CreateModel" => self.create_model(&v, who).await,
             "DescribeModel" => self.describe_model(&v),
@@ -268,6 +280,11 @@ impl ControlPlane {
             "UpdateEndpointWeightsAndCapacities" => self.update_weights(&v, who),
             "DeleteEndpoint" => self.delete_endpoint(&v, who),
             "ListEndpoints" => self.list(&v, Kind::Endpoints),
+            "RollbackEndpointUpdate" | "ReadJournal" => Err(AwsError::new(
+                StatusCode::BAD_REQUEST,
+                "UnknownOperationException",
+                format!("{op} is neorun's own operation: send it as X-Amz-Target: NeoRun.{op}"),
+            )),
             other => Err(AwsError::new(
                 StatusCode::BAD_REQUEST,
                 "UnknownOperationException",
@@ -498,10 +515,14 @@ impl ControlPlane {
         let mut f = Fields::new("", v)?;
         let name = f.name("EndpointName")?.to_string();
         let config_name = f.name("EndpointConfigName")?.to_string();
-        f.refuse(&[("DeploymentConfig", "deployment guardrails (blue/green, canary, linear) are not supported yet")])?;
+        let deployment = f.obj("DeploymentConfig")?.is_some().then(|| v["DeploymentConfig"].clone());
         f.ignore(&["Tags"]);
         let mut ignored = Vec::new();
         f.finish(&mut ignored)?;
+        if let Some(d) = &deployment {
+            let policy = rollout::parse("DeploymentConfig", d)?;
+            self.check_alarms_exist(&policy)?;
+        }
         let mut st = self.lock();
         if st.endpoints.contains_key(&name) {
             return Err(AwsError::validation(format!(
@@ -526,6 +547,8 @@ impl ControlPlane {
             current: None,
             pending: Some(dep),
             generation: 1,
+            rollout: None,
+            last_deployment: deployment,
         };
         self.persist("endpoints", &name, Some(&endpoint_json(&rec)))?;
         st.endpoints.insert(name.clone(), rec.clone());
@@ -541,15 +564,34 @@ impl ControlPlane {
         let name = f.name("EndpointName")?.to_string();
         let config_name = f.name("EndpointConfigName")?.to_string();
         let retain = f.bool("RetainAllVariantProperties")?.unwrap_or(false);
-        f.refuse(&[
-            (
-                "DeploymentConfig",
-                "deployment guardrails (blue/green, canary, linear) are not supported yet: the update is all at once",
-            ),
-            ("ExcludeRetainedVariantProperties", "not supported"),
-        ])?;
-        f.ignore(&["RetainDeploymentConfig"]);
+        let mut excluded = Vec::new();
+        for mut item in f.list("ExcludeRetainedVariantProperties")?.unwrap_or_default() {
+            let at = item.path().to_string();
+            let p = item.req_str("VariantPropertyType")?.to_string();
+            item.finish(&mut Vec::new())?;
+            if !["DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig"].contains(&p.as_str()) {
+                return Err(shapes::invalid(
+                    &format!("{at}.VariantPropertyType"),
+                    &format!("{p:?}: use DesiredInstanceCount, DesiredWeight or DataCaptureConfig"),
+                ));
+            }
+            excluded.push(p);
+        }
+        if !excluded.is_empty() && !retain {
+            return Err(shapes::invalid(
+                "ExcludeRetainedVariantProperties",
+                "only with RetainAllVariantProperties: true (otherwise every property comes from the new configuration)",
+            ));
+        }
+        let given = f.obj("DeploymentConfig")?.is_some().then(|| v["DeploymentConfig"].clone());
+        let retain_deployment = f.bool("RetainDeploymentConfig")?.unwrap_or(false);
         f.finish(&mut Vec::new())?;
+        if given.is_some() && retain_deployment {
+            return Err(shapes::invalid(
+                "RetainDeploymentConfig",
+                "give DeploymentConfig or RetainDeploymentConfig, not both",
+            ));
+        }
         let mut st = self.lock();
         let config = st
             .configs
@@ -558,26 +600,59 @@ impl ControlPlane {
             .clone();
         let mut dep = Self::deployment(&st, &config)?;
         let ep = updatable(&mut st, &name)?;
+        let deployment = match (given, retain_deployment) {
+            (Some(d), _) => Some(d),
+            (None, true) => ep.last_deployment.clone(),
+            (None, false) => None,
+        };
+        let policy = match &deployment {
+            Some(d) => {
+                let p = rollout::parse("DeploymentConfig", d)?;
+                self.check_alarms_exist(&p)?;
+                Some(p)
+            }
+            None => None,
+        };
         if retain {
             if let Some(cur) = &ep.current {
-                for (var, w) in dep.weights.iter_mut() {
-                    if let Some(old) = cur.weights.get(var) {
-                        *w = *old;
+                if !excluded.iter().any(|p| p == "DesiredWeight") {
+                    for (var, w) in dep.weights.iter_mut() {
+                        if let Some(old) = cur.weights.get(var) {
+                            *w = *old;
+                        }
                     }
                 }
+                if !excluded.iter().any(|p| p == "DataCaptureConfig") {
+                    dep.config.def.capture = cur.config.def.capture.clone();
+                }
             }
+        }
+        if policy.is_some() && ep.current.is_none() {
+            return Err(AwsError::validation(format!(
+                "endpoint {name} serves nothing yet to update from: a guarded update needs a serving fleet"
+            )));
         }
         ep.status = Status::Updating;
         ep.failure = None;
         ep.pending = Some(dep);
         ep.generation += 1;
         ep.modified = now();
+        ep.rollout = policy.map(|p| rollout::Progress::new(p, deployment.clone().unwrap_or_default()));
         let (rec, generation) = (ep.clone(), ep.generation);
         self.persist("endpoints", &name, Some(&endpoint_json(&rec)))?;
         drop(st);
-        self.journal(who, "UpdateEndpoint", &name, json!({ "EndpointConfigName": config_name }));
+        self.journal(
+            who,
+            "UpdateEndpoint",
+            &name,
+            json!({ "EndpointConfigName": config_name, "DeploymentConfig": deployment, "RetainAllVariantProperties": retain, "ExcludeRetainedVariantProperties": excluded }),
+        );
         let cp = self.clone();
-        tokio::spawn(async move { cp.deploy(name, generation).await });
+        if rec.rollout.is_some() {
+            tokio::spawn(async move { cp.roll_out(name, generation).await });
+        } else {
+            tokio::spawn(async move { cp.deploy(name, generation).await });
+        }
         Ok(json!({ "EndpointArn": rec.arn }))
     }
 
@@ -920,6 +995,7 @@ impl ControlPlane {
                 live: live_for(&v.name, &v.model_name, false),
                 weight: dep.weights[&v.name],
                 series: self.metrics.register_variant(name, &v.name, false),
+                counters: Arc::new(Counters::default()),
             })
             .collect();
         let total: f64 = def.variants.iter().map(|v| dep.weights[&v.name]).sum();
@@ -936,10 +1012,11 @@ impl ControlPlane {
                     weight,
                     series: self.metrics.register_variant(name, &s.name, true),
                     running: Default::default(),
+                    counters: Arc::new(Counters::default()),
                 }
             })
             .collect();
-        Ok(LiveEndpoint { name: name.to_string(), variants, shadows, capture })
+        Ok(LiveEndpoint { name: name.to_string(), variants, shadows, capture, green: None })
     }
 
     // ---- start-up ----
@@ -949,6 +1026,7 @@ impl ControlPlane {
     pub async fn restore(self: &Arc<Self>) -> anyhow::Result<()> {
         let Some(store) = &self.store else { return Ok(()) };
         let mut redeploy = Vec::new();
+        let mut notes = Vec::new();
         {
             let mut st = self.lock();
             for v in store.load("models")? {
@@ -960,8 +1038,16 @@ impl ControlPlane {
                     .map_err(|e| anyhow::anyhow!("state: an endpoint configuration record: {e}"))?;
                 st.configs.insert(rec.def.name.clone(), rec);
             }
+            for v in store.load("alarms")? {
+                let def = crate::alarms::parse(&v, &mut Vec::new())
+                    .map_err(|e| anyhow::anyhow!("state: an alarm record: {}", e.message))?;
+                self.add_alarm(def);
+            }
             for v in store.load("endpoints")? {
                 let mut rec = endpoint_from_json(&v).map_err(|e| anyhow::anyhow!("state: an endpoint record: {e}"))?;
+                if let Some(note) = interrupted(&mut rec) {
+                    notes.push((rec.name.clone(), note));
+                }
                 // what served before is what serves now; an update that was
                 // under way is taken up again. A creation that failed stays
                 // failed; an endpoint whose restore failed is tried again.
@@ -982,6 +1068,20 @@ impl ControlPlane {
         for name in redeploy {
             tracing::info!(endpoint = %name, "restoring");
             self.clone().deploy(name, 1).await;
+        }
+        // what became of the guarded updates the stop interrupted
+        for (name, (failure, detail)) in notes {
+            let mut st = self.lock();
+            if let Some(ep) = st.endpoints.get_mut(&name).filter(|e| e.status == Status::InService) {
+                ep.failure = failure;
+                let rec = ep.clone();
+                if let Err(e) = self.persist("endpoints", &name, Some(&endpoint_json(&rec))) {
+                    tracing::error!(endpoint = %name, "{}", e.message);
+                }
+            }
+            drop(st);
+            tracing::warn!(endpoint = %name, %detail, "a guarded update was under way when neorun stopped");
+            self.journal("neorun", "DeploymentInterrupted", &name, detail);
         }
         Ok(())
     }
@@ -1032,7 +1132,7 @@ impl ControlPlane {
             }
             self.check_config_models(&trial, &config).map_err(at)?;
             if let Some(ep) = st.endpoints.get(&endpoint) {
-                if matches!(ep.status, Status::Creating | Status::Updating) {
+                if matches!(ep.status, Status::Creating | Status::Updating | Status::UpdateRollbackFailed) {
                     return Err(format!("endpoint {endpoint} is {}; try again when it is done", ep.status.name()));
                 }
             }
@@ -1061,6 +1161,8 @@ impl ControlPlane {
                 current: None,
                 pending: None,
                 generation: 0,
+                rollout: None,
+                last_deployment: None,
             });
             if ep.current.is_some() {
                 ep.status = Status::Updating;
@@ -1095,13 +1197,48 @@ impl ControlPlane {
     }
 }
 
+/// A guarded update the last stop interrupted, resolved: before the final
+/// bake passed, back to blue (green is dropped); after, on green. Returns
+/// the FailureReason to show and the journal's detail.
+fn interrupted(rec: &mut EndpointRec) -> Option<(Option<String>, Value)> {
+    let p = rec.rollout.take()?;
+    if p.phase == rollout::Phase::TerminationWait {
+        rec.pending = None;
+        rec.last_deployment = Some(p.request.clone());
+        rec.status = Status::InService;
+        let on = rec.current.as_ref().map(|d| d.config.def.name.clone());
+        let detail = json!({ "on": on, "reason": "the update had passed its final bake before the stop: the endpoint stays on the new configuration" });
+        return Some((None, detail));
+    }
+    let green = rec.pending.take().map(|d| d.config.def.name);
+    let blue = rec.current.as_ref().map(|d| d.config.def.name.clone()).unwrap_or_default();
+    let reason = format!(
+        "Update to {} interrupted by a restart at step {} of {} ({:.0}% of requests on the new fleet, {}): the update did not complete, so all traffic is on {blue}",
+        green.clone().unwrap_or_default(),
+        p.step + 1,
+        p.steps,
+        p.share * 100.0,
+        p.phase.name()
+    );
+    rec.status = Status::InService;
+    let detail = json!({ "on": blue, "from": green, "reason": reason });
+    Some((Some(reason), detail))
+}
+
 /// An endpoint that may be updated now: it exists and is in service
 /// (SageMaker refuses to update one that is creating or updating).
 fn updatable<'s>(st: &'s mut State, name: &str) -> Result<&'s mut EndpointRec, AwsError> {
     let ep = st.endpoints.get_mut(name).ok_or_else(|| AwsError::not_found("endpoint", name))?;
     if ep.status != Status::InService {
+        let to = match (&ep.pending, &ep.rollout) {
+            (Some(d), Some(p)) => {
+                format!(" (to {}: {}, step {} of {})", d.config.def.name, p.phase.name(), p.step + 1, p.steps)
+            }
+            (Some(d), None) => format!(" (to {})", d.config.def.name),
+            _ => String::new(),
+        };
         return Err(AwsError::validation(format!(
-            "Cannot update in-progress endpoint \"{}\": it is {}",
+            "Cannot update in-progress endpoint \"{}\": it is {}{to}; wait for it to end, or roll it back (NeoRun.RollbackEndpointUpdate, `neorun endpoint rollback`)",
             ep.arn,
             ep.status.name()
         )));
@@ -1120,6 +1257,7 @@ fn reweighted(live: &LiveEndpoint, weights: &BTreeMap<String, f64>) -> LiveEndpo
             live: v.live.clone(),
             weight: weights.get(&v.name).copied().unwrap_or(v.weight),
             series: v.series.clone(),
+            counters: v.counters.clone(),
         })
         .collect();
     let total: f64 = variants.iter().map(|v| v.weight).sum();
@@ -1136,10 +1274,11 @@ fn reweighted(live: &LiveEndpoint, weights: &BTreeMap<String, f64>) -> LiveEndpo
                 weight,
                 series: s.series.clone(),
                 running: s.running.clone(),
+                counters: s.counters.clone(),
             }
         })
         .collect();
-    LiveEndpoint { name: live.name.clone(), variants, shadows, capture: live.capture.clone() }
+    LiveEndpoint { name: live.name.clone(), variants, shadows, capture: live.capture.clone(), green: None }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1175,6 +1314,15 @@ pub const OPERATIONS: [&str; 14] = [
     "DeleteEndpoint",
     "ListEndpoints",
 ];
+
+fn body_json(body: &[u8]) -> Result<Value, AwsError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        AwsError::new(StatusCode::BAD_REQUEST, "SerializationException", format!("the body is not JSON: {e}"))
+    })
+}
 
 fn name_field(v: &Value, key: &'static str) -> Result<String, AwsError> {
     let mut f = Fields::new("", v)?;
@@ -1257,7 +1405,58 @@ fn describe(ep: &EndpointRec, live: Option<&LiveEndpoint>) -> Value {
             "KmsKeyId": "",
         });
     }
-    if let Some(p) = ep.pending.as_ref().filter(|_| ep.status == Status::Updating) {
+    if let Some(d) = &ep.last_deployment {
+        out["LastDeploymentConfig"] = d.clone();
+    }
+    if let Some(p) = &ep.rollout {
+        // a guarded update: blue's weights shrink as green's share grows
+        let mut progress = p.to_json();
+        if let Some(m) = progress.as_object_mut() {
+            m.remove("Blue");
+            m.remove("DeploymentConfig");
+        }
+        out["DeploymentProgress"] = progress;
+        let fleet = |d: &Deployment,
+                     vs: &[shapes::VariantDef],
+                     share: f64,
+                     desired: bool,
+                     status: Option<Value>|
+         -> Vec<Value> {
+            vs.iter()
+                .map(|v| {
+                    let w = d.weights[&v.name];
+                    let mut s = variant_summary(
+                        &v.name,
+                        &d.models[&v.model_name],
+                        Some(w * share),
+                        if desired { w } else { 0.0 },
+                        false,
+                    );
+                    if let Some(st) = &status {
+                        s["VariantStatus"] = st.clone();
+                    }
+                    s
+                })
+                .collect()
+        };
+        if let (Some(blue), Some(green)) = (&ep.current, &ep.pending) {
+            out["EndpointConfigName"] = json!(blue.config.def.name);
+            out["ProductionVariants"] = json!(fleet(blue, &blue.config.def.variants, 1.0 - p.share, false, None));
+            let mut pending = json!({
+                "EndpointConfigName": green.config.def.name,
+                "StartTime": p.started,
+                "ProductionVariants": fleet(green, &green.config.def.variants, p.share, true, Some(p.variant_status())),
+            });
+            if !green.config.def.shadows.is_empty() {
+                pending["ShadowProductionVariants"] =
+                    json!(fleet(green, &green.config.def.shadows, p.share, true, Some(p.variant_status())));
+            }
+            out["PendingDeploymentSummary"] = pending;
+        } else if let Some(green) = &ep.current {
+            out["ProductionVariants"] =
+                json!(fleet(green, &green.config.def.variants, 1.0, true, Some(p.variant_status())));
+        }
+    } else if let Some(p) = ep.pending.as_ref().filter(|_| ep.status == Status::Updating) {
         out["PendingDeploymentSummary"] = json!({ "EndpointConfigName": p.config.def.name });
     }
     out
@@ -1335,6 +1534,8 @@ fn endpoint_json(e: &EndpointRec) -> Value {
         "FailureReason": e.failure,
         "Current": e.current.as_ref().map(deployment_json),
         "Pending": e.pending.as_ref().map(deployment_json),
+        "Rollout": e.rollout.as_ref().map(rollout::Progress::to_json),
+        "LastDeploymentConfig": e.last_deployment,
     })
 }
 
@@ -1355,5 +1556,10 @@ fn endpoint_from_json(v: &Value) -> Result<EndpointRec, String> {
         current: dep("Current")?,
         pending: dep("Pending")?,
         generation: 1,
+        rollout: match v.get("Rollout") {
+            None | Some(Value::Null) => None,
+            Some(r) => Some(rollout::Progress::from_json(r).map_err(|e| format!("Rollout: {e}"))?),
+        },
+        last_deployment: v.get("LastDeploymentConfig").filter(|d| !d.is_null()).cloned(),
     })
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Context};
 use serde_json::Value;
 
-pub const KINDS: [&str; 3] = ["models", "endpoint-configs", "endpoints"];
+pub const KINDS: [&str; 4] = ["models", "endpoint-configs", "endpoints", "alarms"];
 
 pub struct Store {
     dir: PathBuf,
@@ -39,6 +39,10 @@ impl Store {
     /// Where bundles pulled from registries are kept.
     pub fn bundles_dir(&self) -> PathBuf {
         self.dir.join("bundles")
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join("journal.jsonl")
     }
 
     fn path(&self, kind: &str, name: &str) -> PathBuf {

@@ -46,7 +46,7 @@ pub async fn endpoint_invocations(
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => return ApiError::bad("X-Amzn-SageMaker-Target-Variant is not ASCII").into_response(),
     };
-    let variant = match ep.choose(target) {
+    let (ep, index) = match ep.route(target) {
         Ok(v) => v,
         Err(Choice::Unknown { name, variants }) => {
             return ApiError::bad(format!(
@@ -62,6 +62,7 @@ pub async fn endpoint_invocations(
             .into_response()
         }
     };
+    let variant = &ep.variants[index];
     let r = answer(&st, variant, &headers, body).await;
     let (mut resp, model_time) = match r {
         Ok(a) => {
@@ -72,6 +73,8 @@ pub async fn endpoint_invocations(
         Err((e, model_time)) => (e.into_response(), model_time),
     };
     variant.series.invoked(resp.status().as_u16(), started.elapsed(), model_time);
+    let model_error = resp.headers().get("x-amzn-ErrorType").is_some_and(|v| v == "ModelError");
+    variant.counters.invoked(resp.status().as_u16(), model_error, started.elapsed(), model_time);
     variant.live.series.answered(started.elapsed(), resp.status().as_u16());
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&variant.name) {
@@ -215,9 +218,16 @@ impl ShadowCopy {
         match outcome {
             Ok((outputs, ct, bytes, model_time)) => {
                 shadow.series.invoked(200, started.elapsed(), Some(model_time));
+                shadow.counters.invoked(200, false, started.elapsed(), Some(model_time));
                 match compare(&self.production, &outputs) {
-                    Agreement::Agree => series.agreed(),
-                    Agreement::Disagree(d) => series.disagreed(d),
+                    Agreement::Agree => {
+                        series.agreed();
+                        shadow.counters.shadow(Some(true));
+                    }
+                    Agreement::Disagree(d) => {
+                        series.disagreed(d);
+                        shadow.counters.shadow(Some(false));
+                    }
                 }
                 if let Some(spec) = self.ep.capture.as_ref().filter(|s| s.sampled()) {
                     self.st.capture.submit(Record {
@@ -237,6 +247,8 @@ impl ShadowCopy {
             }
             Err(e) => {
                 shadow.series.invoked(e.status.as_u16(), started.elapsed(), None);
+                shadow.counters.invoked(e.status.as_u16(), false, started.elapsed(), None);
+                shadow.counters.shadow(None);
                 series.failed();
                 tracing::debug!(endpoint = %self.ep.name, shadow = %shadow.name, "shadow failed: {}", e.message);
             }
