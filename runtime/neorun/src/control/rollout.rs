@@ -54,7 +54,8 @@ impl Policy {
             Routing::Canary(c) => vec![Step { share: c, bake }, Step { share: 1.0, bake }],
             Routing::Linear(s) => {
                 let n = (1.0 / s - 1e-9).ceil() as usize;
-                (1..=n).map(|k| Step { share: (k as f64 * s).min(1.0), bake }).collect()
+                // in whole percents, as given
+                (1..=n).map(|k| Step { share: ((k as f64 * s * 100.0).round() / 100.0).min(1.0), bake }).collect()
             }
         }
     }

@@ -1,0 +1,202 @@
+"""Guarded rollouts on neorun, driven by stock boto3 as a team's runbook
+would: `update_endpoint` with a `DeploymentConfig` while clients keep
+invoking the endpoint, the `endpoint_in_service` waiter across the update.
+
+    rollouts.py MODE BASE_URL WORKDIR [JSON]
+
+WORKDIR holds add.neo (blue: r = a + b), mod.neo (green: r = a mod b,
+which fails on a zero divisor), badtest.neo (a bundle whose own test
+vectors fail) and the state directory `state/` (its journal is read back).
+Prints one JSON document for the Rust test to check. Retries are off.
+"""
+import datetime
+import json
+import sys
+import threading
+import time
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+KEY_ID, SECRET = "AKIDNEORUNTEST", "neorun/test+secret"
+GOOD = json.dumps({"inputs": {"a": [[7, 5]], "b": [[3, 2]]}})
+# a zero divisor: blue (add) answers, green (mod) fails inside its engine
+ZERO = json.dumps({"inputs": {"a": [[7, 5]], "b": [[0, 2]]}})
+
+
+def clients(base, validate=True):
+    kw = dict(
+        endpoint_url=base,
+        region_name="us-east-1",
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=30, connect_timeout=5,
+                      max_pool_connections=16, parameter_validation=validate),
+    )
+    return boto3.client("sagemaker", **kw), boto3.client("sagemaker-runtime", **kw)
+
+
+def error(fn):
+    try:
+        fn()
+    except ClientError as e:
+        return {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"],
+                "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+    return None
+
+
+def setup(base, work, _arg):
+    sm, _ = clients(base)
+    for name in ["add", "mod", "badtest"]:
+        sm.create_model(ModelName=name, PrimaryContainer={"ModelDataUrl": f"{work}/{name}.neo"})
+    for cfg, variant, model in [("v1", "Blue", "add"), ("v2", "Green", "mod"), ("v3", "Broken", "badtest")]:
+        sm.create_endpoint_config(EndpointConfigName=cfg, ProductionVariants=[
+            {"VariantName": variant, "ModelName": model, "InitialVariantWeight": 1,
+             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName="v1")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    return {"status": sm.describe_endpoint(EndpointName="ep")["EndpointStatus"]}
+
+
+def epoch(iso):
+    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def journal(work, since):
+    out = []
+    for line in open(work + "/state/journal.jsonl"):
+        e = json.loads(line)
+        e["t"] = epoch(e["time"])
+        if e["t"] >= since - 1:
+            out.append(e)
+    return out
+
+
+def rollout(base, work, arg):
+    """Clients invoke `ep` all along; `update_endpoint` runs the given
+    DeploymentConfig to config `to`. With `zero_share`, that share of
+    requests carries a zero divisor, from green's step `zero_from_step`
+    (1-based) on."""
+    spec = json.loads(arg)
+    sm, rt = clients(base)
+    stop = threading.Event()
+    # green's share of requests as DescribeEndpoint reports it
+    share_now = {"share": 0.0}
+    requests = []
+    lock = threading.Lock()
+
+    def client(k):
+        _, rt_k = clients(base)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            zero = (spec.get("zero_share", 0) > 0 and share_now["share"] >= spec.get("zero_from_share", 0.01)
+                    and (n * 7 + k) % 100 < spec["zero_share"] * 100)
+            t0 = time.time()
+            try:
+                r = rt_k.invoke_endpoint(EndpointName="ep", Body=ZERO if zero else GOOD,
+                                         ContentType="application/json", Accept="application/json")
+                body = r["Body"].read().decode()
+                rec = [t0, time.time(), r.get("InvokedProductionVariant"), True, zero, "10" in body]
+            except ClientError as e:
+                rec = [t0, time.time(), e.response["ResponseMetadata"]["HTTPHeaders"].get(
+                    "x-amzn-invoked-production-variant"), False, zero, e.response["Error"]["Code"]]
+            except Exception as e:  # a connection error: a failed request too
+                rec = [t0, time.time(), None, False, zero, repr(e)]
+            with lock:
+                requests.append(rec)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(spec.get("clients", 8))]
+    for t in threads:
+        t.start()
+    time.sleep(spec.get("warmup", 1.0))
+    started = time.time()
+    kw = {"EndpointName": "ep", "EndpointConfigName": spec["to"]}
+    if "deployment" in spec:
+        kw["DeploymentConfig"] = spec["deployment"]
+    sm.update_endpoint(**kw)
+    describes = []
+    while True:
+        d = sm.describe_endpoint(EndpointName="ep")
+        pending = d.get("PendingDeploymentSummary")
+        if pending:
+            g = pending["ProductionVariants"][0]
+            share_now["share"] = g["CurrentWeight"] / g["DesiredWeight"]
+        describes.append({"t": time.time(), "status": d["EndpointStatus"],
+                          "pending": d.get("PendingDeploymentSummary"),
+                          "variants": d["ProductionVariants"]})
+        if d["EndpointStatus"] != "Updating":
+            break
+        time.sleep(0.1)
+    # the waiter a runbook uses works across the update
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    time.sleep(spec.get("after", 1.0))
+    stop.set()
+    for t in threads:
+        t.join()
+    final = sm.describe_endpoint(EndpointName="ep")
+    return {"started": started, "requests": requests, "describes": describes,
+            "final": json.loads(json.dumps(final, default=str)), "journal": journal(work, started)}
+
+
+def bad(base, work, arg):
+    """Every refused request, by case: its error; the endpoint after.
+    botocore's own checks are off: the server must refuse these itself."""
+    sm, _ = clients(base, validate=False)
+    lin = {"Type": "LINEAR", "WaitIntervalInSeconds": 1, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 20}}
+    bg = lambda r, **k: {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": r, **k}}
+    cases = {
+        "step_too_small": bg({**lin, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 5}}),
+        "canary_too_big": bg({"Type": "CANARY", "WaitIntervalInSeconds": 1,
+                              "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 80}}),
+        "instance_count": bg({"Type": "CANARY", "WaitIntervalInSeconds": 1,
+                              "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1}}),
+        "waits_over_timeout": bg({**lin, "WaitIntervalInSeconds": 200}, MaximumExecutionTimeoutInSeconds=900),
+        "no_such_alarm": {**bg(lin), "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "nope"}]}},
+        "rolling": {"RollingUpdatePolicy": {"MaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value": 50},
+                                            "WaitIntervalInSeconds": 1}},
+    }
+    out = {}
+    for name, dc in cases.items():
+        out[name] = error(lambda: sm.update_endpoint(EndpointName="ep", EndpointConfigName="v2", DeploymentConfig=dc))
+    out["after_refusals"] = sm.describe_endpoint(EndpointName="ep")["EndpointStatus"]
+    # one update under way: a second is refused, naming the first
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName="v2", DeploymentConfig=bg(
+        {**lin, "WaitIntervalInSeconds": 30}, MaximumExecutionTimeoutInSeconds=600))
+    out["second_update"] = error(lambda: sm.update_endpoint(EndpointName="ep", EndpointConfigName="v1"))
+    out["weights_during_update"] = error(lambda: sm.update_endpoint_weights_and_capacities(
+        EndpointName="ep", DesiredWeightsAndCapacities=[{"VariantName": "Blue", "DesiredWeight": 2}]))
+    return out
+
+
+def describe(base, work, arg):
+    sm, rt = clients(base)
+    d = sm.describe_endpoint(EndpointName="ep")
+    r = rt.invoke_endpoint(EndpointName="ep", Body=GOOD, ContentType="application/json")
+    return {"describe": json.loads(json.dumps(d, default=str)), "invoked": r.get("InvokedProductionVariant"),
+            "body": r["Body"].read().decode()}
+
+
+def update_to(base, work, arg):
+    """Starts an update (arg: {to, deployment}) and returns at once."""
+    spec = json.loads(arg)
+    sm, _ = clients(base)
+    kw = {"EndpointName": "ep", "EndpointConfigName": spec["to"]}
+    if "deployment" in spec:
+        kw["DeploymentConfig"] = spec["deployment"]
+    return {"error": error(lambda: sm.update_endpoint(**kw))}
+
+
+def wait(base, work, arg):
+    sm, _ = clients(base)
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    return {"describe": json.loads(json.dumps(sm.describe_endpoint(EndpointName="ep"), default=str))}
+
+
+if __name__ == "__main__":
+    mode, base, work = sys.argv[1:4]
+    arg = sys.argv[4] if len(sys.argv) > 4 else "{}"
+    print(json.dumps({"setup": setup, "rollout": rollout, "bad": bad, "describe": describe,
+                      "update_to": update_to, "wait": wait}[mode](base, work, arg), default=str))

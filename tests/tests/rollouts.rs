@@ -1,0 +1,721 @@
+//! Guarded rollouts: `UpdateEndpoint` with a `DeploymentConfig` from stock
+//! boto3 against a real `neorun serve`, with clients invoking the endpoint
+//! all along — linear, canary and all-at-once traffic shifting, alarms over
+//! the endpoint's metrics that roll back on their own, a rollback fired by a
+//! real Prometheus and Alertmanager, restarts in the middle, and every kind
+//! of bad input.
+//!
+//! Blue is `add.neo` (r = a + b), green `mod.neo` (r = a mod b), both on
+//! int32 `[N, 2]` inputs `a`, `b`: the answer tells the fleets apart, and a
+//! zero divisor makes green fail inside its engine (a 5xx ModelError) where
+//! blue answers.
+//!
+//! (Over 600 lines: one end-to-end test per acceptance point of the
+//! rollouts issue, each with its own server; the request analysis and the
+//! server helpers are at the top.)
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use neoc_e2e::*;
+use serde_json::{json, Value};
+
+const KEY_ID: &str = "AKIDNEORUNTEST";
+const SECRET: &str = "neorun/test+secret";
+const TOKEN: &str = "rollout-test-token";
+
+/// The tests of this file each drive 8 clients on a 2-core machine: one at a time.
+static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An ONNX model of one binary op on int32 `[N, 2]` inputs `a`, `b`, with
+/// one test case; `reference` overrides its expected output (compiled with
+/// --allow-mismatch: a bundle whose own health check fails).
+fn int_bundle(d: &Path, name: &str, op: &str, reference: Option<[i32; 2]>) {
+    let script = r#"
+import sys, os, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+d, name, op, ref = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
+b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
+o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
+m = helper.make_model(helper.make_graph([helper.make_node(op, ["a", "b"], ["r"])], name, [a, b], [o]),
+                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+os.makedirs(f"{d}/{name}/test_data_set_0")
+onnx.save(m, f"{d}/{name}/{name}.onnx")
+x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
+r = {"Add": x + y, "Mod": np.mod(x, y)}[op] if ref == "-" else np.array([[int(v) for v in ref.split(",")]], np.int32)
+t = f"{d}/{name}/test_data_set_0"
+open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
+open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
+open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(r.astype(np.int32), "r").SerializeToString())
+"#;
+    let r = reference.map_or("-".to_string(), |[x, y]| format!("{x},{y}"));
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap(), name, op, &r]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = Command::new("tar")
+        .current_dir(d.join(name))
+        .args(["czf", "../m.tar.gz", &format!("{name}.onnx"), "test_data_set_0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = format!("{name}.neo");
+    let mut args = vec!["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", &out];
+    if reference.is_some() {
+        args.push("--allow-mismatch");
+    }
+    ok(run("neoc", d, &args, &[], None));
+}
+
+/// A scratch directory with add.neo, mod.neo, badtest.neo, the test's
+/// access key and the alarms file.
+fn work() -> tempfile::TempDir {
+    let dir = scratch();
+    let d = dir.path();
+    int_bundle(d, "add", "Add", None);
+    int_bundle(d, "mod", "Mod", None);
+    int_bundle(d, "badtest", "Mod", Some([9, 9]));
+    std::fs::write(
+        d.join("creds"),
+        format!("[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
+    )
+    .unwrap();
+    let alarms = json!([
+        // green's own 5xx rate over 1-second periods
+        {"AlarmName": "green-5xx", "Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors",
+         "Dimensions": [{"Name": "EndpointName", "Value": "ep"}, {"Name": "VariantName", "Value": "Green"}],
+         "Statistic": "Average", "Period": 1, "EvaluationPeriods": 1, "Threshold": 0.05,
+         "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching"},
+        {"AlarmName": "green-p99", "MetricName": "ModelLatency", "ExtendedStatistic": "p99",
+         "Dimensions": [{"Name": "EndpointName", "Value": "ep"}, {"Name": "VariantName", "Value": "Green"}],
+         "Period": 2, "EvaluationPeriods": 2, "DatapointsToAlarm": 2, "Threshold": 500000,
+         "ComparisonOperator": "GreaterThanThreshold"},
+        {"AlarmName": "prom-green-errors", "External": true}
+    ]);
+    std::fs::write(d.join("alarms.json"), serde_json::to_vec_pretty(&alarms).unwrap()).unwrap();
+    dir
+}
+
+fn server(dir: &Path) -> Served {
+    serve_with(
+        &bin("neorun"),
+        dir,
+        &["--state-dir", "state", "--access-keys", "creds", "--auth-token", TOKEN, "--alarms", "alarms.json"],
+    )
+}
+
+fn py(mode: &str, base: &str, dir: &Path, arg: &Value) -> Value {
+    let out = Command::new(venv_python())
+        .args([
+            root().join("tests/serve/rollouts.py").to_str().unwrap(),
+            mode,
+            base,
+            dir.to_str().unwrap(),
+            &arg.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rollouts.py {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn linear(step: u32, wait: u32, alarms: &[&str]) -> Value {
+    let mut d = json!({"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": {"Type": "LINEAR", "WaitIntervalInSeconds": wait,
+            "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": step}},
+        "TerminationWaitInSeconds": 1, "MaximumExecutionTimeoutInSeconds": 600}});
+    if !alarms.is_empty() {
+        d["AutoRollbackConfiguration"] =
+            json!({"Alarms": alarms.iter().map(|a| json!({"AlarmName": a})).collect::<Vec<_>>()});
+    }
+    d
+}
+
+/// One request as rollouts.py records it.
+struct Req {
+    sent: f64,
+    done: f64,
+    variant: Option<String>,
+    ok: bool,
+    zero: bool,
+    /// The answer was blue's (a + b).
+    blue_answer: bool,
+}
+
+fn requests(run: &Value) -> Vec<Req> {
+    run["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| Req {
+            sent: r[0].as_f64().unwrap(),
+            done: r[1].as_f64().unwrap(),
+            variant: r[2].as_str().map(str::to_string),
+            ok: r[3].as_bool().unwrap(),
+            zero: r[4].as_bool().unwrap(),
+            blue_answer: r[5].as_bool() == Some(true),
+        })
+        .collect()
+}
+
+/// The journal's entries of one operation, in order.
+fn events<'a>(run: &'a Value, op: &str) -> Vec<&'a Value> {
+    run["journal"].as_array().unwrap().iter().filter(|e| e["op"] == op && e["name"] == "ep").collect()
+}
+
+/// The steps as the journal recorded them: (time traffic moved, share).
+fn steps(run: &Value) -> Vec<(f64, f64)> {
+    events(run, "DeploymentStep")
+        .iter()
+        .filter(|e| e["detail"]["Phase"] == "ActivatingTraffic")
+        .map(|e| (e["t"].as_f64().unwrap(), e["detail"]["Share"].as_f64().unwrap()))
+        .collect()
+}
+
+/// Green's share of the requests sent inside [from, to] (a margin off each
+/// end: a request in flight at a step may go either way).
+fn green_share(reqs: &[Req], from: f64, to: f64) -> (f64, usize) {
+    let inside: Vec<&Req> = reqs.iter().filter(|r| r.sent > from + 0.15 && r.done < to - 0.05).collect();
+    let green = inside.iter().filter(|r| r.variant.as_deref() == Some("Green")).count();
+    (green as f64 / inside.len().max(1) as f64, inside.len())
+}
+
+/// Checks that the share of green answers followed each step, the answers
+/// matched the fleet named in the header, and no request failed.
+fn assert_followed_steps(run: &Value, want: &[f64]) {
+    let reqs = requests(run);
+    let failed: Vec<&Req> = reqs.iter().filter(|r| !r.ok).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed during the update", failed.len(), reqs.len());
+    for r in &reqs {
+        let blue = r.variant.as_deref() == Some("Blue");
+        assert_eq!(blue, r.blue_answer, "the header named {:?} but the answer was the other fleet's", r.variant);
+    }
+    let s = steps(run);
+    let got: Vec<f64> = s.iter().map(|x| x.1).collect();
+    assert_eq!(got.len(), want.len(), "steps {got:?}, wanted {want:?}");
+    let completed = events(run, "DeploymentStep")
+        .iter()
+        .find(|e| e["detail"]["Phase"] == "TerminationWait")
+        .map(|e| e["t"].as_f64().unwrap())
+        .expect("the final bake ended");
+    let before = green_share(&reqs, run["started"].as_f64().unwrap() - 1.0, s[0].0);
+    assert_eq!(before.0, 0.0, "green answered before the first step");
+    for (k, (t, share)) in s.iter().enumerate() {
+        assert!((share - want[k]).abs() < 1e-9, "step {k}: share {share}, wanted {}", want[k]);
+        let end = s.get(k + 1).map_or(completed, |x| x.0);
+        let (g, n) = green_share(&reqs, *t, end);
+        // binomial: 4 standard deviations of the share, at least 5 points
+        let tol = (4.0 * (share * (1.0 - share) / n as f64).sqrt()).max(0.05);
+        assert!(n >= 50, "step {k}: only {n} requests inside it");
+        assert!((g - share).abs() <= tol, "step {k}: green answered {g:.3} of {n} requests, the step is {share}");
+        eprintln!("step {k}: share {share}: green answered {g:.3} of {n}");
+    }
+    let last = reqs.iter().filter(|r| r.sent > completed + 0.2).collect::<Vec<_>>();
+    assert!(!last.is_empty());
+    assert!(last.iter().all(|r| r.variant.as_deref() == Some("Green")), "blue answered after the update");
+}
+
+#[test]
+fn a_linear_update_from_boto3_follows_its_steps_with_no_failed_request() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let run = py("rollout", &s.base, d, &json!({"to": "v2", "deployment": linear(20, 2, &["green-5xx"])}));
+    assert_followed_steps(&run, &[0.2, 0.4, 0.6, 0.8, 1.0]);
+    let f = &run["final"];
+    assert_eq!(f["EndpointStatus"], "InService");
+    assert_eq!(f["EndpointConfigName"], "v2");
+    assert!(f.get("FailureReason").is_none(), "{f}");
+    assert_eq!(f["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"], "LINEAR");
+    // during the update: Updating, blue's weight shrinking, green's status
+    // ActivatingTraffic / Baking with its start time, desired weights
+    let during: Vec<&Value> =
+        run["describes"].as_array().unwrap().iter().filter(|x| x["status"] == "Updating").collect();
+    assert!(during.len() > 10);
+    let baking = during
+        .iter()
+        .find(|x| {
+            let g = &x["pending"]["ProductionVariants"][0];
+            g["VariantStatus"][0]["Status"] == "Baking"
+                && (g["CurrentWeight"].as_f64().unwrap_or(0.0) - 0.6).abs() < 1e-9
+        })
+        .expect("a describe during the third bake");
+    assert!(baking["pending"]["ProductionVariants"][0]["VariantStatus"][0]["StatusMessage"]
+        .as_str()
+        .unwrap()
+        .contains("step 3 of 5: 60% of requests on the new fleet"));
+    let green = &baking["pending"]["ProductionVariants"][0];
+    assert_eq!(baking["pending"]["EndpointConfigName"], "v2");
+    assert_eq!(green["VariantName"], "Green");
+    assert_eq!(green["VariantStatus"][0]["Status"], "Baking");
+    assert!(green["VariantStatus"][0]["StartTime"].is_number() || green["VariantStatus"][0]["StartTime"].is_string());
+    assert!((green["CurrentWeight"].as_f64().unwrap() - 0.6).abs() < 1e-9, "{green}");
+    assert_eq!(green["DesiredWeight"], 1.0);
+    let blue = &baking["variants"][0];
+    assert_eq!(blue["VariantName"], "Blue");
+    assert!((blue["CurrentWeight"].as_f64().unwrap() - 0.4).abs() < 1e-9, "{blue}");
+    assert_eq!(blue["DesiredWeight"], 0.0);
+    assert!(
+        during
+            .iter()
+            .any(|x| x["pending"]["ProductionVariants"][0]["VariantStatus"][0]["Status"] == "ActivatingTraffic")
+            || events(&run, "DeploymentStep").iter().any(|e| e["detail"]["Phase"] == "ActivatingTraffic")
+    );
+    // the journal: who asked, each step, the outcome
+    let asked = events(&run, "UpdateEndpoint");
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0]["who"], format!("access key {KEY_ID}"));
+    assert_eq!(events(&run, "DeploymentCompleted").len(), 1);
+    // the journal from the command line, from the server and from the state directory
+    let via_api = ok(run_neorun(
+        d,
+        &["journal", "--url", &s.base, "--auth-token", TOKEN, "--name", "ep", "--op", "DeploymentStep"],
+    ));
+    let via_dir = ok(run_neorun(d, &["journal", "--state-dir", "state", "--name", "ep", "--op", "DeploymentStep"]));
+    assert_eq!(via_api, via_dir);
+    assert_eq!(via_api.lines().count(), 5 * 2 + 1, "{via_api}");
+}
+
+fn run_neorun(d: &Path, args: &[&str]) -> std::process::Output {
+    run("neorun", d, args, &[], None)
+}
+
+/// A green that fails on a share of inputs: the alarm fires in the bake of
+/// `step` (1-based), requests go back to blue within a period, and no
+/// request answered by blue fails.
+fn rolls_back_on_an_alarm(zero_from_step: u64) {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let spec = json!({"to": "v2", "deployment": linear(20, 3, &["green-5xx", "green-p99"]),
+                      "zero_share": 0.3, "zero_from_share": 0.2 * zero_from_step as f64 - 0.01});
+    let run = py("rollout", &s.base, d, &spec);
+    let reqs = requests(&run);
+    let f = &run["final"];
+    assert_eq!(f["EndpointStatus"], "InService", "{f}");
+    assert_eq!(f["EndpointConfigName"], "v1");
+    let why = f["FailureReason"].as_str().unwrap();
+    assert!(why.contains("rolled back") && why.contains("green-5xx") && why.contains("ALARM"), "{why}");
+    assert!(why.contains(&format!("step {zero_from_step} of 5")), "{why}");
+    // no request blue answered failed; green's failures were the zero divisors
+    let blue_failed = reqs.iter().filter(|r| r.variant.as_deref() == Some("Blue") && !r.ok).count();
+    assert_eq!(blue_failed, 0);
+    let green_failed: Vec<&Req> = reqs.iter().filter(|r| !r.ok).collect();
+    assert!(!green_failed.is_empty());
+    assert!(green_failed.iter().all(|r| r.zero && r.variant.as_deref() == Some("Green")));
+    let back = events(&run, "DeploymentRolledBack");
+    assert_eq!(back.len(), 1);
+    let blue_at = back[0]["detail"]["blue_at"].as_f64().unwrap();
+    let from_alarm = back[0]["detail"]["seconds_from_alarm_to_blue"].as_f64().unwrap();
+    let first_failure = green_failed.iter().map(|r| r.done).fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "first green 5xx → 100% on blue: {:.3} s; alarm state change → blue: {from_alarm:.3} s",
+        blue_at - first_failure
+    );
+    assert!(from_alarm < 0.5, "{from_alarm} s from the alarm to blue");
+    // the alarm's period is 1 s: back on blue within one period (and the evaluation tick)
+    assert!(blue_at - first_failure < 1.5, "{} s from the first failure to blue", blue_at - first_failure);
+    let green_after = reqs.iter().filter(|r| r.sent > blue_at + 0.05 && r.variant.as_deref() == Some("Green")).count();
+    assert_eq!(green_after, 0, "green answered after the rollback");
+    // the steps before the alarm's: no failure there
+    let s = steps(&run);
+    assert_eq!(s.len() as u64, zero_from_step);
+    let alarm: Vec<&Value> =
+        run["journal"].as_array().unwrap().iter().filter(|e| e["op"] == "AlarmStateChange").collect();
+    assert!(alarm.iter().any(|e| e["name"] == "green-5xx" && e["detail"]["to"] == "ALARM"), "{alarm:?}");
+}
+
+#[test]
+fn a_green_failing_on_some_inputs_is_rolled_back_in_its_first_bake() {
+    rolls_back_on_an_alarm(1);
+}
+
+#[test]
+fn a_green_that_starts_failing_in_its_second_step_is_rolled_back_then() {
+    rolls_back_on_an_alarm(2);
+}
+
+#[test]
+fn canary_and_all_at_once_updates_shift_as_specified() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let canary = json!({"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 3,
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
+        "MaximumExecutionTimeoutInSeconds": 600},
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "green-5xx"}]}});
+    let run = py("rollout", &s.base, d, &json!({"to": "v2", "deployment": canary}));
+    assert_followed_steps(&run, &[0.25, 1.0]);
+    assert_eq!(run["final"]["EndpointConfigName"], "v2");
+    // the final bake after all traffic moved lasted the wait
+    let s2 = steps(&run);
+    let done = events(&run, "DeploymentStep").iter().find(|e| e["detail"]["Phase"] == "TerminationWait").unwrap()["t"]
+        .as_f64()
+        .unwrap();
+    assert!(done - s2[1].0 >= 2.9, "final bake of {} s", done - s2[1].0);
+
+    // back to v1 all at once, with a termination wait: blue (v2 now) is kept
+    // until it ends, and DescribeEndpoint says so meanwhile
+    let all = json!({"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 2},
+        "TerminationWaitInSeconds": 2, "MaximumExecutionTimeoutInSeconds": 600}});
+    let run = py("rollout", &s.base, d, &json!({"to": "v1", "deployment": all}));
+    let reqs = requests(&run);
+    assert!(reqs.iter().all(|r| r.ok), "a request failed during the all-at-once update");
+    let st = steps(&run);
+    assert_eq!(st.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1.0]);
+    let after: Vec<&Req> = reqs.iter().filter(|r| r.sent > st[0].0 + 0.1).collect();
+    assert!(after.iter().all(|r| r.variant.as_deref() == Some("Blue")), "v1's variant is Blue");
+    let before: Vec<&Req> = reqs.iter().filter(|r| r.done < st[0].0 - 0.05).collect();
+    assert!(before.iter().all(|r| r.variant.as_deref() == Some("Green")));
+    let waiting = run["describes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| {
+            x["pending"].is_null()
+                && x["variants"][0]["VariantStatus"][0]["StatusMessage"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("termination wait"))
+        })
+        .expect("a describe during the termination wait");
+    assert_eq!(waiting["status"], "Updating");
+    assert_eq!(waiting["variants"][0]["VariantName"], "Blue");
+    assert_eq!(run["final"]["EndpointStatus"], "InService");
+    assert_eq!(run["final"]["EndpointConfigName"], "v1");
+}
+
+/// Prometheus (scraping neorun) and Alertmanager (posting to neorun's
+/// webhook), Debian's real ones, each on its own port.
+struct Monitoring {
+    children: Vec<Child>,
+}
+
+impl Drop for Monitoring {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_http(url: &str) {
+    let start = Instant::now();
+    while ureq::get(url).call().is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{url} did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn monitoring(d: &Path, neorun: &str) -> Monitoring {
+    let prometheus = which("prometheus").expect("Debian's prometheus (apt-get install prometheus)");
+    let alertmanager = which("prometheus-alertmanager")
+        .expect("Debian's prometheus-alertmanager (apt-get install prometheus-alertmanager)");
+    let (pp, ap) = (free_port(), free_port());
+    let target = neorun.trim_start_matches("http://");
+    std::fs::write(
+        d.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: neorun\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n- name: neorun\n  webhook_configs:\n  - url: {neorun}/alertmanager\n    send_resolved: true\n\
+             \x20   http_config:\n      authorization:\n        credentials: {TOKEN}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rules.yml"),
+        "groups:\n- name: neorun\n  rules:\n  - alert: GreenErrors\n    expr: sum(increase(neorun_invocation_5xx_errors_total{endpoint_name=\"ep\",variant_name=\"Green\"}[10s])) > 0\n    labels:\n      neorun_alarm: prom-green-errors\n    annotations:\n      summary: green answers 5xx\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n\
+             alerting:\n  alertmanagers:\n  - static_configs:\n    - targets: ['127.0.0.1:{ap}']\n\
+             scrape_configs:\n- job_name: neorun\n  authorization:\n    credentials: {TOKEN}\n  static_configs:\n  - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let promtool = Command::new("promtool").current_dir(d).args(["check", "rules", "rules.yml"]).output().unwrap();
+    assert!(promtool.status.success(), "{}", String::from_utf8_lossy(&promtool.stdout));
+    let am = Command::new(alertmanager)
+        .current_dir(d)
+        .args([
+            "--config.file=alertmanager.yml",
+            &format!("--web.listen-address=127.0.0.1:{ap}"),
+            "--cluster.listen-address=",
+            "--storage.path=am-data",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let prom = Command::new(prometheus)
+        .current_dir(d)
+        .args([
+            "--config.file=prometheus.yml",
+            &format!("--web.listen-address=127.0.0.1:{pp}"),
+            "--storage.tsdb.path=prom-data",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = Monitoring { children: vec![am, prom] };
+    wait_http(&format!("http://127.0.0.1:{ap}/-/ready"));
+    wait_http(&format!("http://127.0.0.1:{pp}/-/ready"));
+    m
+}
+
+#[test]
+fn an_alertmanager_webhook_from_a_prometheus_rule_rolls_the_update_back() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let _m = monitoring(d, &s.base);
+    // only the external alarm guards this update: Prometheus decides
+    let mut dc = linear(20, 30, &["prom-green-errors"]);
+    dc["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"] = json!(900);
+    let run = py("rollout", &s.base, d, &json!({"to": "v2", "deployment": dc, "zero_share": 0.3}));
+    let f = &run["final"];
+    assert_eq!(f["EndpointConfigName"], "v1", "{f}");
+    let why = f["FailureReason"].as_str().unwrap();
+    assert!(why.contains("prom-green-errors") && why.contains("Alertmanager") && why.contains("GreenErrors"), "{why}");
+    let reqs = requests(&run);
+    assert_eq!(reqs.iter().filter(|r| r.variant.as_deref() == Some("Blue") && !r.ok).count(), 0);
+    let back = events(&run, "DeploymentRolledBack");
+    let blue_at = back[0]["detail"]["blue_at"].as_f64().unwrap();
+    let from_alarm = back[0]["detail"]["seconds_from_alarm_to_blue"].as_f64().unwrap();
+    let first_failure = reqs.iter().filter(|r| !r.ok).map(|r| r.done).fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "Alertmanager: first green 5xx → 100% on blue: {:.3} s; webhook → blue: {from_alarm:.3} s",
+        blue_at - first_failure
+    );
+    assert!(from_alarm < 0.5);
+    assert!(reqs.iter().filter(|r| r.sent > blue_at + 0.05).all(|r| r.variant.as_deref() == Some("Blue")));
+    assert!(blue_at - first_failure < 25.0, "rolled back within the first 30 s bake");
+}
+
+#[test]
+fn a_restart_in_the_middle_resolves_to_blue_and_after_the_final_bake_to_green() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let mut s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let started = py("update_to", &s.base, d, &json!({"to": "v2", "deployment": linear(20, 3, &[])}));
+    assert!(started["error"].is_null(), "{started}");
+    // wait for the second step, then kill -9
+    let t = Instant::now();
+    loop {
+        let j = std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap();
+        if j.lines().filter(|l| l.contains("\"DeploymentStep\"") && l.contains("ActivatingTraffic")).count() >= 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    drop(s);
+    let s = server(d);
+    let after = py("describe", &s.base, d, &json!({}));
+    let dsc = &after["describe"];
+    assert_eq!(dsc["EndpointStatus"], "InService", "{dsc}");
+    assert_eq!(dsc["EndpointConfigName"], "v1");
+    assert!(dsc.get("PendingDeploymentSummary").is_none());
+    let why = dsc["FailureReason"].as_str().unwrap();
+    assert!(why.contains("interrupted by a restart at step 2 of 5") && why.contains("all traffic is on v1"), "{why}");
+    assert_eq!(after["invoked"], "Blue");
+    // nobody is driving anything: it stays on blue
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(py("describe", &s.base, d, &json!({}))["describe"]["EndpointConfigName"], "v1");
+
+    // after the final bake (in the termination wait) the update has completed
+    let all = json!({"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1},
+        "TerminationWaitInSeconds": 60, "MaximumExecutionTimeoutInSeconds": 600}});
+    let mut s = s;
+    assert!(py("update_to", &s.base, d, &json!({"to": "v2", "deployment": all}))["error"].is_null());
+    let t = Instant::now();
+    while !std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap().contains("\"TerminationWait\"") {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    drop(s);
+    let s = server(d);
+    let after = py("describe", &s.base, d, &json!({}));
+    let dsc = &after["describe"];
+    assert_eq!(dsc["EndpointStatus"], "InService");
+    assert_eq!(dsc["EndpointConfigName"], "v2", "{dsc}");
+    assert!(dsc.get("FailureReason").is_none(), "{dsc}");
+    assert_eq!(after["invoked"], "Green");
+    let j = std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap();
+    assert_eq!(j.matches("\"DeploymentInterrupted\"").count(), 2);
+}
+
+#[test]
+fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    // a green whose bundle fails its own health check, then one whose
+    // bundle is gone: the update ends, blue untouched, the reason shown
+    for (cfg, want) in [("v3", "health check failed"), ("v2", "mod.neo")] {
+        if cfg == "v2" {
+            std::fs::rename(d.join("mod.neo"), d.join("mod.neo.away")).unwrap();
+        }
+        let e = py("update_to", &s.base, d, &json!({"to": cfg, "deployment": linear(20, 1, &[])}));
+        assert!(e["error"].is_null(), "{e}");
+        let w = py("wait", &s.base, d, &json!({}));
+        let dsc = &w["describe"];
+        assert_eq!(dsc["EndpointConfigName"], "v1", "{dsc}");
+        let why = dsc["FailureReason"].as_str().unwrap();
+        assert!(why.contains("not started") && why.contains(want) && why.contains("all traffic is on v1"), "{why}");
+        assert_eq!(py("describe", &s.base, d, &json!({}))["invoked"], "Blue");
+    }
+    std::fs::rename(d.join("mod.neo.away"), d.join("mod.neo")).unwrap();
+    // a field botocore would not send (the CLI sends the JSON as given)
+    let mut typo = linear(20, 1, &[]);
+    typo["BlueGreenUpdatePolicy"]["Colour"] = json!("green");
+    let e = fails(
+        run_neorun(
+            d,
+            &[
+                "endpoint",
+                "--url",
+                &s.base,
+                "--auth-token",
+                TOKEN,
+                "update",
+                "ep",
+                "--config",
+                "v2",
+                "--deployment-config",
+                &typo.to_string(),
+            ],
+        ),
+        1,
+    );
+    assert!(e.contains("DeploymentConfig.BlueGreenUpdatePolicy.Colour: unknown field"), "{e}");
+    let out = py("bad", &s.base, d, &json!({}));
+    let want = [
+        ("step_too_small", "LinearStepSize.Value: 5%: must be 10 to 50%"),
+        ("canary_too_big", "CanarySize.Value: 80%"),
+        ("instance_count", "INSTANCE_COUNT"),
+        ("waits_over_timeout", "must be larger than the deployment's waits"),
+        ("no_such_alarm", "AutoRollbackConfiguration.Alarms[0].AlarmName: no alarm named \"nope\""),
+        ("rolling", "RollingUpdatePolicy"),
+    ];
+    for (case, text) in want {
+        let e = &out[case];
+        assert_eq!(e["code"], "ValidationException", "{case}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(text), "{case}: {e}");
+    }
+    assert_eq!(out["after_refusals"], "InService");
+    let second = out["second_update"]["message"].as_str().unwrap();
+    assert!(second.contains("Updating (to v2") && second.contains("RollbackEndpointUpdate"), "{second}");
+    assert!(out["weights_during_update"]["message"].as_str().unwrap().contains("Updating"));
+
+    // a manual rollback from the command line ends the update under way
+    let r = ok(run_neorun(d, &["endpoint", "--url", &s.base, "--auth-token", TOKEN, "rollback", "ep"]));
+    assert!(r.contains("rolling back"), "{r}");
+    let w = fails(run_neorun(d, &["endpoint", "--url", &s.base, "--auth-token", TOKEN, "wait", "ep"]), 1);
+    assert!(w.contains("rolled back by bearer token"), "{w}");
+    assert_eq!(py("describe", &s.base, d, &json!({}))["invoked"], "Blue");
+    let e = fails(run_neorun(d, &["endpoint", "--url", &s.base, "--auth-token", TOKEN, "rollback", "ep"]), 1);
+    assert!(e.contains("no guarded update under way"), "{e}");
+    // and the CLI's own update, waited on, ends on green
+    let dc = serde_json::to_string(&linear(50, 1, &["green-5xx"])).unwrap();
+    let u = run_neorun(
+        d,
+        &[
+            "endpoint",
+            "--url",
+            &s.base,
+            "--auth-token",
+            TOKEN,
+            "update",
+            "ep",
+            "--config",
+            "v2",
+            "--deployment-config",
+            &dc,
+            "--wait",
+        ],
+    );
+    let text = ok(u);
+    assert!(text.contains("\"EndpointConfigName\": \"v2\""), "{text}");
+
+    // the webhook and the alarm API refuse what they cannot read
+    let post = |path: &str, target: Option<&str>, body: &str| {
+        let mut r = ureq::post(&format!("{}{path}", s.base)).set("Authorization", &format!("Bearer {TOKEN}"));
+        if let Some(t) = target {
+            r = r.set("X-Amz-Target", t);
+        }
+        match r.send_string(body) {
+            Ok(r) => (200, r.into_string().unwrap()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (c, b) =
+        post("/alertmanager", None, "{\"version\": \"4\", \"alerts\": [{\"status\": \"firing\", \"labels\": {}}]}");
+    assert_eq!(c, 400);
+    assert!(b.contains("alerts[0]"), "{b}");
+    let (c, b) = post(
+        "/alertmanager",
+        None,
+        "{\"version\": \"4\", \"alerts\": [{\"status\": \"firing\", \"labels\": {\"alertname\": \"nope\"}}]}",
+    );
+    assert_eq!(c, 400);
+    assert!(b.contains("no alarm named nope"), "{b}");
+    let (c, b) = post(
+        "/",
+        Some("GraniteServiceVersion20100801.PutMetricAlarm"),
+        "{\"AlarmName\": \"x\", \"MetricName\": \"CPUUtilization\"}",
+    );
+    assert_eq!(c, 400);
+    assert!(b.contains("not a metric neorun keeps"), "{b}");
+    let (c, b) = post(
+        "/",
+        Some("GraniteServiceVersion20100801.DescribeAlarms"),
+        "{\"AlarmNames\": [\"green-5xx\", \"prom-green-errors\"]}",
+    );
+    assert_eq!(c, 200);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["MetricAlarms"].as_array().unwrap().len(), 2, "{v}");
+    let (c, b) = post(
+        "/",
+        Some("GraniteServiceVersion20100801.SetAlarmState"),
+        "{\"AlarmName\": \"prom-green-errors\", \"StateValue\": \"RED\", \"StateReason\": \"x\"}",
+    );
+    assert_eq!(c, 400);
+    assert!(b.contains("StateValue"), "{b}");
+    // unauthenticated webhooks are refused
+    let r = ureq::post(&format!("{}/alertmanager", s.base)).send_string("{}");
+    assert!(matches!(r, Err(ureq::Error::Status(401 | 403, _))), "{r:?}");
+}
