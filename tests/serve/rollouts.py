@@ -195,8 +195,101 @@ def wait(base, work, arg):
     return {"describe": json.loads(json.dumps(sm.describe_endpoint(EndpointName="ep"), default=str))}
 
 
+def experiment(base, work, arg):
+    """A shadow test over its schedule, then one promoted with
+    StopInferenceExperiment, then the refusals."""
+    sm, rt = clients(base, validate=False)
+    variants = [
+        {"ModelName": "add", "VariantName": "Blue", "InfrastructureConfig": {
+            "InfrastructureType": "RealTimeInference",
+            "RealTimeInferenceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}}},
+        {"ModelName": "mod", "VariantName": "Shadow", "InfrastructureConfig": {
+            "InfrastructureType": "RealTimeInference",
+            "RealTimeInferenceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}}},
+    ]
+
+    def create(name, seconds, **kw):
+        now = time.time()
+        return sm.create_inference_experiment(
+            Name=name, Type="ShadowMode", RoleArn="arn:aws:iam::123456789012:role/sagemaker",
+            EndpointName="ep", ModelVariants=variants,
+            Schedule={"StartTime": now, "EndTime": now + seconds},
+            ShadowModeConfig={"SourceModelVariantName": "Blue",
+                              "ShadowModelVariants": [{"ShadowModelVariantName": "Shadow", "SamplingPercentage": 50}]},
+            **kw)
+
+    def until(name, status, limit=30):
+        t = time.time()
+        while True:
+            d = sm.describe_inference_experiment(Name=name)
+            if d["Status"] == status:
+                return d
+            if time.time() - t > limit:
+                raise RuntimeError(f"{name} is {d['Status']}, not {status}: {d.get('StatusReason')}")
+            time.sleep(0.2)
+
+    out = {}
+    create("shadow-test", 8, DataStorageConfig={"Destination": "file://" + work + "/exp-capture"})
+    running = until("shadow-test", "Running")
+    out["running"] = running
+    out["endpoint_running"] = sm.describe_endpoint(EndpointName="ep")
+    out["update_during"] = error(lambda: sm.update_endpoint(EndpointName="ep", EndpointConfigName="v2"))
+    out["second"] = error(lambda: create("another", 60))
+    answered = []
+    for _ in range(400):
+        r = rt.invoke_endpoint(EndpointName="ep", Body=GOOD, ContentType="application/json")
+        answered.append(r["InvokedProductionVariant"])
+    out["answered"] = answered
+    # the side-by-side metrics, through neorun's own client (boto3 drops the field)
+    import subprocess
+    cli = [sys.argv[5], "endpoint", "--url", base, "--auth-token", sys.argv[6], "experiment", "shadow-test"]
+    out["metrics_running"] = json.loads(subprocess.run(cli, check=True, capture_output=True).stdout)["Metrics"]
+    done = until("shadow-test", "Completed")
+    out["completed"] = done
+    out["endpoint_after"] = sm.describe_endpoint(EndpointName="ep")
+    out["after_answer"] = rt.invoke_endpoint(EndpointName="ep", Body=GOOD, ContentType="application/json")["Body"].read().decode()
+    out["metrics_final"] = json.loads(subprocess.run(cli, check=True, capture_output=True).stdout)["Metrics"]
+
+    create("promote-test", 600)
+    until("promote-test", "Running")
+    out["bad_stop"] = error(lambda: sm.stop_inference_experiment(
+        Name="promote-test", ModelVariantActions={"Blue": "Remove", "Shadow": "Promote"}))
+    sm.stop_inference_experiment(Name="promote-test", ModelVariantActions={"Blue": "Retain", "Shadow": "Promote"},
+                                 Reason="the shadow is better")
+    out["promoted"] = until("promote-test", "Completed")
+    out["endpoint_promoted"] = sm.describe_endpoint(EndpointName="ep")
+    r = rt.invoke_endpoint(EndpointName="ep", Body=GOOD, ContentType="application/json")
+    out["promoted_answer"] = [r["InvokedProductionVariant"], r["Body"].read().decode()]
+    out["list"] = sm.list_inference_experiments()["InferenceExperiments"]
+    now = time.time()
+    out["refused"] = {
+        "no_endpoint": error(lambda: sm.create_inference_experiment(
+            Name="x1", Type="ShadowMode", RoleArn="arn:aws:iam::123456789012:role/r", EndpointName="nope",
+            ModelVariants=variants, ShadowModeConfig={"SourceModelVariantName": "Blue", "ShadowModelVariants": [
+                {"ShadowModelVariantName": "Shadow", "SamplingPercentage": 50}]})),
+        "sampling_zero": error(lambda: sm.create_inference_experiment(
+            Name="x2", Type="ShadowMode", RoleArn="arn:aws:iam::123456789012:role/r", EndpointName="ep",
+            ModelVariants=[{**variants[0], "ModelName": "mod"}, {**variants[1], "ModelName": "add"}],
+            ShadowModeConfig={"SourceModelVariantName": "Blue", "ShadowModelVariants": [
+                {"ShadowModelVariantName": "Shadow", "SamplingPercentage": 0}]})),
+        "ended": error(lambda: sm.create_inference_experiment(
+            Name="x3", Type="ShadowMode", RoleArn="arn:aws:iam::123456789012:role/r", EndpointName="ep",
+            ModelVariants=variants, Schedule={"StartTime": now - 100, "EndTime": now - 10},
+            ShadowModeConfig={"SourceModelVariantName": "Blue", "ShadowModelVariants": [
+                {"ShadowModelVariantName": "Shadow", "SamplingPercentage": 50}]})),
+        "wrong_source_model": error(lambda: sm.create_inference_experiment(
+            Name="x4", Type="ShadowMode", RoleArn="arn:aws:iam::123456789012:role/r", EndpointName="ep",
+            ModelVariants=[{**variants[0], "ModelName": "add"}, variants[1]],
+            ShadowModeConfig={"SourceModelVariantName": "Blue", "ShadowModelVariants": [
+                {"ShadowModelVariantName": "Shadow", "SamplingPercentage": 50}]})),
+        "stop_completed": error(lambda: sm.stop_inference_experiment(
+            Name="shadow-test", ModelVariantActions={"Shadow": "Remove"})),
+    }
+    return out
+
+
 if __name__ == "__main__":
     mode, base, work = sys.argv[1:4]
     arg = sys.argv[4] if len(sys.argv) > 4 else "{}"
     print(json.dumps({"setup": setup, "rollout": rollout, "bad": bad, "describe": describe,
-                      "update_to": update_to, "wait": wait}[mode](base, work, arg), default=str))
+                      "update_to": update_to, "wait": wait, "experiment": experiment}[mode](base, work, arg), default=str))

@@ -719,3 +719,72 @@ fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
     let r = ureq::post(&format!("{}/alertmanager", s.base)).send_string("{}");
     assert!(matches!(r, Err(ureq::Error::Status(401 | 403, _))), "{r:?}");
 }
+
+#[test]
+fn a_shadow_test_runs_its_schedule_then_one_is_promoted() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let out = Command::new(venv_python())
+        .args([
+            root().join("tests/serve/rollouts.py").to_str().unwrap(),
+            "experiment",
+            &s.base,
+            d.to_str().unwrap(),
+            "{}",
+            bin("neorun").to_str().unwrap(),
+            TOKEN,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rollouts.py experiment failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // while it runs: a shadow variant on the endpoint, the callers answered by production only
+    let shadows = &v["endpoint_running"]["ShadowProductionVariants"];
+    assert_eq!(shadows[0]["VariantName"], "Shadow", "{}", v["endpoint_running"]);
+    assert_eq!(v["running"]["ModelVariants"][1]["Status"], "InService");
+    assert!(v["answered"].as_array().unwrap().iter().all(|a| a == "Blue"));
+    assert!(v["update_during"]["message"].as_str().unwrap().contains("inference experiment shadow-test runs on it"));
+    assert!(v["second"]["message"].as_str().unwrap().contains("already has inference experiment shadow-test"));
+    // side by side: about half the requests copied, every copy compared (add and mod disagree)
+    let m = &v["metrics_running"];
+    let prod = m["Production"]["Metrics"]["Invocations"].as_u64().unwrap();
+    let compared = m["Shadow"]["Compared"].as_u64().unwrap();
+    assert!(prod >= 400, "{m}");
+    assert!(compared > 100 && compared <= prod, "{m}");
+    assert_eq!(m["Shadow"]["Agreed"], 0, "{m}");
+    assert_eq!(m["Shadow"]["AgreementRate"], 0.0);
+    assert!(m["Production"]["Metrics"]["ModelLatencyP99Microseconds"].as_f64().unwrap() > 0.0);
+    // at the end of its schedule: Completed, and the endpoint as it was
+    assert_eq!(v["completed"]["Status"], "Completed");
+    assert!(v["completed"]["StatusReason"].as_str().unwrap().contains("the schedule ended"));
+    assert!(v["endpoint_after"].get("ShadowProductionVariants").is_none(), "{}", v["endpoint_after"]);
+    assert_eq!(v["endpoint_after"]["EndpointConfigName"], "v1");
+    assert!(v["after_answer"].as_str().unwrap().contains("10"));
+    assert_eq!(v["metrics_final"]["Shadow"]["Compared"].as_u64().unwrap(), compared);
+    // both variants captured
+    for variant in ["Blue", "Shadow"] {
+        let dir = d.join("exp-capture/ep").join(variant);
+        assert!(dir.is_dir(), "no capture for {variant}");
+    }
+    // promoted: the production variant now runs the shadow's model
+    assert!(v["bad_stop"]["message"].as_str().unwrap().contains("can only be retained"));
+    assert_eq!(v["promoted"]["Status"], "Completed");
+    assert!(v["promoted"]["StatusReason"].as_str().unwrap().contains("promoted"));
+    assert!(v["endpoint_promoted"].get("ShadowProductionVariants").is_none());
+    assert_eq!(v["promoted_answer"][0], "Blue");
+    assert!(!v["promoted_answer"][1].as_str().unwrap().contains("10"), "{}", v["promoted_answer"]);
+    assert_eq!(v["list"].as_array().unwrap().len(), 2);
+    let refused = &v["refused"];
+    for (case, text) in [
+        ("no_endpoint", "Could not find endpoint"),
+        ("sampling_zero", "SamplingPercentage: 0"),
+        ("ended", "in the past"),
+        ("wrong_source_model", "runs model mod, not"),
+        ("stop_completed", "already Completed"),
+    ] {
+        assert!(refused[case]["message"].as_str().is_some_and(|m| m.contains(text)), "{case}: {}", refused[case]);
+    }
+}

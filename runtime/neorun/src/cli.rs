@@ -97,6 +97,8 @@ pub enum EndpointCommand {
     Rollback { name: String },
     /// DescribeEndpoint
     Describe { name: String },
+    /// DescribeInferenceExperiment, with the side-by-side metrics (which boto3 drops: they are neorun's own field)
+    Experiment { name: String },
     /// Wait until NAME is InService (exit 1 if it ends Failed or carries a FailureReason)
     Wait {
         name: String,

@@ -130,6 +130,10 @@ pub fn endpoint(a: EndpointArgs) -> Result<(), Failure> {
             print(&describe(s, &name)?);
             Ok(())
         }
+        EndpointCommand::Experiment { name } => {
+            print(&call(s, "SageMaker.DescribeInferenceExperiment", &json!({ "Name": name }))?);
+            Ok(())
+        }
         EndpointCommand::Wait { name, timeout } => settled(wait(s, &name, Duration::from_secs(timeout))?),
     }
 }

@@ -15,6 +15,7 @@
 //! several. Request parsing is in `shapes.rs`, the disk in `store.rs`.)
 
 mod alarm_ops;
+mod experiments;
 pub mod rollout;
 pub mod shapes;
 pub mod store;
@@ -177,6 +178,7 @@ struct State {
     models: BTreeMap<String, ModelRec>,
     configs: BTreeMap<String, ConfigRec>,
     endpoints: BTreeMap<String, EndpointRec>,
+    experiments: BTreeMap<String, experiments::ExperimentRec>,
 }
 
 pub struct ControlPlane {
@@ -280,6 +282,10 @@ impl ControlPlane {
             "UpdateEndpointWeightsAndCapacities" => self.update_weights(&v, who),
             "DeleteEndpoint" => self.delete_endpoint(&v, who),
             "ListEndpoints" => self.list(&v, Kind::Endpoints),
+            "CreateInferenceExperiment" => self.create_experiment(&v, who).await,
+            "DescribeInferenceExperiment" => self.describe_experiment(&v),
+            "StopInferenceExperiment" => self.stop_experiment(&v, who),
+            "ListInferenceExperiments" => self.list_experiments(&v),
             "RollbackEndpointUpdate" | "ReadJournal" => Err(AwsError::new(
                 StatusCode::BAD_REQUEST,
                 "UnknownOperationException",
@@ -1069,6 +1075,17 @@ impl ControlPlane {
             tracing::info!(endpoint = %name, "restoring");
             self.clone().deploy(name, 1).await;
         }
+        // experiments: each picks up where its record says it was
+        for v in store.load("inference-experiments")? {
+            let e =
+                Self::exp_from_json(&v).map_err(|e| anyhow::anyhow!("state: an inference experiment record: {e}"))?;
+            let (name, over) = (e.name.clone(), matches!(v["Status"].as_str(), Some("Completed" | "Cancelled")));
+            self.lock().experiments.insert(name.clone(), e);
+            if !over {
+                let cp = self.clone();
+                tokio::spawn(async move { cp.drive_experiment(name).await });
+            }
+        }
         // what became of the guarded updates the stop interrupted
         for (name, (failure, detail)) in notes {
             let mut st = self.lock();
@@ -1126,7 +1143,7 @@ impl ControlPlane {
         let generation = {
             let mut st = self.lock();
             // check everything against the state it will join before changing any of it
-            let mut trial = State { models: st.models.clone(), configs: BTreeMap::new(), endpoints: BTreeMap::new() };
+            let mut trial = State { models: st.models.clone(), ..State::default() };
             for r in &recs {
                 trial.models.insert(r.def.name.clone(), r.clone());
             }
@@ -1228,6 +1245,11 @@ fn interrupted(rec: &mut EndpointRec) -> Option<(Option<String>, Value)> {
 /// An endpoint that may be updated now: it exists and is in service
 /// (SageMaker refuses to update one that is creating or updating).
 fn updatable<'s>(st: &'s mut State, name: &str) -> Result<&'s mut EndpointRec, AwsError> {
+    if let Some(x) = ControlPlane::experiment_on(st, name) {
+        return Err(AwsError::validation(format!(
+            "Cannot update endpoint {name}: inference experiment {x} runs on it; stop it first (StopInferenceExperiment)"
+        )));
+    }
     let ep = st.endpoints.get_mut(name).ok_or_else(|| AwsError::not_found("endpoint", name))?;
     if ep.status != Status::InService {
         let to = match (&ep.pending, &ep.rollout) {
@@ -1298,7 +1320,7 @@ impl Kind {
     }
 }
 
-pub const OPERATIONS: [&str; 14] = [
+pub const OPERATIONS: [&str; 18] = [
     "CreateModel",
     "DescribeModel",
     "DeleteModel",
@@ -1313,6 +1335,10 @@ pub const OPERATIONS: [&str; 14] = [
     "UpdateEndpointWeightsAndCapacities",
     "DeleteEndpoint",
     "ListEndpoints",
+    "CreateInferenceExperiment",
+    "DescribeInferenceExperiment",
+    "StopInferenceExperiment",
+    "ListInferenceExperiments",
 ];
 
 fn body_json(body: &[u8]) -> Result<Value, AwsError> {

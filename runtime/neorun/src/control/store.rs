@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Context};
 use serde_json::Value;
 
-pub const KINDS: [&str; 4] = ["models", "endpoint-configs", "endpoints", "alarms"];
+pub const KINDS: [&str; 5] = ["models", "endpoint-configs", "endpoints", "alarms", "inference-experiments"];
 
 pub struct Store {
     dir: PathBuf,
