@@ -288,8 +288,51 @@ def experiment(base, work, arg):
     return out
 
 
+def cloudwatch(base, work, arg):
+    """Stock boto3 `cloudwatch` (smithy-rpc-v2-cbor): an alarm defined,
+    read back, forced to ALARM during a bake (how AWS suggests testing a
+    rollback), its history; bad definitions refused."""
+    sm, _ = clients(base)
+    cw = boto3.client("cloudwatch", endpoint_url=base, region_name="us-east-1", aws_access_key_id=KEY_ID,
+                      aws_secret_access_key=SECRET, config=Config(retries={"total_max_attempts": 1}))
+    cw.put_metric_alarm(
+        AlarmName="green-latency", Namespace="AWS/SageMaker", MetricName="ModelLatency",
+        Dimensions=[{"Name": "EndpointName", "Value": "ep"}, {"Name": "VariantName", "Value": "Green"}],
+        ExtendedStatistic="p99", Period=10, EvaluationPeriods=3, DatapointsToAlarm=2, Threshold=250000.0,
+        ComparisonOperator="GreaterThanThreshold", AlarmActions=["arn:aws:sns:us-east-1:123456789012:pager"])
+    out = {"described": cw.describe_alarms(AlarmNames=["green-latency"])["MetricAlarms"]}
+    out["refused"] = error(lambda: cw.put_metric_alarm(
+        AlarmName="bad", Namespace="AWS/EC2", MetricName="CPUUtilization", Statistic="Average", Period=60,
+        EvaluationPeriods=1, Threshold=1.0, ComparisonOperator="GreaterThanThreshold"))
+    out["unknown_state"] = error(lambda: cw.set_alarm_state(AlarmName="nope", StateValue="ALARM", StateReason="x"))
+    dc = {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": {
+        "Type": "CANARY", "WaitIntervalInSeconds": 20, "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}},
+        "MaximumExecutionTimeoutInSeconds": 600},
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "green-latency"}]}}
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName="v2", DeploymentConfig=dc)
+    t = time.time()
+    while True:
+        d = sm.describe_endpoint(EndpointName="ep")
+        p = d.get("PendingDeploymentSummary")
+        if p and p["ProductionVariants"][0]["VariantStatus"][0]["Status"] == "Baking":
+            break
+        if time.time() - t > 30:
+            raise RuntimeError(f"no bake: {d}")
+        time.sleep(0.1)
+    out["in_use"] = error(lambda: cw.delete_alarms(AlarmNames=["green-latency"]))
+    cw.set_alarm_state(AlarmName="green-latency", StateValue="ALARM", StateReason="testing the rollback")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    out["endpoint"] = json.loads(json.dumps(sm.describe_endpoint(EndpointName="ep"), default=str))
+    out["history"] = json.loads(json.dumps(cw.describe_alarm_history(AlarmName="green-latency")["AlarmHistoryItems"], default=str))
+    out["state_after"] = cw.describe_alarms(AlarmNames=["green-latency"])["MetricAlarms"][0]["StateValue"]
+    cw.delete_alarms(AlarmNames=["green-latency"])
+    out["after_delete"] = cw.describe_alarms(AlarmNames=["green-latency"])["MetricAlarms"]
+    return out
+
+
 if __name__ == "__main__":
     mode, base, work = sys.argv[1:4]
     arg = sys.argv[4] if len(sys.argv) > 4 else "{}"
     print(json.dumps({"setup": setup, "rollout": rollout, "bad": bad, "describe": describe,
-                      "update_to": update_to, "wait": wait, "experiment": experiment}[mode](base, work, arg), default=str))
+                      "update_to": update_to, "wait": wait, "experiment": experiment,
+                      "cloudwatch": cloudwatch}[mode](base, work, arg), default=str))

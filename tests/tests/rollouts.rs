@@ -788,3 +788,31 @@ fn a_shadow_test_runs_its_schedule_then_one_is_promoted() {
         assert!(refused[case]["message"].as_str().is_some_and(|m| m.contains(text)), "{case}: {}", refused[case]);
     }
 }
+
+#[test]
+fn cloudwatch_alarms_from_stock_boto3_guard_an_update() {
+    let _one = alone();
+    let dir = work();
+    let d = dir.path();
+    let s = server(d);
+    py("setup", &s.base, d, &json!({}));
+    let v = py("cloudwatch", &s.base, d, &json!({}));
+    let a = &v["described"][0];
+    assert_eq!(a["AlarmName"], "green-latency");
+    assert_eq!(a["ExtendedStatistic"], "p99");
+    assert_eq!(a["StateValue"], "INSUFFICIENT_DATA");
+    assert!(a["StateUpdatedTimestamp"].is_string(), "a timestamp botocore parsed: {a}");
+    assert!(v["refused"]["message"].as_str().unwrap().contains("CPUUtilization"), "{}", v["refused"]);
+    assert_eq!(v["unknown_state"]["code"], "ResourceNotFound");
+    assert!(v["in_use"]["message"].as_str().unwrap().contains("guards the update of endpoint ep"));
+    let e = &v["endpoint"];
+    assert_eq!(e["EndpointConfigName"], "v1", "{e}");
+    let why = e["FailureReason"].as_str().unwrap();
+    assert!(
+        why.contains("green-latency") && why.contains("testing the rollback") && why.contains("step 1 of 2"),
+        "{why}"
+    );
+    let h = v["history"].as_array().unwrap();
+    assert!(h.iter().any(|i| i["HistorySummary"] == "Alarm updated from INSUFFICIENT_DATA to ALARM"), "{h:?}");
+    assert!(v["after_delete"].as_array().unwrap().is_empty());
+}

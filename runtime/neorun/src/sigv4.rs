@@ -22,9 +22,10 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The scope's service every SageMaker client signs for (`sagemaker` and
-/// `sagemaker-runtime` both sign as `sagemaker`).
-pub const SERVICE: &str = "sagemaker";
+/// The scope's services clients sign for: `sagemaker` (the `sagemaker` and
+/// `sagemaker-runtime` clients both sign as it) and `monitoring`
+/// (CloudWatch's alarm API).
+pub const SERVICES: [&str; 2] = ["sagemaker", "monitoring"];
 
 /// How far a request's `X-Amz-Date` may be from this machine's clock (AWS
 /// allows 15 minutes; this is stricter).
@@ -278,8 +279,12 @@ pub fn verify(keys: &AccessKeys, r: &Request<'_>, now: SystemTime) -> Result<Str
             stamp(now)
         )));
     }
-    if a.service != SERVICE {
-        return Err(SigError::Incomplete(format!("the Credential's service is {}, not {SERVICE}", a.service)));
+    if !SERVICES.contains(&a.service) {
+        return Err(SigError::Incomplete(format!(
+            "the Credential's service is {}, not {}",
+            a.service,
+            SERVICES.join(" or ")
+        )));
     }
     let secret = keys.keys.get(a.key_id).ok_or_else(|| SigError::UnknownKey(a.key_id.to_string()))?;
     let creq = canonical_request(r, &a.signed_headers)?;

@@ -173,7 +173,7 @@ impl Cmp {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Missing {
+pub enum TreatMissing {
     Missing,
     Ignore,
     Breaching,
@@ -219,7 +219,7 @@ pub struct Rule {
     pub datapoints_to_alarm: u64,
     pub threshold: f64,
     pub cmp: Cmp,
-    pub missing: Missing,
+    pub missing: TreatMissing,
 }
 
 #[derive(Clone, Debug)]
@@ -363,10 +363,10 @@ pub fn parse(v: &Value, ignored: &mut Vec<String>) -> Result<AlarmDef, AwsError>
             invalid("ComparisonOperator", &format!("{op:?}: use {}", CMPS.map(|(n, _)| n).join(", ")))
         })?;
     let missing = match f.str("TreatMissingData")?.unwrap_or("missing") {
-        "missing" => Missing::Missing,
-        "ignore" => Missing::Ignore,
-        "breaching" => Missing::Breaching,
-        "notBreaching" => Missing::NotBreaching,
+        "missing" => TreatMissing::Missing,
+        "ignore" => TreatMissing::Ignore,
+        "breaching" => TreatMissing::Breaching,
+        "notBreaching" => TreatMissing::NotBreaching,
         other => {
             return Err(invalid(
                 "TreatMissingData",
@@ -568,8 +568,8 @@ impl Alarms {
         let missing = values.len() - present.len();
         let mut breaching = present.iter().filter(|v| rule.cmp.breaches(**v, rule.threshold)).count();
         match rule.missing {
-            Missing::Breaching => breaching += missing,
-            Missing::Ignore if present.is_empty() => return (None, String::new(), json!({})),
+            TreatMissing::Breaching => breaching += missing,
+            TreatMissing::Ignore if present.is_empty() => return (None, String::new(), json!({})),
             _ => {}
         }
         let data = json!({
@@ -583,7 +583,7 @@ impl Alarms {
             values.iter().map(|v| v.map_or("missing".to_string(), |x| format!("{x:.6}"))).collect();
         let to = if breaching as u64 >= rule.datapoints_to_alarm {
             StateValue::Alarm
-        } else if present.is_empty() && rule.missing == Missing::Missing {
+        } else if present.is_empty() && rule.missing == TreatMissing::Missing {
             StateValue::InsufficientData
         } else {
             StateValue::Ok

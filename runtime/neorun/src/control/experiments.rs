@@ -330,7 +330,7 @@ impl ControlPlane {
         e.arn = self.arn("inference-experiment", &e.name);
         {
             let st = self.lock();
-            if st.experiments.get(&e.name).is_some() {
+            if st.experiments.contains_key(&e.name) {
                 return Err(AwsError::validation(format!(
                     "Cannot create already existing inference experiment \"{}\".",
                     e.arn

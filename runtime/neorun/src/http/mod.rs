@@ -71,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", post(aws::control))
         .route("/alertmanager", post(aws::alertmanager))
+        .route("/service/{service}/operation/{operation}", post(aws::cbor))
         .route("/ping", get(sagemaker::ping))
         .route("/invocations", post(sagemaker::invocations))
         .route("/endpoints/{endpoint}/invocations", post(endpoint::endpoint_invocations))
@@ -130,7 +131,8 @@ async fn authenticate(st: &AppState, req: Request) -> Result<(Request, Option<Ca
     if path == "/ping" || path.starts_with("/v2/health") {
         return Ok((req, None));
     }
-    let control = (path == "/" || path == "/alertmanager") && req.method() == axum::http::Method::POST;
+    let control = (path == "/" || path == "/alertmanager" || path.starts_with("/service/"))
+        && req.method() == axum::http::Method::POST;
     let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let signed = auth.as_deref().is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256"));
     let refuse = |e: sigv4::SigError| AwsError::new(StatusCode::FORBIDDEN, e.code(), e.message()).into_response();
