@@ -11,6 +11,7 @@ Prints one JSON document for the Rust test to check. Retries are off.
 """
 import datetime
 import json
+import os
 import sys
 import threading
 import time
@@ -18,6 +19,9 @@ import time
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from endpoints import error  # noqa: E402  (the same helper as the endpoint tests')
 
 KEY_ID, SECRET = "AKIDNEORUNTEST", "neorun/test+secret"
 GOOD = json.dumps({"inputs": {"a": [[7, 5]], "b": [[3, 2]]}})
@@ -35,15 +39,6 @@ def clients(base, validate=True):
                       max_pool_connections=16, parameter_validation=validate),
     )
     return boto3.client("sagemaker", **kw), boto3.client("sagemaker-runtime", **kw)
-
-
-def error(fn):
-    try:
-        fn()
-    except ClientError as e:
-        return {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"],
-                "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
-    return None
 
 
 def setup(base, work, _arg):

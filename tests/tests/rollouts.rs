@@ -108,6 +108,22 @@ fn server(dir: &Path) -> Served {
     )
 }
 
+/// `kill -9` of the server, then a new one on the same state directory.
+fn kill_9_and_restart(mut s: Served, d: &Path) -> Served {
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    drop(s);
+    server(d)
+}
+
+/// A work directory and a server with endpoint `ep` on v1 (blue), in service.
+fn started() -> (tempfile::TempDir, Served) {
+    let dir = work();
+    let s = server(dir.path());
+    py("setup", &s.base, dir.path(), &json!({}));
+    (dir, s)
+}
+
 fn py(mode: &str, base: &str, dir: &Path, arg: &Value) -> Value {
     let out = Command::new(venv_python())
         .args([
@@ -222,10 +238,8 @@ fn assert_followed_steps(run: &Value, want: &[f64]) {
 #[test]
 fn a_linear_update_from_boto3_follows_its_steps_with_no_failed_request() {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     let run = py("rollout", &s.base, d, &json!({"to": "v2", "deployment": linear(20, 2, &["green-5xx"])}));
     assert_followed_steps(&run, &[0.2, 0.4, 0.6, 0.8, 1.0]);
     let f = &run["final"];
@@ -286,15 +300,20 @@ fn run_neorun(d: &Path, args: &[&str]) -> std::process::Output {
     run("neorun", d, args, &[], None)
 }
 
+/// `neorun endpoint --url BASE --auth-token TOKEN ARGS…`
+fn endpoint_cli(d: &Path, base: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["endpoint", "--url", base, "--auth-token", TOKEN];
+    all.extend_from_slice(args);
+    run_neorun(d, &all)
+}
+
 /// A green that fails on a share of inputs: the alarm fires in the bake of
 /// `step` (1-based), requests go back to blue within a period, and no
 /// request answered by blue fails.
 fn rolls_back_on_an_alarm(zero_from_step: u64) {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     let spec = json!({"to": "v2", "deployment": linear(20, 3, &["green-5xx", "green-p99"]),
                       "zero_share": 0.3, "zero_from_share": 0.2 * zero_from_step as f64 - 0.01});
     let run = py("rollout", &s.base, d, &spec);
@@ -346,10 +365,8 @@ fn a_green_that_starts_failing_in_its_second_step_is_rolled_back_then() {
 #[test]
 fn canary_and_all_at_once_updates_shift_as_specified() {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     let canary = json!({"BlueGreenUpdatePolicy": {
         "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 3,
             "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
@@ -486,10 +503,8 @@ fn monitoring(d: &Path, neorun: &str) -> Monitoring {
 #[test]
 fn an_alertmanager_webhook_from_a_prometheus_rule_rolls_the_update_back() {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     let _m = monitoring(d, &s.base);
     // only the external alarm guards this update: Prometheus decides
     let mut dc = linear(20, 30, &["prom-green-errors"]);
@@ -519,7 +534,7 @@ fn a_restart_in_the_middle_resolves_to_blue_and_after_the_final_bake_to_green() 
     let _one = alone();
     let dir = work();
     let d = dir.path();
-    let mut s = server(d);
+    let s = server(d);
     py("setup", &s.base, d, &json!({}));
     let started = py("update_to", &s.base, d, &json!({"to": "v2", "deployment": linear(20, 3, &[])}));
     assert!(started["error"].is_null(), "{started}");
@@ -534,10 +549,7 @@ fn a_restart_in_the_middle_resolves_to_blue_and_after_the_final_bake_to_green() 
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
-    drop(s);
-    let s = server(d);
+    let s = kill_9_and_restart(s, d);
     let after = py("describe", &s.base, d, &json!({}));
     let dsc = &after["describe"];
     assert_eq!(dsc["EndpointStatus"], "InService", "{dsc}");
@@ -554,17 +566,13 @@ fn a_restart_in_the_middle_resolves_to_blue_and_after_the_final_bake_to_green() 
     let all = json!({"BlueGreenUpdatePolicy": {
         "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1},
         "TerminationWaitInSeconds": 60, "MaximumExecutionTimeoutInSeconds": 600}});
-    let mut s = s;
     assert!(py("update_to", &s.base, d, &json!({"to": "v2", "deployment": all}))["error"].is_null());
     let t = Instant::now();
     while !std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap().contains("\"TerminationWait\"") {
         assert!(t.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(100));
     }
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
-    drop(s);
-    let s = server(d);
+    let s = kill_9_and_restart(s, d);
     let after = py("describe", &s.base, d, &json!({}));
     let dsc = &after["describe"];
     assert_eq!(dsc["EndpointStatus"], "InService");
@@ -578,10 +586,8 @@ fn a_restart_in_the_middle_resolves_to_blue_and_after_the_final_bake_to_green() 
 #[test]
 fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     // a green whose bundle fails its own health check, then one whose
     // bundle is gone: the update ends, blue untouched, the reason shown
     for (cfg, want) in [("v3", "health check failed"), ("v2", "mod.neo")] {
@@ -602,22 +608,7 @@ fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
     let mut typo = linear(20, 1, &[]);
     typo["BlueGreenUpdatePolicy"]["Colour"] = json!("green");
     let e = fails(
-        run_neorun(
-            d,
-            &[
-                "endpoint",
-                "--url",
-                &s.base,
-                "--auth-token",
-                TOKEN,
-                "update",
-                "ep",
-                "--config",
-                "v2",
-                "--deployment-config",
-                &typo.to_string(),
-            ],
-        ),
+        endpoint_cli(d, &s.base, &["update", "ep", "--config", "v2", "--deployment-config", &typo.to_string()]),
         1,
     );
     assert!(e.contains("DeploymentConfig.BlueGreenUpdatePolicy.Colour: unknown field"), "{e}");
@@ -641,32 +632,16 @@ fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
     assert!(out["weights_during_update"]["message"].as_str().unwrap().contains("Updating"));
 
     // a manual rollback from the command line ends the update under way
-    let r = ok(run_neorun(d, &["endpoint", "--url", &s.base, "--auth-token", TOKEN, "rollback", "ep"]));
+    let r = ok(endpoint_cli(d, &s.base, &["rollback", "ep"]));
     assert!(r.contains("rolling back"), "{r}");
-    let w = fails(run_neorun(d, &["endpoint", "--url", &s.base, "--auth-token", TOKEN, "wait", "ep"]), 1);
+    let w = fails(endpoint_cli(d, &s.base, &["wait", "ep"]), 1);
     assert!(w.contains("rolled back by bearer token"), "{w}");
     assert_eq!(py("describe", &s.base, d, &json!({}))["invoked"], "Blue");
-    let e = fails(run_neorun(d, &["endpoint", "--url", &s.base, "--auth-token", TOKEN, "rollback", "ep"]), 1);
+    let e = fails(endpoint_cli(d, &s.base, &["rollback", "ep"]), 1);
     assert!(e.contains("no guarded update under way"), "{e}");
     // and the CLI's own update, waited on, ends on green
     let dc = serde_json::to_string(&linear(50, 1, &["green-5xx"])).unwrap();
-    let u = run_neorun(
-        d,
-        &[
-            "endpoint",
-            "--url",
-            &s.base,
-            "--auth-token",
-            TOKEN,
-            "update",
-            "ep",
-            "--config",
-            "v2",
-            "--deployment-config",
-            &dc,
-            "--wait",
-        ],
-    );
+    let u = endpoint_cli(d, &s.base, &["update", "ep", "--config", "v2", "--deployment-config", &dc, "--wait"]);
     let text = ok(u);
     assert!(text.contains("\"EndpointConfigName\": \"v2\""), "{text}");
 
@@ -682,39 +657,37 @@ fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
             Err(e) => panic!("{e}"),
         }
     };
-    let (c, b) =
-        post("/alertmanager", None, "{\"version\": \"4\", \"alerts\": [{\"status\": \"firing\", \"labels\": {}}]}");
-    assert_eq!(c, 400);
-    assert!(b.contains("alerts[0]"), "{b}");
-    let (c, b) = post(
-        "/alertmanager",
-        None,
-        "{\"version\": \"4\", \"alerts\": [{\"status\": \"firing\", \"labels\": {\"alertname\": \"nope\"}}]}",
-    );
-    assert_eq!(c, 400);
-    assert!(b.contains("no alarm named nope"), "{b}");
-    let (c, b) = post(
-        "/",
-        Some("GraniteServiceVersion20100801.PutMetricAlarm"),
-        "{\"AlarmName\": \"x\", \"MetricName\": \"CPUUtilization\"}",
-    );
-    assert_eq!(c, 400);
-    assert!(b.contains("not a metric neorun keeps"), "{b}");
-    let (c, b) = post(
-        "/",
-        Some("GraniteServiceVersion20100801.DescribeAlarms"),
-        "{\"AlarmNames\": [\"green-5xx\", \"prom-green-errors\"]}",
-    );
+    let cw = |op: &str| format!("GraniteServiceVersion20100801.{op}");
+    let refusals = [
+        ("/alertmanager", None, r#"{"version": "4", "alerts": [{"status": "firing", "labels": {}}]}"#, "alerts[0]"),
+        (
+            "/alertmanager",
+            None,
+            r#"{"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "nope"}}]}"#,
+            "no alarm named nope",
+        ),
+        (
+            "/",
+            Some(cw("PutMetricAlarm")),
+            r#"{"AlarmName": "x", "MetricName": "CPUUtilization"}"#,
+            "not a metric neorun keeps",
+        ),
+        (
+            "/",
+            Some(cw("SetAlarmState")),
+            r#"{"AlarmName": "prom-green-errors", "StateValue": "RED", "StateReason": "x"}"#,
+            "StateValue",
+        ),
+    ];
+    for (path, target, body, want) in refusals {
+        let (c, b) = post(path, target.as_deref(), body);
+        assert_eq!(c, 400, "{path} {target:?}: {b}");
+        assert!(b.contains(want), "{path} {target:?}: {b}");
+    }
+    let (c, b) = post("/", Some(&cw("DescribeAlarms")), r#"{"AlarmNames": ["green-5xx", "prom-green-errors"]}"#);
     assert_eq!(c, 200);
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["MetricAlarms"].as_array().unwrap().len(), 2, "{v}");
-    let (c, b) = post(
-        "/",
-        Some("GraniteServiceVersion20100801.SetAlarmState"),
-        "{\"AlarmName\": \"prom-green-errors\", \"StateValue\": \"RED\", \"StateReason\": \"x\"}",
-    );
-    assert_eq!(c, 400);
-    assert!(b.contains("StateValue"), "{b}");
     // unauthenticated webhooks are refused
     let r = ureq::post(&format!("{}/alertmanager", s.base)).send_string("{}");
     assert!(matches!(r, Err(ureq::Error::Status(401 | 403, _))), "{r:?}");
@@ -723,10 +696,8 @@ fn bad_deployment_configs_and_greens_are_refused_and_blue_keeps_serving() {
 #[test]
 fn a_shadow_test_runs_its_schedule_then_one_is_promoted() {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     let out = Command::new(venv_python())
         .args([
             root().join("tests/serve/rollouts.py").to_str().unwrap(),
@@ -792,10 +763,8 @@ fn a_shadow_test_runs_its_schedule_then_one_is_promoted() {
 #[test]
 fn cloudwatch_alarms_from_stock_boto3_guard_an_update() {
     let _one = alone();
-    let dir = work();
+    let (dir, s) = started();
     let d = dir.path();
-    let s = server(d);
-    py("setup", &s.base, d, &json!({}));
     let v = py("cloudwatch", &s.base, d, &json!({}));
     let a = &v["described"][0];
     assert_eq!(a["AlarmName"], "green-latency");
