@@ -112,6 +112,16 @@ def rollout(base, work, arg):
     if "deployment" in spec:
         kw["DeploymentConfig"] = spec["deployment"]
     sm.update_endpoint(**kw)
+    # the waiter a runbook uses, started while the endpoint is Updating
+    waited = {}
+
+    def waiter():
+        sm_w, _ = clients(base)
+        sm_w.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 600})
+        waited["t"] = time.time()
+
+    waiting = threading.Thread(target=waiter)
+    waiting.start()
     describes = []
     while True:
         d = sm.describe_endpoint(EndpointName="ep")
@@ -125,14 +135,13 @@ def rollout(base, work, arg):
         if d["EndpointStatus"] != "Updating":
             break
         time.sleep(0.1)
-    # the waiter a runbook uses works across the update
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    waiting.join()
     time.sleep(spec.get("after", 1.0))
     stop.set()
     for t in threads:
         t.join()
     final = sm.describe_endpoint(EndpointName="ep")
-    return {"started": started, "requests": requests, "describes": describes,
+    return {"started": started, "waiter_done": waited.get("t"), "requests": requests, "describes": describes,
             "final": json.loads(json.dumps(final, default=str)), "journal": journal(work, started)}
 
 

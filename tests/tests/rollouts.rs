@@ -285,7 +285,12 @@ fn a_linear_update_from_boto3_follows_its_steps_with_no_failed_request() {
     let asked = events(&run, "UpdateEndpoint");
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0]["who"], format!("access key {KEY_ID}"));
-    assert_eq!(events(&run, "DeploymentCompleted").len(), 1);
+    let completed = events(&run, "DeploymentCompleted");
+    assert_eq!(completed.len(), 1);
+    // boto3's endpoint_in_service waiter, started during the update, returned after it ended
+    let waiter_done = run["waiter_done"].as_f64().expect("the waiter returned");
+    let completed_at = completed[0]["t"].as_f64().unwrap();
+    assert!(waiter_done >= completed_at - 0.01 && waiter_done < completed_at + 3.0, "{waiter_done} vs {completed_at}");
     // the journal from the command line, from the server and from the state directory
     let via_api = ok(run_neorun(
         d,

@@ -338,26 +338,45 @@ impl ControlPlane {
     }
 
     /// Updates the progress record (persisted, journalled) if the update
-    /// is still this one's; publishes `live` under the same lock, so what
-    /// serves and what is recorded change together.
-    fn advance(&self, name: &str, generation: u64, live: Option<LiveEndpoint>, f: impl FnOnce(&mut Progress)) -> bool {
+    /// is still this one's, then publishes `live` under the same lock, so
+    /// what serves and what is recorded change together. `Err(None)`: the
+    /// update is no longer this one's; `Err(Some(why))`: the step could not
+    /// be recorded, and nothing moved.
+    fn advance(
+        &self,
+        name: &str,
+        generation: u64,
+        live: Option<LiveEndpoint>,
+        f: impl FnOnce(&mut Progress),
+    ) -> Result<(), Option<String>> {
         let mut st = self.lock();
-        let Some(ep) = st.endpoints.get_mut(name).filter(|e| e.generation == generation) else { return false };
-        let Some(p) = ep.rollout.as_mut() else { return false };
+        let Some(ep) = st.endpoints.get_mut(name).filter(|e| e.generation == generation) else { return Err(None) };
+        let Some(p) = ep.rollout.as_mut() else { return Err(None) };
+        let before = p.clone();
         f(p);
         p.phase_started = now();
         let detail = json!({ "Phase": p.phase.name(), "Step": p.step + 1, "Steps": p.steps, "Share": p.share });
         ep.modified = now();
         let rec = ep.clone();
         if let Err(e) = self.persist("endpoints", name, Some(&endpoint_json(&rec))) {
-            tracing::error!(endpoint = %name, "recording the update's progress: {}", e.message);
+            if let Some(p) = st.endpoints.get_mut(name).and_then(|e| e.rollout.as_mut()) {
+                *p = before;
+            }
+            return Err(Some(format!("recording the update's next step failed: {}", e.message)));
         }
         if let Some(l) = live {
             self.endpoints.publish(l);
         }
         drop(st);
         self.journal("neorun", "DeploymentStep", name, detail);
-        true
+        Ok(())
+    }
+
+    /// After `advance` refused: a step that could not be recorded rolls back.
+    fn not_advanced(&self, name: &str, generation: u64, why: Option<String>, blue: &Arc<LiveEndpoint>) {
+        if let Some(why) = why {
+            self.end_update(name, generation, Err(why), Some((blue.clone(), None)));
+        }
     }
 
     /// Runs every green model's health check (counted for the
@@ -422,17 +441,20 @@ impl ControlPlane {
                 return;
             }
             let live = with_green(&blue, &green, step.share);
-            if !self.advance(&name, generation, Some(live), |p| {
+            let moved = self.advance(&name, generation, Some(live), |p| {
                 p.step = k;
                 p.share = step.share;
                 p.phase = Phase::ActivatingTraffic;
-            }) {
-                return;
+            });
+            if let Err(why) = moved {
+                return self.not_advanced(&name, generation, why, &blue);
             }
             if let Some(why) = self.self_test_fleet(&green).await {
                 tracing::warn!(endpoint = %name, "during the update: {why}");
             }
-            self.advance(&name, generation, None, |p| p.phase = Phase::Baking);
+            if let Err(why) = self.advance(&name, generation, None, |p| p.phase = Phase::Baking) {
+                return self.not_advanced(&name, generation, why, &blue);
+            }
             let bake_end = Instant::now() + Duration::from_secs(step.bake);
             loop {
                 if self.stop_or_back(&name, generation, deadline, &policy, true, &blue).is_some() {
@@ -460,7 +482,17 @@ impl ControlPlane {
             ep.modified = now();
             let rec = ep.clone();
             if let Err(e) = self.persist("endpoints", &name, Some(&endpoint_json(&rec))) {
-                tracing::error!(endpoint = %name, "recording the completed update: {}", e.message);
+                // not recorded, so not completed: back as it was, then to blue
+                if let Some(ep) = st.endpoints.get_mut(&name) {
+                    ep.pending = ep.current.take();
+                    ep.current = ep.rollout.as_mut().and_then(|p| p.blue.take());
+                    if let Some(p) = ep.rollout.as_mut() {
+                        p.phase = Phase::Baking;
+                    }
+                }
+                drop(st);
+                let why = format!("recording the completed update failed: {}", e.message);
+                return self.end_update(&name, generation, Err(why), Some((blue.clone(), None)));
             }
         }
         self.journal("neorun", "DeploymentStep", &name, json!({ "Phase": "TerminationWait", "Share": 1.0 }));
