@@ -292,6 +292,36 @@ def experiment(base, work, arg):
     return out
 
 
+def retain(base, work, arg):
+    """RetainAllVariantProperties and ExcludeRetainedVariantProperties."""
+    sm, _ = clients(base)
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName="ep", DesiredWeightsAndCapacities=[{"VariantName": "Blue", "DesiredWeight": 3}])
+    sm.create_endpoint_config(EndpointConfigName="v1b", ProductionVariants=[
+        {"VariantName": "Blue", "ModelName": "add", "InitialVariantWeight": 1}],
+        DataCaptureConfig={"EnableCapture": True, "InitialSamplingPercentage": 100,
+                           "DestinationS3Uri": "file://" + work + "/retain-capture",
+                           "CaptureOptions": [{"CaptureMode": "Input"}]})
+    out = {}
+    waiter = sm.get_waiter("endpoint_in_service")
+
+    def shown():
+        waiter.wait(EndpointName="ep", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        d = sm.describe_endpoint(EndpointName="ep")
+        return {"config": d["EndpointConfigName"], "weight": d["ProductionVariants"][0]["CurrentWeight"],
+                "capture": "DataCaptureConfig" in d}
+
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName="v1b", RetainAllVariantProperties=True)
+    out["retained"] = shown()
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName="v1b", RetainAllVariantProperties=True,
+                       ExcludeRetainedVariantProperties=[{"VariantPropertyType": "DesiredWeight"},
+                                                         {"VariantPropertyType": "DataCaptureConfig"}])
+    out["excluded"] = shown()
+    out["exclude_alone"] = error(lambda: sm.update_endpoint(
+        EndpointName="ep", EndpointConfigName="v1", ExcludeRetainedVariantProperties=[{"VariantPropertyType": "DesiredWeight"}]))
+    return out
+
+
 def cloudwatch(base, work, arg):
     """Stock boto3 `cloudwatch` (smithy-rpc-v2-cbor): an alarm defined,
     read back, forced to ALARM during a bake (how AWS suggests testing a
@@ -339,4 +369,4 @@ if __name__ == "__main__":
     arg = sys.argv[4] if len(sys.argv) > 4 else "{}"
     print(json.dumps({"setup": setup, "rollout": rollout, "bad": bad, "describe": describe,
                       "update_to": update_to, "wait": wait, "experiment": experiment,
-                      "cloudwatch": cloudwatch}[mode](base, work, arg), default=str))
+                      "cloudwatch": cloudwatch, "retain": retain}[mode](base, work, arg), default=str))

@@ -790,3 +790,13 @@ fn cloudwatch_alarms_from_stock_boto3_guard_an_update() {
     assert!(h.iter().any(|i| i["HistorySummary"] == "Alarm updated from INSUFFICIENT_DATA to ALARM"), "{h:?}");
     assert!(v["after_delete"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn retained_variant_properties_are_kept_unless_excluded() {
+    let _one = alone();
+    let (dir, s) = started();
+    let v = py("retain", &s.base, dir.path(), &json!({}));
+    assert_eq!(v["retained"], json!({"config": "v1b", "weight": 3.0, "capture": false}), "{v}");
+    assert_eq!(v["excluded"], json!({"config": "v1b", "weight": 1.0, "capture": true}), "{v}");
+    assert!(v["exclude_alone"]["message"].as_str().unwrap().contains("only with RetainAllVariantProperties"));
+}

@@ -692,6 +692,68 @@ mod tests {
         assert!(e.message.contains("Frequency"), "{}", e.message);
     }
 
+    /// One evaluation of `def` over counters `fill` filled since the last snapshot.
+    fn judge_once(def: Value, fill: impl Fn(&Counters)) -> StateValue {
+        let def = put(def).unwrap();
+        let name = def.name.clone();
+        let mut alarms = Alarms::default();
+        let state = AlarmState {
+            value: StateValue::InsufficientData,
+            reason: String::new(),
+            reason_data: json!({}),
+            updated: 0.0,
+        };
+        alarms.alarms.insert(name.clone(), Alarm { def, arn: "x".into(), state, firing: Default::default() });
+        let c = Arc::new(Counters::default());
+        let sources = [Source { endpoint: "fraud".into(), variant: "v".into(), counters: c.clone() }];
+        let t0 = Instant::now();
+        alarms.evaluate(&sources, t0, 0.0);
+        fill(&c);
+        alarms.evaluate(&sources, t0 + Duration::from_secs(1), 1.0);
+        alarms.alarms[&name].state.value
+    }
+
+    #[test]
+    fn every_metric_kind_is_judged() {
+        let alarm = |metric: &str, stat: (&str, &str), threshold: f64| {
+            json!({"AlarmName": "a", "MetricName": metric, stat.0: stat.1,
+                   "Dimensions": [{"Name": "EndpointName", "Value": "fraud"}],
+                   "Period": 1, "EvaluationPeriods": 1, "Threshold": threshold, "ComparisonOperator": "GreaterThanThreshold"})
+        };
+        let shadow = |agree: usize, disagree: usize| {
+            move |c: &Counters| {
+                (0..agree).for_each(|_| c.shadow(Some(true)));
+                (0..disagree).for_each(|_| c.shadow(Some(false)));
+            }
+        };
+        let d = alarm("ShadowDisagreements", ("Statistic", "Average"), 0.1);
+        assert_eq!(judge_once(d.clone(), shadow(95, 5)), StateValue::Ok);
+        assert_eq!(judge_once(d.clone(), shadow(80, 20)), StateValue::Alarm);
+        assert_eq!(judge_once(d, shadow(0, 0)), StateValue::InsufficientData);
+        let s = alarm("SelfTestFailures", ("Statistic", "Sum"), 0.0);
+        assert_eq!(judge_once(s.clone(), |c| c.self_test(true)), StateValue::Ok);
+        assert_eq!(judge_once(s, |c| c.self_test(false)), StateValue::Alarm);
+        let latency = |c: &Counters| {
+            for us in 1..=100u64 {
+                let m = Duration::from_micros(if us == 100 { 50_000 } else { us * 10 });
+                c.invoked(200, false, m + Duration::from_micros(5), Some(m));
+            }
+        };
+        // p99 of 99 answers under 1 ms and one of 50 ms is under 1 ms; p100 is not
+        assert_eq!(judge_once(alarm("ModelLatency", ("ExtendedStatistic", "p99"), 1000.0), latency), StateValue::Ok);
+        assert_eq!(
+            judge_once(alarm("ModelLatency", ("ExtendedStatistic", "p100"), 1000.0), latency),
+            StateValue::Alarm
+        );
+        assert_eq!(judge_once(alarm("ModelLatency", ("Statistic", "Maximum"), 1000.0), latency), StateValue::Alarm);
+        let errors = |c: &Counters| {
+            (0..9).for_each(|_| c.invoked(200, false, Duration::from_micros(9), None));
+            c.invoked(500, true, Duration::from_micros(9), None);
+        };
+        assert_eq!(judge_once(alarm("ModelErrors", ("Statistic", "Average"), 0.05), errors), StateValue::Alarm);
+        assert_eq!(judge_once(alarm("Invocation4XXErrors", ("Statistic", "Sum"), 0.0), errors), StateValue::Ok);
+    }
+
     #[test]
     fn an_alarm_fires_on_enough_breaching_periods_and_clears() {
         let def = put(alarm_5xx(1, 2, 2)).unwrap();
