@@ -77,7 +77,7 @@ pub fn find_neuron() -> Result<Option<Backend>> {
             None => return Ok(None),
         },
     };
-    let dir = tempfile::tempdir()?;
+    let dir = crate::cleanup::tempdir("neoc-backend-")?;
     let (code, stdout, stderr) = run(&command, &["--version".into()], dir.path(), Duration::from_secs(60))?;
     if code != Some(0) {
         bail!("`{} --version` failed ({}): {}", command.display(), exit_text(code), last_lines(&stderr));
@@ -94,7 +94,7 @@ pub fn find_neuron() -> Result<Option<Backend>> {
 
 /// Compiles `input` for Inferentia2; returns the NEFF.
 pub fn compile_neuron(b: &Backend, input: &Path, framework: &str) -> Result<Output> {
-    let dir = tempfile::tempdir()?;
+    let dir = crate::cleanup::tempdir("neoc-backend-")?;
     let file_name = input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
     let local = dir.path().join(&file_name);
     std::fs::copy(input, &local).with_context(|| format!("copying {} for {}", input.display(), b.name))?;

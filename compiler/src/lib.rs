@@ -5,6 +5,7 @@
 //! the runtime.
 
 pub mod backend;
+pub mod cleanup;
 pub mod forest;
 pub mod gpu_placement;
 pub mod import;

@@ -899,6 +899,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    neoc_compiler::cleanup::on_signals();
     let result = match cli.command {
         Command::Compile(args) => compile(args),
         Command::Keygen { output, force } => keygen(&output, force),

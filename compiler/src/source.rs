@@ -93,7 +93,7 @@ fn default_registry() -> Option<PathBuf> {
 }
 
 fn workdir() -> Result<tempfile::TempDir> {
-    tempfile::Builder::new().prefix("neoc-").tempdir().context("creating a temporary directory")
+    crate::cleanup::tempdir("neoc-").context("creating a temporary directory")
 }
 
 fn is_archive(path: &Path) -> Result<bool> {

@@ -379,3 +379,52 @@ print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.st
     assert_eq!(code, 0, "{out}");
     assert!(rss_kb < 400 * 1024, "neoc peaked at {} MB for a tarball with 512 MiB of padding: {out}", rss_kb / 1024);
 }
+
+/// `neoc compile` stopped by SIGTERM (a cancelled CI job) used to leave its
+/// unpacked model under $TMPDIR: now it removes what it unpacked, writes no
+/// bundle, and exits 143.
+#[test]
+fn a_compile_stopped_by_sigterm_leaves_no_temporary_files() {
+    let dir = scratch();
+    let d = dir.path();
+    slow_model(d);
+    let st = Command::new("tar").current_dir(d).args(["czf", "slow.tar.gz", "slow.onnx"]).status().unwrap();
+    assert!(st.success());
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(bin("neoc"))
+        .current_dir(d)
+        .env("TMPDIR", &tmp)
+        .args([
+            "compile",
+            "slow.tar.gz",
+            "--target",
+            "host",
+            "--key",
+            "k.key",
+            "-o",
+            "stopped.neo",
+            "--input",
+            "x=1,64,8,8",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // once the model is unpacked (its temporary directory exists), stop it
+    let start = Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().next().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "neoc made no temporary directory");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the compile ended before the signal: make the model slower");
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped by signal 15"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!d.join("stopped.neo").exists());
+}

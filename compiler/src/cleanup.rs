@@ -1,0 +1,45 @@
+//! Temporary directories that must not outlive neoc: made here and
+//! remembered, so that a SIGTERM, SIGINT or SIGHUP (a CI job cancelled, a
+//! Ctrl-C) removes them before neoc exits with 128 + the signal. A normal
+//! exit or an error removes them as `TempDir`s do, on drop.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+static TRACKED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A temporary directory named `PREFIX…`, removed on drop or on a signal.
+pub fn tempdir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let d = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let mut t = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
+    // forget the ones already dropped
+    t.retain(|p| p.exists());
+    t.push(d.path().to_path_buf());
+    Ok(d)
+}
+
+/// Starts the thread that cleans up on SIGTERM, SIGINT and SIGHUP.
+pub fn on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else { return };
+    std::thread::spawn(move || {
+        let Some(sig) = signals.forever().next() else { return };
+        let dirs = std::mem::take(&mut *TRACKED.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut removed = 0;
+        for d in dirs.iter().filter(|d| d.exists()) {
+            // the main thread may still be writing into it: try again
+            for _ in 0..5 {
+                if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
+                    removed += 1;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        eprintln!(
+            "neoc: stopped by signal {sig}; removed {removed} temporary director{}",
+            if removed == 1 { "y" } else { "ies" }
+        );
+        std::process::exit(128 + sig);
+    });
+}
