@@ -724,12 +724,14 @@ fn a_shadow_test_runs_its_schedule_then_one_is_promoted() {
     assert!(v["answered"].as_array().unwrap().iter().all(|a| a == "Blue"));
     assert!(v["update_during"]["message"].as_str().unwrap().contains("inference experiment shadow-test runs on it"));
     assert!(v["second"]["message"].as_str().unwrap().contains("already has inference experiment shadow-test"));
-    // side by side: about half the requests copied, every copy compared (add and mod disagree)
+    // side by side: about half the requests sampled, each compared or (on a
+    // busy machine: the shadow yields to live traffic) shed, none lost
     let m = &v["metrics_running"];
     let prod = m["Production"]["Metrics"]["Invocations"].as_u64().unwrap();
     let compared = m["Shadow"]["Compared"].as_u64().unwrap();
+    let sampled = compared + m["Shadow"]["Shed"].as_u64().unwrap();
     assert!(prod >= 400, "{m}");
-    assert!(compared > 100 && compared <= prod, "{m}");
+    assert!(compared > 0 && (prod as f64 * 0.5 - sampled as f64).abs() <= 4.0 * (prod as f64 * 0.25).sqrt(), "{m}");
     assert_eq!(m["Shadow"]["Agreed"], 0, "{m}");
     assert_eq!(m["Shadow"]["AgreementRate"], 0.0);
     assert!(m["Production"]["Metrics"]["ModelLatencyP99Microseconds"].as_f64().unwrap() > 0.0);
@@ -739,7 +741,8 @@ fn a_shadow_test_runs_its_schedule_then_one_is_promoted() {
     assert!(v["endpoint_after"].get("ShadowProductionVariants").is_none(), "{}", v["endpoint_after"]);
     assert_eq!(v["endpoint_after"]["EndpointConfigName"], "v1");
     assert!(v["after_answer"].as_str().unwrap().contains("10"));
-    assert_eq!(v["metrics_final"]["Shadow"]["Compared"].as_u64().unwrap(), compared);
+    // the figures at the end are kept (copies still running then may have finished since)
+    assert!(v["metrics_final"]["Shadow"]["Compared"].as_u64().unwrap() >= compared);
     // both variants captured
     for variant in ["Blue", "Shadow"] {
         let dir = d.join("exp-capture/ep").join(variant);

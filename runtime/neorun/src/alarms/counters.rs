@@ -109,6 +109,8 @@ pub struct Counters {
     pub disagreements: AtomicU64,
     pub shadow_runs: AtomicU64,
     pub shadow_errors: AtomicU64,
+    /// Copies not made because the machine was busy (shed).
+    pub shadow_shed: AtomicU64,
     /// Health checks run on this variant's model during a deployment.
     pub self_tests: AtomicU64,
     pub self_test_failures: AtomicU64,
@@ -128,6 +130,7 @@ impl Default for Counters {
             disagreements: AtomicU64::new(0),
             shadow_runs: AtomicU64::new(0),
             shadow_errors: AtomicU64::new(0),
+            shadow_shed: AtomicU64::new(0),
             self_tests: AtomicU64::new(0),
             self_test_failures: AtomicU64::new(0),
         }
@@ -168,6 +171,10 @@ impl Counters {
         }
     }
 
+    pub fn shed(&self) {
+        self.shadow_shed.fetch_add(1, Relaxed);
+    }
+
     pub fn self_test(&self, passed: bool) {
         self.self_tests.fetch_add(1, Relaxed);
         if !passed {
@@ -187,6 +194,7 @@ impl Counters {
             &self.shadow_errors,
             &self.self_tests,
             &self.self_test_failures,
+            &self.shadow_shed,
         ];
         Snap {
             counts: c.map(|a| a.load(Relaxed)),
@@ -208,12 +216,13 @@ pub mod idx {
     pub const SHADOW_ERRORS: usize = 7;
     pub const SELF_TESTS: usize = 8;
     pub const SELF_TEST_FAILURES: usize = 9;
+    pub const SHADOW_SHED: usize = 10;
 }
 
 /// Counters read at one moment (or a difference of two readings).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snap {
-    pub counts: [u64; 10],
+    pub counts: [u64; 11],
     pub model: HistSnap,
     pub overhead: HistSnap,
 }

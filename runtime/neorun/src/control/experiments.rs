@@ -462,6 +462,7 @@ impl ControlPlane {
             "Shadow": {
                 "VariantName": e.shadow_variant, "ModelName": e.shadow_model, "Metrics": stats(&s),
                 "Compared": compared, "Agreed": compared - c[idx::DISAGREEMENTS], "Failed": c[idx::SHADOW_ERRORS],
+                "Shed": c[idx::SHADOW_SHED],
                 "AgreementRate": (compared > 0).then(|| (compared - c[idx::DISAGREEMENTS]) as f64 / compared as f64),
             },
         }))

@@ -152,6 +152,7 @@ fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers:
         let series = shadow.series.shadow.clone().expect("a shadow has shadow series");
         if st.inference.busy() || shadow.running.load(Ordering::Relaxed) >= share {
             series.shed();
+            shadow.counters.shed();
             continue;
         }
         shadow.running.fetch_add(1, Ordering::Relaxed);
@@ -169,6 +170,7 @@ fn after(st: &Arc<AppState>, ep: &Arc<LiveEndpoint>, variant: &Variant, headers:
         if !st.spare.try_run(move || copy.run()) {
             running.fetch_sub(1, Ordering::Relaxed);
             series.shed();
+            shadow.counters.shed();
         }
     }
 }
