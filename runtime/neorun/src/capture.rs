@@ -4,6 +4,9 @@
 //! named `{MM-SS-mmm}-{uuid}.jsonl`, so a team's monitoring jobs read
 //! neorun's records as they read SageMaker's.
 //!
+//! (Over 600 lines by its tests: about 140 lines at the bottom write real
+//! files and read them back.)
+//!
 //! Off the request path and bounded: a request hands its record (the body
 //! and answer bytes, shared, not copied) to a channel with `try_send` and
 //! goes on; one writer thread encodes and writes. What is waiting is bounded
@@ -14,9 +17,6 @@
 //! and resumes by itself when space comes back. Files rotate on the hour,
 //! after `rotate_after` and at `max_file_bytes`; everything is flushed when
 //! the channel runs dry and on shutdown (`Capture::close`).
-//!
-//! (Over 600 lines by its tests: about 140 lines at the bottom write real
-//! files and read them back.)
 
 use std::collections::HashMap;
 use std::fs::File;

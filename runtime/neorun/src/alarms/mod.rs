@@ -5,6 +5,10 @@
 //! history of transitions. Guarded rollouts name them in
 //! `AutoRollbackConfiguration`.
 //!
+//! (Over 600 lines: the definition, its statistics and its evaluation are
+//! one vocabulary — CloudWatch's — read and judged in one place; about 160
+//! lines at the bottom are tests.)
+//!
 //! Evaluation: once a second every variant's `Counters` is snapshotted; an
 //! alarm's datapoint for a period is the difference of two snapshots summed
 //! over the variants it watches (blue's and green's fleets alike, as

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::{EndpointArgs, EndpointCommand, JournalArgs, ServerArgs};
+use crate::control::store::journal_matches;
 use crate::exit::Failure;
 
 /// One operation; the server's error (`__type`, `message`) becomes ours.
@@ -139,11 +140,7 @@ pub fn endpoint(a: EndpointArgs) -> Result<(), Failure> {
 }
 
 pub fn journal(a: JournalArgs) -> Result<(), Failure> {
-    let keep = |e: &Value| {
-        a.name.as_ref().is_none_or(|n| e["name"] == json!(n))
-            && a.op.as_ref().is_none_or(|o| e["op"] == json!(o))
-            && a.since.as_ref().is_none_or(|s| e["time"].as_str().is_some_and(|t| t >= s.as_str()))
-    };
+    let keep = |e: &Value| journal_matches(e, a.name.as_deref(), a.op.as_deref(), a.since.as_deref());
     let entries: Vec<Value> = match &a.state_dir {
         Some(dir) => {
             let path = dir.join("journal.jsonl");

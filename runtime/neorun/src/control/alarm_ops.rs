@@ -300,10 +300,7 @@ impl ControlPlane {
         for line in BufReader::new(file).lines() {
             let line = line.map_err(|e| AwsError::internal(format!("reading the journal: {e}")))?;
             let Ok(e) = serde_json::from_str::<Value>(&line) else { continue };
-            if name.as_ref().is_some_and(|n| e["name"] != json!(n))
-                || op.as_ref().is_some_and(|o| e["op"] != json!(o))
-                || since.as_ref().is_some_and(|s| e["time"].as_str().is_none_or(|t| t < s.as_str()))
-            {
+            if !super::store::journal_matches(&e, name.as_deref(), op.as_deref(), since.as_deref()) {
                 continue;
             }
             out.push_back(e);

@@ -1,5 +1,10 @@
 //! Guarded rollouts: SageMaker's `DeploymentConfig` on one machine.
 //!
+//! (Over 600 lines: the `DeploymentConfig` reader, the plan of steps and
+//! the driver share `Policy` and `Progress`, and the driver's invariants —
+//! recorded before published, blue kept until the end — read best in one
+//! place; about 90 lines at the bottom are tests.)
+//!
 //! `UpdateEndpoint` with a `BlueGreenUpdatePolicy` loads the new ("green")
 //! configuration beside the one serving ("blue"), health-checks every green
 //! model, then moves the share of requests green gets in the policy's steps

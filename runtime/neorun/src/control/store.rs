@@ -103,6 +103,14 @@ impl Store {
     }
 }
 
+/// Whether a journal entry is about `name`, of operation `op`, at or after
+/// `since` (ISO 8601, as entries carry their time); `None` matches all.
+pub fn journal_matches(e: &Value, name: Option<&str>, op: Option<&str>, since: Option<&str>) -> bool {
+    name.is_none_or(|n| e["name"] == n)
+        && op.is_none_or(|o| e["op"] == o)
+        && since.is_none_or(|s| e["time"].as_str().is_some_and(|t| t >= s))
+}
+
 /// Writes `path` so that it holds either its old contents or `bytes`,
 /// whatever happens: the bundle writer's temporary-file-and-rename
 /// (`container::write_atomic`, which syncs the file), then the directory
