@@ -49,8 +49,79 @@ pub enum Command {
     Check(CheckArgs),
     /// Drive a running server's endpoints without AWS tools: update (guarded), roll back, describe, wait
     Endpoint(EndpointArgs),
-    /// Read the control plane's journal: from a running server, or straight from a state directory
+    /// Read the control plane's journal: from a running server, or straight from a state directory (or a model store)
     Journal(JournalArgs),
+    /// Install a bundle (a file or oci://REF) into the device's model store: verified and self-tested before anything in the store changes
+    Install(InstallArgs),
+    /// The model store: each model's active, previous and trial versions, its state and last event
+    Status(StatusArgs),
+    /// Roll a model back: drop its trial (pending or baking), or, with none, make the previous version active again
+    Rollback(StoreModelArgs),
+    /// Commit a model's trial: activate it at once when no server serves the store; with one, wait for its bake to commit or roll back
+    Commit(CommitArgs),
+    /// Remove the slots no pointer names (keeps active, previous and any trial) and leftovers of interrupted installs
+    Gc(StoreArgs),
+}
+
+/// Which model store.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// The model store
+    #[arg(long, env = "NEORUN_STORE", default_value = crate::modelstore::DEFAULT_STORE, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Wait this long for another change to the store to end before giving up (seconds)
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    pub lock_wait: f64,
+}
+
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    /// A bundle file, or oci://REGISTRY/REPO:TAG (pulled with digest checks; resumed if interrupted)
+    pub bundle: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Install a version that is not newer than the active one (journaled)
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// With a server serving the store: wait until the new version commits (exit 0) or is rolled back (exit 1)
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// One JSON document (for fleet agents: Mender inventory, Greengrass, cron)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StoreModelArgs {
+    /// The model (may be left out when the store holds one)
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only undo this version: drop it if it is the trial, make the previous version active if it is the active one, else do nothing (what an update module's rollback wants)
+    #[arg(long, value_name = "VERSION")]
+    pub from: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct CommitArgs {
+    /// The model (may be left out when the store holds one)
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Give up waiting for a bake after this many seconds
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
 }
 
 /// Where the server is and how to authenticate to it.
@@ -119,7 +190,7 @@ pub struct JournalArgs {
     /// Only entries at or after this time (ISO 8601, UTC, as the entries carry it)
     #[arg(long)]
     pub since: Option<String>,
-    /// Read this state directory's journal instead of asking a server
+    /// Read this state directory's journal instead of asking a server (a model store's directory works too)
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -204,9 +275,21 @@ pub struct BenchArgs {
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Bundles to serve; each is named by its manifest (the first answers /invocations). Optional with --state-dir or --endpoint
-    #[arg(required_unless_present_any = ["state_dir", "endpoints"])]
+    /// Bundles to serve; each is named by its manifest (the first answers /invocations). Optional with --state-dir, --endpoint or --store
+    #[arg(required_unless_present_any = ["state_dir", "endpoints", "store"])]
     pub bundles: Vec<PathBuf>,
+    /// Serve the model store's active versions (each model is an endpoint of its name, and answers /invocations and /v2/models/NAME too); new installs are activated as guarded updates and committed only after a bake without alarms
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// The DeploymentConfig of store activations: JSON text or @FILE (default: 10% canary for 30 s, then all for 30 s); its AutoRollbackConfiguration alarms join the store's own
+    #[arg(long, value_name = "JSON|@FILE", requires = "store")]
+    pub activation: Option<String>,
+    /// Store activations: the new version's share of 5xx answers per second that fails its bake
+    #[arg(long, default_value_t = 0.01, requires = "store")]
+    pub bake_max_error_rate: f64,
+    /// Store activations: the new version's p99 model latency (ms, over 2-second periods) that fails its bake
+    #[arg(long, default_value_t = 1000.0, requires = "store")]
+    pub bake_max_p99_ms: f64,
     /// Keep the control plane's models, endpoint configurations and endpoints here (created if missing); they come back after a restart
     #[arg(long, env = "NEORUN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

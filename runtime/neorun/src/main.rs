@@ -1,6 +1,7 @@
 //! `neorun`: the device process. It verifies neoc bundles and runs them —
 //! one request (`predict`), a health check (`check`), a file (`batch`), a
-//! benchmark (`bench`), or an HTTP server (`serve`).
+//! benchmark (`bench`), or an HTTP server (`serve`); and installs them into
+//! the device's model store (`install`, `status`, `rollback`, `commit`, `gc`).
 //!
 //! The engines, kernels and codecs are the `neoc-runtime` library's; this
 //! crate holds what only the device process needs: the CLI, settings, the
@@ -19,6 +20,7 @@ mod http;
 mod infer;
 mod metrics;
 mod models;
+mod modelstore;
 mod settings;
 mod shutdown;
 mod sigv4;
@@ -42,6 +44,11 @@ fn main() -> ExitCode {
         Command::Serve(a) => settings::Serve::resolve(*a).and_then(commands::serve::run),
         Command::Endpoint(a) => commands::client::endpoint(a),
         Command::Journal(a) => commands::client::journal(a),
+        Command::Install(a) => commands::store::install(a),
+        Command::Status(a) => commands::store::status(a),
+        Command::Rollback(a) => commands::store::rollback(a),
+        Command::Commit(a) => commands::store::commit(a),
+        Command::Gc(a) => commands::store::gc(a),
     };
     exit::report(result)
 }

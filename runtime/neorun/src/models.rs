@@ -49,6 +49,10 @@ impl ModelTable {
         t.default.as_ref().and_then(|d| t.models.get(d)).cloned()
     }
 
+    pub fn default_name(&self) -> Option<String> {
+        self.read().default.clone()
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.read().models.keys().cloned().collect()
     }
@@ -65,6 +69,16 @@ impl ModelTable {
             t.default = Some(live.name.clone());
         }
         t.models.insert(live.name.clone(), Arc::new(live))
+    }
+
+    /// Publishes a model an endpoint already runs under another name (the
+    /// model store's: the model's own name for its endpoint's production model).
+    pub fn publish_as(&self, name: &str, live: Arc<LiveModel>) -> Option<Arc<LiveModel>> {
+        let mut t = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if t.default.is_none() {
+            t.default = Some(name.to_string());
+        }
+        t.models.insert(name.to_string(), live)
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Serve {
     pub shadow_cpus: Vec<usize>,
     pub live_cpus: Vec<usize>,
     pub capture: CaptureSettings,
+    /// `--store`: the model store served, and how its installs are activated.
+    pub store: Option<crate::modelstore::serve::StoreSettings>,
 }
 
 impl Serve {
@@ -163,7 +165,33 @@ impl Serve {
             disk_high_water: a.capture_disk_high_water / 100.0,
             ..CaptureSettings::default()
         };
+        let store = match &a.store {
+            None => None,
+            Some(dir) => {
+                let activation = match &a.activation {
+                    None => crate::modelstore::serve::default_activation(),
+                    Some(text) => json_or_file("--activation", text)?,
+                };
+                if !(a.bake_max_error_rate >= 0.0 && a.bake_max_error_rate < 1.0) {
+                    return Err(anyhow!(
+                        "--bake-max-error-rate {}: give a share from 0 to below 1 (0.01 = 1%)",
+                        a.bake_max_error_rate
+                    )
+                    .into());
+                }
+                if !(a.bake_max_p99_ms.is_finite() && a.bake_max_p99_ms > 0.0) {
+                    return Err(anyhow!("--bake-max-p99-ms {}: give milliseconds above 0", a.bake_max_p99_ms).into());
+                }
+                Some(crate::modelstore::serve::StoreSettings {
+                    dir: dir.clone(),
+                    activation,
+                    max_error_rate: a.bake_max_error_rate,
+                    max_p99_ms: a.bake_max_p99_ms,
+                })
+            }
+        };
         Ok(Serve {
+            store,
             state_dir: a.state_dir,
             endpoints: a.endpoints,
             alarms: a.alarms,
@@ -192,6 +220,15 @@ impl Serve {
             log_format,
         })
     }
+}
+
+/// A flag's JSON: the text itself, or `@FILE`'s contents.
+pub fn json_or_file(flag: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+    let (body, from) = match text.strip_prefix('@') {
+        Some(path) => (std::fs::read_to_string(path).map_err(|e| anyhow!("{flag} {text}: {e}"))?, path.to_string()),
+        None => (text.to_string(), "the flag's text".to_string()),
+    };
+    serde_json::from_str(&body).map_err(|e| anyhow!("{flag}: {from} is not valid JSON: {e}"))
 }
 
 /// Installs the stderr log subscriber (`RUST_LOG` filters it; info by default).

@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod predict;
 pub mod serve;
+pub mod store;
 
 use std::path::Path;
 

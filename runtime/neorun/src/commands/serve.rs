@@ -2,7 +2,9 @@
 //! control plane's endpoints (`--state-dir`) and apply the declared ones
 //! (`--endpoint`), then serve over HTTP until SIGTERM/SIGINT, and drain:
 //! in-flight requests finish, shadow copies finish, capture is flushed.
-//! SIGHUP re-reads the declared endpoint files.
+//! SIGHUP re-reads the declared endpoint files. With `--store`, the model
+//! store's active versions are served and new installs activated
+//! (`modelstore::serve`).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -91,6 +93,15 @@ pub fn run(s: Serve) -> Result<(), Failure> {
             let name = control.apply_file(f, "--endpoint").await.map_err(|e| anyhow!("{e}"))?;
             tracing::info!(endpoint = %name, file = %f.display(), "endpoint in service");
         }
+        let store_routes = s.store.is_some();
+        if let Some(ss) = s.store.clone() {
+            let dir = ss.dir.clone();
+            let driver = crate::modelstore::serve::Driver::start(ss, control.clone(), models.clone(), s.open.clone())
+                .await
+                .map_err(|e| anyhow!("--store {}: {e:#}", dir.display()))?;
+            driver.watch();
+            tracing::info!(store = %dir.display(), models = ?models.names(), "serving the model store");
+        }
         #[cfg(unix)]
         if !s.endpoints.is_empty() {
             tokio::spawn(reload_on_sighup(control.clone(), s.endpoints.clone()));
@@ -111,6 +122,7 @@ pub fn run(s: Serve) -> Result<(), Failure> {
             },
             draining: Arc::clone(&draining),
             control: Some(control),
+            store_routes,
             capture: capture.clone(),
             spare: spare.clone(),
         });

@@ -88,6 +88,11 @@ impl ControlPlane {
     }
 
     /// Evaluates the alarms four times a second, for as long as the server runs.
+    /// Keeps the alarm `name` out of the state directory (see `keep_in_memory`).
+    pub fn keep_alarm_in_memory(&self, name: &str) {
+        self.keep_in_memory(&alarm_file(name));
+    }
+
     pub fn start_alarms(self: &Arc<Self>) {
         let cp = self.clone();
         tokio::spawn(async move {

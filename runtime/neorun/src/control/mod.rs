@@ -193,9 +193,11 @@ pub struct ControlPlane {
     region: String,
     /// Where `oci://` bundles are pulled to (under the state directory, or a
     /// temporary one removed on exit).
-    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     bundles: PathBuf,
     _bundles_tmp: Option<tempfile::TempDir>,
+    /// Objects another part of neorun derives at every start (the model
+    /// store's endpoints): kept in memory, never written to the state directory.
+    transient: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Who asked, for the journal.
@@ -220,6 +222,7 @@ impl ControlPlane {
         Ok(Arc::new(ControlPlane {
             bundles,
             _bundles_tmp: tmp,
+            transient: Mutex::default(),
             state: Mutex::new(State::default()),
             store,
             endpoints: Arc::new(EndpointTable::default()),
@@ -247,6 +250,9 @@ impl ControlPlane {
     /// Persists one record (when there is a state directory).
     fn persist(&self, kind: &str, name: &str, v: Option<&Value>) -> Result<(), AwsError> {
         let Some(store) = &self.store else { return Ok(()) };
+        if self.transient.lock().unwrap_or_else(|e| e.into_inner()).contains(name) {
+            return Ok(());
+        }
         let r = match v {
             Some(v) => store.put(kind, name, v),
             None => store.delete(kind, name),
@@ -262,6 +268,12 @@ impl ControlPlane {
                 tracing::error!("writing the journal: {e:#}");
             }
         }
+    }
+
+    /// Keeps the model, configuration or endpoint `name` out of the state
+    /// directory (the model store derives its endpoints at every start).
+    pub fn keep_in_memory(&self, name: &str) {
+        self.transient.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
     }
 
     /// Runs one operation (`X-Amz-Target: SageMaker.<op>`).
@@ -312,50 +324,19 @@ impl ControlPlane {
             .map_err(|e| AwsError::validation(format!("PrimaryContainer.ModelDataUrl: {}: {e}", def.bundle.display())))
     }
 
-    /// Pulls an `oci://` model's bundle into the bundle directory: the
-    /// reference's manifest, or every entry of its index, each layer
-    /// digest-checked as it streams (neoc's registry client); the first
-    /// bundle that passes `Model::verify` on this host is kept, under its
-    /// digest. Registry credentials: `NEOC_REGISTRY_USER`/`_PASSWORD` or the
-    /// Docker config, as for `neoc pull`.
-    #[cfg(feature = "registry")]
+    /// Pulls an `oci://` model's bundle into the bundle directory
+    /// (`modelstore::install::pull_bundle`: digest-checked as it streams,
+    /// the first bundle that verifies on this host kept under its digest).
     async fn pull(&self, def: &mut ModelDef) -> Result<(), AwsError> {
-        use neoc_registry::{pull, Access, Reference, Store, BUNDLE_LAYER};
         let (url, dir, open) = (def.url.clone(), self.bundles.clone(), self.open.clone());
         let r = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
-            let r = Reference::parse(&url, || Err(anyhow::anyhow!("not a remote reference")))
-                .map_err(|e| format!("{e:#}"))?;
-            let store = Store::open(&r, &Access::default()).map_err(|e| format!("{e:#}"))?;
             let tmp = tempfile::tempdir_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let files = pull(&store, &r, tmp.path(), None).map_err(|e| format!("{e:#}"))?;
-            let mut refused = Vec::new();
-            for f in files.iter().filter(|f| f.media_type == BUNDLE_LAYER) {
-                match Model::verify(&f.path, &open) {
-                    Ok(v) => {
-                        let dest = dir.join(format!("{}.neo", v.digest.replace(':', "-")));
-                        std::fs::rename(&f.path, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-                        return Ok(dest);
-                    }
-                    Err(e) => refused.push(format!("{}: {e}", f.from)),
-                }
-            }
-            if refused.is_empty() {
-                Err(format!("{url} holds no neoc bundle"))
-            } else {
-                Err(format!("no bundle in {url} runs here: {}", refused.join("; ")))
-            }
+            crate::modelstore::install::pull_bundle(&url, tmp.path(), &dir, &open)
         })
         .await
         .map_err(|e| AwsError::internal(format!("pulling the bundle: {e}")))?;
         def.bundle = r.map_err(|e| AwsError::validation(format!("PrimaryContainer.ModelDataUrl: {e}")))?;
         Ok(())
-    }
-
-    #[cfg(not(feature = "registry"))]
-    async fn pull(&self, _def: &mut ModelDef) -> Result<(), AwsError> {
-        Err(AwsError::validation(
-            "PrimaryContainer.ModelDataUrl: this neorun was built without registry support (cargo feature `registry`): run `neoc pull REF -o model.neo` and give that file's path",
-        ))
     }
 
     async fn create_model(&self, v: &Value, who: Caller<'_>) -> Result<Value, AwsError> {

@@ -120,7 +120,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| anyhow!("syncing {}: {e}", dir.display()))
 }
 

@@ -60,6 +60,9 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Endpoints and the SageMaker API that manages them.
     pub control: Option<Arc<ControlPlane>>,
+    /// `--store`: a model's requests (`/invocations`, OIP inference) go
+    /// through its endpoint, so that activations and rollbacks cover them.
+    pub store_routes: bool,
     pub capture: Capture,
     /// Where shadow copies run.
     pub spare: Arc<SparePool>,

@@ -45,7 +45,7 @@ pub async fn ready(State(st): St) -> Response {
 
 fn metadata_of(st: &AppState, name: &str, version: Option<&str>) -> Response {
     match model_or_404(st, name, version) {
-        Ok(live) => Json(oip::metadata(&live.name, &live.model.manifest)).into_response(),
+        Ok(live) => Json(oip::metadata(name, &live.model.manifest)).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -98,12 +98,40 @@ async fn infer_any(
         Ok(l) => l,
         Err(e) => return e.into_response(),
     };
-    let r = answer(&st, &live, &headers, body).await;
+    // with --store, through the model's endpoint: an activation's share of
+    // requests goes to the new version, and its alarms see them
+    let routed = st
+        .store_routes
+        .then(|| st.control.as_ref()?.endpoints.get(&crate::modelstore::serve::endpoint_name(&model)))
+        .flatten();
+    if let Some(ep) = routed {
+        if let Ok((fleet, i)) = ep.route(None) {
+            let variant = &fleet.variants[i];
+            let t = Instant::now();
+            let r = answer(&st, &variant.live, &model, &headers, body).await;
+            let status = match &r {
+                Ok(resp) => resp.status().as_u16(),
+                Err(e) => e.status.as_u16(),
+            };
+            let model_error = status >= 500;
+            variant.series.invoked(status, started.elapsed(), Some(t.elapsed()));
+            variant.counters.invoked(status, model_error, started.elapsed(), Some(t.elapsed()));
+            account(&variant.live, started, &r);
+            return r.unwrap_or_else(|e| e.into_response());
+        }
+    }
+    let r = answer(&st, &live, &live.name, &headers, body).await;
     account(&live, started, &r);
     r.unwrap_or_else(|e| e.into_response())
 }
 
-async fn answer(st: &AppState, live: &LiveModel, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn answer(
+    st: &AppState,
+    live: &LiveModel,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(st, body).await?;
     // the binary tensor extension: a JSON header of this length, then raw tensors
     let header_len = match headers.get("Inference-Header-Content-Length") {
@@ -118,7 +146,7 @@ async fn answer(st: &AppState, live: &LiveModel, headers: &HeaderMap, body: Body
     let manifest = &live.model.manifest;
     let (batch, wanted) = oip::decode(&bytes, header_len, &manifest.inputs, &manifest.outputs)?;
     let outputs = st.inference.infer(live, batch).await?;
-    let encoded = oip::encode(&wanted, &live.name, &manifest.model.version, &manifest.outputs, &outputs)
+    let encoded = oip::encode(&wanted, name, &manifest.model.version, &manifest.outputs, &outputs)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(match encoded.json_len {
         None => {

@@ -31,6 +31,20 @@ pub async fn invocations(State(st): St, headers: HeaderMap, body: Body) -> Respo
     invoke(st, headers, body).await
 }
 
+/// With `--store`: the endpoint of the store model a request is for (the
+/// one it names, else the default), when that model has one.
+fn store_endpoint(st: &AppState, headers: &HeaderMap) -> Option<String> {
+    if !st.store_routes {
+        return None;
+    }
+    let name = match headers.get("X-Amzn-SageMaker-Target-Model") {
+        Some(v) => v.to_str().ok()?.trim_end_matches(".neo").to_string(),
+        None => st.models.default_name()?,
+    };
+    let ep = crate::modelstore::serve::endpoint_name(&name);
+    st.control.as_ref()?.endpoints.get(&ep).map(|_| ep)
+}
+
 /// The model a request is for: the one it names, else the default.
 fn target(st: &AppState, headers: &HeaderMap) -> Result<Arc<LiveModel>, ApiError> {
     let unknown = |name: &str| InferError::UnknownModel { name: name.into(), served: st.models.names() };
@@ -45,6 +59,11 @@ fn target(st: &AppState, headers: &HeaderMap) -> Result<Arc<LiveModel>, ApiError
 }
 
 pub(super) async fn invoke(st: Arc<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(ep) = store_endpoint(&st, &headers) {
+        // boxed: the endpoint handler comes back here for a bundle server
+        return Box::pin(super::endpoint::endpoint_invocations(State(st), axum::extract::Path(ep), headers, body))
+            .await;
+    }
     let started = Instant::now();
     let r = match target(&st, &headers) {
         Ok(live) => {

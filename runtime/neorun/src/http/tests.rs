@@ -43,6 +43,7 @@ fn app_with(max_batch: usize, draining: bool) -> axum::Router {
         },
         draining: Arc::new(AtomicBool::new(draining)),
         control: None,
+        store_routes: false,
         capture: crate::capture::Capture::start(Default::default(), metrics_capture),
         spare: crate::infer::spare::SparePool::new(1, Vec::new()),
     }))
