@@ -97,9 +97,12 @@ pub struct InstallArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// One JSON document (for fleet agents: Mender inventory, Greengrass, cron)
-    #[arg(long)]
+    /// One JSON document (for fleet agents: Greengrass, cron, scripts)
+    #[arg(long, conflicts_with = "inventory")]
     pub json: bool,
+    /// `key=value` lines, as a Mender inventory script prints them (neorun_MODEL_active=VERSION, _previous, _state, _last_event)
+    #[arg(long)]
+    pub inventory: bool,
 }
 
 #[derive(clap::Args)]

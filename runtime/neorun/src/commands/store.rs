@@ -134,6 +134,22 @@ pub fn status(a: StatusArgs) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| anyhow!("{e}"))?);
         return Ok(());
     }
+    if a.inventory {
+        for m in v["models"].as_array().cloned().unwrap_or_default() {
+            let key: String = m["model"]
+                .as_str()
+                .unwrap_or("?")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let or_none = |x: &serde_json::Value| x.as_str().unwrap_or("none").to_string();
+            println!("neorun_{key}_active={}", or_none(&m["active"]["version"]));
+            println!("neorun_{key}_previous={}", or_none(&m["previous"]["version"]));
+            println!("neorun_{key}_state={}", or_none(&m["state"]));
+            println!("neorun_{key}_last_event={}", or_none(&m["last_event"]["op"]));
+        }
+        return Ok(());
+    }
     println!(
         "store {} ({})",
         store.root().display(),
