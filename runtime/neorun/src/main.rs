@@ -36,6 +36,20 @@ use crate::exit::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // a command whose output is piped into `head` ends quietly when the pipe
+    // closes, as Unix tools do (Rust ignores SIGPIPE, so println! would
+    // panic); only commands that use no sockets (the server's and the
+    // registry client's must never kill the process)
+    #[cfg(unix)]
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Journal(_) | Command::Predict(_) | Command::Check(_) | Command::Bench(_)
+    ) {
+        // SAFETY: restoring the default disposition of one signal, before any thread starts
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result: Result<(), Failure> = match cli.command {
         Command::Predict(a) => commands::predict::run(a),
         Command::Check(a) => commands::check::run(a),
