@@ -107,6 +107,17 @@ fn flock(f: &File, blocking: bool) -> std::io::Result<bool> {
     }
 }
 
+/// A lock file, created when missing (its contents name the holder).
+fn lock_file(path: &Path) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Model names become directory names: letters, digits, `-`, `_`, `.` (not leading).
 pub fn check_model_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
@@ -162,13 +173,7 @@ impl ModelStore {
     /// pid and command are written into the lock file so a refusal names it.
     pub fn lock(&self, what: &str, wait: Duration) -> anyhow::Result<Locked> {
         let path = self.root.join(".lock");
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut f = lock_file(&path)?;
         let deadline = Instant::now() + wait;
         loop {
             if flock(&f, false).with_context(|| format!("locking {}", path.display()))? {
@@ -200,13 +205,7 @@ impl ModelStore {
     /// returned file is open. Refused when another server holds it.
     pub fn claim_serving(&self) -> anyhow::Result<File> {
         let path = self.root.join(".serving");
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut f = lock_file(&path)?;
         if !flock(&f, false)? {
             let mut holder = String::new();
             f.read_to_string(&mut holder).ok();
