@@ -113,7 +113,8 @@ async fn infer_any(
                 Ok(resp) => resp.status().as_u16(),
                 Err(e) => e.status.as_u16(),
             };
-            let model_error = status >= 500;
+            // the engine's failures are 500s (overload, 503, is not the model's)
+            let model_error = status == 500;
             variant.series.invoked(status, started.elapsed(), Some(t.elapsed()));
             variant.counters.invoked(status, model_error, started.elapsed(), Some(t.elapsed()));
             account(&variant.live, started, &r);
