@@ -306,31 +306,49 @@ pub fn file_digest(path: &Path) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// Writes `dir/NAME.tar.gz`: an ONNX model of one integer binary op `op`
+/// (`Add`, `Mul`, `Mod`: `r = a op b` on int32 `[N, 2]` inputs `a`, `b`)
+/// with one test case, a = [[7, -7]], b = [[3, 3]]; `reference` overrides
+/// its expected output (a model whose own health check fails, compiled with
+/// --allow-mismatch). Returns the tarball's file name.
+pub fn int_op_tarball(d: &Path, name: &str, op: &str, reference: Option<[i32; 2]>) -> String {
+    let script = r#"
+import sys, os, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+d, name, op, ref = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
+b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
+o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
+m = helper.make_model(helper.make_graph([helper.make_node(op, ["a", "b"], ["r"])], name, [a, b], [o]),
+                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+os.makedirs(f"{d}/{name}/test_data_set_0")
+onnx.save(m, f"{d}/{name}/{name}.onnx")
+x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
+r = {"Add": x + y, "Mul": x * y, "Mod": np.mod(x, y)}[op] if ref == "-" else np.array([[int(v) for v in ref.split(",")]], np.int32)
+t = f"{d}/{name}/test_data_set_0"
+open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
+open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
+open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(r.astype(np.int32), "r").SerializeToString())
+"#;
+    let r = reference.map_or("-".to_string(), |[x, y]| format!("{x},{y}"));
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap(), name, op, &r]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tarball = format!("{name}.tar.gz");
+    let st = Command::new("tar")
+        .current_dir(d.join(name))
+        .args(["czf", &format!("../{tarball}"), &format!("{name}.onnx"), "test_data_set_0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tarball
+}
+
 /// Compiles `dir/m.neo`: an ONNX integer `Mod` (`r = a mod b`, inputs
 /// `[N,2]` i32) with one test case. A zero divisor makes tract panic inside
 /// the engine, which neorun must turn into an error for that request.
 pub fn int_mod_bundle(d: &Path) -> PathBuf {
-    let script = r#"
-import sys, os, numpy as np, onnx
-from onnx import helper, TensorProto, numpy_helper
-a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
-b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
-o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
-m = helper.make_model(helper.make_graph([helper.make_node("Mod", ["a", "b"], ["r"])], "m", [a, b], [o]),
-                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-onnx.save(m, sys.argv[1] + "/m.onnx")
-t = sys.argv[1] + "/test_data_set_0"; os.makedirs(t)
-x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
-open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
-open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
-open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(np.array([[1, 2]], np.int32), "r").SerializeToString())
-"#;
-    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let st =
-        Command::new("tar").current_dir(d).args(["czf", "m.tar.gz", "m.onnx", "test_data_set_0"]).status().unwrap();
-    assert!(st.success());
-    ok(run("neoc", d, &["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", "m.neo"], &[], None));
+    let tarball = int_op_tarball(d, "m", "Mod", None);
+    ok(run("neoc", d, &["compile", &tarball, "--target", "host", "--key", "k.key", "-o", "m.neo"], &[], None));
     d.join("m.neo")
 }
 

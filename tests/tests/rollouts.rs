@@ -36,35 +36,9 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 /// one test case; `reference` overrides its expected output (compiled with
 /// --allow-mismatch: a bundle whose own health check fails).
 fn int_bundle(d: &Path, name: &str, op: &str, reference: Option<[i32; 2]>) {
-    let script = r#"
-import sys, os, numpy as np, onnx
-from onnx import helper, TensorProto, numpy_helper
-d, name, op, ref = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
-b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
-o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
-m = helper.make_model(helper.make_graph([helper.make_node(op, ["a", "b"], ["r"])], name, [a, b], [o]),
-                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-os.makedirs(f"{d}/{name}/test_data_set_0")
-onnx.save(m, f"{d}/{name}/{name}.onnx")
-x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
-r = {"Add": x + y, "Mod": np.mod(x, y)}[op] if ref == "-" else np.array([[int(v) for v in ref.split(",")]], np.int32)
-t = f"{d}/{name}/test_data_set_0"
-open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
-open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
-open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(r.astype(np.int32), "r").SerializeToString())
-"#;
-    let r = reference.map_or("-".to_string(), |[x, y]| format!("{x},{y}"));
-    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap(), name, op, &r]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let st = Command::new("tar")
-        .current_dir(d.join(name))
-        .args(["czf", "../m.tar.gz", &format!("{name}.onnx"), "test_data_set_0"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let tarball = int_op_tarball(d, name, op, reference);
     let out = format!("{name}.neo");
-    let mut args = vec!["compile", "m.tar.gz", "--target", "host", "--key", "k.key", "-o", &out];
+    let mut args = vec!["compile", &tarball, "--target", "host", "--key", "k.key", "-o", &out];
     if reference.is_some() {
         args.push("--allow-mismatch");
     }

@@ -32,24 +32,6 @@ fn fixtures() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = scratch();
         let d = dir.path();
-        let script = r#"
-import sys, os, numpy as np, onnx
-from onnx import helper, TensorProto, numpy_helper
-d, name, op, ref = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-a = helper.make_tensor_value_info("a", TensorProto.INT32, ["N", 2])
-b = helper.make_tensor_value_info("b", TensorProto.INT32, ["N", 2])
-o = helper.make_tensor_value_info("r", TensorProto.INT32, ["N", 2])
-m = helper.make_model(helper.make_graph([helper.make_node(op, ["a", "b"], ["r"])], name, [a, b], [o]),
-                      opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-os.makedirs(f"{d}/{name}/test_data_set_0")
-onnx.save(m, f"{d}/{name}/{name}.onnx")
-x = np.array([[7, -7]], np.int32); y = np.array([[3, 3]], np.int32)
-r = {"Add": x + y, "Mul": x * y, "Mod": np.mod(x, y)}[op] if ref == "-" else np.array([[9, 9]], np.int32)
-t = f"{d}/{name}/test_data_set_0"
-open(t + "/input_0.pb", "wb").write(numpy_helper.from_array(x, "a").SerializeToString())
-open(t + "/input_1.pb", "wb").write(numpy_helper.from_array(y, "b").SerializeToString())
-open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(r.astype(np.int32), "r").SerializeToString())
-"#;
         for (file, op, version, wrong, target) in [
             ("v1", "Add", "1", false, "host"),
             ("v2", "Mul", "2", false, "host"),
@@ -57,18 +39,7 @@ open(t + "/output_0.pb", "wb").write(numpy_helper.from_array(r.astype(np.int32),
             ("bad", "Mod", "4", true, "host"),
             ("v2-arm", "Mul", "2", false, "ml_m6g"),
         ] {
-            let o = Command::new(venv_python())
-                .args(["-c", script, d.to_str().unwrap(), file, op, if wrong { "wrong" } else { "-" }])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let tarball = format!("{file}.tar.gz");
-            let st = Command::new("tar")
-                .current_dir(d.join(file))
-                .args(["czf", &format!("../{tarball}"), &format!("{file}.onnx"), "test_data_set_0"])
-                .status()
-                .unwrap();
-            assert!(st.success());
+            let tarball = int_op_tarball(d, file, op, wrong.then_some([9, 9]));
             let out = format!("{file}.neo");
             let mut args = vec![
                 "compile",
