@@ -9,6 +9,10 @@
 //! v1 = a + b, v2 = a * b, v3 = a mod b (fails inside its engine when b
 //! has a zero: a 5xx), and `bad` (v4) whose own test vector is wrong (its
 //! self-test fails on every device).
+//!
+//! (Over 600 lines: one end-to-end test per fault and acceptance point of
+//! the model-store issue, each with its own store and server; the fixtures,
+//! the store snapshot and the request helpers are at the top.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
