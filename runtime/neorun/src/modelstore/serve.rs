@@ -48,19 +48,14 @@ pub fn default_activation() -> Value {
         "MaximumExecutionTimeoutInSeconds": 900}})
 }
 
-/// What an endpoint serves now.
-#[derive(Clone, Debug)]
-struct Serving {
-    slot: String,
-}
-
 pub struct Driver {
     store: ModelStore,
     cp: Arc<ControlPlane>,
     models: Arc<ModelTable>,
     settings: StoreSettings,
     open: OpenOptions,
-    serving: Mutex<BTreeMap<String, Serving>>,
+    /// The slot each model's endpoint serves now.
+    serving: Mutex<BTreeMap<String, String>>,
     /// Models with an activation under way (their slot).
     activating: Mutex<BTreeMap<String, String>>,
     _claim: std::fs::File,
@@ -130,7 +125,11 @@ impl Driver {
     }
 
     fn serving_slot(&self, model: &str) -> Option<String> {
-        self.serving.lock().unwrap_or_else(|e| e.into_inner()).get(model).map(|s| s.slot.clone())
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).get(model).cloned()
+    }
+
+    fn set_serving(&self, model: &str, slot: &str) {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(model.into(), slot.into());
     }
 
     /// The last stop's leftovers, resolved under the lock.
@@ -268,10 +267,7 @@ impl Driver {
             ));
         }
         self.publish(model, &ep);
-        self.serving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(model.into(), Serving { slot: active.slot.clone() });
+        self.set_serving(model, &active.slot);
         tracing::info!(model, slot = %active.slot, version = %active.version, seconds = t.elapsed().as_secs_f64(), "serving the store's active slot");
         Ok(())
     }
@@ -383,20 +379,14 @@ impl Driver {
                     "Committed",
                     json!({"slot": slot.slot, "version": slot.version, "seconds": baked, "why": "baked without alarms"}),
                 )?;
-                self.serving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(model.into(), Serving { slot: slot.slot.clone() });
+                self.set_serving(model, &slot.slot);
                 self.publish(model, &ep);
                 tracing::info!(model, version = %slot.version, seconds = baked, "committed");
             }
             Ok(()) => {
                 // rolled back with the CLI as it completed: the next tick serves the active slot again
                 tracing::warn!(model, version = %slot.version, "the bake ended after the trial was rolled back; serving the active slot again");
-                self.serving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(model.into(), Serving { slot: slot.slot.clone() });
+                self.set_serving(model, &slot.slot);
             }
             Err(why) => {
                 if ours {
