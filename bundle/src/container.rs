@@ -353,6 +353,8 @@ mod tests {
                 source: "m.onnx".into(),
                 source_digest: sha256(b"m"),
                 source_file: "m.onnx".into(),
+                metadata: Default::default(),
+                pinned_inputs: Default::default(),
             },
             target: TargetInfo {
                 name: "x86_64".into(),

@@ -106,6 +106,10 @@ pub struct EngineCandidate {
     /// Median latency of one inference on the verification inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median_us: Option<f64>,
+    /// Interquartile range of those latencies: the noise an engine choice
+    /// must rise above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_us: Option<f64>,
     /// Largest error against the reference, when verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_abs_error: Option<f64>,
@@ -137,6 +141,15 @@ pub struct ModelInfo {
     pub source_digest: String,
     /// The model file inside the source, which was compiled.
     pub source_file: String,
+    /// The source's own text properties (ONNX `metadata_props` by their key,
+    /// `doc_string`, …), carried here verbatim: the NNEF model cannot hold
+    /// arbitrary text (an OCR model's character dictionary, an apostrophe).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Inputs of the source pinned to a value at compile time (`--input
+    /// sr=16000:i64`): constants of the compiled model, no inputs of the bundle.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pinned_inputs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod forest;
 pub mod gpu_placement;
 pub mod import;
+pub mod onnx_prep;
 pub mod passes;
 pub mod pipeline;
 pub mod printer;

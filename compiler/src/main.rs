@@ -531,6 +531,12 @@ fn compile(args: CompileArgs) -> Result<()> {
         println!("compiled {}:{} for {targets}", first.model.name, first.model.version);
         println!("  inputs:  {}", io(&first.inputs));
         println!("  outputs: {}", io(&first.outputs));
+        if !first.model.pinned_inputs.is_empty() {
+            println!(
+                "  pinned:  {} (constants of the bundle, not inputs)",
+                first.model.pinned_inputs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            );
+        }
         let mut last_verification = None;
         for (c, out, size, digest, pushed, prov, _) in &results {
             let m = &c.manifest;
@@ -549,6 +555,9 @@ fn compile(args: CompileArgs) -> Result<()> {
                     println!("  note:    {n}");
                 }
                 last_verification = Some(v);
+            }
+            if !args.explain {
+                println!("  engine:  {} {}: {}", m.engine.name, m.target.precision, c.precision_reason);
             }
             if args.explain {
                 print!("{}", explain(c).1);

@@ -95,6 +95,8 @@ struct Lowered {
     reference_desc: String,
     /// Inputs to use when the model ships no test data.
     seeded: Seeded,
+    /// The source's text properties, for the manifest (`ModelInfo::metadata`).
+    metadata: BTreeMap<String, String>,
 }
 
 /// Runs the imported model: the reference verification compares with.
@@ -143,9 +145,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     for (k, v) in &opts.inputs {
         inputs.insert(k.clone(), v.clone());
     }
+    let mut prepared = import::Prepared::default();
     let imported = match located.framework {
         Framework::Onnx => {
-            let proto = import::onnx_proto(&located)?;
+            let mut proto = import::onnx_proto(&located)?;
             let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
             if crate::trees::has_tree_ops(graph) {
                 Imported::Trees(
@@ -154,11 +157,9 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             } else {
                 // tract panics on some graphs (an allocation it cannot make, a
                 // constant divided by zero): an error naming the model, not a crash
-                let inference = guard_import(&located, || import::onnx(&located, &proto, &inputs, &target_names))??;
-                timer.start("passes", "typing and decluttering");
-                Imported::Tract(guard_import(&located, || inference.into_typed())?.map_err(|e| {
-                    anyhow::anyhow!("type and shape inference failed: {e:#}\nhint: give input shapes and types with --input NAME=DIMS[:DTYPE] (e.g. --input image=1,3,224,224:f32)")
-                })?)
+                let (typed, prep) = import_onnx(&located, &mut proto, &mut inputs, &target_names, &mut timer)?;
+                prepared = prep;
+                Imported::Tract(typed)
             }
         }
         Framework::Nnef => {
@@ -285,9 +286,11 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 name: name.clone(),
                 version: version.clone(),
                 framework: located.framework.as_str().into(),
-                source: src.given.clone(),
+                source: src.recorded.clone(),
                 source_digest: src.digest.clone(),
                 source_file: located.rel.clone(),
+                metadata: lowered.metadata.clone(),
+                pinned_inputs: prepared.pinned.clone(),
             },
             target: target_info(first, precision),
             engine: lowered.engine.clone(),
@@ -357,7 +360,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     // choose per target: the fastest verified candidate when this host can
     // run the target, else the first verified one in the target's order
     let host = Host::detect();
-    let mut timings: BTreeMap<(String, usize), f64> = BTreeMap::new();
+    let mut timings: BTreeMap<(String, usize), (f64, f64)> = BTreeMap::new();
     let mut out = Vec::new();
     let mut neff: Option<backend::Output> = None;
     for (t, cands, why) in &plans {
@@ -398,20 +401,14 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 let key = (format!("{}-{}", p.0, p.1), threads);
                 if let std::collections::btree_map::Entry::Vacant(e) = timings.entry(key) {
                     let o = outcome_mut(&mut outcomes, p).expect("verified");
-                    let us = time_model(o.model.as_mut().expect("verified"), threads)?;
-                    e.insert(us);
+                    let timing = time_model(o.model.as_mut().expect("verified"), threads)?;
+                    e.insert(timing);
                 }
             }
         }
         let time_of = |p: &Pair| timings.get(&(format!("{}-{}", p.0, p.1), threads)).copied();
-        let chosen = if timed {
-            *verified
-                .iter()
-                .min_by(|a, b| time_of(a).unwrap_or(f64::MAX).total_cmp(&time_of(b).unwrap_or(f64::MAX)))
-                .expect("non-empty")
-        } else {
-            verified[0]
-        };
+        let (chosen, measured_reason) =
+            if timed { choose_measured(&verified, time_of) } else { (verified[0], String::new()) };
         let o = outcome(&outcomes, &chosen).expect("verified");
         let lowered = o.lowered.as_ref().expect("verified");
         let mut m = o.manifest.clone().expect("verified");
@@ -429,7 +426,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         let precision_reason = if cands.len() == 1 {
             why.clone()
         } else if timed {
-            format!("fastest verified candidate on this host ({why})")
+            format!("{measured_reason} ({why})")
         } else if measurable {
             format!("the only verified candidate ({why})")
         } else {
@@ -465,6 +462,9 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                             {
                                 "fallback".into()
                             }
+                            None if timed && time_of(p).map(|t| t.0) < time_of(&chosen).map(|t| t.0) => {
+                                "not chosen: faster, but within the margin or the measured spread".into()
+                            }
                             None if timed => "slower".into(),
                             None => "not chosen (later in the target's order)".into(),
                         };
@@ -472,7 +472,8 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                             engine: p.0.as_str().into(),
                             precision: p.1.as_str().into(),
                             status,
-                            median_us: time_of(p),
+                            median_us: time_of(p).map(|t| t.0),
+                            spread_us: time_of(p).map(|t| t.1),
                             max_abs_error: o.and_then(|o| o.manifest.as_ref()).map(|m| m.verification.max_abs_error),
                         }
                     })
@@ -683,7 +684,9 @@ fn host_description(host: &Host) -> String {
 
 /// Median latency (µs) of the model on its first verification case, after
 /// warm-up: at least 5 runs, at most 50, about a second in all.
-fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<f64> {
+/// Median and interquartile range (µs) of one inference on the first
+/// verification case.
+fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<(f64, f64)> {
     model.set_threads(threads);
     let tv = model.test_vectors.clone().context("verified models keep their test vectors")?;
     let case = tv.cases.first().context("no verification case to time")?;
@@ -699,7 +702,57 @@ fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<f64> {
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
+    Ok((q(0.5), q(0.75) - q(0.25)))
+}
+
+/// How much faster than the target's first engine another must be to be
+/// chosen over it: beyond this share of its time, and beyond the spread
+/// measured for both (noise must not switch engines).
+pub const ENGINE_MARGIN: f64 = 0.05;
+
+/// The target's first verified candidate, unless another is faster by more
+/// than [`ENGINE_MARGIN`] and the measured spreads; with the reason.
+fn choose_measured(verified: &[Pair], time_of: impl Fn(&Pair) -> Option<(f64, f64)>) -> (Pair, String) {
+    let first = verified[0];
+    let label = |p: &Pair| format!("{} {}", p.0, p.1);
+    let Some((t0, s0)) = time_of(&first) else { return (first, "the target's first engine (not timed)".into()) };
+    let beats = |p: &Pair| time_of(p).is_some_and(|(t, s)| t < t0 * (1.0 - ENGINE_MARGIN) && t0 - t > s0 + s);
+    let best = verified[1..].iter().filter(|p| beats(p)).min_by(|a, b| {
+        time_of(a).map(|t| t.0).unwrap_or(f64::MAX).total_cmp(&time_of(b).map(|t| t.0).unwrap_or(f64::MAX))
+    });
+    match best {
+        Some(p) => {
+            let (t, _) = time_of(p).expect("timed");
+            (
+                *p,
+                format!(
+                    "{} is {:.0}% faster than {} ({:.0} vs {:.0} µs median), beyond the {:.0}% margin and the measured spread",
+                    label(p),
+                    (1.0 - t / t0) * 100.0,
+                    label(&first),
+                    t,
+                    t0,
+                    ENGINE_MARGIN * 100.0
+                ),
+            )
+        }
+        None => {
+            let fastest_other =
+                verified[1..].iter().filter_map(|p| time_of(p).map(|t| (p, t.0))).min_by(|a, b| a.1.total_cmp(&b.1));
+            let why = match fastest_other {
+                Some((p, t)) if t < t0 => format!(
+                    "the target's first engine; {} was {:.1}% faster ({t:.0} vs {t0:.0} µs), within the {:.0}% margin or the measured spread",
+                    label(p),
+                    (1.0 - t / t0) * 100.0,
+                    ENGINE_MARGIN * 100.0
+                ),
+                Some((p, t)) => format!("the target's first engine, and the fastest ({t0:.0} µs; {} {t:.0} µs)", label(p)),
+                None => "the target's first engine".into(),
+            };
+            (first, why)
+        }
+    }
 }
 
 /// The OpenVINO side of a model: its ONNX file as given, read by OpenVINO's
@@ -723,6 +776,7 @@ fn lower_openvino(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>)
         reference: base.reference.clone(),
         reference_desc: base.reference_desc.clone(),
         seeded: base.seeded.clone(),
+        metadata: base.metadata.clone(),
     })
 }
 
@@ -876,6 +930,7 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
     }
 
     timer.start("serialize", "writing the NNEF model");
+    let metadata = take_text_properties(&mut model);
     let nnef_tar = nnef
         .write_to_tar_with_config(&model, Vec::new(), false, true)
         .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
@@ -913,7 +968,25 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         }),
         reference_desc: format!("source model imported by tract {TRACT_VERSION}, unoptimized"),
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
+        metadata,
     })
+}
+
+/// Moves every text property out of the model (into the manifest): tract's
+/// NNEF writer quotes strings in a form its reader does not take back (an
+/// apostrophe, a newline, a backslash), so a bundle must not depend on it.
+/// Keys of ONNX `metadata_props` lose tract's `onnx.metadata_props.` prefix.
+fn take_text_properties(model: &mut TypedModel) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let keys: Vec<String> =
+        model.properties.iter().filter(|(_, v)| v.datum_type() == DatumType::String).map(|(k, _)| k.clone()).collect();
+    for k in keys {
+        let v = model.properties.remove(&k).expect("listed above");
+        let text = v.try_as_plain_ram().ok().and_then(|t| t.as_slice::<String>().ok().map(|s| s.join("\n")));
+        let key = k.strip_prefix("onnx.metadata_props.").unwrap_or(&k).to_string();
+        out.entry(key).or_insert(text.unwrap_or_default());
+    }
+    out
 }
 
 fn lower_trees(
@@ -1017,6 +1090,7 @@ fn lower_trees(
             }
             Ok(vec![Tensor::from_shape(&[rows, nf], &v)?])
         }),
+        metadata: BTreeMap::new(),
     })
 }
 
@@ -1140,6 +1214,93 @@ impl SplitMix {
 }
 
 /// Runs an importer, turning a panic inside tract into an error naming the model.
+/// ONNX to a typed tract model: the rewrites and the coverage pre-flight
+/// (`import::onnx`), then typing. An export's `value_info` that still stops
+/// typing (no input facts were given) is dropped and typing tried again.
+fn import_onnx(
+    located: &import::Located,
+    proto: &mut tract_onnx::pb::ModelProto,
+    inputs: &mut BTreeMap<String, InputConfig>,
+    targets: &str,
+    timer: &mut Timer,
+) -> Result<(TypedModel, import::Prepared)> {
+    // tract panics on some graphs (an allocation it cannot make, a
+    // constant divided by zero): an error naming the model, not a crash
+    let (inference, mut prepared) = guard_import(located, || import::onnx(located, proto, inputs, targets))??;
+    let lacking = import::inputs_without_facts(&inference);
+    timer.start("passes", "typing and decluttering");
+    let first = guard_import(located, || inference.into_typed())?;
+    let err = match first {
+        Ok(typed) => return Ok((typed, prepared)),
+        Err(e) => e,
+    };
+    let graph = proto.graph.as_mut().expect("imported");
+    if crate::onnx_prep::has_value_info(graph) {
+        let dropped = crate::onnx_prep::strip_value_info(graph);
+        let (again, _) = guard_import(located, || import::onnx(located, proto, inputs, targets))??;
+        if let Ok(typed) = guard_import(located, || again.into_typed())? {
+            prepared.value_info_dropped += dropped;
+            return Ok((typed, prepared));
+        }
+    }
+    Err(typing_error(&format!("{err:#}"), &lacking, &prepared))
+}
+
+/// A typing failure in neoc's words: the node, its operator, the shapes
+/// that disagree, and the likely cause; the `--input` hint only when an
+/// input really has no fact.
+fn typing_error(tract: &str, lacking: &[String], prepared: &import::Prepared) -> anyhow::Error {
+    // tract: `Failed analyse for node #1 "t" Clip: Infering facts: …: Unifying shapes 1,4 and batch,4: …`;
+    // nested bodies (an If's branches) name the outer node first
+    let nodes: Vec<(String, String)> = tract
+        .split("node #")
+        .skip(1)
+        .filter_map(|rest| {
+            let (_, after) = rest.split_once('"')?;
+            let (name, tail) = after.split_once('"')?;
+            let op = tail.trim_start().split(|c: char| c == ':' || c.is_whitespace()).next().unwrap_or("");
+            Some((name.to_string(), op.trim_start_matches("Inference").to_string()))
+        })
+        .collect();
+    let shapes = tract.split("Unifying shapes ").nth(1).and_then(|s| s.split(':').next()).map(|s| s.trim().to_string());
+    let in_if = nodes.iter().any(|(_, op)| op == "If");
+    let mut msg = match (nodes.first(), nodes.last()) {
+        (Some(outer), Some(inner)) if nodes.len() > 1 => format!(
+            "type and shape inference failed at node `{}` ({}) inside `{}` ({})",
+            inner.0, inner.1, outer.0, outer.1
+        ),
+        (Some((name, op)), _) => format!("type and shape inference failed at node `{name}` ({op})"),
+        _ => "type and shape inference failed".to_string(),
+    };
+    if let Some(s) = &shapes {
+        msg.push_str(&format!(": shapes {s} do not agree"));
+    }
+    msg.push_str(&format!("\n  tract: {tract}"));
+    let cause = if in_if {
+        Some("likely cause: an If whose branches give differently shaped outputs and whose condition is only known at run time; pin the inputs it depends on with --input NAME=VALUE:DTYPE".to_string())
+    } else if !lacking.is_empty() {
+        None
+    } else if tract.contains("Sym(") && prepared.value_info_dropped == 0 {
+        Some("likely cause: a symbolic dimension the export declares (in value_info or an output shape) that the input facts contradict".to_string())
+    } else {
+        None
+    };
+    if let Some(c) = cause {
+        msg.push_str(&format!("\n{c}"));
+    }
+    if !lacking.is_empty() {
+        msg.push_str(&format!(
+            "\nhint: input{} {} ha{} no complete shape or type in the model; give {} with --input NAME=DIMS[:DTYPE] (e.g. --input {}=1,3,224,224:f32)",
+            if lacking.len() == 1 { "" } else { "s" },
+            lacking.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "),
+            if lacking.len() == 1 { "s" } else { "ve" },
+            if lacking.len() == 1 { "it" } else { "them" },
+            lacking[0]
+        ));
+    }
+    anyhow::anyhow!(msg)
+}
+
 fn guard_import<T>(located: &import::Located, f: impl FnOnce() -> T) -> Result<T> {
     neoc_runtime::guard::caught(f)
         .map_err(|why| anyhow::anyhow!("{}: tract failed while importing the model: {why}", located.rel))
@@ -1372,4 +1533,32 @@ fn compare_all(
 /// The default bundle file name: `NAME-VERSION.TARGET.neo`.
 pub fn default_output(m: &Manifest) -> PathBuf {
     PathBuf::from(format!("{}-{}.{}.neo", m.model.name, m.model.version, m.target.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_engine_must_be_faster_beyond_margin_and_spread() {
+        let tract = (EngineKind::Tract, Precision::Fp32);
+        let ov = (EngineKind::Openvino, Precision::Fp32);
+        let with = |t: (f64, f64), o: (f64, f64)| {
+            choose_measured(&[tract, ov], move |p: &Pair| Some(if *p == tract { t } else { o }))
+        };
+        // 0.6% faster: noise, the target's first engine stays
+        let (c, why) = with((1000.0, 5.0), (994.0, 5.0));
+        assert_eq!(c, tract);
+        assert!(why.contains("within the 5% margin"), "{why}");
+        // 20% faster but the spread is wider than the gain
+        assert_eq!(with((1000.0, 150.0), (800.0, 100.0)).0, tract);
+        // 20% faster, steady: chosen, with the figures
+        let (c, why) = with((1000.0, 10.0), (800.0, 10.0));
+        assert_eq!(c, ov);
+        assert!(why.contains("20% faster") && why.contains("800 vs 1000"), "{why}");
+        // slower: the first engine, said so
+        let (c, why) = with((800.0, 10.0), (1000.0, 10.0));
+        assert_eq!(c, tract);
+        assert!(why.contains("the fastest"), "{why}");
+    }
 }

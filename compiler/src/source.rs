@@ -23,6 +23,11 @@ pub const ANN_INPUT_CONFIG: &str = "dev.neoc.model.input-config";
 pub struct Source {
     /// As given on the command line.
     pub given: String,
+    /// What the manifest records as the source: a registry reference as
+    /// given, a local file by its name only (the digest identifies it), so
+    /// that the same model compiled from two folders gives the same bundle
+    /// and no build path leaks into it.
+    pub recorded: String,
     pub name: String,
     pub version: String,
     /// sha256 of the fetched tarball or file.
@@ -146,7 +151,15 @@ fn from_path(given: &str, path: &Path) -> Result<Source> {
     } else {
         stem
     };
-    Ok(Source { given: given.into(), name: sanitize(&name), version: "0".into(), digest, workdir: dir, files })
+    Ok(Source {
+        given: given.into(),
+        recorded: file_name,
+        name: sanitize(&name),
+        version: "0".into(),
+        digest,
+        workdir: dir,
+        files,
+    })
 }
 
 fn sanitize(s: &str) -> String {
@@ -210,6 +223,7 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
     });
     Ok(Source {
         given: given.into(),
+        recorded: given.into(),
         name: sanitize(&name),
         version: sanitize(&version),
         digest: layer.digest.clone(),

@@ -358,7 +358,8 @@ impl Model {
     /// input and output (dynamic batching).
     pub fn symbolic_batch(&self) -> bool {
         let m = &self.manifest;
-        m.inputs.iter().chain(&m.outputs).all(|s| matches!(s.shape.first(), Some(Dim::Symbol(_))))
+        crate::codec::shared_batch_axis(&m.inputs)
+            && m.inputs.iter().chain(&m.outputs).all(|s| matches!(s.shape.first(), Some(Dim::Symbol(_))))
     }
 
     /// Per-node times of a tract model (see `TractEngine::profile`).
@@ -379,6 +380,9 @@ impl Model {
     pub fn predict(&self, batch: Batch) -> Result<Vec<Tensor>, PredictError> {
         if batch.rows == 0 {
             return Err(PredictError::BadRequest(BadRequest("the request has no rows".into())));
+        }
+        if !crate::codec::shared_batch_axis(&self.manifest.inputs) {
+            return self.run(batch.inputs);
         }
         let fixed_batch = self.manifest.inputs.iter().find_map(|i| match i.shape.first() {
             Some(Dim::Fixed(n)) => Some(*n as usize),

@@ -2,10 +2,13 @@
 //! bodies to input tensors and output tensors back (this module), and the
 //! Open Inference Protocol's JSON and binary forms (`oip`).
 //!
-//! Every input is seen as a batch of rows: the first axis of the input's shape
-//! is the batch axis (fixed or symbolic), the rest is the shape of one row. A
-//! request may carry one row or many; [`crate::Model::predict`] runs them in
-//! as few model runs as the model's batch axis allows.
+//! Where the inputs share a batch axis ([`shared_batch_axis`]: one input, or
+//! every input with the same first dimension), every input is seen as a
+//! batch of rows: the first axis is the batch axis (fixed or symbolic), the
+//! rest is the shape of one row. A request may carry one row or many;
+//! [`crate::Model::predict`] runs them in as few model runs as the model's
+//! batch axis allows. Where they do not (a stateful model: `audio[1,576]`
+//! beside `state[2,1,128]`), a request carries each input whole and is one run.
 
 use anyhow::ensure;
 use neoc_bundle::manifest::{shape_string, Dim, TensorSpec};
@@ -57,6 +60,18 @@ pub(crate) fn bad(msg: impl Into<String>) -> BadRequest {
 pub struct Batch {
     pub rows: usize,
     pub inputs: Vec<Tensor>,
+}
+
+/// Whether the inputs share a batch axis (axis 0), so that a request is a
+/// number of rows that can be split or merged: one input, or every input
+/// with the same first dimension (the same symbol, or the same size). A
+/// stateful model (`audio[1,576]` beside `state[2,1,128]`) or one with a
+/// scalar beside a tensor has none, and each request is run as given.
+pub fn shared_batch_axis(inputs: &[TensorSpec]) -> bool {
+    match inputs {
+        [] | [_] => true,
+        [first, rest @ ..] => first.shape.first().is_some_and(|d0| rest.iter().all(|i| i.shape.first() == Some(d0))),
+    }
 }
 
 /// The shape of one row of an input (its shape without the batch axis), if
@@ -220,6 +235,15 @@ fn parse_json(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
             )))
         }
     };
+    if !shared_batch_axis(inputs) {
+        // no rows: each input as its whole tensor, one run
+        let tensors = inputs
+            .iter()
+            .zip(per_input)
+            .map(|(spec, value)| whole_json_input(spec, value))
+            .collect::<Result<_, _>>()?;
+        return Ok(Batch { rows: 1, inputs: tensors });
+    }
     let mut rows = None;
     let mut tensors = Vec::with_capacity(inputs.len());
     for (spec, value) in inputs.iter().zip(per_input) {
@@ -271,6 +295,26 @@ fn flatten<'a>(v: &'a Value, name: &str) -> Result<(Vec<usize>, Vec<&'a Value>),
         return Err(bad(format!("input `{name}` is not a rectangular array of numbers")));
     }
     Ok((shape, leaves))
+}
+
+/// One input of a model without a shared batch axis: the whole tensor, its
+/// fixed dimensions as the manifest says, its symbolic ones as sent.
+fn whole_json_input(spec: &TensorSpec, value: &Value) -> Result<Tensor, BadRequest> {
+    let dt = dtype_of(spec)?;
+    let (got, leaves) = flatten(value, &spec.name)?;
+    let fits = got.len() == spec.shape.len()
+        && got.iter().zip(&spec.shape).all(|(n, d)| match d {
+            Dim::Fixed(f) => *n as u64 == *f,
+            Dim::Symbol(_) => true,
+        });
+    if !fits {
+        return Err(bad(format!(
+            "input `{}` expects shape {} (this model's inputs share no batch axis, so each is sent whole); got an array of shape {got:?}",
+            spec.name,
+            shape_string(&spec.shape)
+        )));
+    }
+    tensor_from_json(&leaves, dt, &got, &spec.name)
 }
 
 fn json_input(spec: &TensorSpec, value: &Value) -> Result<(usize, Tensor), BadRequest> {

@@ -116,13 +116,15 @@ pub fn decode(
     }
     let mut tensors = Vec::with_capacity(inputs.len());
     let mut rows = None;
+    // without a shared batch axis (a stateful model) a request is one run
+    let shared = super::shared_batch_axis(inputs);
     for spec in inputs {
         let inp = given
             .iter()
             .find(|i| i.get("name").and_then(|n| n.as_str()) == Some(&spec.name))
             .ok_or_else(|| bad(format!("input `{}` is missing", spec.name)))?;
         let t = decode_input(spec, inp, raw_of.get(spec.name.as_str()).copied())?;
-        let r = t.shape().first().copied().unwrap_or(1);
+        let r = if shared { t.shape().first().copied().unwrap_or(1) } else { 1 };
         if rows.is_some_and(|x| x != r) {
             return Err(bad("inputs have different batch sizes"));
         }
