@@ -341,8 +341,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             }
             Err(e) => return Err(e),
         };
-        let mut tv = serde_json::to_vec(&vectors)?;
-        tv.push(b'\n');
+        let tv = vectors.encode()?;
         let mut manifest = manifest;
         manifest.verification = verification;
         outcomes.push((
@@ -415,7 +414,8 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         m.target = target_info(t, chosen.1);
         let mut files = vec![
             (lowered.engine.model_file.clone(), lowered.model_bytes.clone()),
-            ("test_vectors.json".to_string(), o.vectors.clone()),
+            ("test_vectors.json".to_string(), o.vectors.0.clone()),
+            (neoc_runtime::tensors::TEST_VECTOR_DATA.to_string(), o.vectors.1.clone()),
         ];
         if chosen.0 == EngineKind::Openvino && !opts.no_fallback {
             let fb = tract_fp32.as_ref().expect("lowered before any OpenVINO pair");
@@ -545,7 +545,8 @@ struct Outcome {
     lowered: Option<std::rc::Rc<Lowered>>,
     /// The manifest as verified (target fields are the first target's).
     manifest: Option<Manifest>,
-    vectors: Vec<u8>,
+    /// The stored test vectors: index (JSON) and values (raw).
+    vectors: (Vec<u8>, Vec<u8>),
     model: Option<neoc_runtime::Model>,
     /// Why the pair is not usable (`rejected: …`, `unavailable: …`).
     failure: Option<String>,
@@ -553,7 +554,7 @@ struct Outcome {
 
 impl Outcome {
     fn failed(why: String) -> Outcome {
-        Outcome { lowered: None, manifest: None, vectors: vec![], model: None, failure: Some(why) }
+        Outcome { lowered: None, manifest: None, vectors: (vec![], vec![]), model: None, failure: Some(why) }
     }
 }
 
@@ -688,7 +689,11 @@ fn host_description(host: &Host) -> String {
 /// verification case.
 fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<(f64, f64)> {
     model.set_threads(threads);
-    let tv = model.test_vectors.clone().context("verified models keep their test vectors")?;
+    let tv = model
+        .test_vectors()
+        .map_err(anyhow::Error::msg)?
+        .context("verified models keep their test vectors")?
+        .into_owned();
     let case = tv.cases.first().context("no verification case to time")?;
     let inputs = case.inputs.iter().map(|t| t.to_tensor()).collect::<TractResult<Vec<_>>>()?;
     for _ in 0..3 {
@@ -1499,9 +1504,18 @@ fn verify(
         ))
         .into());
     }
-    compiled.test_vectors = Some(vectors.clone());
+    // what the bundle keeps: every case, or one where a case's inputs are
+    // large (an image model's), since each load of the self-test reads them
+    if vectors.cases.first().is_some_and(|c| TestVectors::input_bytes(c) > LARGE_CASE_BYTES) {
+        vectors.cases.truncate(1);
+    }
+    compiled.set_test_vectors(vectors.clone());
     Ok((v, vectors, compiled))
 }
+
+/// Above this many bytes of inputs per case, a bundle keeps one test case
+/// (verification still runs every case).
+pub const LARGE_CASE_BYTES: usize = 1 << 20;
 
 /// Compares one case's outputs with `want` (from `what`), output by output;
 /// records every output beyond tolerance in `failures`. Returns the largest

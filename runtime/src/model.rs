@@ -14,7 +14,7 @@ use tract_core::prelude::*;
 use crate::codec::{BadRequest, Batch};
 use crate::engine::{default_threads, Engine, LoadParams, REGISTRIES};
 use crate::options::OpenOptions;
-use crate::tensors::{compare, TestVectors};
+use crate::tensors::{compare, TestVectors, TEST_VECTOR_DATA};
 
 /// This runtime's version, compared with bundles' `min_runtime_version`.
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -103,7 +103,7 @@ pub struct Model {
     pub signer: Signer,
     /// sha256 of the bundle file.
     pub digest: String,
-    pub test_vectors: Option<TestVectors>,
+    vectors: Vectors,
     /// Where the model runs.
     pub placement: Placement,
     /// The engine running the model (`openvino`, or `tract` when the
@@ -179,11 +179,21 @@ fn check_registries(m: &Manifest) -> Result<(), LoadError> {
     }
 }
 
-fn read_test_vectors(bundle: &VerifiedBundle) -> Result<Option<TestVectors>, LoadError> {
-    let Some(name) = &bundle.manifest.test_vectors else { return Ok(None) };
+/// A bundle's test vectors: given parsed (the compiler's verify stage), or
+/// the verified bytes, parsed only when a self-test, `check` or `bench`
+/// asks for them (`predict` and a server's requests never pay for them).
+#[derive(Debug)]
+enum Vectors {
+    None,
+    Parsed(TestVectors),
+    Stored { name: String, index: Vec<u8>, data: Option<(String, Vec<u8>)> },
+}
+
+fn stored_vectors(bundle: &VerifiedBundle) -> Result<Vectors, LoadError> {
+    let Some(name) = &bundle.manifest.test_vectors else { return Ok(Vectors::None) };
     let bytes = bundle.file(name).ok_or_else(|| BundleError::Manifest(format!("test vectors `{name}` are missing")))?;
-    let tv = serde_json::from_slice::<TestVectors>(bytes).map_err(|e| BundleError::Manifest(format!("{name}: {e}")))?;
-    Ok(Some(tv))
+    let data = bundle.file(TEST_VECTOR_DATA).map(|d| (TEST_VECTOR_DATA.to_string(), d.to_vec()));
+    Ok(Vectors::Stored { name: name.clone(), index: bytes.to_vec(), data })
 }
 
 /// Loads the model in the engine its placement calls for, taking the
@@ -282,12 +292,12 @@ impl Model {
         check_runtime_version(m)?;
         check_registries(m)?;
         let (engine, placement, running) = load_engine(&bundle, placement, options)?;
-        let test_vectors = read_test_vectors(&bundle)?;
+        let vectors = stored_vectors(&bundle)?;
         Ok(Model {
             manifest: bundle.manifest,
             signer: bundle.signer,
             digest: bundle.digest,
-            test_vectors,
+            vectors,
             engine,
             placement,
             running,
@@ -323,7 +333,7 @@ impl Model {
             manifest,
             signer: Signer::Unsigned,
             digest: String::new(),
-            test_vectors,
+            vectors: test_vectors.map_or(Vectors::None, Vectors::Parsed),
             engine,
             placement: Placement::Cpu,
         })
@@ -490,11 +500,29 @@ impl Model {
         Ok(())
     }
 
+    /// Replaces the test vectors (the compiler's verify stage, which makes them).
+    pub fn set_test_vectors(&mut self, tv: TestVectors) {
+        self.vectors = Vectors::Parsed(tv);
+    }
+
+    /// The bundle's test vectors (read from its verified bytes on each call).
+    pub fn test_vectors(&self) -> Result<Option<std::borrow::Cow<'_, TestVectors>>, String> {
+        match &self.vectors {
+            Vectors::None => Ok(None),
+            Vectors::Parsed(tv) => Ok(Some(std::borrow::Cow::Borrowed(tv))),
+            Vectors::Stored { name, index, data } => {
+                let tv = TestVectors::decode(index, |f| data.as_ref().filter(|d| d.0 == f).map(|d| &d.1[..]))
+                    .map_err(|e| format!("{name}: {e:#}"))?;
+                Ok(Some(std::borrow::Cow::Owned(tv)))
+            }
+        }
+    }
+
     /// Runs the bundle's own test vectors and compares with their expected
     /// outputs, within the tolerances recorded with them: the device-side
     /// health check.
     pub fn self_test(&self) -> Result<SelfTest, String> {
-        let Some(tv) = &self.test_vectors else {
+        let Some(tv) = self.test_vectors()? else {
             return Ok(SelfTest { cases: 0, max_abs_error: 0.0 });
         };
         let mut max_abs: f64 = 0.0;

@@ -271,6 +271,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn test_vectors_round_trip_raw_and_refuse_bad_indexes() {
+        let t = |name: &str, data: Data, shape: Vec<usize>| NamedTensor {
+            name: name.into(),
+            dtype: match &data {
+                Data::F32(_) => "f32",
+                Data::F64(_) => "f64",
+                Data::I64(_) => "i64",
+                Data::U64(_) => "u64",
+                Data::Bool(_) => "bool",
+            }
+            .into(),
+            shape,
+            data,
+        };
+        let tv = TestVectors {
+            source: "s".into(),
+            atol: 1e-4,
+            rtol: 1e-3,
+            cases: vec![TestCase {
+                inputs: vec![
+                    t("x", Data::F32(vec![1.5, f32::NAN, -0.0, f32::INFINITY]), vec![2, 2]),
+                    t("n", Data::I64(vec![i64::MIN, 7]), vec![2]),
+                ],
+                outputs: vec![t("b", Data::Bool(vec![true, false]), vec![2]), t("d", Data::F64(vec![0.1]), vec![])],
+            }],
+        };
+        let (json, bin) = tv.encode().unwrap();
+        assert_eq!(bin.len(), 16 + 16 + 2 + 8);
+        let back = TestVectors::decode(&json, |f| (f == TEST_VECTOR_DATA).then_some(&bin[..])).unwrap();
+        // NaN != NaN: compare the bytes
+        assert_eq!(back.encode().unwrap(), (json.clone(), bin.clone()));
+        // the form bundles carried before: values in the JSON itself
+        let legacy = serde_json::to_vec(&tv).unwrap();
+        let old = TestVectors::decode(&legacy, |_| None).unwrap();
+        assert_eq!(old.cases[0].inputs[1].to_tensor().unwrap(), tensor1(&[i64::MIN, 7]));
+        assert_eq!(old.cases[0].outputs[0].to_tensor().unwrap(), tensor1(&[true, false]));
+        // indexes that do not fit the data: errors, no panic
+        let text = String::from_utf8(json.clone()).unwrap();
+        for (from, to) in [("\"offset\":16", "\"offset\":99999999999"), ("\"len\":16", "\"len\":18446744073709551615")]
+        {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text, "{from}");
+            assert!(TestVectors::decode(bad.as_bytes(), |_| Some(&bin[..])).is_err(), "{to}");
+        }
+        let huge = text.replacen("\"shape\":[2,2]", "\"shape\":[4294967296,4294967296]", 1);
+        assert!(TestVectors::decode(huge.as_bytes(), |_| Some(&bin[..])).is_err());
+        assert!(TestVectors::decode(&json, |_| None).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
     fn infinities_agree_only_with_themselves() {
         let t = |v: &[f32]| Tensor::from_shape(&[v.len()], v).unwrap();
         let c = compare(&t(&[f32::INFINITY, 1.0]), &t(&[f32::INFINITY, 1.0]), 1e-4, 1e-4).unwrap();
@@ -305,7 +355,166 @@ pub struct Comparison {
     pub worst_index: Option<usize>,
 }
 
-/// Test vectors stored in bundles (`test_vectors.json`).
+/// Test vectors as bundles store them: `test_vectors.json` lists the cases
+/// with each tensor's name, dtype, shape and where its values lie in
+/// `test_vectors.bin` (raw little-endian), so an image model's cases cost
+/// their bytes, not several times that as decimal text, and read back in a
+/// copy. Bundles of neoc 0.1 before this carried the values in the JSON
+/// itself ([`TestVectors`]'s own serde form), which is still read.
+pub const TEST_VECTOR_DATA: &str = "test_vectors.bin";
+
+#[derive(Serialize, Deserialize)]
+struct StoredVectors {
+    source: String,
+    atol: f64,
+    rtol: f64,
+    /// The file holding the values (`test_vectors.bin`).
+    data_file: String,
+    cases: Vec<StoredCase>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCase {
+    inputs: Vec<StoredTensor>,
+    outputs: Vec<StoredTensor>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTensor {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    /// How the values are stored: `f32`, `f64`, `i64`, `u64` (8 bytes
+    /// each but f32) or `bool` (one byte each), little-endian.
+    values: String,
+    offset: u64,
+    len: u64,
+}
+
+impl TestVectors {
+    /// The stored form: the index (JSON) and the values (`test_vectors.bin`).
+    pub fn encode(&self) -> TractResult<(Vec<u8>, Vec<u8>)> {
+        let mut bin = Vec::new();
+        let mut store = |t: &NamedTensor| -> StoredTensor {
+            let offset = bin.len() as u64;
+            let values = match &t.data {
+                Data::F32(v) => {
+                    v.iter().for_each(|x| bin.extend_from_slice(&x.to_le_bytes()));
+                    "f32"
+                }
+                Data::F64(v) => {
+                    v.iter().for_each(|x| bin.extend_from_slice(&x.to_le_bytes()));
+                    "f64"
+                }
+                Data::I64(v) => {
+                    v.iter().for_each(|x| bin.extend_from_slice(&x.to_le_bytes()));
+                    "i64"
+                }
+                Data::U64(v) => {
+                    v.iter().for_each(|x| bin.extend_from_slice(&x.to_le_bytes()));
+                    "u64"
+                }
+                Data::Bool(v) => {
+                    v.iter().for_each(|x| bin.push(*x as u8));
+                    "bool"
+                }
+            };
+            StoredTensor {
+                name: t.name.clone(),
+                dtype: t.dtype.clone(),
+                shape: t.shape.clone(),
+                values: values.into(),
+                offset,
+                len: bin.len() as u64 - offset,
+            }
+        };
+        let cases = self
+            .cases
+            .iter()
+            .map(|c| StoredCase {
+                inputs: c.inputs.iter().map(&mut store).collect(),
+                outputs: c.outputs.iter().map(&mut store).collect(),
+            })
+            .collect();
+        let stored = StoredVectors {
+            source: self.source.clone(),
+            atol: self.atol,
+            rtol: self.rtol,
+            data_file: TEST_VECTOR_DATA.into(),
+            cases,
+        };
+        let mut json = serde_json::to_vec(&stored)?;
+        json.push(b'\n');
+        Ok((json, bin))
+    }
+
+    /// Reads either stored form; `file` gives a bundle file's bytes by name.
+    /// Every offset, length and shape is checked against the data, so a
+    /// malformed index is an error, never a panic or a huge allocation.
+    pub fn decode<'b>(json: &[u8], file: impl Fn(&str) -> Option<&'b [u8]>) -> TractResult<TestVectors> {
+        let v: serde_json::Value = serde_json::from_slice(json)?;
+        if v.get("data_file").is_none() {
+            return Ok(serde_json::from_value(v)?);
+        }
+        let s: StoredVectors = serde_json::from_value(v)?;
+        let bin = file(&s.data_file).with_context(|| format!("test vector data `{}` is missing", s.data_file))?;
+        let load = |t: &StoredTensor| -> TractResult<NamedTensor> {
+            let n = t.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).context("shape overflows")?;
+            let width = match t.values.as_str() {
+                "f32" => 4,
+                "bool" => 1,
+                "f64" | "i64" | "u64" => 8,
+                other => bail!("tensor `{}`: unknown value kind `{other}`", t.name),
+            };
+            let end = t.offset.checked_add(t.len).filter(|e| *e <= bin.len() as u64);
+            let (Some(end), Some(want)) = (end, n.checked_mul(width)) else {
+                bail!("tensor `{}`: its values lie outside {}", t.name, s.data_file)
+            };
+            ensure!(want as u64 == t.len, "tensor `{}`: {} bytes for shape {:?}", t.name, t.len, t.shape);
+            let bytes = &bin[t.offset as usize..end as usize];
+            let data = match width {
+                1 => Data::Bool(bytes.iter().map(|b| *b != 0).collect()),
+                4 => Data::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+                _ => {
+                    let words = bytes.chunks_exact(8).map(|c| <[u8; 8]>::try_from(c).unwrap());
+                    match t.values.as_str() {
+                        "f64" => Data::F64(words.map(f64::from_le_bytes).collect()),
+                        "i64" => Data::I64(words.map(i64::from_le_bytes).collect()),
+                        _ => Data::U64(words.map(u64::from_le_bytes).collect()),
+                    }
+                }
+            };
+            Ok(NamedTensor { name: t.name.clone(), dtype: t.dtype.clone(), shape: t.shape.clone(), data })
+        };
+        let cases = s
+            .cases
+            .iter()
+            .map(|c| {
+                Ok(TestCase {
+                    inputs: c.inputs.iter().map(load).collect::<TractResult<_>>()?,
+                    outputs: c.outputs.iter().map(load).collect::<TractResult<_>>()?,
+                })
+            })
+            .collect::<TractResult<_>>()?;
+        Ok(TestVectors { source: s.source, atol: s.atol, rtol: s.rtol, cases })
+    }
+
+    /// The bytes of the values of one case's inputs.
+    pub fn input_bytes(case: &TestCase) -> usize {
+        case.inputs
+            .iter()
+            .map(|t| match &t.data {
+                Data::F32(v) => v.len() * 4,
+                Data::F64(v) => v.len() * 8,
+                Data::I64(v) => v.len() * 8,
+                Data::U64(v) => v.len() * 8,
+                Data::Bool(v) => v.len(),
+            })
+            .sum()
+    }
+}
+
+/// A bundle's test vectors, in memory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TestVectors {
     /// Where the expected outputs come from.

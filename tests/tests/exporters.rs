@@ -220,8 +220,7 @@ fn a_stateful_model_is_served_with_its_state_fed_back() {
     fixtures(d);
     let out = ok(run("neoc", d, &compile_args("vad.onnx", "vad.neo", &[]), &[], None));
     assert!(out.contains("frame f32[1,8], state f32[2,1,16]"), "{out}");
-    let steps: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(d.join("vad.json")).unwrap()).unwrap();
+    let steps: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(d.join("vad.json")).unwrap()).unwrap();
     let outputs = |body: &str| -> (Vec<f64>, serde_json::Value) {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         let outs = v["outputs"].as_array().unwrap();
@@ -284,7 +283,8 @@ fn a_stateful_model_is_served_with_its_state_fed_back() {
     }
     // a state of the wrong shape: a 400 naming the input and its shape
     let body = serde_json::json!({"frame": steps[0]["frame"], "state": vec![vec![0.0; 16]]}).to_string();
-    match agent.post(&format!("{}/invocations", server.base)).set("Content-Type", "application/json").send_string(&body) {
+    match agent.post(&format!("{}/invocations", server.base)).set("Content-Type", "application/json").send_string(&body)
+    {
         Err(ureq::Error::Status(400, r)) => {
             let t = r.into_string().unwrap();
             assert!(t.contains("`state`") && t.contains("[2,1,16]"), "{t}");
@@ -342,7 +342,8 @@ for k in range(n):
     onnx.save(m, os.path.join(d, f"p{k}.onnx"))
 "#;
     let n = 8;
-    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap(), "21", &n.to_string()]).output().unwrap();
+    let o =
+        Command::new(venv_python()).args(["-c", script, d.to_str().unwrap(), "21", &n.to_string()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for k in 0..n {
         let model = format!("p{k}.onnx");
@@ -351,4 +352,79 @@ for k in range(n):
             assert!(o.status.success(), "{model} {extra:?}: {}", stderr(&o));
         }
     }
+}
+
+/// An image-sized model: raw test vectors, one case kept (three verified),
+/// `.npy` requests on `predict` and `serve`, tampered vector data refused.
+#[test]
+fn image_sized_models_keep_raw_test_vectors_and_take_npy_requests() {
+    let dir = scratch();
+    let d = dir.path();
+    let script = r#"
+import sys, os, numpy as np, onnx
+from onnx import helper as h, TensorProto as T, numpy_helper as nh
+d = sys.argv[1]
+rng = np.random.default_rng(3)
+w = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32)
+g = h.make_graph([h.make_node("Conv", ["image", "w"], ["c"], kernel_shape=[3, 3], strides=[4, 4]), h.make_node("Relu", ["c"], ["y"])], "g",
+     [h.make_tensor_value_info("image", T.FLOAT, [1, 3, 320, 320])], [h.make_tensor_value_info("y", T.FLOAT, [1, 8, 80, 80])], [nh.from_array(w, "w")])
+onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), os.path.join(d, "img.onnx"))
+x = rng.standard_normal((1, 3, 320, 320)).astype(np.float32)
+np.save(os.path.join(d, "x.npy"), x)
+np.save(os.path.join(d, "x64.npy"), x.astype(np.float64))
+np.save(os.path.join(d, "wrong.npy"), x[:, :, :300])
+open(os.path.join(d, "x.json"), "w").write('{"inputs": ' + str(x.tolist()) + '}')
+"#;
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = ok(run("neoc", d, &compile_args("img.onnx", "img.neo", &[]), &[], None));
+    assert!(out.contains("on 3 seeded case(s)"), "{out}");
+    let m = manifest(d, "img.neo");
+    let files: Vec<(String, u64)> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["size"].as_u64().unwrap_or(0)))
+        .collect();
+    let size = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1).unwrap_or_else(|| panic!("{n} in {files:?}"));
+    // one case: the input (1.2 MB) and output (204 KB) as raw f32, an index of a few hundred bytes
+    assert_eq!(size("test_vectors.bin"), (3 * 320 * 320 + 8 * 80 * 80) * 4, "{files:?}");
+    assert!(size("test_vectors.json") < 2000, "{files:?}");
+    assert!(std::fs::metadata(d.join("img.neo")).unwrap().len() < 2_000_000);
+    let check = ok(run("neorun", d, &["check", "img.neo", "--trusted-key", "k.pub"], &[], None));
+    assert!(check.contains("1 test vector") || check.contains("1 case"), "{check}");
+    // .npy (f32, and f64 converted) equals JSON
+    let data = |o: std::process::Output| response_data(&ok(o));
+    let from_json = data(predict(d, "img.neo", "x.json"));
+    assert_eq!(from_json.len(), 8 * 80 * 80);
+    assert_eq!(data(predict(d, "img.neo", "x.npy")), from_json);
+    assert_close(&data(predict(d, "img.neo", "x64.npy")), &from_json, 1e-5);
+    let e = fails(predict(d, "img.neo", "wrong.npy"), 4);
+    assert!(e.contains("shape [1, 3, 300, 320]") && e.contains("[1,3,320,320]"), "{e}");
+    // the same on the server, as application/x-npy
+    let server = serve_with(&bin("neorun"), d, &["img.neo"]);
+    let body = std::fs::read(d.join("x.npy")).unwrap();
+    let r = ureq::post(&format!("{}/invocations", server.base))
+        .set("Content-Type", "application/x-npy")
+        .send_bytes(&body)
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert_eq!(response_data(&r), from_json);
+    match ureq::post(&format!("{}/invocations", server.base))
+        .set("Content-Type", "application/x-npy")
+        .send_bytes(&body[..body.len() / 2])
+    {
+        Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap().contains("needs"), "truncated .npy"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    drop(server);
+    // a bundle whose vector data was altered is refused before anything runs
+    let tampered = d.join("tampered.neo");
+    let mut bytes = std::fs::read(d.join("img.neo")).unwrap();
+    let at = bytes.windows(16).position(|w| w == b"test_vectors.bin").unwrap() + 512 + 4096;
+    bytes[at] ^= 0xff;
+    std::fs::write(&tampered, bytes).unwrap();
+    let e = fails(run("neorun", d, &["check", "tampered.neo", "--trusted-key", "k.pub"], &[], None), 3);
+    assert!(e.contains("digest") || e.contains("refused"), "{e}");
 }

@@ -299,7 +299,7 @@ fn no_fallback_bundles_carry_only_the_openvino_model() {
     let m = manifest(d, "cnn.neo");
     assert!(m.get("fallback_engine").is_none_or(|f| f.is_null()), "{m:#}");
     let files: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
-    assert_eq!(files, ["model.onnx", "test_vectors.json"]);
+    assert_eq!(files, ["model.onnx", "test_vectors.bin", "test_vectors.json"]);
     let sample = root().join("models/image-cnn/sample.json");
     let args =
         ["predict", "cnn.neo", "--trusted-key", "k.pub", "--engine-fallback", "--input", sample.to_str().unwrap()];

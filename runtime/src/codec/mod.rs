@@ -17,6 +17,7 @@ use tract_core::prelude::*;
 
 use crate::tensors::{datum_type, NamedTensor};
 
+pub mod npy;
 pub mod oip;
 
 /// Body formats.
@@ -24,6 +25,8 @@ pub mod oip;
 pub enum Format {
     Csv,
     Json,
+    /// NumPy's `.npy` (one array; requests only).
+    Npy,
 }
 
 impl Format {
@@ -33,12 +36,16 @@ impl Format {
         match base.as_str() {
             "csv" | "text/csv" => Some(Format::Csv),
             "json" | "application/json" => Some(Format::Json),
+            "npy" | "application/x-npy" => Some(Format::Npy),
             _ => None,
         }
     }
 
     /// Guesses from the first non-blank byte: `{` or `[` is JSON.
     pub fn sniff(body: &[u8]) -> Format {
+        if npy::is_npy(body) {
+            return Format::Npy;
+        }
         match body.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{') | Some(b'[') => Format::Json,
             _ => Format::Csv,
@@ -91,7 +98,7 @@ fn row_shape(spec: &TensorSpec) -> Result<Vec<usize>, BadRequest> {
         .collect()
 }
 
-fn dtype_of(spec: &TensorSpec) -> Result<DatumType, BadRequest> {
+pub(crate) fn dtype_of(spec: &TensorSpec) -> Result<DatumType, BadRequest> {
     datum_type(&spec.dtype).ok_or_else(|| bad(format!("input `{}` has unsupported dtype {}", spec.name, spec.dtype)))
 }
 
@@ -100,6 +107,7 @@ pub fn parse(body: &[u8], format: Format, inputs: &[TensorSpec]) -> Result<Batch
     match format {
         Format::Csv => parse_csv(body, inputs),
         Format::Json => parse_json(body, inputs),
+        Format::Npy => npy::parse(body, inputs),
     }
 }
 

@@ -192,8 +192,8 @@ fn profile(a: &BenchArgs, options: &OpenOptions) -> Result<(), Failure> {
 /// The inputs `bench` runs: the bundle's first test case, its rows repeated
 /// to `batch` for models with a symbolic batch axis.
 fn bench_inputs(model: &Model, batch: Option<usize>) -> Result<Vec<Tensor>, Failure> {
-    let case = model
-        .test_vectors
+    let vectors = model.test_vectors().map_err(|e| anyhow!("{e}"))?;
+    let case = vectors
         .as_ref()
         .and_then(|tv| tv.cases.first())
         .ok_or_else(|| anyhow!("bundle has no test vectors to benchmark with"))?;

@@ -10,12 +10,13 @@ use crate::cli::PredictArgs;
 use crate::exit::Failure;
 
 pub fn run(a: PredictArgs) -> Result<(), Failure> {
-    let accept =
-        Format::parse(&a.accept).ok_or_else(|| anyhow!("--accept {:?} is not supported; use json or csv", a.accept))?;
+    let accept = Format::parse(&a.accept)
+        .filter(|f| *f != Format::Npy)
+        .ok_or_else(|| anyhow!("--accept {:?} is not supported; use json or csv", a.accept))?;
     let given = match &a.content_type {
-        Some(ct) => {
-            Some(Format::parse(ct).ok_or_else(|| anyhow!("--content-type {ct:?} is not supported; use csv or json"))?)
-        }
+        Some(ct) => Some(
+            Format::parse(ct).ok_or_else(|| anyhow!("--content-type {ct:?} is not supported; use csv, json or npy"))?,
+        ),
         None => None,
     };
     let options = crate::settings::open_options(&a.load, None)?;
@@ -32,6 +33,8 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
             Format::Csv
         } else if a.input.ends_with(".json") {
             Format::Json
+        } else if a.input.ends_with(".npy") {
+            Format::Npy
         } else {
             Format::sniff(&body)
         }
@@ -49,6 +52,7 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let out = match accept {
         Format::Json => codec::to_json(&names, &outputs),
         Format::Csv => codec::to_csv(&names, &outputs, rows),
+        Format::Npy => unreachable!("refused as --accept above"),
     }
     .map_err(|e| Failure::BadRequest(e.to_string()))?;
     std::io::stdout().write_all(&out).map_err(|e| anyhow!("writing stdout: {e}"))?;

@@ -24,10 +24,11 @@ pub fn content_type(headers: &HeaderMap) -> Result<(Format, bool), ApiError> {
     match base.as_str() {
         "text/csv" => Ok((Format::Csv, false)),
         "application/json" => Ok((Format::Json, false)),
+        "application/x-npy" => Ok((Format::Npy, false)),
         "application/jsonlines" | "application/x-jsonlines" | "application/jsonl" => Ok((Format::Json, true)),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type `{other}` is not supported; use text/csv, application/json or application/jsonlines"),
+            format!("content type `{other}` is not supported; use text/csv, application/json, application/jsonlines or application/x-npy"),
         )),
     }
 }
