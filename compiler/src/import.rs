@@ -473,6 +473,12 @@ fn preflight(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx, list: &mut Vec<Uns
                 op,
                 why: "tree ensembles are compiled by neoc's trees engine, which takes graphs of one tree-ensemble operator (plus Identity/Cast/ZipMap) only".into(),
             });
+        } else if node.domain == "com.microsoft" {
+            list.push(Unsupported {
+                node: name,
+                op,
+                why: "an onnxruntime contrib operator, which onnxruntime's graph optimizer writes (onnxruntime.transformers optimize_model, or a session saved with optimized_model_filepath); compile the model as exported, before that optimization".into(),
+            });
         } else if !onnx.op_register.0.contains_key(&node.op_type) {
             list.push(Unsupported { node: name, op, why: "no implementation in the tract engine".into() });
         } else if let Some(why) = cannot_carry(node) {

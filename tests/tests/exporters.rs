@@ -43,11 +43,13 @@ save(h.make_graph([h.make_node("Constant", [], ["k"], value=h.make_tensor("k", T
      [h.make_tensor_value_info("x", T.FLOAT, [1, 4]), h.make_tensor_value_info("sr", T.INT64, [])],
      [h.make_tensor_value_info("y", T.FLOAT, None)]), "if.onnx")
 
-# 5. one report: an operator nothing implements, one the bundle cannot carry, a data-dependent If
+# 5. one report: an operator nothing implements, an onnxruntime contrib one, one the bundle cannot
+# carry, a data-dependent If
 t2 = h.make_graph([h.make_node("Relu", ["x"], ["a"])], "then", [], [h.make_tensor_value_info("a", T.FLOAT, [1, 1, 4, 4])])
 e2 = h.make_graph([h.make_node("Neg", ["x"], ["b"])], "else", [], [h.make_tensor_value_info("b", T.FLOAT, [1, 1, 4, 4])])
 save(h.make_graph([h.make_node("Unique", ["x"], ["u"], name="uniq"),
      h.make_node("MaxPool", ["x"], ["mp", "idx"], kernel_shape=[2, 2], name="pool"),
+     h.make_node("FusedMatMul", ["x", "x"], ["fm"], domain="com.microsoft", name="fused"),
      h.make_node("Greater", ["flag", "zero"], ["c"]),
      h.make_node("If", ["c"], ["y"], then_branch=t2, else_branch=e2, name="branch")], "g",
      [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 4, 4]), h.make_tensor_value_info("flag", T.FLOAT, [])],
@@ -178,7 +180,8 @@ fn one_coverage_report_lists_every_kind_of_refusal() {
     let d = dir.path();
     fixtures(d);
     let e = fails(run("neoc", d, &compile_args("multi.onnx", "m.neo", &[]), &[], None), 4);
-    assert!(e.contains("3 unsupported operators"), "{e}");
+    assert!(e.contains("4 unsupported operators"), "{e}");
+    assert!(e.contains("node `fused`: com.microsoft::FusedMatMul (an onnxruntime contrib operator"), "{e}");
     assert!(e.contains("node `uniq`: Unique (no implementation"), "{e}");
     assert!(e.contains("node `pool`: MaxPool (with its Indices output") && e.contains("cannot carry"), "{e}");
     assert!(e.contains("node `branch`: If") && e.contains("`flag`"), "{e}");
