@@ -465,13 +465,24 @@ pub fn data_dependent_ifs(graph: &GraphProto, out: &mut Vec<Unsupported>) {
         if node.op_type == "If" && node.domain.is_empty() {
             let cond = node.input.first().cloned().unwrap_or_default();
             let why = match cone(graph, &cond) {
-                Some((_, reads)) if !reads.is_empty() => format!(
-                    "its condition `{cond}` depends on the input{} {} at run time, and the bundle format cannot carry a branch chosen per request; pin {} with --input {} to choose the branch at compile time",
-                    if reads.len() == 1 { "" } else { "s" },
-                    reads.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "),
-                    if reads.len() == 1 { "it" } else { "them" },
-                    reads.iter().map(|r| format!("{r}=VALUE:{}", declared_dtype(graph, r))).collect::<Vec<_>>().join(" --input ")
-                ),
+                Some((_, reads)) if !reads.is_empty() => {
+                    let ranks = declared_ranks(graph);
+                    // a scalar is pinned by value; a tensor's shape decides when it is given
+                    let pins: Vec<String> = reads
+                        .iter()
+                        .map(|r| match ranks.get(r) {
+                            Some(Some(0)) => format!("--input {r}=VALUE:{}", declared_dtype(graph, r)),
+                            _ => format!("--input {r}=DIMS (if its shape decides)"),
+                        })
+                        .collect();
+                    format!(
+                        "its condition `{cond}` depends on the input{} {} at run time, and the bundle format cannot carry a branch chosen per request; pin {} with {} to choose the branch at compile time",
+                        if reads.len() == 1 { "" } else { "s" },
+                        reads.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "),
+                        if reads.len() == 1 { "it" } else { "them" },
+                        pins.join(", ")
+                    )
+                }
                 _ => format!("its condition `{cond}` is computed at run time, and the bundle format cannot carry a branch chosen per request"),
             };
             out.push(Unsupported { node: node_name(node), op: "If".into(), why });

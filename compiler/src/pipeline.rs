@@ -936,8 +936,9 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
 
     timer.start("serialize", "writing the NNEF model");
     let metadata = take_text_properties(&mut model);
+    let ascii = ascii_names(&model);
     let nnef_tar = nnef
-        .write_to_tar_with_config(&model, Vec::new(), false, true)
+        .write_to_tar_with_config(ascii.as_ref().unwrap_or(&model), Vec::new(), false, true)
         .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
     let nnef_tar = canonical_tar(&nnef_tar).context("re-encoding the NNEF archive")?;
     // registries beyond tract_onnx are named only when the graph uses them
@@ -975,6 +976,42 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
         metadata,
     })
+}
+
+/// The model with every node name made ASCII (`日本` → `_u65e5_u672c`), or
+/// `None` when all are: tract's NNEF writer spells a non-ASCII letter as is,
+/// which its reader does not take back. The bundle's inputs and outputs keep
+/// their names in the manifest (the NNEF model is run by position).
+fn ascii_names(model: &TypedModel) -> Option<TypedModel> {
+    if model.nodes().iter().all(|n| n.name.is_ascii()) && model.outlet_labels.values().all(|l| l.is_ascii()) {
+        return None;
+    }
+    let mut m = model.clone();
+    let mut taken: std::collections::HashSet<String> = m.nodes().iter().map(|n| n.name.clone()).collect();
+    taken.extend(m.outlet_labels.values().cloned());
+    let mut ascii = |s: &str| -> String {
+        let base: String =
+            s.chars().map(|c| if c.is_ascii() { c.to_string() } else { format!("_u{:04x}", c as u32) }).collect();
+        let mut name = base.clone();
+        let mut k = 1;
+        while taken.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        taken.insert(name.clone());
+        name
+    };
+    for node in m.nodes_mut() {
+        if !node.name.is_ascii() {
+            node.name = ascii(&node.name);
+        }
+    }
+    for label in m.outlet_labels.values_mut() {
+        if !label.is_ascii() {
+            *label = ascii(label);
+        }
+    }
+    Some(m)
 }
 
 /// Moves every text property out of the model (into the manifest): tract's

@@ -43,6 +43,14 @@ save(h.make_graph([h.make_node("Constant", [], ["k"], value=h.make_tensor("k", T
      [h.make_tensor_value_info("x", T.FLOAT, [1, 4]), h.make_tensor_value_info("sr", T.INT64, [])],
      [h.make_tensor_value_info("y", T.FLOAT, None)]), "if.onnx")
 
+# 4b. If on a shape: decided once --input pins it
+t3 = h.make_graph([h.make_node("Relu", ["x"], ["o1"])], "then", [], [h.make_tensor_value_info("o1", T.FLOAT, None)])
+e3 = h.make_graph([h.make_node("Neg", ["x"], ["o2"])], "else", [], [h.make_tensor_value_info("o2", T.FLOAT, None)])
+save(h.make_graph([h.make_node("Shape", ["x"], ["s"]), h.make_node("Gather", ["s", "i1"], ["n"], axis=0),
+     h.make_node("Greater", ["n", "lim"], ["c"]), h.make_node("If", ["c"], ["y"], then_branch=t3, else_branch=e3, name="long_input")], "g",
+     [h.make_tensor_value_info("x", T.FLOAT, ["batch", "len"])], [h.make_tensor_value_info("y", T.FLOAT, None)],
+     [numpy_helper.from_array(np.array(1, np.int64), "i1"), numpy_helper.from_array(np.array(2, np.int64), "lim")]), "ifshape.onnx")
+
 # 5. one report: an operator nothing implements, an onnxruntime contrib one, one the bundle cannot
 # carry, a data-dependent If
 t2 = h.make_graph([h.make_node("Relu", ["x"], ["a"])], "then", [], [h.make_tensor_value_info("a", T.FLOAT, [1, 1, 4, 4])])
@@ -169,6 +177,13 @@ fn if_on_a_pinned_input_folds_and_a_data_dependent_one_is_named() {
         assert!(!e.contains("Infering facts") && !e.contains("InferenceConcat"), "tract internals: {e}");
         assert!(!d.join("no.neo").exists());
     }
+    // a condition on a shape: decided by the shape --input gives (> 2: Relu, else Neg)
+    ok(run("neoc", d, &compile_args("ifshape.onnx", "long.neo", &["--input", "x=1,4"]), &[], None));
+    assert_eq!(response_data(&ok(predict_body(d, "long.neo", "[[1, -2, 3, -4]]"))), vec![1.0, 0.0, 3.0, 0.0]);
+    ok(run("neoc", d, &compile_args("ifshape.onnx", "short.neo", &["--input", "x=1,2"]), &[], None));
+    assert_eq!(response_data(&ok(predict_body(d, "short.neo", "[[1, -2]]"))), vec![-1.0, 2.0]);
+    let e = fails(run("neoc", d, &compile_args("ifshape.onnx", "no.neo", &[]), &[], None), 4);
+    assert!(e.contains("node `long_input`: If") && e.contains("--input x=DIMS"), "{e}");
     // a value that does not fit the type
     let e = fails(run("neoc", d, &compile_args("if.onnx", "no.neo", &["--input", "sr=1.5:i64"]), &[], None), 1);
     assert!(e.contains("sr") && e.contains("whole number"), "{e}");
@@ -313,9 +328,9 @@ fn reshape_state(flat: &serde_json::Value) -> serde_json::Value {
     serde_json::json!([[v[..16].to_vec()], [v[16..].to_vec()]])
 }
 
-/// Random `metadata_props` text and random `value_info` annotations that
-/// agree with the real shapes (symbolic, as exporters write, or the pinned
-/// sizes) never break a compile that succeeds without them.
+/// Random `metadata_props` text, random value and node names, and random
+/// `value_info` annotations that agree with the real shapes (symbolic, as
+/// exporters write, or the pinned sizes) never break a compile.
 #[test]
 fn random_metadata_and_value_info_never_break_a_compile() {
     let dir = scratch();
@@ -330,9 +345,11 @@ alphabet = "abc'\"\\\n\t\r ()[],;:=#{}$%-_.é日\u2028\x01\x7f"
 def text():
     return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40)))
 for k in range(n):
-    names = ["x"] + [f"v{i}" for i in range(4)]
+    # value and node names as exporters write them: punctuation, spaces, non-ASCII
+    odd = ["", "'", "日本", "a b", '"q"', "é", "/block.0/Conv_output_0", "::", "\\"]
+    names = ["x"] + [f"v{i}{rnd.choice(odd)}" for i in range(4)]
     ops = [rnd.choice(["Relu", "Neg", "Abs", "Sigmoid"]) for _ in range(4)]
-    nodes = [h.make_node(op, [names[i]], [names[i + 1]]) for i, op in enumerate(ops)]
+    nodes = [h.make_node(op, [names[i]], [names[i + 1]], name=f"n{i}{rnd.choice(odd)}") for i, op in enumerate(ops)]
     nodes.append(h.make_node("MatMul", [names[-1], "w"], ["y"]))
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "w")
     dim0 = lambda: rnd.choice(["batch", "N", f"DynamicDimension.{rnd.randint(0, 3)}", "unk__1", None])
