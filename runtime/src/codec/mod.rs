@@ -305,17 +305,22 @@ fn flatten<'a>(v: &'a Value, name: &str) -> Result<(Vec<usize>, Vec<&'a Value>),
     Ok((shape, leaves))
 }
 
+/// Whether a whole tensor of `shape` fits the input: its rank, its fixed
+/// dimensions (symbolic ones take any size).
+pub(crate) fn fits(shape: &[usize], spec: &TensorSpec) -> bool {
+    shape.len() == spec.shape.len()
+        && shape.iter().zip(&spec.shape).all(|(n, d)| match d {
+            Dim::Fixed(f) => *n as u64 == *f,
+            Dim::Symbol(_) => true,
+        })
+}
+
 /// One input of a model without a shared batch axis: the whole tensor, its
 /// fixed dimensions as the manifest says, its symbolic ones as sent.
 fn whole_json_input(spec: &TensorSpec, value: &Value) -> Result<Tensor, BadRequest> {
     let dt = dtype_of(spec)?;
     let (got, leaves) = flatten(value, &spec.name)?;
-    let fits = got.len() == spec.shape.len()
-        && got.iter().zip(&spec.shape).all(|(n, d)| match d {
-            Dim::Fixed(f) => *n as u64 == *f,
-            Dim::Symbol(_) => true,
-        });
-    if !fits {
+    if !fits(&got, spec) {
         return Err(bad(format!(
             "input `{}` expects shape {} (this model's inputs share no batch axis, so each is sent whole); got an array of shape {got:?}",
             spec.name,

@@ -5,7 +5,7 @@
 //! literal of three keys); every size it declares is checked against the
 //! bytes that follow before anything is allocated.
 
-use neoc_bundle::manifest::{shape_string, Dim, TensorSpec};
+use neoc_bundle::manifest::{shape_string, TensorSpec};
 use tract_core::prelude::*;
 
 use super::{bad, dtype_of, shared_batch_axis, BadRequest, Batch};
@@ -27,12 +27,7 @@ pub fn parse(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
         )));
     };
     let (dt, shape, data) = read(body)?;
-    let fits = shape.len() == spec.shape.len()
-        && shape.iter().zip(&spec.shape).all(|(n, d)| match d {
-            Dim::Fixed(f) => *n as u64 == *f,
-            Dim::Symbol(_) => true,
-        });
-    if !fits {
+    if !super::fits(&shape, spec) {
         return Err(bad(format!(
             "the .npy array has shape {shape:?}; input `{}` takes {}",
             spec.name,
@@ -133,6 +128,7 @@ fn read(body: &[u8]) -> Result<(DatumType, Vec<usize>, &[u8]), BadRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use neoc_bundle::manifest::Dim;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
         let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
