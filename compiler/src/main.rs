@@ -87,7 +87,7 @@ struct CompileArgs {
     /// Target name (see `neoc targets`), or `host` for this machine's generic target; repeat for several targets (one import, one bundle each)
     #[arg(long, short, required = true)]
     target: Vec<String>,
-    /// Input configuration NAME=DIMS[:DTYPE] (e.g. image=1,3,224,224:f32, features=N,30), or Neo JSON {"data":[1,3,224,224]}; repeatable
+    /// Input configuration NAME=DIMS[:DTYPE] (e.g. image=1,3,224,224:f32, features=N,30; a scalar: sr=:i64), a value pinned for an input declared scalar, NAME=VALUE:DTYPE (sr=16000:i64: a constant of the bundle, so If nodes on it fold), or Neo JSON {"data":[1,3,224,224]} / {"sr":{"value":16000,"dtype":"i64"}}; repeatable
     #[arg(long = "input", value_name = "NAME=DIMS[:DTYPE]")]
     inputs: Vec<String>,
     /// Bundle path (default: NAME-VERSION.TARGET.neo); with several targets, a directory for them
