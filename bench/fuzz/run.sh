@@ -25,6 +25,8 @@ head -3 models/fraud-xgb/sample.csv > "$seeds/request_codecs/rows.csv"
 printf '{"instances": [[1,2,3],[4,5,6]]}' > "$seeds/request_codecs/instances.json"
 printf '{"inputs": {"a": [[7, 5]], "b": [[3, 2]]}}' > "$seeds/request_codecs/named.json"
 printf '[1,2,3]\n[4,5,6]\n' > "$seeds/request_codecs/lines.jsonl"
+# a .npy body: f32 (1, 30)
+{ printf '\x93NUMPY\x01\x00\x76\x00'; printf "%-117s\n" "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 30), }"; head -c 120 /dev/zero; } > "$seeds/request_codecs/row.npy"
 printf '\0\0{"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1,2,3,4,5,6,7,8]}]}' > "$seeds/oip_request/json"
 printf '\x58\0{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}0123456789abcdef' > "$seeds/oip_request/binary"
 printf '%-16s %12s %10s %8s %8s\n' target executions exec/s cov crashes

@@ -683,10 +683,9 @@ fn host_description(host: &Host) -> String {
     format!("{cpu}, {cpus} CPUs ({})", host.arch)
 }
 
-/// Median latency (µs) of the model on its first verification case, after
-/// warm-up: at least 5 runs, at most 50, about a second in all.
-/// Median and interquartile range (µs) of one inference on the first
-/// verification case.
+/// Median and interquartile range (µs) of one inference on the model's
+/// first verification case, after warm-up: at least 5 runs, at most 50,
+/// about a second in all.
 fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<(f64, f64)> {
     model.set_threads(threads);
     let tv = model

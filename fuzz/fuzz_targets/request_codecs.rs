@@ -1,4 +1,4 @@
-//! The request parsers (CSV, JSON, JSON Lines) on arbitrary bodies, for a
+//! The request parsers (CSV, JSON, JSON Lines, .npy) on arbitrary bodies, for a
 //! model with one float input of symbolic batch and one with two int inputs.
 //! Every size they compute comes from the request: it must be checked.
 #![no_main]
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         spec("a", "i32", vec![Dim::Symbol("N".into()), Dim::Fixed(2)]),
         spec("b", "i64", vec![Dim::Symbol("N".into()), Dim::Fixed(2)]),
     ];
-    for format in [Format::Csv, Format::Json] {
+    for format in [Format::Csv, Format::Json, Format::Npy] {
         let _ = parse(data, format, &one);
         let _ = parse(data, format, &two);
     }
