@@ -376,8 +376,6 @@ pub fn onnx_proto(located: &Located) -> Result<pb::ModelProto> {
 pub struct Prepared {
     /// `NAME` → `VALUE:DTYPE` of each input pinned to a value.
     pub pinned: BTreeMap<String, String>,
-    /// `node: then|else` of each `If` replaced by its branch.
-    pub folded_ifs: Vec<String>,
     /// How many `value_info` annotations were dropped.
     pub value_info_dropped: usize,
 }
@@ -423,7 +421,7 @@ pub fn onnx(
             prepared.value_info_dropped = crate::onnx_prep::strip_value_info(graph);
         }
     }
-    prepared.folded_ifs = crate::onnx_prep::fold_ifs(proto, inputs)?.ifs;
+    crate::onnx_prep::fold_ifs(proto, inputs)?;
     let graph = proto.graph.as_ref().expect("checked above");
     let mut list = Vec::new();
     preflight(graph, &onnx, &mut list);

@@ -82,7 +82,7 @@ pub fn pin_inputs(graph: &mut GraphProto, inputs: &BTreeMap<String, InputConfig>
         let declared = tensor_type(&graph.input[pos]).and_then(|t| DataType::try_from(t.elem_type).ok());
         let dt = match (cfg.dtype, declared) {
             (Some(dt), _) => dt,
-            (None, Some(d)) => datum_type_of(d).with_context(|| format!("--input {name}: its declared type"))?,
+            (None, Some(d)) => DatumType::try_from(d).with_context(|| format!("--input {name}: its declared type"))?,
             (None, None) => {
                 bail!("--input {name}: the model does not declare its type; give one (e.g. {name}=VALUE:i64)")
             }
@@ -94,24 +94,6 @@ pub fn pin_inputs(graph: &mut GraphProto, inputs: &BTreeMap<String, InputConfig>
         pinned.insert(name.clone(), format!("{value}:{}", neoc_runtime::tensors::dtype_name(dt).unwrap_or("?")));
     }
     Ok(pinned)
-}
-
-fn datum_type_of(d: DataType) -> Result<DatumType> {
-    Ok(match d {
-        DataType::Float => DatumType::F32,
-        DataType::Double => DatumType::F64,
-        DataType::Float16 => DatumType::F16,
-        DataType::Int8 => DatumType::I8,
-        DataType::Int16 => DatumType::I16,
-        DataType::Int32 => DatumType::I32,
-        DataType::Int64 => DatumType::I64,
-        DataType::Uint8 => DatumType::U8,
-        DataType::Uint16 => DatumType::U16,
-        DataType::Uint32 => DatumType::U32,
-        DataType::Uint64 => DatumType::U64,
-        DataType::Bool => DatumType::Bool,
-        other => bail!("ONNX type {other:?} cannot be pinned"),
-    })
 }
 
 fn onnx_type_of(dt: DatumType) -> Result<DataType> {
@@ -207,17 +189,9 @@ fn tensor_proto(name: &str, t: &Tensor) -> Result<pb::TensorProto> {
     })
 }
 
-/// What folding decided, for the compile log.
-#[derive(Debug, Default)]
-pub struct Folded {
-    /// `node: then|else` for each `If` replaced by its branch.
-    pub ifs: Vec<String>,
-}
-
 /// Replaces, until none is left, every top-level `If` whose condition tract
 /// can compute at compile time by the branch it takes.
-pub fn fold_ifs(model: &mut ModelProto, inputs: &BTreeMap<String, InputConfig>) -> Result<Folded> {
-    let mut folded = Folded::default();
+pub fn fold_ifs(model: &mut ModelProto, inputs: &BTreeMap<String, InputConfig>) -> Result<()> {
     // each round inlines one If (a branch may hold further ones)
     for _round in 0..10_000 {
         let graph = model.graph.as_ref().context("ONNX model has no graph")?;
@@ -232,7 +206,7 @@ pub fn fold_ifs(model: &mut ModelProto, inputs: &BTreeMap<String, InputConfig>) 
                 break;
             }
         }
-        let Some((ix, take_then)) = chosen else { return Ok(folded) };
+        let Some((ix, take_then)) = chosen else { return Ok(()) };
         let graph = model.graph.as_mut().expect("checked above");
         let node = graph.node.remove(ix);
         let name = node_name(&node);
@@ -250,7 +224,6 @@ pub fn fold_ifs(model: &mut ModelProto, inputs: &BTreeMap<String, InputConfig>) 
             graph.node.insert(ix + k, n);
         }
         graph.initializer.extend(inlined.1);
-        folded.ifs.push(format!("{name}: {}", if take_then { "then" } else { "else" }));
     }
     bail!("more than 10,000 nested If nodes")
 }
@@ -452,7 +425,7 @@ fn declared_dtype(graph: &GraphProto, name: &str) -> &'static str {
         .find(|i| i.name == name)
         .and_then(tensor_type)
         .and_then(|t| DataType::try_from(t.elem_type).ok())
-        .and_then(|d| datum_type_of(d).ok())
+        .and_then(|d| DatumType::try_from(d).ok())
         .and_then(neoc_runtime::tensors::dtype_name)
         .unwrap_or("DTYPE")
 }

@@ -688,11 +688,7 @@ fn host_description(host: &Host) -> String {
 /// about a second in all.
 fn time_model(model: &mut neoc_runtime::Model, threads: usize) -> Result<(f64, f64)> {
     model.set_threads(threads);
-    let tv = model
-        .test_vectors()
-        .map_err(anyhow::Error::msg)?
-        .context("verified models keep their test vectors")?
-        .into_owned();
+    let tv = model.test_vectors().map_err(anyhow::Error::msg)?.context("verified models keep their test vectors")?;
     let case = tv.cases.first().context("no verification case to time")?;
     let inputs = case.inputs.iter().map(|t| t.to_tensor()).collect::<TractResult<Vec<_>>>()?;
     for _ in 0..3 {

@@ -186,13 +186,18 @@ fn check_registries(m: &Manifest) -> Result<(), LoadError> {
 enum Vectors {
     None,
     Parsed(TestVectors),
-    Stored { name: String, index: Vec<u8>, data: Option<(String, Vec<u8>)> },
+    /// The index as named by the manifest, and `test_vectors.bin` if the bundle has one.
+    Stored {
+        name: String,
+        index: Vec<u8>,
+        data: Option<Vec<u8>>,
+    },
 }
 
 fn stored_vectors(bundle: &VerifiedBundle) -> Result<Vectors, LoadError> {
     let Some(name) = &bundle.manifest.test_vectors else { return Ok(Vectors::None) };
     let bytes = bundle.file(name).ok_or_else(|| BundleError::Manifest(format!("test vectors `{name}` are missing")))?;
-    let data = bundle.file(TEST_VECTOR_DATA).map(|d| (TEST_VECTOR_DATA.to_string(), d.to_vec()));
+    let data = bundle.file(TEST_VECTOR_DATA).map(<[u8]>::to_vec);
     Ok(Vectors::Stored { name: name.clone(), index: bytes.to_vec(), data })
 }
 
@@ -450,12 +455,7 @@ impl Model {
             ))));
         }
         for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
-            let fits = t.rank() == spec.shape.len()
-                && t.shape().iter().zip(&spec.shape).all(|(n, d)| match d {
-                    Dim::Fixed(f) => *n as u64 == *f,
-                    Dim::Symbol(_) => true,
-                });
-            if !fits {
+            if !crate::codec::fits(t.shape(), spec) {
                 return Err(PredictError::BadRequest(BadRequest(format!(
                     "input `{}` expects shape {}, got {:?}",
                     spec.name,
@@ -511,7 +511,7 @@ impl Model {
             Vectors::None => Ok(None),
             Vectors::Parsed(tv) => Ok(Some(std::borrow::Cow::Borrowed(tv))),
             Vectors::Stored { name, index, data } => {
-                let tv = TestVectors::decode(index, |f| data.as_ref().filter(|d| d.0 == f).map(|d| &d.1[..]))
+                let tv = TestVectors::decode(index, |f| data.as_deref().filter(|_| f == TEST_VECTOR_DATA))
                     .map_err(|e| format!("{name}: {e:#}"))?;
                 Ok(Some(std::borrow::Cow::Owned(tv)))
             }
