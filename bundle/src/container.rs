@@ -205,8 +205,13 @@ pub fn read_from(r: impl Read, len: u64, trust: &Trust) -> Result<VerifiedBundle
     if name != MANIFEST_NAME {
         return Err(BundleError::NotABundle(format!("first entry is `{name}`, expected `{MANIFEST_NAME}`")));
     }
-    if size > MAX_MANIFEST_BYTES || size > len {
+    if size > MAX_MANIFEST_BYTES {
         return Err(BundleError::NotABundle(format!("manifest.json is implausibly large ({size} bytes)")));
+    }
+    if size > len {
+        return Err(BundleError::NotABundle(format!(
+            "the file ends inside manifest.json ({size} bytes declared, {len} in the file): the bundle is truncated"
+        )));
     }
     let manifest_bytes = read_data(&mut r, MANIFEST_NAME, size, &mut ignored)?;
 

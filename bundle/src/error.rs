@@ -7,8 +7,10 @@ use std::path::PathBuf;
 /// (`Unsigned`, `UntrustedKey`, `BadSignature`, `Key`), or the environment (`Io`).
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error is part of the message, not a `source` (an error
+    /// printed with its chain would say it twice).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("not a valid neoc bundle: {0}")]
     NotABundle(String),
     #[error("bundle container was modified or corrupted: {0}")]
@@ -18,10 +20,11 @@ pub enum BundleError {
     #[error("invalid manifest.json: {0}")]
     Manifest(String),
     #[error(
-        "bundle is not signed\nhint: sign it with `neoc compile --key KEY`, or pass --allow-unsigned to run it anyway"
+        "bundle is not signed\nhint: sign it with `neoc compile --key KEY`; neorun runs an unsigned bundle only with --allow-unsigned"
     )]
     Unsigned,
-    #[error("bundle is signed by key {found}, which is not trusted (trusted: {})\nhint: pass the signer's public key with --trusted-key", trusted.join(", "))]
+    #[error("bundle is signed by key {found}, {}\nhint: trust the signer's public key (neorun --trusted-key KEY.pub, neoc verify --key KEY.pub)",
+        if trusted.is_empty() { "and no key is trusted".to_string() } else { format!("which is not trusted (trusted: {})", trusted.join(", ")) })]
     UntrustedKey { found: String, trusted: Vec<String> },
     #[error(
         "bad signature on manifest.json: {0}; the bundle was modified after signing or its signature is corrupted"
@@ -35,6 +38,6 @@ pub enum BundleError {
 
 impl BundleError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> BundleError {
-        BundleError::Io { path: path.into(), source }
+        BundleError::Io { path: path.into(), error: source }
     }
 }

@@ -1,11 +1,18 @@
 //! Defensive unpacking of model tarballs (`model.tar.gz`, `.tgz`, `.tar`).
 //!
 //! Refused: absolute paths, `..`, links of any kind, device files and FIFOs,
-//! names that are not UTF-8, more than [`Limits::max_entries`] entries, more
-//! than [`Limits::max_bytes`] unpacked bytes, and gzip streams that expand
+//! names that are not UTF-8, a file named twice, more than
+//! [`Limits::max_entries`] entries, more than [`Limits::max_bytes`] written,
+//! a stream longer than [`Limits::max_stream`], and gzip streams that expand
 //! more than [`Limits::max_ratio`] times once past 16 MiB (a decompression
 //! bomb). Nothing is ever written outside the destination directory, which
 //! the caller should create fresh (a temporary directory) and drop on error.
+//!
+//! A model tarball may carry files its model does not use (notebooks,
+//! checkpoints, padding): [`list`] reads the headers and the first bytes of
+//! each file without writing anything, so the caller can tell which files
+//! the model needs, and [`unpack_only`] writes just those. What a tarball's
+//! other files cost is the time to decompress them, never disk or memory.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -15,13 +22,16 @@ use crate::BundleError;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_entries: usize,
+    /// Bytes written (the files unpacked).
     pub max_bytes: u64,
+    /// Bytes of tar stream read, files skipped or not.
+    pub max_stream: u64,
     pub max_ratio: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_entries: 10_000, max_bytes: 16 << 30, max_ratio: 200 }
+        Limits { max_entries: 10_000, max_bytes: 16 << 30, max_stream: 32 << 30, max_ratio: 200 }
     }
 }
 
@@ -82,10 +92,10 @@ impl<R: Read> Read for Guard<R> {
         let n = self.inner.read(buf)?;
         self.out += n as u64;
         let compressed = self.compressed.get().max(1);
-        if self.out > self.limits.max_bytes.saturating_add(1 << 20) {
+        if self.out > self.limits.max_stream {
             return Err(std::io::Error::other(format!(
                 "archive expands beyond the {} byte limit",
-                self.limits.max_bytes
+                self.limits.max_stream
             )));
         }
         if self.out > (16 << 20) && self.out / compressed > self.limits.max_ratio {
@@ -111,8 +121,19 @@ impl<R: Read> Read for SharedCount<R> {
     }
 }
 
-/// Unpacks the tarball at `archive` (gzip'd or not) into `dest`.
-pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, BundleError> {
+/// A regular file of an archive as [`list`] sees it: its path, size and
+/// first [`HEAD_BYTES`] bytes (enough to tell what kind of file it is).
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub path: PathBuf,
+    pub size: u64,
+    pub head: Vec<u8>,
+}
+
+/// How much of each file [`list`] keeps.
+pub const HEAD_BYTES: usize = 4096;
+
+fn open(archive: &Path, limits: Limits) -> Result<Box<dyn Read>, BundleError> {
     let mut f = std::fs::File::open(archive).map_err(|e| BundleError::io(archive, e))?;
     let mut head = [0u8; 2];
     let n = f.read(&mut head).map_err(|e| BundleError::io(archive, e))?;
@@ -120,18 +141,53 @@ pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, B
     let f = std::fs::File::open(archive).map_err(|e| BundleError::io(archive, e))?;
     let count = std::rc::Rc::new(std::cell::Cell::new(0));
     let raw = SharedCount { inner: std::io::BufReader::new(f), count: count.clone() };
-    let reader: Box<dyn Read> = if is_gzip(&head[..n]) {
+    Ok(if is_gzip(&head[..n]) {
         Box::new(Guard { inner: flate2::read::GzDecoder::new(raw), out: 0, compressed: count, limits })
     } else {
         Box::new(Guard { inner: raw, out: 0, compressed: std::rc::Rc::new(std::cell::Cell::new(u64::MAX)), limits })
-    };
-    unpack_reader(reader, dest, limits).map_err(|e| BundleError::Unpack(format!("{}: {e}", archive.display())))
+    })
 }
 
-fn unpack_reader(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpacked, String> {
-    let mut ar = tar::Archive::new(Counting { inner: reader, read: 0 });
+/// Lists the regular files of the tarball at `archive` (gzip'd or not)
+/// without writing anything, with every check [`unpack`] makes: a file's
+/// data past its first [`HEAD_BYTES`] is read through, never kept.
+pub fn list(archive: &Path, limits: Limits) -> Result<Vec<Listed>, BundleError> {
+    let mut listed = Vec::new();
+    walk(open(archive, limits)?, limits, &mut Mode::List(&mut listed))
+        .map_err(|e| BundleError::Unpack(format!("{}: {e}", archive.display())))?;
+    Ok(listed)
+}
+
+/// Unpacks the tarball at `archive` (gzip'd or not) into `dest`.
+pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, BundleError> {
+    unpack_only(archive, dest, limits, &|_| true)
+}
+
+/// Unpacks only the regular files `keep` accepts (paths as [`list`] gives
+/// them); the others are checked as in [`unpack`] and read through, never
+/// written, and do not count towards [`Limits::max_bytes`].
+pub fn unpack_only(
+    archive: &Path,
+    dest: &Path,
+    limits: Limits,
+    keep: &dyn Fn(&Path) -> bool,
+) -> Result<Unpacked, BundleError> {
     let mut files = Vec::new();
-    let mut total = 0u64;
+    let bytes = walk(open(archive, limits)?, limits, &mut Mode::Unpack { dest, keep, files: &mut files })
+        .map_err(|e| BundleError::Unpack(format!("{}: {e}", archive.display())))?;
+    Ok(Unpacked { files, bytes })
+}
+
+enum Mode<'a> {
+    List(&'a mut Vec<Listed>),
+    Unpack { dest: &'a Path, keep: &'a dyn Fn(&Path) -> bool, files: &'a mut Vec<PathBuf> },
+}
+
+/// Checks every entry; lists or writes the regular files. Returns the bytes written.
+fn walk(reader: impl Read, limits: Limits, mode: &mut Mode) -> Result<u64, String> {
+    let mut ar = tar::Archive::new(Counting { inner: reader, read: 0 });
+    let mut seen = std::collections::HashSet::new();
+    let mut written = 0u64;
     let entries = ar.entries().map_err(|e| format!("not a tar archive: {e}"))?;
     for (i, entry) in entries.enumerate() {
         let mut entry = entry.map_err(|e| format!("corrupt or truncated archive: {e}"))?;
@@ -140,49 +196,70 @@ fn unpack_reader(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpac
         }
         let raw_path = entry.path().map_err(|e| format!("unreadable entry name: {e}"))?.into_owned();
         let shown = raw_path.display().to_string();
-        let rel = safe_relative(&raw_path)
-            .ok_or_else(|| format!("entry `{shown}` escapes the archive (absolute path or `..`)"))?;
+        // a header with no name is what a damaged end-of-archive block looks like
+        let what = if shown.is_empty() { format!("entry {} (no name)", i + 1) } else { format!("entry `{shown}`") };
+        let rel =
+            safe_relative(&raw_path).ok_or_else(|| format!("{what} escapes the archive (absolute path or `..`)"))?;
         let kind = entry.header().entry_type();
         match kind {
-            tar::EntryType::Directory => {
-                if !rel.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dest.join(&rel)).map_err(|e| format!("creating {}: {e}", rel.display()))?;
-                }
-            }
+            tar::EntryType::Directory => {}
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().map_err(|e| format!("entry `{shown}`: bad size: {e}"))?;
-                total = total.saturating_add(size);
-                if total > limits.max_bytes {
-                    return Err(format!("archive expands beyond the {} byte limit", limits.max_bytes));
+                let size = entry
+                    .header()
+                    .size()
+                    .map_err(|e| format!("{what}: unreadable size field ({e}): the archive is corrupt or truncated"))?;
+                if rel.as_os_str().is_empty() {
+                    return Err(format!("{what} is a file named like the archive's top directory"));
                 }
-                let target = dest.join(&rel);
-                if target.exists() {
-                    return Err(format!("entry `{shown}` appears twice"));
+                if !seen.insert(rel.clone()) {
+                    return Err(format!("{what} appears twice"));
                 }
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                match mode {
+                    Mode::List(listed) => {
+                        let mut head = Vec::with_capacity(HEAD_BYTES.min(size as usize));
+                        (&mut entry)
+                            .take(HEAD_BYTES as u64)
+                            .read_to_end(&mut head)
+                            .map_err(|e| format!("{what}: {e}"))?;
+                        // the rest is read through (and checked) by the next entry
+                        listed.push(Listed { path: rel, size, head });
+                    }
+                    Mode::Unpack { dest, keep, files } => {
+                        if !keep(&rel) {
+                            continue;
+                        }
+                        written = written.saturating_add(size);
+                        if written > limits.max_bytes {
+                            return Err(format!("the model's files exceed the {} byte limit", limits.max_bytes));
+                        }
+                        let target = dest.join(&rel);
+                        if let Some(parent) = target.parent() {
+                            std::fs::create_dir_all(parent)
+                                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                        }
+                        // refuse to write through anything but real directories we made
+                        let mut out = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&target)
+                            .map_err(|e| format!("writing {}: {e}", rel.display()))?;
+                        let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
+                            .map_err(|e| format!("{what}: {e}"))?;
+                        if copied != size {
+                            return Err(format!("{what} is truncated"));
+                        }
+                        files.push(rel);
+                    }
                 }
-                // refuse to write through anything but real directories we made
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&target)
-                    .map_err(|e| format!("writing {}: {e}", rel.display()))?;
-                let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
-                    .map_err(|e| format!("entry `{shown}`: {e}"))?;
-                if copied != size {
-                    return Err(format!("entry `{shown}` is truncated"));
-                }
-                files.push(rel);
             }
             tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName => {}
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(format!("entry `{shown}` is a link; model tarballs may only hold files and directories"))
+                return Err(format!("{what} is a link; model tarballs may only hold files and directories"))
             }
-            other => return Err(format!("entry `{shown}` has unsupported type {other:?}")),
+            other => return Err(format!("{what} has unsupported type {other:?}")),
         }
     }
-    Ok(Unpacked { files, bytes: total })
+    Ok(written)
 }
 
 /// `p` as a plain relative path, or `None` if absolute or containing `..`.
@@ -283,5 +360,60 @@ mod tests {
         assert!(r.is_err());
         let (r, _dir) = try_unpack(&[0x1f, 0x8b, 1, 2, 3], false);
         assert!(r.is_err());
+    }
+
+    /// Two entries, the second 1 MiB: listing keeps 4 KiB of each and writes
+    /// nothing; `unpack_only` writes the one chosen.
+    #[test]
+    fn listing_reads_heads_and_only_chosen_files_are_written() {
+        let mut tar = raw_tar("model.onnx", b'0', "", b"\x08\x07model");
+        tar.truncate(tar.len() - 1024);
+        tar.extend(raw_tar("extra/padding.bin", b'0', "", &vec![7u8; 1 << 20]));
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("m.tar");
+        std::fs::write(&archive, &tar).unwrap();
+        let listed = list(&archive, Limits::default()).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(
+            (listed[0].path.as_path(), listed[0].size, &listed[0].head[..]),
+            (Path::new("model.onnx"), 7, &b"\x08\x07model"[..])
+        );
+        assert_eq!((listed[1].size, listed[1].head.len()), (1 << 20, HEAD_BYTES));
+        let dest = dir.path().join("out");
+        std::fs::create_dir(&dest).unwrap();
+        let u =
+            unpack_only(&archive, &dest, Limits::default(), &|p| p.extension().is_some_and(|e| e == "onnx")).unwrap();
+        assert_eq!((u.files, u.bytes), (vec![PathBuf::from("model.onnx")], 7));
+        assert!(!dest.join("extra").exists(), "a file not chosen was written");
+        // a limit on what is written does not count the files skipped
+        let small = Limits { max_bytes: 100, ..Limits::default() };
+        let dest2 = dir.path().join("out2");
+        std::fs::create_dir(&dest2).unwrap();
+        assert!(unpack_only(&archive, &dest2, small, &|p| p == Path::new("model.onnx")).is_ok());
+        let msg = unpack_only(&archive, &dir.path().join("out3"), small, &|_| true).unwrap_err().to_string();
+        assert!(msg.contains("exceed the 100 byte limit"), "{msg}");
+    }
+
+    #[test]
+    fn a_name_given_twice_and_a_damaged_header_are_named() {
+        let mut tar = raw_tar("m.onnx", b'0', "", b"a");
+        tar.truncate(tar.len() - 1024);
+        tar.extend(raw_tar("./m.onnx", b'0', "", b"b"));
+        let msg = try_unpack(&tar, false).0.unwrap_err().to_string();
+        assert!(msg.contains("entry `./m.onnx` appears twice"), "{msg}");
+        let msg = try_unpack(&raw_tar("./", b'0', "", b"x"), false).0.unwrap_err().to_string();
+        assert!(msg.contains("named like the archive's top directory"), "{msg}");
+        // an end-of-archive block with garbage in its size field
+        let mut tar = raw_tar("m.onnx", b'0', "", b"a");
+        let end = tar.len() - 1024;
+        tar[end + 124..end + 136].copy_from_slice(b"zzzzzzzzzzz\0");
+        let sum: u32 = tar[end..end + 512]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
+            .sum();
+        tar[end + 148..end + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let msg = try_unpack(&tar, false).0.unwrap_err().to_string();
+        assert!(msg.contains("corrupt or truncated"), "{msg}");
     }
 }

@@ -202,7 +202,17 @@ pub struct TestSet {
     pub outputs: Vec<PathBuf>,
 }
 
-fn detect(path: &Path) -> Option<Framework> {
+/// True for the files of a tarball that [`locate`] reads: what looks like a
+/// model file, `model.json`, and ONNX-style test sets.
+pub fn needed(path: &Path, head: &[u8]) -> bool {
+    let parent = path.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().to_string());
+    path.file_name().is_some_and(|n| n == "model.json")
+        || parent.is_some_and(|p| p.starts_with("test_data_set_"))
+        || detect(path, head).is_some()
+}
+
+/// The framework of a model file, from its name and first bytes (`head`).
+fn detect(path: &Path, head: &[u8]) -> Option<Framework> {
     let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
     if name.ends_with(".onnx") {
         return Some(Framework::Onnx);
@@ -220,16 +230,10 @@ fn detect(path: &Path) -> Option<Framework> {
     if name.starts_with("xgboost-model") || name.ends_with(".ubj") {
         return Some(Framework::Xgboost);
     }
-    // the first 4 KiB only: a tarball's other files may be large
-    let mut head = Vec::with_capacity(4096);
-    if let Ok(f) = std::fs::File::open(path) {
-        use std::io::Read;
-        let _ = f.take(4096).read_to_end(&mut head);
-    }
     if head.len() >= 8 && &head[4..8] == b"TFL3" {
         return Some(Framework::Tflite);
     }
-    let text = String::from_utf8_lossy(&head);
+    let text = String::from_utf8_lossy(head);
     if name.ends_with(".json") && text.contains("\"learner\"") {
         return Some(Framework::Xgboost);
     }
@@ -253,7 +257,8 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
     let mut json_framework = None;
     let mut test_sets: BTreeMap<String, TestSet> = BTreeMap::new();
     let mut candidates = Vec::new();
-    for rel in &src.files {
+    for listed in &src.listing {
+        let rel = &listed.path;
         let file_name = rel.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let parent = rel.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().to_string());
         if file_name == "model.json" {
@@ -280,9 +285,9 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
             }
             continue;
         }
-        if let Some(fw) = detect(&root.join(rel)) {
+        if let Some(fw) = detect(rel, &listed.head) {
             candidates.push((rel.clone(), fw));
-        } else if let Some(fw) = forced.filter(|_| src.files.len() == 1) {
+        } else if let Some(fw) = forced.filter(|_| src.listing.len() == 1) {
             candidates.push((rel.clone(), fw));
         }
     }
@@ -290,12 +295,12 @@ pub fn locate(src: &Source, forced: Option<Framework>) -> Result<Located> {
         [] => bail!(
             "{}: no model file found (looked for *.onnx, *.nnef.tgz, *.tflite, xgboost-model*, LightGBM text models){}",
             src.given,
-            if src.files.is_empty() {
+            if src.listing.is_empty() {
                 String::new()
             } else {
                 format!(
                     "; it holds: {}",
-                    src.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+                    src.listing.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>().join(", ")
                 )
             }
         ),
@@ -423,9 +428,7 @@ pub fn onnx(
     }
     crate::onnx_prep::fold_ifs(proto, inputs)?;
     let graph = proto.graph.as_ref().expect("checked above");
-    let mut list = Vec::new();
-    preflight(graph, &onnx, &mut list);
-    crate::onnx_prep::data_dependent_ifs(graph, &mut list);
+    let list = coverage(graph, &onnx);
     if !list.is_empty() {
         return Err(ImportError::UnsupportedOps { target: target.into(), list }.into());
     }
@@ -457,6 +460,16 @@ pub fn inputs_without_facts(model: &InferenceModel) -> Vec<String> {
         })
         .map(|(_, o)| model.node(o.node).name.clone())
         .collect()
+}
+
+/// The coverage pre-flight: every operator of the graph (and its
+/// sub-graphs) that nothing can run or the bundle cannot carry, and every
+/// `If` whose condition depends on data, all at once.
+pub fn coverage(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx) -> Vec<Unsupported> {
+    let mut list = Vec::new();
+    preflight(graph, onnx, &mut list);
+    crate::onnx_prep::data_dependent_ifs(graph, &mut list);
+    list
 }
 
 fn preflight(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx, list: &mut Vec<Unsupported>) {

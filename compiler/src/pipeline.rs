@@ -149,6 +149,8 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     let imported = match located.framework {
         Framework::Onnx => {
             let mut proto = import::onnx_proto(&located)?;
+            src.fetch_external(located.path.strip_prefix(src.root()).unwrap_or(&located.path), &proto)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
             let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
             if crate::trees::has_tree_ops(graph) {
                 Imported::Trees(
@@ -930,12 +932,7 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
     }
 
     timer.start("serialize", "writing the NNEF model");
-    let metadata = take_text_properties(&mut model);
-    let ascii = ascii_names(&model);
-    let nnef_tar = nnef
-        .write_to_tar_with_config(ascii.as_ref().unwrap_or(&model), Vec::new(), false, true)
-        .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
-    let nnef_tar = canonical_tar(&nnef_tar).context("re-encoding the NNEF archive")?;
+    let (nnef_tar, metadata) = write_nnef(&mut model, &nnef)?;
     // registries beyond tract_onnx are named only when the graph uses them
     let mut registries = vec!["tract_onnx".to_string()];
     for r in ["tract_transformers", neoc_runtime::engine::NEOC_REGISTRY] {
@@ -971,6 +968,22 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
         metadata,
     })
+}
+
+/// The model as the bundle's NNEF archive (canonical tar), written so that
+/// tract's reader takes it back whatever its names and properties: text
+/// properties move out (returned, for the manifest) and names are made
+/// ASCII. The model keeps its names.
+pub fn write_nnef(
+    model: &mut TypedModel,
+    nnef: &tract_nnef::internal::Nnef,
+) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
+    let metadata = take_text_properties(model);
+    let ascii = ascii_names(model);
+    let tar = nnef
+        .write_to_tar_with_config(ascii.as_ref().unwrap_or(model), Vec::new(), false, true)
+        .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
+    Ok((canonical_tar(&tar).context("re-encoding the NNEF archive")?, metadata))
 }
 
 /// The model with every node name made ASCII (`日本` → `_u65e5_u672c`), or

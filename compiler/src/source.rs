@@ -3,13 +3,19 @@
 //!
 //! Whatever the source, the result is a fresh working directory holding the
 //! model file(s), the sha256 of what was fetched, and the tarball's
-//! `model.json` and ONNX-style `test_data_set_*` if it had them.
+//! `model.json` and ONNX-style `test_data_set_*` if it had them. A tarball's
+//! other files are listed, never unpacked: a checkpoint or a notebook beside
+//! the model costs the time to decompress it, not disk or memory. The
+//! external data files an ONNX model names are fetched once the model has
+//! been read ([`Source::fetch_external`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use neoc_bundle::unpack::{self, Limits};
+use std::path::Component;
+
+use neoc_bundle::unpack::{self, Limits, Listed};
 
 use crate::registry::{self, Access, Fetched, Reference, Store};
 
@@ -34,13 +40,116 @@ pub struct Source {
     pub digest: String,
     /// Holds everything unpacked; dropped (deleted) with the source.
     pub workdir: tempfile::TempDir,
-    /// Regular files unpacked, relative to `workdir`.
+    /// Every regular file the source holds, relative to `workdir`, with its
+    /// size and first bytes; on disk only those in `files`.
+    pub listing: Vec<Listed>,
+    /// Regular files on disk, relative to `workdir`.
     pub files: Vec<PathBuf>,
+    /// Where more of the model's files can come from.
+    origin: Origin,
+}
+
+#[derive(Debug)]
+enum Origin {
+    /// A tarball (the file given, or the fetched blob inside `workdir`),
+    /// unpacked under this directory of `workdir`.
+    Archive(PathBuf, PathBuf),
+    /// A model file given alone: the directory it was in.
+    Beside(PathBuf),
+    None,
 }
 
 impl Source {
     pub fn root(&self) -> &Path {
         self.workdir.path()
+    }
+
+    /// Brings the external data files that the ONNX model at `model` (in
+    /// `workdir`) names into `workdir` beside it: from the tarball, or from
+    /// beside a model file given alone. Each location must be a plain
+    /// relative path the source holds.
+    pub fn fetch_external(&self, model: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+        let mut locations = std::collections::BTreeMap::new();
+        if let Some(g) = &proto.graph {
+            external_locations(g, &mut locations);
+        }
+        if locations.is_empty() {
+            return Ok(());
+        }
+        let dir = model.parent().unwrap_or(Path::new(""));
+        let mut wanted = std::collections::HashSet::new();
+        for (location, tensor) in &locations {
+            let rel = Path::new(location);
+            if location.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+                bail!(
+                    "tensor `{tensor}`: its external data location {location:?} is not a relative path inside the model's directory"
+                );
+            }
+            let on_disk = self.root().join(dir).join(rel);
+            if on_disk.is_file() {
+                continue;
+            }
+            match &self.origin {
+                Origin::Archive(_, under) => {
+                    let in_archive = dir.strip_prefix(under).unwrap_or(dir).join(rel);
+                    let in_archive: PathBuf = in_archive.components().filter(|c| !matches!(c, Component::CurDir)).collect();
+                    if !self.listing.iter().any(|l| l.path == under.join(&in_archive)) {
+                        bail!(
+                            "tensor `{tensor}` keeps its data in `{location}`, which the tarball does not hold\nhint: pack the model's external data files beside it (`onnx.save(..., save_as_external_data=True)` writes them next to the .onnx)"
+                        );
+                    }
+                    wanted.insert(in_archive);
+                }
+                Origin::Beside(from) => {
+                    let src = from.join(rel);
+                    if !src.is_file() {
+                        bail!(
+                            "tensor `{tensor}` keeps its data in `{location}`, which is not beside the model ({} is missing)\nhint: keep the external data files next to the .onnx, or pack them all in a model tarball",
+                            src.display()
+                        );
+                    }
+                    if let Some(p) = on_disk.parent() {
+                        std::fs::create_dir_all(p)?;
+                    }
+                    std::fs::copy(&src, &on_disk).with_context(|| format!("copying {}", src.display()))?;
+                }
+                Origin::None => bail!(
+                    "tensor `{tensor}` keeps its data in `{location}`, but the model came as one file\nhint: push a tarball holding the model and its external data files"
+                ),
+            }
+        }
+        if let Origin::Archive(archive, under) = &self.origin {
+            if !wanted.is_empty() {
+                unpack::unpack_only(archive, &self.root().join(under), Limits::default(), &|p| wanted.contains(p))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `location` → a tensor that keeps its data there, for every tensor of the
+/// graph and its sub-graphs stored outside the model file.
+fn external_locations(g: &tract_onnx::pb::GraphProto, out: &mut std::collections::BTreeMap<String, String>) {
+    let mut note = |t: &tract_onnx::pb::TensorProto| {
+        if let Some(loc) = t.external_data.iter().find(|e| e.key == "location") {
+            out.entry(loc.value.clone()).or_insert_with(|| t.name.clone());
+        }
+    };
+    for t in &g.initializer {
+        note(t);
+    }
+    for s in &g.sparse_initializer {
+        s.values.iter().chain(s.indices.iter()).for_each(&mut note);
+    }
+    let mut graphs = Vec::new();
+    for n in &g.node {
+        for a in &n.attribute {
+            a.t.iter().chain(a.tensors.iter()).for_each(&mut note);
+            graphs.extend(a.g.iter().chain(a.graphs.iter()));
+        }
+    }
+    for sub in graphs {
+        external_locations(sub, out);
     }
 }
 
@@ -123,16 +232,18 @@ fn is_archive(path: &Path) -> Result<bool> {
 fn from_path(given: &str, path: &Path) -> Result<Source> {
     let dir = workdir()?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let (files, digest) = if path.is_dir() {
+    let (listing, files, digest, origin) = if path.is_dir() {
         bail!("{given} is a directory; pass a model file or a model tarball")
     } else if is_archive(path)? {
         let digest = registry::digest_file(path)?.0;
-        let u = unpack::unpack(path, dir.path(), Limits::default())?;
-        (u.files, digest)
+        let (listing, files) = unpack_needed(path, dir.path(), Path::new(""))?;
+        (listing, files, digest, Origin::Archive(path.to_path_buf(), PathBuf::new()))
     } else {
         let digest = registry::digest_file(path)?.0;
-        std::fs::copy(path, dir.path().join(&file_name)).with_context(|| format!("copying {given}"))?;
-        (vec![PathBuf::from(&file_name)], digest)
+        let copy = dir.path().join(&file_name);
+        std::fs::copy(path, &copy).with_context(|| format!("copying {given}"))?;
+        let beside = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        (vec![listed(&copy, &file_name)?], vec![PathBuf::from(&file_name)], digest, Origin::Beside(beside))
     };
     let stem = file_name
         .trim_end_matches(".tar.gz")
@@ -158,8 +269,48 @@ fn from_path(given: &str, path: &Path) -> Result<Source> {
         version: "0".into(),
         digest,
         workdir: dir,
+        listing,
         files,
+        origin,
     })
+}
+
+/// A file on disk as a listing entry.
+fn listed(path: &Path, rel: impl AsRef<Path>) -> Result<Listed> {
+    let mut head = Vec::with_capacity(unpack::HEAD_BYTES);
+    let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let size = f.metadata()?.len();
+    f.take(unpack::HEAD_BYTES as u64).read_to_end(&mut head)?;
+    Ok(Listed { path: rel.as_ref().to_path_buf(), size, head })
+}
+
+/// Lists the tarball and unpacks into `dest` what a model can need of it:
+/// what `import::detect` takes for a model file, `model.json`, ONNX-style
+/// test sets, every file beside an NNEF `graph.nnef` (its tensors), or the
+/// one file of a one-file tarball. Paths come back under `under`.
+fn unpack_needed(archive: &Path, dest: &Path, under: &Path) -> Result<(Vec<Listed>, Vec<PathBuf>)> {
+    let limits = Limits::default();
+    let mut listing = unpack::list(archive, limits)?;
+    let nnef_dirs: Vec<&Path> = listing
+        .iter()
+        .filter(|l| l.path.file_name().is_some_and(|n| n == "graph.nnef"))
+        .map(|l| parent(&l.path))
+        .collect();
+    let one = listing.len() == 1;
+    let wanted: std::collections::HashSet<PathBuf> = listing
+        .iter()
+        .filter(|l| one || crate::import::needed(&l.path, &l.head) || nnef_dirs.contains(&parent(&l.path)))
+        .map(|l| l.path.clone())
+        .collect();
+    let u = unpack::unpack_only(archive, dest, limits, &|p| wanted.contains(p))?;
+    for l in &mut listing {
+        l.path = under.join(&l.path);
+    }
+    Ok((listing, u.files.into_iter().map(|f| under.join(f)).collect()))
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new(""))
 }
 
 fn sanitize(s: &str) -> String {
@@ -195,21 +346,33 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
     store.fetch_blob(layer, &blob)?;
     let unpacked = dir.path().join("model");
     std::fs::create_dir(&unpacked)?;
-    let mut files: Vec<PathBuf> = if is_archive(&blob)? {
-        let u = unpack::unpack(&blob, &unpacked, Limits::default())?;
-        u.files.into_iter().map(|f| Path::new("model").join(f)).collect()
+    // the blob stays in `.fetched` while the source lives: the ONNX model's
+    // external data files are unpacked from it once the model has been read
+    let (mut listing, mut files, origin) = if is_archive(&blob)? {
+        let (listing, files) = unpack_needed(&blob, &unpacked, Path::new("model"))?;
+        if listing.iter().any(|l| l.path.to_string_lossy().to_ascii_lowercase().ends_with(".onnx")) {
+            (listing, files, Origin::Archive(blob, PathBuf::from("model")))
+        } else {
+            std::fs::remove_dir_all(&fetched).ok();
+            (listing, files, Origin::None)
+        }
     } else {
         // one model file (a ModelPack weight, an `oras push model.onnx`)
-        std::fs::rename(&blob, unpacked.join(&file_name))?;
-        vec![Path::new("model").join(&file_name)]
+        let to = unpacked.join(&file_name);
+        std::fs::rename(&blob, &to)?;
+        std::fs::remove_dir_all(&fetched).ok();
+        let rel = Path::new("model").join(&file_name);
+        (vec![listed(&to, &rel)?], vec![rel], Origin::None)
     };
-    std::fs::remove_dir_all(&fetched).ok();
     // the artifact's input configuration, when the tarball carries none
     if let Some(cfg) = m.annotations.get(ANN_INPUT_CONFIG) {
-        if !files.iter().any(|f| f.file_name().is_some_and(|n| n == "model.json")) {
+        if !listing.iter().any(|f| f.path.file_name().is_some_and(|n| n == "model.json")) {
             let doc = serde_json::json!({ "DataInputConfig": cfg });
-            std::fs::write(unpacked.join("model.json"), serde_json::to_vec(&doc)?)?;
-            files.push(Path::new("model").join("model.json"));
+            let path = unpacked.join("model.json");
+            std::fs::write(&path, serde_json::to_vec(&doc)?)?;
+            let rel = Path::new("model").join("model.json");
+            listing.push(listed(&path, &rel)?);
+            files.push(rel);
         }
     }
     let name = m
@@ -228,7 +391,9 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
         version: sanitize(&version),
         digest: layer.digest.clone(),
         workdir: dir,
+        listing,
         files,
+        origin,
     })
 }
 

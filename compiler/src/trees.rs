@@ -59,22 +59,27 @@ fn array<'a>(v: &'a Value, key: &str, tree: usize) -> Result<&'a Vec<Value>> {
     v.get(key).and_then(|x| x.as_array()).with_context(|| format!("tree {tree}: `{key}` is missing or not an array"))
 }
 
-/// Parses XGBoost's JSON model format (`Booster.save_model("*.json")`), or
-/// its binary twin UBJSON (`*.ubj`, XGBoost's default since 2.1).
 /// The most input features a tree model may declare: its rows are a flat
 /// f32 array, and a width beyond is a corrupt or hostile file.
 pub const MAX_FEATURES: usize = 1 << 24;
 /// The most classes: the labels are listed in the bundle.
 pub const MAX_CLASSES: usize = 1 << 16;
 
+/// Parses XGBoost's JSON model format (`Booster.save_model("*.json")`), or
+/// its binary twin UBJSON (`*.ubj`, XGBoost's default since 2.1). Errors
+/// do not name the file: the caller does.
 pub fn xgboost_json(path: &Path) -> Result<TreeModel> {
-    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    let bytes = std::fs::read(path).context("reading the model")?;
+    xgboost_bytes(&bytes)
+}
+
+/// [`xgboost_json`] on the file's bytes.
+pub fn xgboost_bytes(bytes: &[u8]) -> Result<TreeModel> {
     let doc: Value =
         if bytes.first() == Some(&b'{') && bytes.get(1).is_some_and(|b| !b.is_ascii_whitespace() && *b != b'"') {
-            ubjson(&bytes).map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost UBJSON model ({e})", path.display()))?
+            ubjson(bytes).map_err(|e| anyhow::anyhow!("not a valid XGBoost UBJSON model ({e})"))?
         } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: not a valid XGBoost JSON model ({e})", path.display()))?
+            serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("not a valid XGBoost JSON model ({e})"))?
         };
     let learner = doc.get("learner").context("XGBoost model has no `learner` (is this an XGBoost JSON model?)")?;
     let params = learner.get("learner_model_param").context("XGBoost model has no `learner_model_param`")?;
@@ -339,14 +344,19 @@ fn logit(p: f32) -> f32 {
 
 // ------------------------------------------------------------------ LightGBM
 
-/// Parses LightGBM's text model format (`Booster.save_model()`).
+/// Parses LightGBM's text model format (`Booster.save_model()`). Errors do
+/// not name the file: the caller does.
 pub fn lightgbm_text(path: &Path) -> Result<TreeModel> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a LightGBM text model ({e})", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("not a LightGBM text model ({e})"))?;
+    lightgbm_str(&text)
+}
+
+/// [`lightgbm_text`] on the file's text.
+pub fn lightgbm_str(text: &str) -> Result<TreeModel> {
     let mut blocks = text.split("\nTree=");
     let header = blocks.next().unwrap_or("");
     if !header.starts_with("tree") {
-        bail!("{}: not a LightGBM text model (it does not start with `tree`)", path.display());
+        bail!("not a LightGBM text model (it does not start with `tree`)");
     }
     let kv = |block: &str| -> BTreeMap<String, String> {
         block

@@ -303,10 +303,14 @@ fn wrong_missing_or_mixed_up_keys_are_refused() {
     assert!(err.contains("not trusted") && err.contains("--trusted-key"), "{err}");
     let err = fails(run("neorun", d, &["check", "good.neo"], &[], None), 1);
     assert!(err.contains("no trusted key"), "{err}");
-    let err = fails(run("neorun", d, &["check", "good.neo", "--trusted-key", "nope.pub"], &[], None), 3);
-    assert!(err.contains("nope.pub"), "{err}");
-    let err = fails(run("neorun", d, &["check", "good.neo", "--trusted-key", "k.key"], &[], None), 3);
+    // a key that cannot be used is a set-up error (exit 1), not a verdict on the bundle (exit 3)
+    let err = fails(run("neorun", d, &["check", "good.neo", "--trusted-key", "nope.pub"], &[], None), 1);
+    assert!(err.contains("--trusted-key") && err.contains("nope.pub") && !err.contains("bundle refused"), "{err}");
+    let err = fails(run("neorun", d, &["check", "good.neo", "--trusted-key", "k.key"], &[], None), 1);
     assert!(err.contains("secret key"), "{err}");
+    // trusting no key at all (--allow-unsigned only) names no empty list
+    let err = fails(run("neorun", d, &["check", "good.neo", "--allow-unsigned"], &[], None), 3);
+    assert!(err.contains("no key is trusted") && !err.contains("trusted: )"), "{err}");
     // signing: a public key, a missing key, no key at all
     let registry = root().join("models/registry");
     let reg = registry.to_str().unwrap();

@@ -448,3 +448,57 @@ open(os.path.join(d, "x.json"), "w").write('{"inputs": ' + str(x.tolist()) + '}'
     let e = fails(run("neorun", d, &["check", "tampered.neo", "--trusted-key", "k.pub"], &[], None), 3);
     assert!(e.contains("digest") || e.contains("refused"), "{e}");
 }
+
+/// Weights kept outside the `.onnx` (`save_as_external_data`, what exporters
+/// write for models past protobuf's 2 GB): the files the model names are
+/// unpacked from a tarball (and only they: the notes beside them are not),
+/// or copied from beside a model file given alone; a file the tarball lacks
+/// or a location outside the model's directory is an error naming the tensor.
+#[test]
+fn external_data_is_fetched_from_the_tarball_or_beside_the_model() {
+    let dir = scratch();
+    let d = dir.path();
+    let script = r#"
+import os, sys, tarfile
+import numpy as np, onnx, onnxruntime as ort
+from onnx import helper as h, TensorProto as T, numpy_helper
+d = sys.argv[1]
+w = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+m = h.make_model(h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+     [h.make_tensor_value_info("x", T.FLOAT, [1, 4])], [h.make_tensor_value_info("y", T.FLOAT, [1, 3])],
+     [numpy_helper.from_array(w, "w")]), opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+os.makedirs(d + "/ext/weights")
+onnx.save(m, d + "/ext/model.onnx", save_as_external_data=True, location="weights/w.bin", size_threshold=0)
+with open(d + "/ext/notes.bin", "wb") as f:
+    f.write(os.urandom(1 << 16))
+with tarfile.open(d + "/ext.tar.gz", "w:gz") as t:
+    for n in ("model.onnx", "weights/w.bin", "notes.bin"):
+        t.add(d + "/ext/" + n, arcname=n)
+with tarfile.open(d + "/lacking.tar.gz", "w:gz") as t:
+    t.add(d + "/ext/model.onnx", arcname="model.onnx")
+m2 = onnx.load(d + "/ext/model.onnx", load_external_data=False)
+m2.graph.initializer[0].external_data[0].value = "../w.bin"
+onnx.save(m2, d + "/escape.onnx")
+y = ort.InferenceSession(d + "/ext/model.onnx").run(None, {"x": np.array([[1, 2, 3, 4]], np.float32)})[0]
+print(" ".join(str(v) for v in y.ravel()))
+"#;
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: Vec<f64> = String::from_utf8_lossy(&o.stdout).split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let tmp_env = [("TMPDIR", tmp.to_str().unwrap())];
+    ok(run("neoc", d, &compile_args("ext.tar.gz", "tar.neo", &[]), &tmp_env, None));
+    ok(run("neoc", d, &compile_args("ext/model.onnx", "file.neo", &[]), &tmp_env, None));
+    for b in ["tar.neo", "file.neo"] {
+        let p = ok(predict_body(d, b, r#"{"inputs": [[1, 2, 3, 4]]}"#));
+        assert_close(&response_data(&p), &want, 1e-5);
+    }
+    let e = fails(run("neoc", d, &compile_args("lacking.tar.gz", "x.neo", &[]), &tmp_env, None), 1);
+    assert!(e.contains("tensor `w` keeps its data in `weights/w.bin`, which the tarball does not hold"), "{e}");
+    assert!(e.contains("hint:"), "{e}");
+    let e = fails(run("neoc", d, &compile_args("escape.onnx", "x.neo", &[]), &tmp_env, None), 1);
+    assert!(e.contains("tensor `w`") && e.contains("\"../w.bin\" is not a relative path inside"), "{e}");
+    assert!(!d.join("x.neo").exists());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "neoc left temporary files");
+}

@@ -193,7 +193,7 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "neorun_errors",
-            "Inference requests answered with an error, by status class",
+            "Inference requests answered with an error, by status class (a model error, answered 424 ModelError, is the model's 5xx)",
             errors.clone(),
         );
         let duration = Histograms::new_with_constructor(latency as fn() -> Histogram);

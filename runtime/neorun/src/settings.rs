@@ -24,7 +24,8 @@ pub fn open_options(load: &LoadArgs, threads: Option<usize>) -> Result<OpenOptio
     };
     let mut trusted_keys = Vec::new();
     for p in &load.trusted_keys {
-        trusted_keys.push(TrustedKey::from_file(p).map_err(|e| Failure::Refused(e.into()))?);
+        // a key that cannot be read is the set-up's fault, not the bundle's (exit 1, not 3)
+        trusted_keys.push(TrustedKey::from_file(p).map_err(|e| Failure::Other(anyhow!("--trusted-key: {e}")))?);
     }
     if trusted_keys.is_empty() && !load.allow_unsigned {
         return Err(Failure::Other(anyhow!(

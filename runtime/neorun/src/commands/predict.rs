@@ -46,7 +46,8 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let rows = batch.rows;
     let outputs = model.predict(batch).map_err(|e| match e {
         PredictError::BadRequest(b) => Failure::BadRequest(b.0),
-        PredictError::Engine(m) => Failure::Other(anyhow!("inference failed: {m}")),
+        // the engine failed on this input (the model's error for it, as the server's 424): exit 4
+        PredictError::Engine(m) => Failure::BadRequest(format!("inference failed: {m}")),
     })?;
     let names = model.output_names();
     let out = match accept {

@@ -72,10 +72,10 @@ pub async fn endpoint_invocations(
         }
         Err((e, model_time)) => (e.into_response(), model_time),
     };
-    variant.series.invoked(resp.status().as_u16(), started.elapsed(), model_time);
-    let model_error = resp.headers().get("x-amzn-ErrorType").is_some_and(|v| v == "ModelError");
-    variant.counters.invoked(resp.status().as_u16(), model_error, started.elapsed(), model_time);
-    variant.live.series.answered(started.elapsed(), resp.status().as_u16());
+    let (status, model_error) = super::error::counted(&resp);
+    variant.series.invoked(status, started.elapsed(), model_time);
+    variant.counters.invoked(status, model_error, started.elapsed(), model_time);
+    variant.live.series.answered(started.elapsed(), status);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&variant.name) {
         h.insert("X-Amzn-Invoked-Production-Variant", v);

@@ -5,6 +5,14 @@
 //! botocore raises (`ValidationError`, `ModelError`, `ServiceUnavailable`,
 //! `InternalFailure`, SageMaker Runtime's names). The inference layer's
 //! errors are mapped to statuses here and nowhere else.
+//!
+//! An engine that fails on an input it accepted (a panic, an integer
+//! division by zero inside the graph) is answered `424 ModelError`, as
+//! SageMaker's InvokeEndpoint answers when the model's container fails: the
+//! request is what made the model fail, and the server is fine. The metrics
+//! count it as the model's 5xx ([`counted`]), as SageMaker's
+//! `Invocation5XXErrors` counts the 500s its container returns, so alarms
+//! and rollbacks see a failing model.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -54,10 +62,26 @@ impl From<InferError> for ApiError {
             InferError::UnknownModel { .. } => ApiError::not_found(message),
             InferError::BadRequest(_) => ApiError::bad(message),
             InferError::Engine(_) => {
-                ApiError { model_error: true, ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message) }
+                ApiError { model_error: true, ..ApiError::new(StatusCode::FAILED_DEPENDENCY, message) }
             }
             InferError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
+    }
+}
+
+/// The status the metrics count for a response, and whether the model
+/// failed: a `ModelError` counts as the model's 500 (see the module doc).
+pub fn counted(resp: &Response) -> (u16, bool) {
+    let model_error = resp.headers().get("x-amzn-ErrorType").is_some_and(|v| v == "ModelError");
+    (if model_error { 500 } else { resp.status().as_u16() }, model_error)
+}
+
+/// [`counted`] for a result not yet turned into a response.
+pub fn counted_result(r: &Result<Response, ApiError>) -> (u16, bool) {
+    match r {
+        Ok(resp) => counted(resp),
+        Err(e) if e.model_error => (500, true),
+        Err(e) => (e.status.as_u16(), false),
     }
 }
 
@@ -70,8 +94,8 @@ impl From<BadRequest> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match self.status.as_u16() {
+            _ if self.model_error => "ModelError",
             401 | 403 => "AccessDeniedException",
-            500 if self.model_error => "ModelError",
             503 => "ServiceUnavailable",
             s if s >= 500 => "InternalFailure",
             _ => "ValidationError",

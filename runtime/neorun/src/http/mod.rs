@@ -218,11 +218,7 @@ async fn read_body(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
 
 /// Counts an inference request and its outcome in the model's metrics.
 fn account(live: &LiveModel, started: Instant, r: &Result<Response, ApiError>) {
-    let status = match r {
-        Ok(resp) => resp.status().as_u16(),
-        Err(e) => e.status.as_u16(),
-    };
-    live.series.answered(started.elapsed(), status);
+    live.series.answered(started.elapsed(), error::counted_result(r).0);
 }
 
 /// `/metrics`: OpenMetrics when the scraper asks for it, else the

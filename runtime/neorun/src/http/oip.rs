@@ -109,12 +109,8 @@ async fn infer_any(
             let variant = &fleet.variants[i];
             let t = Instant::now();
             let r = answer(&st, &variant.live, &model, &headers, body).await;
-            let status = match &r {
-                Ok(resp) => resp.status().as_u16(),
-                Err(e) => e.status.as_u16(),
-            };
-            // the engine's failures are 500s (overload, 503, is not the model's)
-            let model_error = status == 500;
+            // the engine's failures count as the model's 5xx (overload, 503, is not the model's)
+            let (status, model_error) = super::error::counted_result(&r);
             variant.series.invoked(status, started.elapsed(), Some(t.elapsed()));
             variant.counters.invoked(status, model_error, started.elapsed(), Some(t.elapsed()));
             account(&variant.live, started, &r);

@@ -1,0 +1,5 @@
+//! XGBoost's JSON and UBJSON model formats.
+//! The body is `neoc_fuzz_harness::xgboost` (fuzz/harness), shared with CI's
+//! stable run of it.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| neoc_fuzz_harness::xgboost(data));
