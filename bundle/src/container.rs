@@ -116,12 +116,7 @@ pub fn encode(
 /// directory, renamed into place, so no partial bundle is ever left under the
 /// final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| BundleError::io(path, std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = temporary_for(path)?;
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -133,6 +128,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
         return Err(BundleError::io(path, e));
     }
     Ok(())
+}
+
+/// The temporary file [`write_atomic`] writes `path` through (in the same
+/// directory, named after this process), for a caller that must remove it
+/// if the process is stopped mid-write.
+pub fn temporary_for(path: &Path) -> Result<PathBuf, BundleError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| BundleError::io(path, std::io::Error::other("not a file path")))?;
+    Ok(dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id())))
 }
 
 /// Reads a tar header block and the entry's name and size, and checks the

@@ -445,6 +445,7 @@ fn compile(args: CompileArgs) -> Result<()> {
             (Some(dir), true) => dir.join(pipeline::default_output(m)),
             (None, _) => pipeline::default_output(m),
         };
+        neoc_compiler::cleanup::track_file(container::temporary_for(&out)?);
         container::write_atomic(&out, &bytes)?;
         let digest = neoc_bundle::digest::sha256(&bytes);
         let mut prov_path = None;
@@ -458,6 +459,7 @@ fn compile(args: CompileArgs) -> Result<()> {
             let st = provenance::statement(&name, &digest, m, options);
             let env = provenance::envelope(&st, k);
             let p = PathBuf::from(format!("{}.intoto.jsonl", out.display()));
+            neoc_compiler::cleanup::track_file(container::temporary_for(&p)?);
             container::write_atomic(&p, &env)?;
             prov_path = Some(p);
             envelope = Some(env);

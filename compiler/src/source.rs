@@ -10,11 +10,9 @@
 //! been read ([`Source::fetch_external`]).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use std::path::Component;
-
 use neoc_bundle::unpack::{self, Limits, Listed};
 
 use crate::registry::{self, Access, Fetched, Reference, Store};
@@ -286,8 +284,9 @@ fn listed(path: &Path, rel: impl AsRef<Path>) -> Result<Listed> {
 
 /// Lists the tarball and unpacks into `dest` what a model can need of it:
 /// what `import::detect` takes for a model file, `model.json`, ONNX-style
-/// test sets, every file beside an NNEF `graph.nnef` (its tensors), or the
-/// one file of a one-file tarball. Paths come back under `under`.
+/// test sets, every file in the directory of an NNEF `graph.nnef` and
+/// below (its tensors), or the one file of a one-file tarball. Paths come
+/// back under `under`.
 fn unpack_needed(archive: &Path, dest: &Path, under: &Path) -> Result<(Vec<Listed>, Vec<PathBuf>)> {
     let limits = Limits::default();
     let mut listing = unpack::list(archive, limits)?;
@@ -299,7 +298,7 @@ fn unpack_needed(archive: &Path, dest: &Path, under: &Path) -> Result<(Vec<Liste
     let one = listing.len() == 1;
     let wanted: std::collections::HashSet<PathBuf> = listing
         .iter()
-        .filter(|l| one || crate::import::needed(&l.path, &l.head) || nnef_dirs.contains(&parent(&l.path)))
+        .filter(|l| one || crate::import::needed(&l.path, &l.head) || nnef_dirs.iter().any(|d| l.path.starts_with(d)))
         .map(|l| l.path.clone())
         .collect();
     let u = unpack::unpack_only(archive, dest, limits, &|p| wanted.contains(p))?;
