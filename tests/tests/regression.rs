@@ -288,6 +288,50 @@ fn an_input_the_engine_fails_on_fails_only_its_own_request_with_a_4xx() {
     assert_eq!(counted("4xx"), 0.0, "{m}");
 }
 
+/// SIGTERM cut requests the server had already accepted (1 to 14 per
+/// SIGTERM in the probe). Now requests in flight when it comes are answered
+/// (200), readiness says 503 while they finish, and the server exits 0.
+/// (Its first run found a second defect: two convolutions on one model's
+/// thread pool, one stolen by a thread waiting inside the other's GEMM,
+/// panicked on the thread's shared im2col buffer — `RefCell already
+/// borrowed`, answered 424.)
+#[test]
+fn requests_in_flight_at_sigterm_are_answered() {
+    let dir = scratch();
+    let d = dir.path();
+    slow_model(d);
+    let mut s = serve_with(&bin("neorun"), d, &["slow.neo", "--threads", "2", "--max-batch", "1"]);
+    let row = vec!["0.5"; 64 * 8 * 8].join(",");
+    let url = format!("{}/invocations", s.base);
+    let alone = alone_us(d);
+    let inflight: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, row) = (url.clone(), row.clone());
+            std::thread::spawn(move || post(&url, &[CSV], row.as_bytes(), Duration::from_secs(60)))
+        })
+        .collect();
+    // all four sent and being worked on (two running, two queued)
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(100));
+    let ready = get(&format!("{}/ping", s.base)).map(|r| r.0);
+    for h in inflight {
+        let (code, body) = h.join().unwrap().expect("an answer to a request sent before SIGTERM");
+        assert_eq!(code, 200, "{body} (one run takes {alone} µs)");
+    }
+    // while draining, a new connection is refused or told 503 (not 200)
+    assert_ne!(ready, Some(200), "readiness said 200 while draining");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
 /// Requests hyper cannot parse were answered by hyper itself with an empty
 /// 400, 414 or 431 (18 of the probe's 332 error responses had no JSON
 /// body); each is a JSON error now, and the server answers on.

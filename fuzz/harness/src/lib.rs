@@ -153,7 +153,8 @@ pub fn onnx_preflight(data: &[u8]) {
 /// arbitrary names and text properties: the bytes split at U+0001 give the
 /// input name, the node name, the output label, then property keys and
 /// values. Whatever neoc writes must read back, with the same graph and
-/// every property carried beside it.
+/// every property carried beside it. (Running the model read back is left
+/// to the tests: it would halve the executions a fuzz run gets.)
 pub fn nnef_round_trip(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.split('\u{1}');
@@ -191,9 +192,8 @@ pub fn nnef_round_trip(data: &[u8]) {
         panic!("neoc wrote an NNEF model tract cannot read back ({e:#}): names {input:?} {node:?} {output:?}")
     });
     assert_eq!(back.nodes().len(), 2, "the graph changed in the round trip");
-    let out = back.into_runnable().and_then(|p| p.run(tvec!(tensor2(&[[-1f32, 2., -3., 4.]]).into_tvalue())));
-    let out = out.unwrap_or_else(|e| panic!("the model read back does not run: {e:#}"));
-    assert_eq!(out[0].to_plain_array_view::<f32>().expect("f32").as_slice(), Some(&[1f32, 2., 3., 4.][..]));
+    let fact = back.output_fact(0).expect("an output");
+    assert_eq!((fact.datum_type, fact.shape.as_concrete()), (f32::datum_type(), Some(&[1usize, 4][..])));
 }
 
 /// Deterministic byte mutations of `seed`, in the spirit of libFuzzer's:

@@ -252,15 +252,22 @@ fn conv(g: &ConvGeo, n: usize, x: &[f32], kernel: &[f32], bias: &[f32], y: &mut 
     }
     // output rows per band of the im2col matrix
     let band = if g.direct() { g.win.oh } else { (COLUMNS_LIMIT / (kg * g.win.ow).max(1)).clamp(1, g.win.oh) };
-    COLUMNS.with_borrow_mut(|columns| {
-        // reused between calls: a fresh buffer each time cost page faults
-        // (and their serialisation in the kernel) on every convolution
-        let len = if g.direct() { 0 } else { kg * band * g.win.ow };
-        if columns.len() < len {
-            *columns = vec![0f32; len];
+    // reused between calls: a fresh buffer each time cost page faults (and
+    // their serialisation in the kernel) on every convolution. Taken out of
+    // the thread's slot, not borrowed in it: while this thread waits inside
+    // the GEMM, rayon may hand it another inference's convolution (work
+    // stealing), which finds the slot empty and uses a buffer of its own.
+    let mut columns = COLUMNS.take();
+    let len = if g.direct() { 0 } else { kg * band * g.win.ow };
+    if columns.len() < len {
+        columns = vec![0f32; len];
+    }
+    conv_bands(g, n, x, kernel, y, band, has_bias, relu, &mut columns, threads);
+    COLUMNS.with_borrow_mut(|slot| {
+        if slot.len() < columns.len() {
+            *slot = columns;
         }
-        conv_bands(g, n, x, kernel, y, band, has_bias, relu, columns, threads)
-    })
+    });
 }
 
 thread_local! {
