@@ -44,10 +44,10 @@ wait
 printf '%-16s %12s %10s %8s %8s\n' target executions exec/s cov crashes
 for t in "${targets[@]}"; do
   log="bench/out/fuzz-$t.log"
-  done_line=$(grep -E '^#[0-9]+\s+DONE' "$log" | tail -1 || true)
+  done_line=$(grep -aE '^#[0-9]+\s+DONE' "$log" | tail -1 || true)
   n=$(echo "$done_line" | sed -E 's/^#([0-9]+).*/\1/')
   cov=$(echo "$done_line" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
-  speed=$(grep -E '^stat::average_exec_per_sec' "$log" | awk '{print $2}')
+  speed=$(grep -aE '^stat::average_exec_per_sec' "$log" | tail -1 | awk '{print $2}')
   crashes=$(ls "fuzz/artifacts/$t" 2>/dev/null | wc -l)
   printf '%-16s %12s %10s %8s %8s\n' "$t" "${n:-?}" "${speed:-?}" "${cov:-?}" "$crashes"
   [ -n "$done_line" ] || { echo "  $t did not finish: see $log" >&2; tail -20 "$log" >&2; }

@@ -979,27 +979,66 @@ pub fn write_nnef(
     nnef: &tract_nnef::internal::Nnef,
 ) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
     let metadata = take_text_properties(model);
-    let ascii = ascii_names(model);
+    let ascii = nnef_safe_names(model);
     let tar = nnef
         .write_to_tar_with_config(ascii.as_ref().unwrap_or(model), Vec::new(), false, true)
         .map_err(|e| anyhow::anyhow!("the model cannot be written as NNEF: {e:#}"))?;
     Ok((canonical_tar(&tar).context("re-encoding the NNEF archive")?, metadata))
 }
 
-/// The model with every node name made ASCII (`日本` → `_u65e5_u672c`), or
-/// `None` when all are: tract's NNEF writer spells a non-ASCII letter as is,
-/// which its reader does not take back. The bundle's inputs and outputs keep
-/// their names in the manifest (the NNEF model is run by position).
-fn ascii_names(model: &TypedModel) -> Option<TypedModel> {
-    if model.nodes().iter().all(|n| n.name.is_ascii()) && model.outlet_labels.values().all(|l| l.is_ascii()) {
+/// Words of NNEF's grammar: a tensor so named is written as is by tract
+/// and read back as the word (`true = abs(x)` makes `true` a literal, and a
+/// different graph; found by the `nnef_round_trip` fuzz target). tract's
+/// reader also takes the start of `true_x` or `falsely` for a literal.
+const NNEF_WORDS: &[&str] = &[
+    "version",
+    "extension",
+    "fragment",
+    "graph",
+    "tensor",
+    "integer",
+    "scalar",
+    "logical",
+    "string",
+    "true",
+    "false",
+    "for",
+    "in",
+    "if",
+    "else",
+    "yield",
+    "length_of",
+    "shape_of",
+    "range_of",
+];
+
+fn nnef_word(name: &str) -> bool {
+    NNEF_WORDS.contains(&name) || name.starts_with("true") || name.starts_with("false")
+}
+
+fn nnef_safe(name: &str) -> bool {
+    name.is_ascii() && !nnef_word(name)
+}
+
+/// The model with every node name and outlet label NNEF can take back, or
+/// `None` when all are: a non-ASCII letter becomes `_uXXXX` (`日本` →
+/// `_u65e5_u672c`; tract's writer spells it as is, which its reader does
+/// not take back), and a word of NNEF's grammar gets a `_` before it. The
+/// bundle's inputs and outputs keep their names in the manifest (the NNEF
+/// model is run by position).
+fn nnef_safe_names(model: &TypedModel) -> Option<TypedModel> {
+    if model.nodes().iter().all(|n| nnef_safe(&n.name)) && model.outlet_labels.values().all(|l| nnef_safe(l)) {
         return None;
     }
     let mut m = model.clone();
     let mut taken: std::collections::HashSet<String> = m.nodes().iter().map(|n| n.name.clone()).collect();
     taken.extend(m.outlet_labels.values().cloned());
     let mut ascii = |s: &str| -> String {
-        let base: String =
+        let mut base: String =
             s.chars().map(|c| if c.is_ascii() { c.to_string() } else { format!("_u{:04x}", c as u32) }).collect();
+        if nnef_word(&base) {
+            base.insert(0, '_');
+        }
         let mut name = base.clone();
         let mut k = 1;
         while taken.contains(&name) {
@@ -1010,12 +1049,12 @@ fn ascii_names(model: &TypedModel) -> Option<TypedModel> {
         name
     };
     for node in m.nodes_mut() {
-        if !node.name.is_ascii() {
+        if !nnef_safe(&node.name) {
             node.name = ascii(&node.name);
         }
     }
     for label in m.outlet_labels.values_mut() {
-        if !label.is_ascii() {
+        if !nnef_safe(label) {
             *label = ascii(label);
         }
     }

@@ -502,3 +502,26 @@ print(" ".join(str(v) for v in y.ravel()))
     assert!(!d.join("x.neo").exists());
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "neoc left temporary files");
 }
+
+/// Node names that are words of NNEF's grammar (`true`, `graph`, or a name
+/// starting `false…`): tract wrote them as is and read them back as the
+/// word, so the model did not compile ("the runtime cannot load the
+/// compiled model"). Found by the `nnef_round_trip` fuzz target.
+#[test]
+fn node_names_that_are_nnef_words_compile() {
+    let dir = scratch();
+    let d = dir.path();
+    let script = r#"
+import sys, onnx
+from onnx import helper as h, TensorProto as T
+nodes = [h.make_node("Relu", ["x"], ["a"], name="graph"), h.make_node("Neg", ["a"], ["b"], name="true"),
+         h.make_node("Abs", ["b"], ["y"], name="falsely")]
+g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 4])], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])])
+onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), sys.argv[1] + "/words.onnx")
+"#;
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(run("neoc", d, &compile_args("words.onnx", "words.neo", &[]), &[], None));
+    let p = ok(predict_body(d, "words.neo", r#"{"inputs": [[1, -2, 3, -4]]}"#));
+    assert_eq!(response_data(&p), vec![1.0, 0.0, 3.0, 0.0]);
+}

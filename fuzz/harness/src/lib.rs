@@ -317,6 +317,9 @@ mod tests {
     fn the_nnef_round_trip_takes_the_names_tract_could_not_read_back() {
         // an apostrophe and a newline in a property, CJK names
         nnef_round_trip("入力\u{1}日本\u{1}出力\u{1}note\u{1}it's \"q\" \\ b\nc".as_bytes());
+        // the fuzz target's first find: a node named like an NNEF literal
+        nnef_round_trip(b"relu\x01true\x01iz");
+        nnef_round_trip(b"false\x01graph\x01version");
     }
 
     #[test]
