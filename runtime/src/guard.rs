@@ -14,10 +14,13 @@ thread_local! {
 
 static HOOK: Once = Once::new();
 
+/// How [`guarded`] words a panic: the start of its message.
+pub const FAILED_ON_INPUT: &str = "the engine failed on this input";
+
 /// Runs `f`; a panic inside becomes `Err(message)`, worded as an engine
 /// failure on the request's input.
 pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    caught(f).map_err(|msg| format!("the engine failed on this input: {msg}"))
+    caught(f).map_err(|msg| format!("{FAILED_ON_INPUT}: {msg}"))
 }
 
 /// Runs `f`; a panic inside becomes `Err` with the panic's own message, for

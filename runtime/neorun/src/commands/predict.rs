@@ -46,8 +46,12 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let rows = batch.rows;
     let outputs = model.predict(batch).map_err(|e| match e {
         PredictError::BadRequest(b) => Failure::BadRequest(b.0),
-        // the engine failed on this input (the model's error for it, as the server's 424): exit 4
-        PredictError::Engine(m) => Failure::BadRequest(format!("inference failed: {m}")),
+        // the engine panicked on this input (a zero divisor inside the graph, say): exit 4, bad
+        // request; an engine or device that failed otherwise (a Neuron hardware error) is exit 1
+        PredictError::Engine(m) if m.starts_with(neoc_runtime::guard::FAILED_ON_INPUT) => {
+            Failure::BadRequest(format!("inference failed: {m}"))
+        }
+        PredictError::Engine(m) => Failure::Other(anyhow!("inference failed: {m}")),
     })?;
     let names = model.output_names();
     let out = match accept {
