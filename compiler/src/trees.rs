@@ -241,9 +241,14 @@ pub fn ubjson(data: &[u8]) -> Result<Value, String> {
             }
             Ok(n as usize)
         }
-        fn value(&mut self, marker: u8, depth: usize) -> Result<Value, String> {
+        fn value(&mut self, mut marker: u8, depth: usize) -> Result<Value, String> {
             if depth > 64 {
                 return Err("nesting deeper than 64".into());
+            }
+            // no-op markers before a value: skipped in a loop (recursing on each
+            // overflowed the stack on a run of them; found by the xgboost fuzz target)
+            while marker == b'N' {
+                marker = self.byte()?;
             }
             Ok(match marker {
                 b'Z' => Value::Null,
@@ -319,10 +324,6 @@ pub fn ubjson(data: &[u8]) -> Result<Value, String> {
                     } else {
                         Value::Array(arr)
                     }
-                }
-                b'N' => {
-                    let m = self.byte()?;
-                    self.value(m, depth)?
                 }
                 m => return Err(format!("unknown marker {:?} at byte {}", m as char, self.p - 1)),
             })
@@ -970,6 +971,15 @@ pub fn reference_margins(ir: &[Vec<IrNode>], forest: &Forest, x: &[f32], rows: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_run_of_no_op_markers_does_not_overflow_the_stack() {
+        // 1 MiB of `N` then a value: once a recursion per marker
+        let mut data = vec![b'N'; 1 << 20];
+        data.extend_from_slice(b"T");
+        assert_eq!(ubjson(&data).unwrap(), Value::Bool(true));
+        assert!(ubjson(&vec![b'N'; 1 << 20]).is_err());
+    }
 
     #[test]
     fn ubjson_decodes_xgboost_style_containers() {
