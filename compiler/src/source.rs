@@ -39,10 +39,9 @@ pub struct Source {
     /// Holds everything unpacked; dropped (deleted) with the source.
     pub workdir: tempfile::TempDir,
     /// Every regular file the source holds, relative to `workdir`, with its
-    /// size and first bytes; on disk only those in `files`.
+    /// size and first bytes; on disk only those a model needs (see
+    /// `unpack_needed`), and its external data once fetched.
     pub listing: Vec<Listed>,
-    /// Regular files on disk, relative to `workdir`.
-    pub files: Vec<PathBuf>,
     /// Where more of the model's files can come from.
     origin: Origin,
 }
@@ -230,18 +229,18 @@ fn is_archive(path: &Path) -> Result<bool> {
 fn from_path(given: &str, path: &Path) -> Result<Source> {
     let dir = workdir()?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let (listing, files, digest, origin) = if path.is_dir() {
+    let (listing, digest, origin) = if path.is_dir() {
         bail!("{given} is a directory; pass a model file or a model tarball")
     } else if is_archive(path)? {
         let digest = registry::digest_file(path)?.0;
-        let (listing, files) = unpack_needed(path, dir.path(), Path::new(""))?;
-        (listing, files, digest, Origin::Archive(path.to_path_buf(), PathBuf::new()))
+        let listing = unpack_needed(path, dir.path(), Path::new(""))?;
+        (listing, digest, Origin::Archive(path.to_path_buf(), PathBuf::new()))
     } else {
         let digest = registry::digest_file(path)?.0;
         let copy = dir.path().join(&file_name);
         std::fs::copy(path, &copy).with_context(|| format!("copying {given}"))?;
         let beside = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        (vec![listed(&copy, &file_name)?], vec![PathBuf::from(&file_name)], digest, Origin::Beside(beside))
+        (vec![listed(&copy, &file_name)?], digest, Origin::Beside(beside))
     };
     let stem = file_name
         .trim_end_matches(".tar.gz")
@@ -268,7 +267,6 @@ fn from_path(given: &str, path: &Path) -> Result<Source> {
         digest,
         workdir: dir,
         listing,
-        files,
         origin,
     })
 }
@@ -285,9 +283,9 @@ fn listed(path: &Path, rel: impl AsRef<Path>) -> Result<Listed> {
 /// Lists the tarball and unpacks into `dest` what a model can need of it:
 /// what `import::detect` takes for a model file, `model.json`, ONNX-style
 /// test sets, every file in the directory of an NNEF `graph.nnef` and
-/// below (its tensors), or the one file of a one-file tarball. Paths come
-/// back under `under`.
-fn unpack_needed(archive: &Path, dest: &Path, under: &Path) -> Result<(Vec<Listed>, Vec<PathBuf>)> {
+/// below (its tensors), or the one file of a one-file tarball. Returns the
+/// whole listing, paths under `under`.
+fn unpack_needed(archive: &Path, dest: &Path, under: &Path) -> Result<Vec<Listed>> {
     let limits = Limits::default();
     let mut listing = unpack::list(archive, limits)?;
     let nnef_dirs: Vec<&Path> = listing
@@ -301,11 +299,11 @@ fn unpack_needed(archive: &Path, dest: &Path, under: &Path) -> Result<(Vec<Liste
         .filter(|l| one || crate::import::needed(&l.path, &l.head) || nnef_dirs.iter().any(|d| l.path.starts_with(d)))
         .map(|l| l.path.clone())
         .collect();
-    let u = unpack::unpack_only(archive, dest, limits, &|p| wanted.contains(p))?;
+    unpack::unpack_only(archive, dest, limits, &|p| wanted.contains(p))?;
     for l in &mut listing {
         l.path = under.join(&l.path);
     }
-    Ok((listing, u.files.into_iter().map(|f| under.join(f)).collect()))
+    Ok(listing)
 }
 
 fn parent(p: &Path) -> &Path {
@@ -347,13 +345,13 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
     std::fs::create_dir(&unpacked)?;
     // the blob stays in `.fetched` while the source lives: the ONNX model's
     // external data files are unpacked from it once the model has been read
-    let (mut listing, mut files, origin) = if is_archive(&blob)? {
-        let (listing, files) = unpack_needed(&blob, &unpacked, Path::new("model"))?;
+    let (mut listing, origin) = if is_archive(&blob)? {
+        let listing = unpack_needed(&blob, &unpacked, Path::new("model"))?;
         if listing.iter().any(|l| l.path.to_string_lossy().to_ascii_lowercase().ends_with(".onnx")) {
-            (listing, files, Origin::Archive(blob, PathBuf::from("model")))
+            (listing, Origin::Archive(blob, PathBuf::from("model")))
         } else {
             std::fs::remove_dir_all(&fetched).ok();
-            (listing, files, Origin::None)
+            (listing, Origin::None)
         }
     } else {
         // one model file (a ModelPack weight, an `oras push model.onnx`)
@@ -361,7 +359,7 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
         std::fs::rename(&blob, &to)?;
         std::fs::remove_dir_all(&fetched).ok();
         let rel = Path::new("model").join(&file_name);
-        (vec![listed(&to, &rel)?], vec![rel], Origin::None)
+        (vec![listed(&to, &rel)?], Origin::None)
     };
     // the artifact's input configuration, when the tarball carries none
     if let Some(cfg) = m.annotations.get(ANN_INPUT_CONFIG) {
@@ -371,7 +369,6 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
             std::fs::write(&path, serde_json::to_vec(&doc)?)?;
             let rel = Path::new("model").join("model.json");
             listing.push(listed(&path, &rel)?);
-            files.push(rel);
         }
     }
     let name = m
@@ -391,7 +388,6 @@ fn from_store(given: &str, r: &Reference, access: &Access) -> Result<Source> {
         digest: layer.digest.clone(),
         workdir: dir,
         listing,
-        files,
         origin,
     })
 }
