@@ -131,6 +131,11 @@ impl<S> JsonErrors<S> {
 
 /// The JSON answer for hyper's automatic error head `head`, if it is one.
 fn rewrite_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    // every write passes here: hyper's automatic head is short and a 4xx,
+    // so anything else is let through without looking further
+    if head.len() > 512 || !head.starts_with(b"HTTP/1.") || head.get(9) != Some(&b'4') {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let status = text.strip_prefix("HTTP/1.1 ").or_else(|| text.strip_prefix("HTTP/1.0 "))?.get(..3)?;
     let message = match status {
