@@ -388,3 +388,89 @@ pub fn serve_with(exe: &Path, dir: &Path, args: &[&str]) -> Served {
         .to_string();
     Served { child, base }
 }
+
+/// An S3-compatible store on 127.0.0.1: moto's server mode from the venv
+/// (an emulator of S3's API, not S3), killed when dropped. Any credentials
+/// are accepted; [`S3Server::env`] gives the AWS environment a client needs.
+pub struct S3Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let exe = venv_python().parent().unwrap().join("moto_server");
+        assert!(
+            exe.exists(),
+            "{} is missing: moto[server] is in models/requirements.txt (.ci/run installs it)",
+            exe.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+        for _ in 0..5 {
+            // a free port: moto_server takes a number, not 0
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = Command::new(&exe)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log.try_clone().unwrap())
+                .spawn()
+                .expect("starting moto_server");
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(30) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), _dir: dir };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "moto_server did not start: {}",
+            std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
+        );
+    }
+
+    /// The environment an AWS client reads to reach this store.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Runs a Python snippet with `s3` (a boto3 client of this store) and
+    /// `sys.argv[1:] = args` defined; its stdout.
+    pub fn py(&self, code: &str, args: &[&str]) -> String {
+        let script = format!("import sys, boto3\ns3 = boto3.client('s3')\n{code}\n");
+        let mut c = Command::new(venv_python());
+        c.args(["-c", &script]).args(args);
+        for (k, v) in self.env() {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "python: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Stops the store (a test of a store going away).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

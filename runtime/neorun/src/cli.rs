@@ -41,7 +41,7 @@ pub enum Command {
     Predict(PredictArgs),
     /// Serve bundles and endpoints over HTTP: SageMaker's inference contract and control plane, and the Open Inference Protocol v2
     Serve(Box<ServeArgs>),
-    /// Batch transform: run every line of a CSV or JSON Lines file, write the results in input order
+    /// Batch transform with SageMaker's semantics: every object (file) under --input, one output line per record, in input order
     Batch(BatchArgs),
     /// Measure in-process latency and throughput on the bundle's test vectors
     Bench(BenchArgs),
@@ -228,24 +228,89 @@ pub struct BatchArgs {
     pub bundle: PathBuf,
     #[command(flatten)]
     pub load: LoadArgs,
-    /// Input file: one row per line (CSV, or JSON Lines of arrays)
+    /// Input: a file, a directory whose every file (recursively) is an object to transform, or s3://BUCKET/PREFIX (every object whose key starts with PREFIX)
     #[arg(long, short)]
-    pub input: PathBuf,
-    /// Output file (written whole or not at all)
+    pub input: String,
+    /// Output: a directory or s3://BUCKET/PREFIX; `<object>.out` for each input object, written whole or not at all
     #[arg(long, short)]
-    pub output: PathBuf,
-    /// Input format: csv or jsonlines (default: from the file name)
+    pub output: String,
+    /// ContentType of the input: text/csv, application/jsonlines; with --split-type none also application/json, application/x-npy (default: from the file names, else CSV)
     #[arg(long)]
     pub content_type: Option<String>,
-    /// Output format: csv or jsonlines (default: the input's)
+    /// CompressionType: none, or gzip (every input object is gzip)
+    #[arg(long, value_enum, ignore_case = true, default_value = "none")]
+    pub compression_type: Compression,
+    /// SplitType: line (each line a record), or none (each object one request)
+    #[arg(long, value_enum, ignore_case = true, default_value = "line")]
+    pub split_type: SplitType,
+    /// BatchStrategy: multi-record (as many records per run as MaxPayloadInMB and --max-records allow) or single-record
+    #[arg(long, value_enum, ignore_case = true, default_value = "multi-record")]
+    pub batch_strategy: BatchStrategy,
+    /// MaxPayloadInMB: the largest run (and record) in MB, at most 100; 0: no limit
+    #[arg(long, default_value_t = 6)]
+    pub max_payload_in_mb: usize,
+    /// MaxConcurrentTransforms: model runs at once (default: the CPUs this process may use)
+    #[arg(long)]
+    pub max_concurrent_transforms: Option<usize>,
+    /// Accept: the output format, text/csv, application/jsonlines or application/json (default: the input's)
     #[arg(long)]
     pub accept: Option<String>,
-    /// Rows per model run
+    /// AssembleWith: line (each record's answer on its own line) or none (answers as the model's encoder writes them)
+    #[arg(long, value_enum, ignore_case = true, default_value = "line")]
+    pub assemble_with: AssembleWith,
+    /// DataProcessing InputFilter: a JSONPath selecting what the model gets, e.g. '$[1:]' (drop an ID column), '$.features'
+    #[arg(long)]
+    pub input_filter: Option<String>,
+    /// DataProcessing JoinSource: none, or input (each output line is the input record with its answer)
+    #[arg(long, value_enum, ignore_case = true, default_value = "none")]
+    pub join_source: JoinSource,
+    /// DataProcessing OutputFilter: a JSONPath selecting what is written, e.g. '$[0,-1]' (the ID and the last answer column)
+    #[arg(long)]
+    pub output_filter: Option<String>,
+    /// Report records the model cannot take in `<object>.out.errors.jsonl` and write an empty line for each, instead of failing the job
+    #[arg(long)]
+    pub skip_malformed: bool,
+    /// Records per model run, at most
     #[arg(long, default_value_t = 1024)]
-    pub max_rows: usize,
-    /// Inference threads
+    pub max_records: usize,
+    /// Inference threads per run
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// No progress bar
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitType {
+    Line,
+    None,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchStrategy {
+    #[value(alias = "multirecord")]
+    MultiRecord,
+    #[value(alias = "singlerecord")]
+    SingleRecord,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AssembleWith {
+    Line,
+    None,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinSource {
+    None,
+    Input,
 }
 
 #[derive(clap::Args)]

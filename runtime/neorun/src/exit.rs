@@ -16,7 +16,10 @@ pub enum Failure {
     Refused(LoadError),
     /// The request or input file was malformed (exit 4).
     BadRequest(String),
-    /// Anything else: flags, files, the environment (exit 1).
+    /// A flag's value that cannot work, found after parsing (exit 2, as
+    /// clap's own usage errors).
+    Usage(String),
+    /// Anything else: files, the environment (exit 1).
     Other(anyhow::Error),
 }
 
@@ -43,6 +46,10 @@ pub fn report(result: Result<(), Failure>) -> ExitCode {
         Err(Failure::BadRequest(m)) => {
             eprintln!("error: bad request: {m}");
             ExitCode::from(4)
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
         }
         Err(Failure::Other(e)) => {
             eprintln!("error: {e:#}");

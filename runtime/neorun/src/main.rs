@@ -18,6 +18,7 @@ mod endpoints;
 mod exit;
 mod http;
 mod infer;
+mod jobs;
 mod metrics;
 mod models;
 mod modelstore;

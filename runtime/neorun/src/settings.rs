@@ -244,12 +244,3 @@ pub fn init_logging(format: LogFormat) {
         }
     }
 }
-
-/// Content types `neorun batch` reads and writes: `true` for JSON Lines.
-pub fn batch_format(s: &str) -> Result<bool, Failure> {
-    match s.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
-        "csv" | "text/csv" => Ok(false),
-        "jsonlines" | "jsonl" | "application/jsonlines" | "application/x-jsonlines" => Ok(true),
-        other => Err(anyhow!("format {other:?} is not supported for batch; use csv or jsonlines").into()),
-    }
-}

@@ -1,103 +1,150 @@
-//! `neorun batch`: batch transform of a line-split CSV or JSON Lines file,
-//! the results written in input order, to a temporary file renamed over the
-//! output only when every line succeeded.
+//! `neorun batch`: a batch transform job (see `crate::jobs::batch`) from the
+//! command line, with a progress bar on a terminal.
 
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use neoc_runtime::codec::{self, Format};
 
-use crate::cli::BatchArgs;
+use crate::cli::{AssembleWith, BatchArgs, BatchStrategy, Compression, JoinSource, SplitType};
 use crate::exit::Failure;
-use crate::settings::batch_format;
+use crate::jobs::batch::{self, InFormat, JobError, JsonPath, OutFormat, Progress, Spec};
+use crate::jobs::objects::{self, Object};
+
+/// The content type the object names suggest (`.gz` aside).
+fn from_names(objects: &[Object], split_line: bool) -> InFormat {
+    let ext = |rel: &str| {
+        let r = rel.strip_suffix(".gz").unwrap_or(rel);
+        r.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
+    };
+    let exts: std::collections::BTreeSet<String> = objects.iter().map(|o| ext(&o.rel)).collect();
+    match exts.iter().next().map(String::as_str) {
+        Some("jsonl" | "jsonlines") if exts.len() == 1 => InFormat::JsonLines,
+        Some("json") if exts.len() == 1 => {
+            if split_line {
+                InFormat::JsonLines
+            } else {
+                InFormat::Json
+            }
+        }
+        Some("npy") if exts.len() == 1 && !split_line => InFormat::Npy,
+        _ => InFormat::Csv,
+    }
+}
 
 pub fn run(a: BatchArgs) -> Result<(), Failure> {
-    let name = a.input.to_string_lossy().to_string();
-    let in_lines = match &a.content_type {
-        Some(c) => batch_format(c)?,
-        None => name.ends_with(".jsonl") || name.ends_with(".jsonlines"),
+    let rt = objects::runtime_for(&[&a.input, &a.output]).map_err(|e| anyhow!("{e}"))?;
+    let handle = rt.as_ref().map(|r| r.handle().clone());
+    let input = objects::place(&a.input, handle.as_ref()).map_err(Failure::Usage)?;
+    let output = objects::place(&a.output, handle.as_ref()).map_err(Failure::Usage)?;
+    let objects = input.list_inputs().map_err(|e| anyhow!("{e}"))?;
+    if input.contains(&output) {
+        return Err(anyhow!(
+            "the output {} is inside the input {}: outputs would be read as inputs; choose an output outside it",
+            a.output,
+            a.input
+        )
+        .into());
+    }
+    let split_line = a.split_type == SplitType::Line;
+    let content_type = match &a.content_type {
+        Some(c) => InFormat::parse(c).ok_or_else(|| {
+            Failure::Usage(format!("--content-type {c:?}: use text/csv or application/jsonlines (or, with --split-type none, application/json or application/x-npy)"))
+        })?,
+        None => from_names(&objects, split_line),
     };
-    let out_lines = match &a.accept {
-        Some(x) => batch_format(x)?,
-        None => in_lines,
+    let accept = match &a.accept {
+        Some(x) => OutFormat::parse(x).ok_or_else(|| {
+            Failure::Usage(format!("--accept {x:?}: use text/csv, application/jsonlines or application/json"))
+        })?,
+        None => match content_type {
+            InFormat::Csv => OutFormat::Csv,
+            InFormat::JsonLines => OutFormat::JsonLines,
+            InFormat::Json | InFormat::Npy => OutFormat::Json,
+        },
     };
+    let path = |flag: &str, p: &Option<String>| -> Result<Option<JsonPath>, Failure> {
+        match p.as_deref() {
+            None | Some("$") => Ok(None),
+            Some(t) => Ok(Some(JsonPath::parse(t).map_err(|e| Failure::Usage(format!("{flag} {t:?}: {e}")))?)),
+        }
+    };
+    let workers =
+        a.max_concurrent_transforms.unwrap_or_else(|| crate::cpus::allowed().map(|c| c.len()).unwrap_or(1).max(1));
+    let spec = Spec {
+        content_type,
+        accept,
+        gzip: a.compression_type == Compression::Gzip,
+        split_line,
+        multi_record: a.batch_strategy == BatchStrategy::MultiRecord,
+        max_payload: (a.max_payload_in_mb > 0).then(|| a.max_payload_in_mb.min(1 << 20) << 20),
+        max_records: a.max_records,
+        workers,
+        assemble_line: a.assemble_with == AssembleWith::Line,
+        input_filter: path("--input-filter", &a.input_filter)?,
+        join_input: a.join_source == JoinSource::Input,
+        output_filter: path("--output-filter", &a.output_filter)?,
+        skip_malformed: a.skip_malformed,
+    };
+    spec.check().map_err(Failure::Usage)?;
     let options = crate::settings::open_options(&a.load, Some(a.threads))?;
     let model = super::open(&a.bundle, &options)?;
-    let names = model.output_names();
-    let input = &a.input;
-    let reader = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| anyhow!("{}: {e}", input.display()))?);
-    let output = &a.output;
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| PathBuf::from("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let max_rows = a.max_rows.max(1);
-    let result = (|| -> Result<usize, Failure> {
-        let mut out =
-            std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| anyhow!("{}: {e}", tmp.display()))?);
-        let mut chunk: Vec<String> = Vec::new();
-        let mut first_line = 1;
-        let mut done = 0;
-        let flush = |chunk: &mut Vec<String>, first_line: usize, out: &mut dyn Write| -> Result<usize, Failure> {
-            if chunk.is_empty() {
-                return Ok(0);
-            }
-            let lines = format!("lines {}-{}", first_line, first_line + chunk.len() - 1);
-            let body = chunk.join("\n");
-            let body = if in_lines {
-                codec::jsonlines_to_instances(body.as_bytes()).map_err(|e| Failure::BadRequest(e.0))?
-            } else {
-                body.into_bytes()
-            };
-            let fmt = if in_lines { Format::Json } else { Format::Csv };
-            let b = codec::parse(&body, fmt, &model.manifest.inputs)
-                .map_err(|e| Failure::BadRequest(format!("{lines}: {e}")))?;
-            let rows = b.rows;
-            let outputs = model.predict(b).map_err(|e| Failure::BadRequest(format!("{lines}: {e}")))?;
-            let bytes = if out_lines {
-                codec::to_jsonlines(&names, &outputs, rows)
-            } else {
-                codec::to_csv(&names, &outputs, rows)
-            }
-            .map_err(|e| Failure::Other(anyhow!("{e}")))?;
-            out.write_all(&bytes).map_err(|e| anyhow!("writing the output: {e}"))?;
-            let n = chunk.len();
-            chunk.clear();
-            Ok(n)
-        };
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(|e| anyhow!("{}: line {}: {e}", input.display(), i + 1))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            if chunk.is_empty() {
-                first_line = i + 1;
-            }
-            chunk.push(line);
-            if chunk.len() >= max_rows {
-                done += flush(&mut chunk, first_line, &mut out)?;
-            }
+
+    let progress = Progress::default();
+    let total: u64 = objects.iter().map(|o| o.size).sum();
+    let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    let finished = AtomicBool::new(false);
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let result = std::thread::scope(|s| {
+        if show {
+            s.spawn(|| {
+                let bar = indicatif::ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                while !finished.load(Ordering::Relaxed) {
+                    let rows = progress.records.load(Ordering::Relaxed);
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_position(progress.bytes.load(Ordering::Relaxed));
+                    bar.set_message(format!("{rows} records, {:.0} records/s", rows as f64 / secs));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                bar.finish_and_clear();
+            });
         }
-        done += flush(&mut chunk, first_line, &mut out)?;
-        out.flush().map_err(|e| anyhow!("writing the output: {e}"))?;
-        Ok(done)
-    })();
+        let r = batch::run(&model, &spec, &input, &objects, &output, &progress, &stop);
+        finished.store(true, Ordering::Relaxed);
+        r
+    });
+    let secs = started.elapsed().as_secs_f64();
     match result {
-        Ok(n) => {
-            std::fs::rename(&tmp, output).map_err(|e| anyhow!("{}: {e}", output.display()))?;
-            eprintln!("{n} rows -> {}", output.display());
+        Ok(s) => {
+            let done = s.objects - s.already_done;
+            let mut line = format!(
+                "{done} object(s), {} records in {secs:.2} s ({:.0} records/s) -> {}",
+                s.records,
+                s.records as f64 / secs.max(1e-9),
+                output.show_root()
+            );
+            if s.already_done > 0 {
+                line.push_str(&format!("; {} object(s) already complete from an earlier run, kept", s.already_done));
+            }
+            eprintln!("{line}");
+            if s.skipped > 0 {
+                eprintln!(
+                    "warning: {} malformed record(s) skipped (--skip-malformed), each answered by an empty line; reports: {}",
+                    s.skipped,
+                    s.reports.join(", ")
+                );
+            }
             Ok(())
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+        Err(JobError::Record(m)) => Err(Failure::BadRequest(format!(
+            "{m}\nhint: no output is left for that object (complete ones are kept); fix the record, or pass --skip-malformed to answer it with an empty line and report it"
+        ))),
+        Err(e) => Err(Failure::Other(anyhow!("{e}"))),
     }
 }
