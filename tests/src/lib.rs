@@ -369,9 +369,15 @@ impl Drop for Served {
 /// Starts `exe serve ARGS --trusted-key k.pub --port 0` in `dir` and reads the
 /// address it prints.
 pub fn serve_with(exe: &Path, dir: &Path, args: &[&str]) -> Served {
+    serve_with_env(exe, dir, args, &[])
+}
+
+/// [`serve_with`], with more environment variables.
+pub fn serve_with_env(exe: &Path, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Served {
     use std::io::BufRead;
     let mut child = Command::new(exe)
         .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("serve")
         .args(args)
         .args(["--trusted-key", "k.pub", "--port", "0"])

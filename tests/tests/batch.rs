@@ -502,3 +502,139 @@ fn an_s3_store_going_away_mid_job_fails_the_job_and_says_so() {
     assert!(left.iter().all(|n| !n.ends_with(".partial")), "{left:?}");
     assert!(!left.contains(&"7.csv.out".to_string()), "{left:?}");
 }
+
+/// Runs `tests/serve/transform.py MODE` (stock boto3) and returns its JSON.
+fn transform_py(mode: &str, base: &str, d: &Path, s3: &S3Server) -> serde_json::Value {
+    let out = Command::new(venv_python())
+        .args([
+            root().join("tests/serve/transform.py").to_str().unwrap(),
+            mode,
+            base,
+            d.to_str().unwrap(),
+            &s3.endpoint,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "transform.py {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+const CREDS: &str = "[default]\naws_access_key_id = AKIDNEORUNTEST\naws_secret_access_key = neorun/test+secret\n";
+
+#[test]
+fn transform_jobs_from_boto3_unchanged() {
+    let dir = scratch();
+    let d = dir.path();
+    let (b, sample, want) = xgb(d);
+    std::fs::rename(&b, d.join("xgb.neo")).unwrap();
+    std::fs::write(d.join("creds"), CREDS).unwrap();
+    let s3 = S3Server::start();
+    let (plain, order) = rows(&sample, 3000, 2);
+    let with_id: String = plain.lines().enumerate().map(|(i, l)| format!("id-{i},{l}\n")).collect();
+    std::fs::write(d.join("ids.csv"), &with_id).unwrap();
+    let mut bad = plain.clone();
+    bad.insert_str(bad.find('\n').unwrap() + 1, "1,2,x\n");
+    std::fs::write(d.join("bad.csv"), &bad).unwrap();
+    let (big, _) = rows(&sample, 100_000, 0);
+    std::fs::write(d.join("big.csv"), &big).unwrap();
+    s3.py(
+        "s3.create_bucket(Bucket='inputs'); s3.create_bucket(Bucket='outputs')\n\
+         s3.upload_file(sys.argv[1] + '/ids.csv', 'inputs', 'ids/ids.csv')\n\
+         s3.upload_file(sys.argv[1] + '/bad.csv', 'inputs', 'bad/x.csv')\n\
+         for i in range(4): s3.upload_file(sys.argv[1] + '/big.csv', 'inputs', f'big/{i}.csv')",
+        &[d.to_str().unwrap()],
+    );
+    let server = serve_with_env(&bin("neorun"), d, &["--state-dir", "state", "--access-keys", "creds"], &s3.env());
+    let r = transform_py("run", &server.base, d, &s3);
+
+    // the job: the ID dropped before the model, joined back, filtered to ID + p1
+    let desc = &r["describe"];
+    assert_eq!(desc["TransformJobStatus"], "Completed", "{desc}");
+    assert_eq!(desc["TransformJobArn"], r["arn"]);
+    assert_eq!(desc["ModelName"], "xgb");
+    assert_eq!(desc["DataProcessing"]["JoinSource"], "Input");
+    assert_eq!(desc["TransformOutput"]["S3OutputPath"], "s3://outputs/scored/");
+    assert!(desc["TransformStartTime"].is_string() && desc["TransformEndTime"].is_string(), "{desc}");
+    let out = r["output"].as_str().unwrap();
+    assert_eq!(out.lines().count(), 3000);
+    for (i, (line, k)) in out.lines().zip(&order).enumerate() {
+        let (id, p1) = line.split_once(',').unwrap();
+        assert_eq!(id, format!("id-{i}"));
+        assert_close(&[p1.parse().unwrap()], &want[2 * k + 1..2 * k + 2], 1e-6);
+    }
+    let listed: Vec<&str> =
+        r["list"].as_array().unwrap().iter().map(|j| j["TransformJobName"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["score"], "{}", r["list"]);
+    assert_eq!(r["list"][0]["TransformJobStatus"], "Completed");
+    // every job, a page at a time, newest first (the refused ones were never made)
+    assert_eq!(r["paginated"], serde_json::json!(["stopme", "malformed", "nobucket", "score"]));
+
+    // refused at once, naming the field
+    let code = |k: &str| (r[k][0].as_str().unwrap_or("").to_string(), r[k][1].as_str().unwrap_or("").to_string());
+    assert_eq!(code("same_name").0, "ResourceInUse", "{}", r["same_name"]);
+    assert!(code("no_model").1.contains("Could not find model \"nope\""), "{}", r["no_model"]);
+    assert!(code("bad_split").1.contains("RecordIO is not supported"), "{}", r["bad_split"]);
+    assert!(code("bad_filter").1.contains("DataProcessing.InputFilter"), "{}", r["bad_filter"]);
+    assert!(code("relative").1.contains("S3Uri") && code("relative").1.contains("absolute"), "{}", r["relative"]);
+    assert!(code("describe_missing").1.contains("Could not find transform job"), "{}", r["describe_missing"]);
+    assert!(code("stop_completed").1.contains("Completed and cannot be stopped"), "{}", r["stop_completed"]);
+    // failed while running, with SageMaker's FailureReason saying why
+    assert_eq!(r["nobucket"]["TransformJobStatus"], "Failed");
+    assert!(r["nobucket"]["FailureReason"].as_str().unwrap().contains("NoSuchBucket"), "{}", r["nobucket"]);
+    assert_eq!(r["malformed"]["TransformJobStatus"], "Failed");
+    let why = r["malformed"]["FailureReason"].as_str().unwrap();
+    assert!(why.contains("s3://inputs/bad/x.csv: line 2:"), "{why}");
+    assert_eq!(r["malformed_outputs"], 0);
+    assert_eq!(r["stopped"]["TransformJobStatus"], "Stopped", "{}", r["stopped"]);
+    // the journal says who did what
+    let journal = std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap();
+    assert!(journal.contains("\"op\":\"CreateTransformJob\"") && journal.contains("\"op\":\"StopTransformJob\""));
+}
+
+#[test]
+fn a_transform_job_survives_kill_9_of_the_server() {
+    let dir = scratch();
+    let d = dir.path();
+    let (b, sample, want) = xgb(d);
+    std::fs::rename(&b, d.join("xgb.neo")).unwrap();
+    std::fs::write(d.join("creds"), CREDS).unwrap();
+    let s3 = S3Server::start();
+    let mut orders = Vec::new();
+    for i in 0..8 {
+        let (t, o) = rows(&sample, 100_000, i);
+        std::fs::write(d.join(format!("{i}.csv")), t).unwrap();
+        orders.push(o);
+    }
+    s3.py(
+        "s3.create_bucket(Bucket='inputs'); s3.create_bucket(Bucket='outputs')\n\
+         for i in range(8): s3.upload_file(f'{sys.argv[1]}/{i}.csv', 'inputs', f'big/{i}.csv')",
+        &[d.to_str().unwrap()],
+    );
+    let args = ["--state-dir", "state", "--access-keys", "creds"];
+    let mut server = serve_with_env(&bin("neorun"), d, &args, &s3.env());
+    transform_py("start", &server.base, d, &s3);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("state/transform-jobs/big.json")).unwrap()).unwrap();
+    let mid_job = rec["TransformJobStatus"] == "InProgress";
+
+    let server = serve_with_env(&bin("neorun"), d, &args, &s3.env());
+    let r = transform_py("wait", &server.base, d, &s3);
+    assert_eq!(r["describe"]["TransformJobStatus"], "Completed", "{}", r["describe"]);
+    let mut keys: Vec<&str> = r["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    keys.sort_unstable();
+    let mut expect: Vec<String> = (0..8).map(|i| format!("big/{i}.csv.out")).collect();
+    expect.push("big/.neorun-batch.json".into());
+    expect.sort_unstable();
+    assert_eq!(keys, expect.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, o) in orders.iter().enumerate() {
+        check_csv(r["outputs"][format!("big/{i}.csv.out")].as_str().unwrap(), o, &want);
+    }
+    let journal = std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap();
+    if mid_job {
+        assert!(journal.contains("\"op\":\"TransformJobResumed\""), "{journal}");
+    }
+    eprintln!("killed mid-job: {mid_job}");
+}

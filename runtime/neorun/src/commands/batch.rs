@@ -10,28 +10,7 @@ use anyhow::anyhow;
 use crate::cli::{AssembleWith, BatchArgs, BatchStrategy, Compression, JoinSource, SplitType};
 use crate::exit::Failure;
 use crate::jobs::batch::{self, InFormat, JobError, JsonPath, OutFormat, Progress, Spec};
-use crate::jobs::objects::{self, Object};
-
-/// The content type the object names suggest (`.gz` aside).
-fn from_names(objects: &[Object], split_line: bool) -> InFormat {
-    let ext = |rel: &str| {
-        let r = rel.strip_suffix(".gz").unwrap_or(rel);
-        r.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
-    };
-    let exts: std::collections::BTreeSet<String> = objects.iter().map(|o| ext(&o.rel)).collect();
-    match exts.iter().next().map(String::as_str) {
-        Some("jsonl" | "jsonlines") if exts.len() == 1 => InFormat::JsonLines,
-        Some("json") if exts.len() == 1 => {
-            if split_line {
-                InFormat::JsonLines
-            } else {
-                InFormat::Json
-            }
-        }
-        Some("npy") if exts.len() == 1 && !split_line => InFormat::Npy,
-        _ => InFormat::Csv,
-    }
-}
+use crate::jobs::objects;
 
 pub fn run(a: BatchArgs) -> Result<(), Failure> {
     let rt = objects::runtime_for(&[&a.input, &a.output]).map_err(|e| anyhow!("{e}"))?;
@@ -52,17 +31,13 @@ pub fn run(a: BatchArgs) -> Result<(), Failure> {
         Some(c) => InFormat::parse(c).ok_or_else(|| {
             Failure::Usage(format!("--content-type {c:?}: use text/csv or application/jsonlines (or, with --split-type none, application/json or application/x-npy)"))
         })?,
-        None => from_names(&objects, split_line),
+        None => batch::guess_format(&objects, split_line),
     };
     let accept = match &a.accept {
         Some(x) => OutFormat::parse(x).ok_or_else(|| {
             Failure::Usage(format!("--accept {x:?}: use text/csv, application/jsonlines or application/json"))
         })?,
-        None => match content_type {
-            InFormat::Csv => OutFormat::Csv,
-            InFormat::JsonLines => OutFormat::JsonLines,
-            InFormat::Json | InFormat::Npy => OutFormat::Json,
-        },
+        None => content_type.default_accept(),
     };
     let path = |flag: &str, p: &Option<String>| -> Result<Option<JsonPath>, Failure> {
         match p.as_deref() {
@@ -82,6 +57,7 @@ pub fn run(a: BatchArgs) -> Result<(), Failure> {
         max_records: a.max_records,
         workers,
         assemble_line: a.assemble_with == AssembleWith::Line,
+        background: false,
         input_filter: path("--input-filter", &a.input_filter)?,
         join_input: a.join_source == JoinSource::Input,
         output_filter: path("--output-filter", &a.output_filter)?,

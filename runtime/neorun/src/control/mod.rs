@@ -19,6 +19,7 @@ mod experiments;
 pub mod rollout;
 pub mod shapes;
 pub mod store;
+mod transform;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -179,6 +180,7 @@ struct State {
     configs: BTreeMap<String, ConfigRec>,
     endpoints: BTreeMap<String, EndpointRec>,
     experiments: BTreeMap<String, experiments::ExperimentRec>,
+    transform_jobs: BTreeMap<String, transform::TransformRec>,
 }
 
 pub struct ControlPlane {
@@ -298,6 +300,10 @@ impl ControlPlane {
             "DescribeInferenceExperiment" => self.describe_experiment(&v),
             "StopInferenceExperiment" => self.stop_experiment(&v, who),
             "ListInferenceExperiments" => self.list_experiments(&v),
+            "CreateTransformJob" => self.create_transform_job(&v, who),
+            "DescribeTransformJob" => self.describe_transform_job(&v),
+            "StopTransformJob" => self.stop_transform_job(&v, who),
+            "ListTransformJobs" => self.list(&v, Kind::TransformJobs),
             "RollbackEndpointUpdate" | "ReadJournal" => Err(AwsError::new(
                 StatusCode::BAD_REQUEST,
                 "UnknownOperationException",
@@ -766,7 +772,7 @@ impl ControlPlane {
         let contains = f.str("NameContains")?;
         let ct_before = f.f64("CreationTimeBefore")?;
         let ct_after = f.f64("CreationTimeAfter")?;
-        let (lm_before, lm_after, status) = if kind == Kind::Endpoints {
+        let (lm_before, lm_after, status) = if kind.has_status() {
             (f.f64("LastModifiedTimeBefore")?, f.f64("LastModifiedTimeAfter")?, f.str("StatusEquals")?)
         } else {
             (None, None, None)
@@ -775,7 +781,7 @@ impl ControlPlane {
         if !(1..=100).contains(&max) {
             return Err(shapes::invalid("MaxResults", "give 1 to 100"));
         }
-        if !["Name", "CreationTime", "Status"].contains(&sort_by) || (sort_by == "Status" && kind != Kind::Endpoints) {
+        if !["Name", "CreationTime", "Status"].contains(&sort_by) || (sort_by == "Status" && !kind.has_status()) {
             return Err(shapes::invalid("SortBy", &format!("{sort_by:?} is not a sort key here")));
         }
         if !["Ascending", "Descending"].contains(&order) {
@@ -800,6 +806,20 @@ impl ControlPlane {
                 .map(|e| {
                     let s = json!({"EndpointName": e.name, "EndpointArn": e.arn, "CreationTime": e.created, "LastModifiedTime": e.modified, "EndpointStatus": e.status.name()});
                     (s, e.name.clone(), e.created, e.modified, e.status.name())
+                })
+                .collect(),
+            Kind::TransformJobs => st
+                .transform_jobs
+                .values()
+                .map(|j| {
+                    let mut s = json!({"TransformJobName": j.name, "TransformJobArn": j.arn(), "CreationTime": j.created, "LastModifiedTime": j.modified, "TransformJobStatus": j.status.name()});
+                    if let Some(t) = j.ended() {
+                        s["TransformEndTime"] = json!(t);
+                    }
+                    if let Some(f) = j.failure() {
+                        s["FailureReason"] = json!(f);
+                    }
+                    (s, j.name.clone(), j.created, j.modified, j.status.name())
                 })
                 .collect(),
         };
@@ -1067,6 +1087,8 @@ impl ControlPlane {
                 tokio::spawn(async move { cp.drive_experiment(name).await });
             }
         }
+        // transform jobs: one that was running runs again (resumable)
+        self.restore_transform_jobs(store.load("transform-jobs")?)?;
         // what became of the guarded updates the stop interrupted
         for (name, (failure, detail)) in notes {
             let mut st = self.lock();
@@ -1289,6 +1311,7 @@ enum Kind {
     Models,
     Configs,
     Endpoints,
+    TransformJobs,
 }
 
 impl Kind {
@@ -1297,11 +1320,18 @@ impl Kind {
             Kind::Models => "Models",
             Kind::Configs => "EndpointConfigs",
             Kind::Endpoints => "Endpoints",
+            Kind::TransformJobs => "TransformJobSummaries",
         }
+    }
+
+    /// Whether its objects have a status (and a last-modified time) to
+    /// filter and sort by.
+    fn has_status(self) -> bool {
+        matches!(self, Kind::Endpoints | Kind::TransformJobs)
     }
 }
 
-pub const OPERATIONS: [&str; 18] = [
+pub const OPERATIONS: [&str; 22] = [
     "CreateModel",
     "DescribeModel",
     "DeleteModel",
@@ -1320,6 +1350,10 @@ pub const OPERATIONS: [&str; 18] = [
     "DescribeInferenceExperiment",
     "StopInferenceExperiment",
     "ListInferenceExperiments",
+    "CreateTransformJob",
+    "DescribeTransformJob",
+    "StopTransformJob",
+    "ListTransformJobs",
 ];
 
 fn body_json(body: &[u8]) -> Result<Value, AwsError> {

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Context};
 use serde_json::Value;
 
-pub const KINDS: [&str; 5] = ["models", "endpoint-configs", "endpoints", "alarms", "inference-experiments"];
+pub const KINDS: [&str; 6] =
+    ["models", "endpoint-configs", "endpoints", "alarms", "inference-experiments", "transform-jobs"];
 
 pub struct Store {
     dir: PathBuf,

@@ -87,7 +87,7 @@ impl SparePool {
 
 /// `SCHED_IDLE` (and nice 19) for the calling thread: Linux schedules
 /// threads by their own policy, so live threads always get the CPU first.
-fn lower_priority() {
+pub fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: both calls act on this thread only (pid 0 / its own tid);
     // failure leaves the priority as it was

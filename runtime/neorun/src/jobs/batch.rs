@@ -63,6 +63,39 @@ impl InFormat {
     }
 }
 
+impl InFormat {
+    /// The output format when no `Accept` is given.
+    pub fn default_accept(self) -> OutFormat {
+        match self {
+            InFormat::Csv => OutFormat::Csv,
+            InFormat::JsonLines => OutFormat::JsonLines,
+            InFormat::Json | InFormat::Npy => OutFormat::Json,
+        }
+    }
+}
+
+/// The content type the object names suggest (`.gz` aside) when none is
+/// given: JSON Lines, JSON or `.npy` when every object says so, else CSV.
+pub fn guess_format(objects: &[Object], split_line: bool) -> InFormat {
+    let ext = |rel: &str| {
+        let r = rel.strip_suffix(".gz").unwrap_or(rel);
+        r.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
+    };
+    let exts: std::collections::BTreeSet<String> = objects.iter().map(|o| ext(&o.rel)).collect();
+    match exts.iter().next().map(String::as_str) {
+        Some("jsonl" | "jsonlines") if exts.len() == 1 => InFormat::JsonLines,
+        Some("json") if exts.len() == 1 => {
+            if split_line {
+                InFormat::JsonLines
+            } else {
+                InFormat::Json
+            }
+        }
+        Some("npy") if exts.len() == 1 && !split_line => InFormat::Npy,
+        _ => InFormat::Csv,
+    }
+}
+
 impl OutFormat {
     pub fn parse(s: &str) -> Option<OutFormat> {
         match s.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
@@ -91,6 +124,9 @@ pub struct Spec {
     pub max_records: usize,
     /// `MaxConcurrentTransforms`: model runs at once.
     pub workers: usize,
+    /// The workers yield to everything else (`SCHED_IDLE`): a job inside
+    /// a server never slows its live traffic.
+    pub background: bool,
     /// `AssembleWith: Line`: each record's answer ends with a newline.
     pub assemble_line: bool,
     pub input_filter: Option<JsonPath>,
@@ -315,22 +351,31 @@ pub fn run(
         for _ in 0..spec.workers {
             let tx = msg_tx.clone();
             let (rx, names, halt_w) = (&work_rx, &names, &halt);
-            s.spawn(move || loop {
-                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(chunk) = next else { break };
-                if halt_w() {
-                    continue;
+            s.spawn(move || {
+                if spec.background {
+                    crate::infer::spare::lower_priority();
                 }
-                let rel = input.show_object(&objects[chunk.obj]);
-                let m = match transform(model, spec, names, &chunk) {
-                    Ok((bytes, skipped)) => {
-                        Msg::Answer { obj: chunk.obj, seq: chunk.seq, bytes, records: chunk.recs.len() as u64, skipped }
+                loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(chunk) = next else { break };
+                    if halt_w() {
+                        continue;
                     }
-                    Err((0, e)) => Msg::Failed { error: format!("{rel}: {e}"), record: true },
-                    Err((line, e)) => Msg::Failed { error: format!("{rel}: line {line}: {e}"), record: true },
-                };
-                if tx.send(m).is_err() {
-                    break;
+                    let rel = input.show_object(&objects[chunk.obj]);
+                    let m = match transform(model, spec, names, &chunk) {
+                        Ok((bytes, skipped)) => Msg::Answer {
+                            obj: chunk.obj,
+                            seq: chunk.seq,
+                            bytes,
+                            records: chunk.recs.len() as u64,
+                            skipped,
+                        },
+                        Err((0, e)) => Msg::Failed { error: format!("{rel}: {e}"), record: true },
+                        Err((line, e)) => Msg::Failed { error: format!("{rel}: line {line}: {e}"), record: true },
+                    };
+                    if tx.send(m).is_err() {
+                        break;
+                    }
                 }
             });
         }
@@ -839,6 +884,7 @@ mod tests {
             max_payload: Some(6 << 20),
             max_records: 1000,
             workers: 1,
+            background: false,
             assemble_line: true,
             input_filter: None,
             join_input: false,
