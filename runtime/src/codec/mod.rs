@@ -132,17 +132,19 @@ fn parse_csv(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
         if line.is_empty() {
             continue;
         }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields.len() != width {
+        // straight into `values` (no vector per line: this runs per row of
+        // every CSV request and batch record)
+        let start = values.len();
+        values.extend(line.split(',').map(str::trim));
+        if values.len() - start != width {
             return Err(bad(format!(
                 "CSV line {} has {} values; input `{}` takes {width} per row (shape {})",
                 lineno + 1,
-                fields.len(),
+                values.len() - start,
                 spec.name,
                 shape_string(&spec.shape)
             )));
         }
-        values.extend(fields);
         rows += 1;
     }
     if rows == 0 {
