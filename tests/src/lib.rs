@@ -407,6 +407,17 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::start_env(&[])
+    }
+
+    /// A store that checks credentials after its first `free` requests
+    /// (moto's `INITIAL_NO_AUTH_ACTION_COUNT`): the test's own keys are
+    /// then unknown to it, as a key without access to a bucket is.
+    pub fn start_with_auth(free: u32) -> S3Server {
+        S3Server::start_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", &free.to_string())])
+    }
+
+    fn start_env(env: &[(&str, &str)]) -> S3Server {
         let exe = venv_python().parent().unwrap().join("moto_server");
         assert!(
             exe.exists(),
@@ -420,6 +431,7 @@ impl S3Server {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let mut child = Command::new(&exe)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().copied())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log.try_clone().unwrap())
                 .spawn()

@@ -76,6 +76,15 @@ fn every_object_under_a_directory_in_input_order() {
     assert!(out.is_empty(), "the summary goes to stderr: {out}");
     check_csv(&std::fs::read_to_string(d.join("out/a.csv.out")).unwrap(), &order_a, &want);
     check_csv(&std::fs::read_to_string(d.join("out/day=2/part/c.csv.out")).unwrap(), &order_c, &want);
+    // the same text as `neorun predict` on the same rows
+    let p = ok(run(
+        "neorun",
+        d,
+        &["predict", b.to_str().unwrap(), "--trusted-key", "k.pub", "--input", "in/a.csv", "--accept", "csv"],
+        &[],
+        None,
+    ));
+    assert!(p == std::fs::read_to_string(d.join("out/a.csv.out")).unwrap(), "batch and predict differ");
 
     // gzip objects, one record per run (SingleRecord): the same answers
     std::fs::create_dir_all(d.join("gz")).unwrap();
@@ -459,6 +468,35 @@ fn s3_prefixes_in_and_out_on_an_s3_compatible_store() {
     assert!(err.contains("s3://inputs/nothing-here/: no object to transform"), "{err}");
     let err = fails(batch_env(d, &b, &["-i", "gs://in/x", "-o", "o"], &env), 2);
     assert!(err.contains("unknown scheme"), "{err}");
+}
+
+#[test]
+fn an_s3_bucket_the_credentials_cannot_read_is_named() {
+    let dir = scratch();
+    let d = dir.path();
+    let (b, sample, _) = xgb(d);
+    // two requests without credentials (the set-up), then keys are checked
+    let s3 = S3Server::start_with_auth(2);
+    let (t, _) = rows(&sample, 10, 0);
+    std::fs::write(d.join("a.csv"), &t).unwrap();
+    s3.py(
+        "s3.create_bucket(Bucket='locked'); s3.upload_file(sys.argv[1] + '/a.csv', 'locked', 'x/a.csv')",
+        &[d.to_str().unwrap()],
+    );
+    let mut env = s3.env();
+    env.push(("NEORUN_S3_RETRY_SECONDS", "2".into()));
+    let err = fails(batch_env(d, &b, &["-i", "s3://locked/x/", "-o", "out"], &env), 1);
+    assert!(err.contains("s3://locked/x") && err.contains("InvalidAccessKeyId"), "{err}");
+    assert!(err.contains("hint: the credentials may not read or write this bucket"), "{err}");
+    assert!(
+        !d.join("out").exists()
+            || std::fs::read_dir(d.join("out"))
+                .unwrap()
+                .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".out") })
+    );
+    // and as an output
+    let err = fails(batch_env(d, &b, &["-i", "a.csv", "-o", "s3://locked/y/"], &env), 1);
+    assert!(err.contains("s3://locked/y") && err.contains("InvalidAccessKeyId"), "{err}");
 }
 
 #[test]
