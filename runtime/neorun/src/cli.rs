@@ -361,6 +361,9 @@ pub struct ServeArgs {
     /// Keep the control plane's models, endpoint configurations and endpoints here (created if missing); they come back after a restart
     #[arg(long, env = "NEORUN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Asynchronous invocations may read their input (X-Amzn-SageMaker-InputLocation) from local files under this directory (s3:// inputs need no flag)
+    #[arg(long, value_name = "DIR", requires = "state_dir")]
+    pub async_input_dir: Option<PathBuf>,
     /// Declare an endpoint: a CreateEndpointConfig JSON body plus `Models` (CreateModel bodies) and optionally `EndpointName`; repeatable; SIGHUP re-reads them
     #[arg(long = "endpoint", value_name = "FILE")]
     pub endpoints: Vec<PathBuf>,

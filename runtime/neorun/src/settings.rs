@@ -69,6 +69,7 @@ pub struct Serve {
     pub variant: String,
     pub log_format: LogFormat,
     pub state_dir: Option<PathBuf>,
+    pub async_input_dir: Option<PathBuf>,
     pub endpoints: Vec<PathBuf>,
     pub alarms: Vec<PathBuf>,
     pub access_keys: Option<AccessKeys>,
@@ -194,6 +195,7 @@ impl Serve {
         Ok(Serve {
             store,
             state_dir: a.state_dir,
+            async_input_dir: a.async_input_dir,
             endpoints: a.endpoints,
             alarms: a.alarms,
             access_keys,

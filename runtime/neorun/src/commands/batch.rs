@@ -62,6 +62,8 @@ pub fn run(a: BatchArgs) -> Result<(), Failure> {
         join_input: a.join_source == JoinSource::Input,
         output_filter: path("--output-filter", &a.output_filter)?,
         skip_malformed: a.skip_malformed,
+        record: true,
+        out_suffix: ".out",
     };
     spec.check().map_err(Failure::Usage)?;
     let options = crate::settings::open_options(&a.load, Some(a.threads))?;

@@ -84,6 +84,10 @@ pub fn run(s: Serve) -> Result<(), Failure> {
             s.region.clone(),
         )?;
         control.restore().await?;
+        if let Some(dir) = &s.state_dir {
+            let queue = crate::control::async_inference::AsyncQueue::open(dir, s.async_input_dir.clone())?;
+            control.start_async(queue);
+        }
         for f in &s.alarms {
             let n = control.apply_alarms_file(f).map_err(|e| anyhow!("--alarms: {e}"))?;
             tracing::info!(file = %f.display(), alarms = n, "alarms defined");

@@ -15,6 +15,7 @@
 //! several. Request parsing is in `shapes.rs`, the disk in `store.rs`.)
 
 mod alarm_ops;
+pub mod async_inference;
 mod experiments;
 pub mod rollout;
 pub mod shapes;
@@ -200,6 +201,8 @@ pub struct ControlPlane {
     /// Objects another part of neorun derives at every start (the model
     /// store's endpoints): kept in memory, never written to the state directory.
     transient: Mutex<std::collections::BTreeSet<String>>,
+    /// Asynchronous invocations' queue (with a state directory).
+    async_queue: std::sync::OnceLock<Arc<async_inference::AsyncQueue>>,
 }
 
 /// Who asked, for the journal.
@@ -225,6 +228,7 @@ impl ControlPlane {
             bundles,
             _bundles_tmp: tmp,
             transient: Mutex::default(),
+            async_queue: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             store,
             endpoints: Arc::new(EndpointTable::default()),

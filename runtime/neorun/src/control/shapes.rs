@@ -293,6 +293,52 @@ pub struct ConfigDef {
     pub variants: Vec<VariantDef>,
     pub shadows: Vec<VariantDef>,
     pub capture: Option<CaptureDef>,
+    /// `AsyncInferenceConfig`: the endpoint takes asynchronous invocations.
+    pub async_config: Option<AsyncDef>,
+}
+
+/// `AsyncInferenceConfig`, read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AsyncDef {
+    /// `OutputConfig.S3OutputPath`: `s3://` or an absolute local path.
+    pub output: String,
+    /// `OutputConfig.S3FailurePath` (default: the output path).
+    pub failure: String,
+    /// `ClientConfig.MaxConcurrentInvocationsPerInstance` (default: the CPUs).
+    pub max_concurrency: usize,
+}
+
+fn async_config(mut f: Fields<'_>) -> Result<AsyncDef, AwsError> {
+    let mut max_concurrency = crate::cpus::allowed().map(|c| c.len()).unwrap_or(1).max(1);
+    if let Some(mut c) = f.obj("ClientConfig")? {
+        if let Some(n) = c.int("MaxConcurrentInvocationsPerInstance")? {
+            if !(1..=1000).contains(&n) {
+                return Err(invalid(&format!("{}.MaxConcurrentInvocationsPerInstance", c.path()), "give 1 to 1000"));
+            }
+            max_concurrency = n as usize;
+        }
+        c.finish(&mut Vec::new())?;
+    }
+    let mut o = f.obj("OutputConfig")?.ok_or_else(|| missing("AsyncInferenceConfig.OutputConfig"))?;
+    let output = o.req_str("S3OutputPath")?.to_string();
+    let failure = o.str("S3FailurePath")?.map(String::from).unwrap_or_else(|| output.clone());
+    o.ignore(&["KmsKeyId"]);
+    o.refuse(&[(
+        "NotificationConfig",
+        "completion notifications are not delivered yet: poll the output and failure locations",
+    )])?;
+    let at = o.path().to_string();
+    o.finish(&mut Vec::new())?;
+    f.finish(&mut Vec::new())?;
+    for (key, loc) in [("S3OutputPath", &output), ("S3FailurePath", &failure)] {
+        if !(loc.starts_with("s3://") || loc.starts_with("file:///") || loc.starts_with('/')) {
+            return Err(invalid(
+                &format!("{at}.{key}"),
+                &format!("{loc:?}: give s3://BUCKET/PREFIX, or an absolute local path (file:///dir)"),
+            ));
+        }
+    }
+    Ok(AsyncDef { output, failure, max_concurrency })
 }
 
 impl ConfigDef {
@@ -402,13 +448,11 @@ pub fn create_endpoint_config(v: &Value, extra: &[&str], ignored: &mut Vec<Strin
         None => Vec::new(),
     };
     let capture = f.obj("DataCaptureConfig")?.map(|c| capture(c, ignored)).transpose()?;
+    let async_config = f.obj("AsyncInferenceConfig")?.map(async_config).transpose()?;
     f.ignore(IGNORED_CONFIG);
-    f.refuse(&[
-        ("AsyncInferenceConfig", "asynchronous endpoints are not supported yet"),
-        ("ExplainerConfig", "SageMaker Clarify explainers are not supported"),
-    ])?;
+    f.refuse(&[("ExplainerConfig", "SageMaker Clarify explainers are not supported")])?;
     f.finish(ignored)?;
-    let config = ConfigDef { name, variants, shadows, capture };
+    let config = ConfigDef { name, variants, shadows, capture, async_config };
     check_config(&config)?;
     Ok(config)
 }
@@ -525,7 +569,11 @@ mod tests {
                 "CaptureOptions[0].CaptureMode",
             ),
             (Box::new(|v| v["ProductionVariants"][0]["VariantName"] = json!("bad name")), "not a valid name"),
-            (Box::new(|v| v["AsyncInferenceConfig"] = json!({})), "AsyncInferenceConfig: asynchronous"),
+            (Box::new(|v| v["AsyncInferenceConfig"] = json!({})), "AsyncInferenceConfig.OutputConfig"),
+            (
+                Box::new(|v| v["AsyncInferenceConfig"] = json!({"OutputConfig": {"S3OutputPath": "out/"}})),
+                "absolute local path",
+            ),
             (
                 Box::new(|v| {
                     v.as_object_mut().unwrap().remove("ProductionVariants");

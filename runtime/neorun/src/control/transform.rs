@@ -233,6 +233,8 @@ fn parse(v: &Value) -> Result<(String, Plan), AwsError> {
         join_input,
         output_filter,
         skip_malformed: false,
+        record: true,
+        out_suffix: ".out",
     };
     let plan = Plan { model, input, output, content_type, accept, spec };
     // what can be judged before the objects are listed

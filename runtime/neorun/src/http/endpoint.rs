@@ -257,3 +257,34 @@ impl ShadowCopy {
         }
     }
 }
+
+/// `POST /endpoints/{name}/async-invocations` (`InvokeEndpointAsync`):
+/// queued, answered 202 with where the answer or the failure will be
+/// (`control::async_inference`).
+pub async fn async_invocations(State(st): St, Path(endpoint): Path<String>, headers: HeaderMap) -> Response {
+    use crate::control::async_inference::SubmitError;
+    let Some(cp) = &st.control else {
+        return ApiError::bad(
+            "asynchronous invocations need an endpoint with an AsyncInferenceConfig (neorun serve --state-dir)",
+        )
+        .into_response();
+    };
+    match cp.submit_async(&endpoint, &headers).await {
+        Ok(job) => {
+            let place = |dir: &str, name: &str| format!("{}/{name}", dir.trim_end_matches('/'));
+            let body = serde_json::json!({ "InferenceId": job.inference_id }).to_string();
+            let mut r = (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            for (h, v) in [
+                ("X-Amzn-SageMaker-OutputLocation", place(&job.output_dir, &job.output_name)),
+                ("X-Amzn-SageMaker-FailureLocation", place(&job.failure_dir, &job.failure_name)),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    r.headers_mut().insert(h, v);
+                }
+            }
+            r
+        }
+        Err(SubmitError::Bad(m)) => ApiError::bad(m).into_response(),
+        Err(SubmitError::Internal(m)) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m).into_response(),
+    }
+}

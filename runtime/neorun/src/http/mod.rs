@@ -78,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(sagemaker::ping))
         .route("/invocations", post(sagemaker::invocations))
         .route("/endpoints/{endpoint}/invocations", post(endpoint::endpoint_invocations))
+        .route("/endpoints/{endpoint}/async-invocations", post(endpoint::async_invocations))
         .route("/v2", get(oip::server))
         .route("/v2/health/live", get(oip::live))
         .route("/v2/health/ready", get(oip::ready))

@@ -136,6 +136,13 @@ pub struct Spec {
     /// Records the model cannot take are reported and answered with an
     /// empty line instead of failing the job.
     pub skip_malformed: bool,
+    /// A resumable job: complete outputs are recorded in the output's
+    /// `.neorun-batch.json` (and kept by a run again), outputs it did not
+    /// write are refused, a local output is locked. Off for one-off
+    /// transforms (an asynchronous invocation), whose output name is new.
+    pub record: bool,
+    /// Appended to an object's name to name its output (`.out`).
+    pub out_suffix: &'static str,
 }
 
 impl Spec {
@@ -216,6 +223,10 @@ const STATE: &str = ".neorun-batch.json";
 /// The name of the output of input `rel`.
 pub fn output_name(rel: &str) -> String {
     format!("{rel}.out")
+}
+
+fn output_name_of(spec: &Spec, rel: &str) -> String {
+    format!("{rel}{}", spec.out_suffix)
 }
 
 fn report_name(rel: &str) -> String {
@@ -305,10 +316,15 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<Summary, JobError> {
     spec.check().map_err(JobError::Other)?;
-    out.prepare_output().map_err(JobError::Other)?;
-    let _lock = out.lock().map_err(JobError::Other)?;
-    let mut state = read_state(out).map_err(JobError::Other)?;
-    let todo = plan(objects, out, &state).map_err(JobError::Other)?;
+    let (_lock, mut state, todo) = if spec.record {
+        out.prepare_output().map_err(JobError::Other)?;
+        let lock = out.lock().map_err(JobError::Other)?;
+        let state = read_state(out).map_err(JobError::Other)?;
+        let todo = plan(objects, out, &state).map_err(JobError::Other)?;
+        (lock, Some(state), todo)
+    } else {
+        (None, None, vec![true; objects.len()])
+    };
     let mut summary = Summary { objects: objects.len(), ..Default::default() };
     summary.already_done = todo.iter().filter(|t| !**t).count();
     for (o, t) in objects.iter().zip(&todo) {
@@ -380,7 +396,7 @@ pub fn run(
             });
         }
         drop(msg_tx);
-        write_all(objects, out, spec, &mut state, msg_rx, tok_rx, progress, &mut summary, &failed, stop)
+        write_all(objects, out, spec, state.take(), msg_rx, tok_rx, progress, &mut summary, &failed, stop)
     });
     result?;
     if stop.load(Ordering::Relaxed) {
@@ -706,8 +722,8 @@ struct Open {
     skipped: Skipped,
 }
 
-fn open_output(out: &Place, rel: &str) -> Result<Open, String> {
-    let fin = output_name(rel);
+fn open_output(out: &Place, fin: &str) -> Result<Open, String> {
+    let fin = fin.to_string();
     let file = out.create(&fin)?;
     Ok(Open {
         fin,
@@ -726,7 +742,7 @@ fn write_all(
     objects: &[Object],
     out: &Place,
     spec: &Spec,
-    state: &mut State,
+    mut state: Option<State>,
     msgs: Receiver<Msg>,
     tokens: Receiver<()>,
     progress: &Progress,
@@ -763,13 +779,15 @@ fn write_all(
         };
         let o = match open.entry(obj) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => match open_output(out, &objects[obj].rel) {
-                Ok(x) => v.insert(x),
-                Err(e) => {
-                    fail(JobError::Other(e), &mut error, &mut tokens);
-                    continue;
+            std::collections::hash_map::Entry::Vacant(v) => {
+                match open_output(out, &output_name_of(spec, &objects[obj].rel)) {
+                    Ok(x) => v.insert(x),
+                    Err(e) => {
+                        fail(JobError::Other(e), &mut error, &mut tokens);
+                        continue;
+                    }
                 }
-            },
+            }
         };
         if ended.is_some() {
             o.chunks = ended;
@@ -800,7 +818,7 @@ fn write_all(
         }
         if o.chunks == Some(o.next) {
             let o = open.remove(&obj).expect("open");
-            match finish(o, &objects[obj], spec, state, out) {
+            match finish(o, &objects[obj], spec, state.as_mut(), out) {
                 Ok(report) => summary.reports.extend(report),
                 Err(e) => fail(JobError::Other(e), &mut error, &mut tokens),
             }
@@ -818,8 +836,30 @@ fn write_all(
 /// Makes one output final: its report written, the job's record updated,
 /// then the output committed (a crash between the two leaves a record of
 /// an output that is not there, which a run again redoes).
-fn finish(o: Open, obj: &Object, spec: &Spec, state: &mut State, out: &Place) -> Result<Option<String>, String> {
-    let report = report_name(&obj.rel);
+fn finish(
+    o: Open,
+    obj: &Object,
+    spec: &Spec,
+    state: Option<&mut State>,
+    out: &Place,
+) -> Result<Option<String>, String> {
+    let report = report_name(&output_name_of(spec, &obj.rel));
+    let Some(state) = state else {
+        // a one-off: its report, then the output
+        if !o.skipped.is_empty() {
+            let text: String = o
+                .skipped
+                .iter()
+                .map(|(line, e)| json!({"object": obj.rel, "line": line, "error": e}).to_string() + "\n")
+                .collect();
+            if let Err(e) = out.put(&report, text.as_bytes()) {
+                o.file.abort();
+                return Err(e);
+            }
+        }
+        o.file.commit()?;
+        return Ok((!o.skipped.is_empty()).then(|| out.show(&report)));
+    };
     let skipped = o.skipped.len() as u64;
     let result = (|| {
         if !o.skipped.is_empty() {
@@ -890,6 +930,8 @@ mod tests {
             join_input: false,
             output_filter: None,
             skip_malformed: false,
+            record: true,
+            out_suffix: ".out",
         }
     }
 

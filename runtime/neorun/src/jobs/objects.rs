@@ -144,6 +144,15 @@ impl Place {
         }
     }
 
+    /// Whether the object `rel` is there.
+    pub fn exists(&self, rel: &str) -> Result<bool, String> {
+        match self {
+            Place::Local(p) => Ok(p.join(rel).is_file()),
+            #[cfg(feature = "s3")]
+            Place::S3(s) => s.exists(rel),
+        }
+    }
+
     /// Makes sure outputs can be written here (a local directory is
     /// created; an S3 bucket must be reachable with these credentials).
     pub fn prepare_output(&self) -> Result<(), String> {
@@ -606,6 +615,15 @@ pub mod s3 {
                 }
                 .map_err(|e| self.error(&format!("reading {}", self.uri(rel)), e))
             })
+        }
+
+        pub fn exists(&self, rel: &str) -> Result<bool, String> {
+            let k = Key::from(self.key(rel));
+            match self.rt.block_on(self.store.head(&k)) {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(self.error(&format!("reading {}", self.uri(rel)), e)),
+            }
         }
 
         pub fn remove(&self, rel: &str) -> Result<(), String> {
