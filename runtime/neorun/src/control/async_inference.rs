@@ -379,7 +379,7 @@ impl ControlPlane {
                 "InferenceId": job.inference_id,
                 "errorMessage": m,
                 "InputLocation": job.input,
-                "failedAt": chrono::Utc::now().to_rfc3339(),
+                "failedAt": super::iso(std::time::SystemTime::now()),
             })
             .to_string();
             let written =
