@@ -364,6 +364,12 @@ pub struct ServeArgs {
     /// Asynchronous invocations may read their input (X-Amzn-SageMaker-InputLocation) from local files under this directory (s3:// inputs need no flag)
     #[arg(long, value_name = "DIR", requires = "state_dir")]
     pub async_input_dir: Option<PathBuf>,
+    /// Serverless variants (ServerlessConfig) unload their model after this many seconds without a request, unless ProvisionedConcurrency is set
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub serverless_idle_seconds: u64,
+    /// Multi-model variants (Mode MultiModel) keep the most recently used bundles loaded within this much memory (a bundle counts its file size)
+    #[arg(long, default_value_t = 2048.0, value_name = "MB")]
+    pub multi_model_memory_mb: f64,
     /// Declare an endpoint: a CreateEndpointConfig JSON body plus `Models` (CreateModel bodies) and optionally `EndpointName`; repeatable; SIGHUP re-reads them
     #[arg(long = "endpoint", value_name = "FILE")]
     pub endpoints: Vec<PathBuf>,

@@ -19,7 +19,10 @@ use crate::models::LiveModel;
 pub struct Variant {
     pub name: String,
     pub model_name: String,
-    pub live: Arc<LiveModel>,
+    /// Its model, loaded (`None` for a serverless or multi-model variant,
+    /// whose models `lazy` loads on demand).
+    pub live: Option<Arc<LiveModel>>,
+    pub lazy: Option<Arc<crate::lazy::LazyModels>>,
     pub weight: f64,
     pub series: VariantSeries,
     /// What alarms watch (this fleet's own: blue and green count apart).

@@ -19,6 +19,7 @@ mod exit;
 mod http;
 mod infer;
 mod jobs;
+mod lazy;
 mod metrics;
 mod models;
 mod modelstore;

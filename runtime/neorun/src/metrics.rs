@@ -99,6 +99,21 @@ struct EndpointFamilies {
     capture_written: Family<CaptureLabels, Counter>,
     capture_dropped: Family<ReasonLabels, Counter>,
     capture_paused: Gauge,
+    model_loads: Family<VariantLabels, Counter>,
+    model_unloads: Family<VariantLabels, Counter>,
+    model_setup: VariantHistograms,
+    throttled: Family<VariantLabels, Counter>,
+}
+
+/// A serverless or multi-model variant's loading series: `kind` in the
+/// labels says which event (`cold_start`; `idle` or `evicted` for unloads).
+#[derive(Clone, Debug)]
+pub struct LazySeries {
+    pub cold_starts: Counter,
+    pub idle_unloads: Counter,
+    pub evictions: Counter,
+    pub setup_time: Histogram,
+    pub throttled: Counter,
 }
 
 impl EndpointFamilies {
@@ -115,7 +130,31 @@ impl EndpointFamilies {
             capture_written: Family::default(),
             capture_dropped: Family::default(),
             capture_paused: Gauge::default(),
+            model_loads: Family::default(),
+            model_unloads: Family::default(),
+            model_setup: VariantHistograms::new_with_constructor(latency as fn() -> Histogram),
+            throttled: Family::default(),
         };
+        r.register(
+            "neorun_model_loads",
+            "Models loaded on demand by serverless and multi-model variants (cold starts)",
+            f.model_loads.clone(),
+        );
+        r.register(
+            "neorun_model_unloads",
+            "Models unloaded by serverless and multi-model variants, by kind (idle, evicted: over the memory budget)",
+            f.model_unloads.clone(),
+        );
+        r.register(
+            "neorun_model_setup_seconds",
+            "Time to load a model on demand, verify and health-check it (SageMaker's ModelSetupTime, in seconds)",
+            f.model_setup.clone(),
+        );
+        r.register(
+            "neorun_throttled",
+            "Requests refused with 429 ThrottlingException over a serverless variant's MaxConcurrency",
+            f.throttled.clone(),
+        );
         r.register(
             "neorun_invocations",
             "Invocations: requests an endpoint variant answered (SageMaker's Invocations)",
@@ -281,6 +320,25 @@ impl Metrics {
                 shed: f.shadow_shed.get_or_create(&c).clone(),
             }),
         }
+    }
+
+    /// A serverless or multi-model variant's loading series.
+    pub fn register_lazy(&self, endpoint: &str, variant: &str) -> LazySeries {
+        let f = &self.endpoints;
+        let l = |kind: &str| VariantLabels {
+            endpoint_name: endpoint.into(),
+            variant_name: variant.into(),
+            kind: kind.into(),
+        };
+        // one statement each: a family's read guard lives to the end of its
+        // statement, and a second label set of the same family needs its
+        // write lock
+        let cold_starts = f.model_loads.get_or_create(&l("cold_start")).clone();
+        let idle_unloads = f.model_unloads.get_or_create(&l("idle")).clone();
+        let evictions = f.model_unloads.get_or_create(&l("evicted")).clone();
+        let setup_time = f.model_setup.get_or_create(&l("production")).clone();
+        let throttled = f.throttled.get_or_create(&l("production")).clone();
+        LazySeries { cold_starts, idle_unloads, evictions, setup_time, throttled }
     }
 
     /// Handles for the capture writer.

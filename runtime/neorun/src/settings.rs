@@ -70,6 +70,8 @@ pub struct Serve {
     pub log_format: LogFormat,
     pub state_dir: Option<PathBuf>,
     pub async_input_dir: Option<PathBuf>,
+    pub serverless_idle: Duration,
+    pub multi_model_bytes: u64,
     pub endpoints: Vec<PathBuf>,
     pub alarms: Vec<PathBuf>,
     pub access_keys: Option<AccessKeys>,
@@ -196,6 +198,16 @@ impl Serve {
             store,
             state_dir: a.state_dir,
             async_input_dir: a.async_input_dir,
+            serverless_idle: Duration::from_secs(a.serverless_idle_seconds.max(1)),
+            multi_model_bytes: if a.multi_model_memory_mb.is_finite() && a.multi_model_memory_mb > 0.0 {
+                (a.multi_model_memory_mb * (1u64 << 20) as f64) as u64
+            } else {
+                return Err(anyhow!(
+                    "--multi-model-memory-mb {}: give a number of MB above 0",
+                    a.multi_model_memory_mb
+                )
+                .into());
+            },
             endpoints: a.endpoints,
             alarms: a.alarms,
             access_keys,

@@ -83,6 +83,7 @@ pub fn run(s: Serve) -> Result<(), Failure> {
             s.open.clone(),
             s.region.clone(),
         )?;
+        control.set_lazy_settings(s.serverless_idle, s.multi_model_bytes);
         control.restore().await?;
         if let Some(dir) = &s.state_dir {
             let queue = crate::control::async_inference::AsyncQueue::open(dir, s.async_input_dir.clone())?;

@@ -419,7 +419,15 @@ impl ControlPlane {
             self.endpoints.get(&job.endpoint).ok_or_else(|| format!("endpoint {} is not in service", job.endpoint))?;
         let (fleet, i) =
             live.route(None).map_err(|_| format!("endpoint {}: no variant takes traffic", job.endpoint))?;
-        let model = fleet.variants[i].live.model.clone();
+        let variant = &fleet.variants[i];
+        let model = match (&variant.live, &variant.lazy) {
+            (Some(l), _) => l.model.clone(),
+            (None, Some(lazy)) => {
+                let _permit = lazy.admit().map_err(|e| format!("{e:?}"))?;
+                rt.block_on(lazy.get(None)).map_err(|e| format!("{e:?}"))?.0.model.clone()
+            }
+            (None, None) => return Err(format!("endpoint {}: variant {} has no model", job.endpoint, variant.name)),
+        };
         let (input, object) = input_object(&job.input, rt, &job.output_name)?;
         let content_type = match &job.content_type {
             Some(c) => InFormat::parse(c).ok_or_else(|| format!("content type {c:?}"))?,

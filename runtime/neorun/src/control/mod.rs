@@ -203,6 +203,8 @@ pub struct ControlPlane {
     transient: Mutex<std::collections::BTreeSet<String>>,
     /// Asynchronous invocations' queue (with a state directory).
     async_queue: std::sync::OnceLock<Arc<async_inference::AsyncQueue>>,
+    /// Serverless idle period, multi-model memory budget (bytes).
+    lazy_settings: Mutex<(std::time::Duration, u64)>,
 }
 
 /// Who asked, for the journal.
@@ -229,6 +231,7 @@ impl ControlPlane {
             _bundles_tmp: tmp,
             transient: Mutex::default(),
             async_queue: std::sync::OnceLock::new(),
+            lazy_settings: Mutex::new((std::time::Duration::from_secs(300), 2 << 30)),
             state: Mutex::new(State::default()),
             store,
             endpoints: Arc::new(EndpointTable::default()),
@@ -361,7 +364,9 @@ impl ControlPlane {
         if def.is_oci() {
             self.pull(&mut def).await?;
         }
-        let digest = self.verify(&def).await?;
+        // a multi-model container's bundles are verified as they load
+        let digest =
+            if def.multi_model { format!("multi-model:{}", def.bundle.display()) } else { self.verify(&def).await? };
         let rec = ModelRec { arn: self.arn("model", &def.name), created: now(), request: v.clone(), digest, def };
         {
             let mut st = self.lock();
@@ -925,7 +930,9 @@ impl ControlPlane {
         let mut reusable: HashMap<(String, String, String), Arc<LiveModel>> = HashMap::new();
         if let Some(cur) = current {
             for v in &cur.variants {
-                reusable.insert((v.name.clone(), v.model_name.clone(), v.live.model.digest.clone()), v.live.clone());
+                if let Some(live) = &v.live {
+                    reusable.insert((v.name.clone(), v.model_name.clone(), live.model.digest.clone()), live.clone());
+                }
             }
             for s in &cur.shadows {
                 reusable.insert((s.name.clone(), s.model_name.clone(), s.live.model.digest.clone()), s.live.clone());
@@ -940,7 +947,22 @@ impl ControlPlane {
         // spare thread, at the lowest priority: no engine threads of its own
         // compete with live traffic)
         let mut to_open: Vec<(String, bool, PathBuf)> = Vec::new();
-        let roles = def.variants.iter().map(|v| (v, false)).chain(def.shadows.iter().map(|v| (v, true)));
+        // serverless and multi-model variants load their models on demand
+        let on_demand = |v: &shapes::VariantDef| v.serverless.is_some() || dep.models[&v.model_name].def.multi_model;
+        for s in &def.shadows {
+            if on_demand(s) {
+                return Err(format!(
+                    "shadow variant {}: a shadow runs a loaded model (no ServerlessConfig, no multi-model model)",
+                    s.name
+                ));
+            }
+        }
+        let roles = def
+            .variants
+            .iter()
+            .filter(|v| !on_demand(v))
+            .map(|v| (v, false))
+            .chain(def.shadows.iter().map(|v| (v, true)));
         for (v, shadow) in roles {
             if reused(&v.name, &v.model_name).is_none()
                 && !to_open.iter().any(|(m, s, _)| *m == v.model_name && *s == shadow)
@@ -1003,7 +1025,8 @@ impl ControlPlane {
             .map(|v| Variant {
                 name: v.name.clone(),
                 model_name: v.model_name.clone(),
-                live: live_for(&v.name, &v.model_name, false),
+                live: (!on_demand(v)).then(|| live_for(&v.name, &v.model_name, false)),
+                lazy: on_demand(v).then(|| self.lazy_variant(name, v, &dep.models[&v.model_name].def, current)),
                 weight: dep.weights[&v.name],
                 series: self.metrics.register_variant(name, &v.name, false),
                 counters: Arc::new(Counters::default()),
@@ -1028,6 +1051,63 @@ impl ControlPlane {
             })
             .collect();
         Ok(LiveEndpoint { name: name.to_string(), variants, shadows, capture, green: None })
+    }
+
+    /// A serverless or multi-model variant's on-demand models: those of the
+    /// same variant in the current fleet when nothing about it changed
+    /// (a weight change keeps what is loaded), else new.
+    fn lazy_variant(
+        &self,
+        endpoint: &str,
+        v: &shapes::VariantDef,
+        model: &shapes::ModelDef,
+        current: Option<&LiveEndpoint>,
+    ) -> Arc<crate::lazy::LazyModels> {
+        let same = current.and_then(|cur| {
+            cur.variants
+                .iter()
+                .find(|c| c.name == v.name && c.model_name == v.model_name)
+                .and_then(|c| c.lazy.clone())
+                .filter(|l| l.settings_of == (v.serverless.clone(), model.bundle.clone()))
+        });
+        if let Some(l) = same {
+            return l;
+        }
+        let (idle, mme_budget) = *self.lazy_settings.lock().unwrap_or_else(|e| e.into_inner());
+        let settings = match &v.serverless {
+            Some(s) => crate::lazy::Settings {
+                source: if model.multi_model {
+                    crate::lazy::Source::Dir(model.bundle.clone())
+                } else {
+                    crate::lazy::Source::Single(model.bundle.clone())
+                },
+                budget: s.memory_mb << 20,
+                idle: (!s.provisioned).then_some(idle),
+                max_concurrency: Some(s.max_concurrency),
+            },
+            None => crate::lazy::Settings {
+                source: crate::lazy::Source::Dir(model.bundle.clone()),
+                budget: mme_budget,
+                idle: None,
+                max_concurrency: None,
+            },
+        };
+        crate::lazy::LazyModels::new(
+            endpoint,
+            &v.name,
+            &v.model_name,
+            settings,
+            (v.serverless.clone(), model.bundle.clone()),
+            self.open.clone(),
+            self.inference.clone(),
+            self.metrics.register_lazy(endpoint, &v.name),
+        )
+    }
+
+    /// How long a serverless model may idle before it is unloaded, and the
+    /// memory a multi-model variant's models may take together.
+    pub fn set_lazy_settings(&self, idle: std::time::Duration, multi_model_bytes: u64) {
+        *self.lazy_settings.lock().unwrap_or_else(|e| e.into_inner()) = (idle, multi_model_bytes);
     }
 
     // ---- start-up ----
@@ -1284,6 +1364,7 @@ fn reweighted(live: &LiveEndpoint, weights: &BTreeMap<String, f64>) -> LiveEndpo
             name: v.name.clone(),
             model_name: v.model_name.clone(),
             live: v.live.clone(),
+            lazy: v.lazy.clone(),
             weight: weights.get(&v.name).copied().unwrap_or(v.weight),
             series: v.series.clone(),
             counters: v.counters.clone(),

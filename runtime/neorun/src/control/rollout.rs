@@ -389,7 +389,9 @@ impl ControlPlane {
     async fn self_test_fleet(&self, green: &Arc<LiveEndpoint>) -> Option<String> {
         let mut first = None;
         for v in &green.variants {
-            let (model, counters) = (v.live.model.clone(), v.counters.clone());
+            // a serverless or multi-model variant checks each model as it loads it
+            let Some(live) = &v.live else { continue };
+            let (model, counters) = (live.model.clone(), v.counters.clone());
             let r = tokio::task::spawn_blocking(move || model.self_test()).await;
             let ok = matches!(r, Ok(Ok(_)));
             counters.self_test(ok);

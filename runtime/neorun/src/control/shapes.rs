@@ -180,8 +180,11 @@ pub struct ModelDef {
     pub name: String,
     /// `PrimaryContainer.ModelDataUrl` as given.
     pub url: String,
-    /// The bundle file (for an `oci://` URL: empty until pulled).
+    /// The bundle file (for an `oci://` URL: empty until pulled); for a
+    /// multi-model container, the directory of bundles.
     pub bundle: PathBuf,
+    /// `Mode: MultiModel`: requests name their bundle (`TargetModel`).
+    pub multi_model: bool,
 }
 
 impl ModelDef {
@@ -248,21 +251,33 @@ pub fn create_model(v: &Value, ignored: &mut Vec<String>) -> Result<ModelDef, Aw
     let url_path = format!("{}.ModelDataUrl", container.path());
     let mut c = container;
     let url = c.req_str("ModelDataUrl")?.to_string();
-    let mode = c.str("Mode")?;
-    if mode.is_some_and(|m| m != "SingleModel") {
-        return Err(invalid(&format!("{}.Mode", c.path()), "only SingleModel is supported"));
-    }
+    let multi_model = match c.str("Mode")? {
+        None | Some("SingleModel") => false,
+        Some("MultiModel") => true,
+        Some(m) => {
+            return Err(invalid(&format!("{}.Mode", c.path()), &format!("{m:?}: use SingleModel or MultiModel")))
+        }
+    };
     c.ignore(IGNORED_CONTAINER);
+    c.ignore(&["MultiModelConfig"]);
     c.refuse(&[
         ("ModelDataSource", "not supported: give the bundle in ModelDataUrl"),
         ("AdditionalModelDataSources", "not supported: one bundle per model"),
         ("ModelPackageName", "model packages are not supported: give the bundle in ModelDataUrl"),
-        ("MultiModelConfig", "multi-model endpoints are not supported yet"),
     ])?;
     c.finish(ignored)?;
     f.finish(ignored)?;
+    if multi_model {
+        let dir = crate::lazy::model_dir(&url).ok_or_else(|| {
+            invalid(
+                &url_path,
+                "a multi-model ModelDataUrl is a local directory of bundles (requests name one in TargetModel)",
+            )
+        })?;
+        return Ok(ModelDef { name, url, bundle: dir, multi_model });
+    }
     let bundle = bundle_path(&url_path, &url)?;
-    Ok(ModelDef { name, url, bundle })
+    Ok(ModelDef { name, url, bundle, multi_model })
 }
 
 /// A production or shadow variant.
@@ -271,6 +286,35 @@ pub struct VariantDef {
     pub name: String,
     pub model_name: String,
     pub weight: f64,
+    /// `ServerlessConfig`.
+    pub serverless: Option<ServerlessDef>,
+}
+
+/// `ServerlessConfig`, read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerlessDef {
+    pub memory_mb: u64,
+    pub max_concurrency: usize,
+    /// `ProvisionedConcurrency` > 0: kept loaded, never idled out.
+    pub provisioned: bool,
+}
+
+fn serverless(mut f: Fields<'_>) -> Result<ServerlessDef, AwsError> {
+    let at = f.path().to_string();
+    let memory = f.int("MemorySizeInMB")?.ok_or_else(|| missing(&format!("{at}.MemorySizeInMB")))?;
+    if !(1024..=6144).contains(&memory) || memory % 1024 != 0 {
+        return Err(invalid(&format!("{at}.MemorySizeInMB"), "give 1024, 2048, 3072, 4096, 5120 or 6144"));
+    }
+    let max = f.int("MaxConcurrency")?.ok_or_else(|| missing(&format!("{at}.MaxConcurrency")))?;
+    if !(1..=200).contains(&max) {
+        return Err(invalid(&format!("{at}.MaxConcurrency"), "give 1 to 200"));
+    }
+    let provisioned = f.int("ProvisionedConcurrency")?.unwrap_or(0);
+    if provisioned < 0 || provisioned > max {
+        return Err(invalid(&format!("{at}.ProvisionedConcurrency"), "give 1 to MaxConcurrency"));
+    }
+    f.finish(&mut Vec::new())?;
+    Ok(ServerlessDef { memory_mb: memory as u64, max_concurrency: max as usize, provisioned: provisioned > 0 })
 }
 
 /// `DataCaptureConfig`, read.
@@ -371,10 +415,10 @@ fn variant(mut f: Fields<'_>, ignored: &mut Vec<String>) -> Result<VariantDef, A
     if !(weight.is_finite() && weight >= 0.0) {
         return Err(invalid(&format!("{}.InitialVariantWeight", f.path()), "must be a number of 0 or more"));
     }
+    let serverless = f.obj("ServerlessConfig")?.map(serverless).transpose()?;
     f.ignore(IGNORED_VARIANT);
-    f.refuse(&[("ServerlessConfig", "serverless variants are not supported yet")])?;
     f.finish(ignored)?;
-    Ok(VariantDef { name, model_name, weight })
+    Ok(VariantDef { name, model_name, weight, serverless })
 }
 
 fn capture(mut f: Fields<'_>, ignored: &mut Vec<String>) -> Result<CaptureDef, AwsError> {
@@ -521,7 +565,10 @@ mod tests {
     fn a_full_config_is_read_with_meaningless_fields_reported() {
         let mut ignored = Vec::new();
         let c = create_endpoint_config(&base(), &[], &mut ignored).unwrap();
-        assert_eq!(c.variants[0], VariantDef { name: "A".into(), model_name: "m1".into(), weight: 3.0 });
+        assert_eq!(
+            c.variants[0],
+            VariantDef { name: "A".into(), model_name: "m1".into(), weight: 3.0, serverless: None }
+        );
         assert_eq!(ignored, vec!["ProductionVariants[0].InitialInstanceCount", "ProductionVariants[0].InstanceType"]);
         let cap = c.capture.unwrap();
         assert!(cap.enabled && cap.input && cap.output && cap.dir == std::path::Path::new("/tmp/x"));
@@ -603,7 +650,7 @@ mod tests {
             ),
             (
                 json!({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "m.neo", "Mode": "MultiModel"}}),
-                "SingleModel",
+                "local directory of bundles",
             ),
             (json!({"ModelName": "-m", "PrimaryContainer": {"ModelDataUrl": "m.neo"}}), "ModelName"),
         ] {

@@ -22,6 +22,7 @@ use super::sagemaker::{decode, encode};
 use super::{read_body, AppState, St};
 use crate::capture::{Payload, Record};
 use crate::endpoints::{compare, Agreement, Choice, LiveEndpoint, Shadow, Variant};
+use crate::models::LiveModel;
 
 pub async fn endpoint_invocations(
     State(st): St,
@@ -64,10 +65,14 @@ pub async fn endpoint_invocations(
     };
     let variant = &ep.variants[index];
     let r = answer(&st, variant, &headers, body).await;
+    let mut answered_by = variant.live.clone();
+    let mut notes = Vec::new();
     let (mut resp, model_time) = match r {
         Ok(a) => {
             let resp = (StatusCode::OK, [(header::CONTENT_TYPE, a.content_type)], a.body.clone()).into_response();
             after(&st, &ep, variant, &headers, &a);
+            answered_by = Some(a.live.clone());
+            notes = a.notes;
             (resp, Some(a.model_time))
         }
         Err((e, model_time)) => (e.into_response(), model_time),
@@ -75,8 +80,15 @@ pub async fn endpoint_invocations(
     let (status, model_error) = super::error::counted(&resp);
     variant.series.invoked(status, started.elapsed(), model_time);
     variant.counters.invoked(status, model_error, started.elapsed(), model_time);
-    variant.live.series.answered(started.elapsed(), status);
+    if let Some(live) = answered_by {
+        live.series.answered(started.elapsed(), status);
+    }
     let h = resp.headers_mut();
+    for (name, value) in notes {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&variant.name) {
         h.insert("X-Amzn-Invoked-Production-Variant", v);
     }
@@ -95,6 +107,47 @@ struct Answer {
     body: Bytes,
     outputs: Arc<Vec<Tensor>>,
     model_time: Duration,
+    /// The model that answered (a multi-model or serverless variant's
+    /// model of the moment).
+    live: Arc<LiveModel>,
+    /// Headers saying what loading this request caused.
+    notes: Vec<(&'static str, String)>,
+}
+
+/// The model a request to this variant goes to: its own, or the one a
+/// serverless or multi-model variant loads for it (with a place under
+/// `MaxConcurrency`, held until the answer is done).
+async fn model_for(
+    variant: &Variant,
+    headers: &HeaderMap,
+) -> Result<(Arc<LiveModel>, Option<crate::lazy::Permit>, Vec<(&'static str, String)>), ApiError> {
+    use crate::lazy::LazyError;
+    if let Some(live) = &variant.live {
+        return Ok((live.clone(), None, Vec::new()));
+    }
+    let Some(lazy) = &variant.lazy else {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("variant {} has no model", variant.name)));
+    };
+    let target = match headers.get("X-Amzn-SageMaker-Target-Model").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return Err(ApiError::bad("X-Amzn-SageMaker-Target-Model is not ASCII")),
+    };
+    let map = |e: LazyError| match e {
+        LazyError::Throttled(m) => ApiError::throttled(m),
+        LazyError::Bad(m) => ApiError::bad(m),
+        LazyError::Load(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+    };
+    let permit = lazy.admit().map_err(map)?;
+    let (live, cold, evicted) = lazy.get(target).await.map_err(map)?;
+    let mut notes = Vec::new();
+    if let Some(t) = cold {
+        notes.push(("X-NeoRun-Cold-Start-Ms", format!("{:.1}", t.as_secs_f64() * 1e3)));
+    }
+    if !evicted.is_empty() {
+        notes.push(("X-NeoRun-Evicted-Models", evicted.join(",")));
+    }
+    Ok((live, Some(permit), notes))
 }
 
 async fn answer(
@@ -104,13 +157,14 @@ async fn answer(
     body: Body,
 ) -> Result<Answer, (ApiError, Option<Duration>)> {
     let request = read_body(st, body).await.map_err(|e| (e, None))?;
-    let (batch, out) = decode(&variant.live, headers, &request).map_err(|e| (e, None))?;
+    let (live, _permit, notes) = model_for(variant, headers).await.map_err(|e| (e, None))?;
+    let (batch, out) = decode(&live, headers, &request).map_err(|e| (e, None))?;
     let rows = batch.rows;
     let t = Instant::now();
-    let outputs = st.inference.infer(&variant.live, batch).await.map_err(|e| (ApiError::from(e), Some(t.elapsed())))?;
+    let outputs = st.inference.infer(&live, batch).await.map_err(|e| (ApiError::from(e), Some(t.elapsed())))?;
     let model_time = t.elapsed();
-    let (content_type, bytes) = encode(&variant.live, out, &outputs, rows).map_err(|e| (e, Some(model_time)))?;
-    Ok(Answer { request, content_type, body: Bytes::from(bytes), outputs: Arc::new(outputs), model_time })
+    let (content_type, bytes) = encode(&live, out, &outputs, rows).map_err(|e| (e, Some(model_time)))?;
+    Ok(Answer { request, content_type, body: Bytes::from(bytes), outputs: Arc::new(outputs), model_time, live, notes })
 }
 
 fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {

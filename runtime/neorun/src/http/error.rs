@@ -40,6 +40,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 429 `ThrottlingException`, as botocore expects it (retried with backoff).
+    pub fn throttled(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            retry_after: true,
+            model_error: false,
+        }
+    }
+
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
@@ -96,6 +106,7 @@ impl IntoResponse for ApiError {
         let code = match self.status.as_u16() {
             _ if self.model_error => "ModelError",
             401 | 403 => "AccessDeniedException",
+            429 => "ThrottlingException",
             503 => "ServiceUnavailable",
             s if s >= 500 => "InternalFailure",
             _ => "ValidationError",

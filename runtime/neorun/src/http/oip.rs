@@ -107,13 +107,19 @@ async fn infer_any(
     if let Some(ep) = routed {
         if let Ok((fleet, i)) = ep.route(None) {
             let variant = &fleet.variants[i];
+            let Some(vlive) = variant.live.clone() else {
+                return ApiError::bad(format!(
+                    "model {model}'s endpoint loads its models on demand: call it through /endpoints/"
+                ))
+                .into_response();
+            };
             let t = Instant::now();
-            let r = answer(&st, &variant.live, &model, &headers, body).await;
+            let r = answer(&st, &vlive, &model, &headers, body).await;
             // the engine's failures count as the model's 5xx (overload, 503, is not the model's)
             let (status, model_error) = super::error::counted_result(&r);
             variant.series.invoked(status, started.elapsed(), Some(t.elapsed()));
             variant.counters.invoked(status, model_error, started.elapsed(), Some(t.elapsed()));
-            account(&variant.live, started, &r);
+            account(&vlive, started, &r);
             return r.unwrap_or_else(|e| e.into_response());
         }
     }

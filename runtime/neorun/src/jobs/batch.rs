@@ -229,8 +229,9 @@ fn output_name_of(spec: &Spec, rel: &str) -> String {
     format!("{rel}{}", spec.out_suffix)
 }
 
-fn report_name(rel: &str) -> String {
-    format!("{rel}.out.errors.jsonl")
+/// The report of records skipped, beside the output `fin`.
+fn report_name(fin: &str) -> String {
+    format!("{fin}.errors.jsonl")
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Clone, PartialEq, Debug)]

@@ -234,8 +234,8 @@ impl Driver {
     /// under the model's name (`/invocations`, OIP metadata and readiness).
     fn publish(&self, model: &str, ep: &str) {
         if let Some(live) = self.cp.endpoints.get(ep) {
-            if let Some(v) = live.variants.first() {
-                self.models.publish_as(model, v.live.clone());
+            if let Some(l) = live.variants.first().and_then(|v| v.live.clone()) {
+                self.models.publish_as(model, l);
             }
         }
     }
