@@ -70,6 +70,9 @@ pub struct AsyncQueue {
     /// `--async-input-dir`: the only local directory inputs may be read from.
     input_dir: Option<PathBuf>,
     active: Mutex<HashSet<String>>,
+    /// Requests whose failure object could not be written: not tried
+    /// again before this time (backing off, doubled up to a minute).
+    retry: Mutex<std::collections::HashMap<String, (std::time::Instant, Duration)>>,
     wake: tokio::sync::Notify,
 }
 
@@ -114,7 +117,13 @@ impl AsyncQueue {
                 Some(std::fs::canonicalize(&d).map_err(|e| anyhow::anyhow!("--async-input-dir {}: {e}", d.display()))?)
             }
         };
-        Ok(Arc::new(AsyncQueue { dir, input_dir, active: Mutex::default(), wake: tokio::sync::Notify::new() }))
+        Ok(Arc::new(AsyncQueue {
+            dir,
+            input_dir,
+            active: Mutex::default(),
+            retry: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        }))
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -329,6 +338,15 @@ impl ControlPlane {
                 }
             }
             for j in jobs {
+                let held = queue
+                    .retry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&j.id)
+                    .is_some_and(|(t, _)| *t > std::time::Instant::now());
+                if held {
+                    continue;
+                }
                 let limit = self.async_limit(&j.endpoint);
                 let n = running.entry(j.endpoint.clone()).or_default();
                 if *n >= limit || !queue.active.lock().unwrap_or_else(|e| e.into_inner()).insert(j.id.clone()) {
@@ -385,8 +403,13 @@ impl ControlPlane {
             let written =
                 objects::place(&job.failure_dir, Some(rt)).and_then(|p| p.put(&job.failure_name, text.as_bytes()));
             if let Err(e) = written {
-                // kept in the queue: a later pass tries again
-                tracing::error!(id = %job.id, "writing the failure object: {e}");
+                // kept in the queue: a later pass tries again, backing off
+                let mut retry = q.retry.lock().unwrap_or_else(|e| e.into_inner());
+                let wait =
+                    retry.get(&job.id).map_or(Duration::from_secs(1), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
+                retry.insert(job.id.clone(), (std::time::Instant::now() + wait, wait));
+                drop(retry);
+                tracing::error!(id = %job.id, "writing the failure object: {e}; trying again in {wait:?}");
                 q.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
                 return;
             }
@@ -398,6 +421,7 @@ impl ControlPlane {
             json!({"InferenceId": job.inference_id, "id": job.id, "detail": detail}),
         );
         q.remove(&job.id);
+        q.retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
         q.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
         q.wake.notify_one();
     }
