@@ -703,6 +703,14 @@ fn transform_records(model: &Model, spec: &Spec, names: &[String], c: &Chunk) ->
     }
     let answers = answer_lines(model, spec, names, &body, recs.len())?;
     let answers = std::str::from_utf8(&answers).map_err(|e| e.to_string())?;
+    if answers.lines().count() != recs.len() {
+        // a join needs one answer line per record: never pair them wrongly
+        return Err(format!(
+            "the model's answer has {} lines for {} records; JoinSource and the filters need one line per record",
+            answers.lines().count(),
+            recs.len()
+        ));
+    }
     let mut out = String::with_capacity(answers.len() * 2);
     for (rec, ans) in recs.iter().zip(answers.lines()) {
         out.push_str(&output_line(spec, rec, ans)?);
