@@ -108,6 +108,17 @@ elif mode == "bad":
                                  ContentType="text/csv")
     out["failure"] = wait_for(r["FailureLocation"])
     out["failure_location"] = r["FailureLocation"]
+    # a failure that cannot be written (its bucket is gone) is not dropped:
+    # the request stays queued, retried with a backoff
+    sm.create_endpoint_config(EndpointConfigName="nofail-cfg", ProductionVariants=[
+        {"VariantName": "main", "ModelName": "xgb"}],
+        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://outputs/async2/",
+                                               "S3FailurePath": "s3://no-such-bucket/failures/"}})
+    sm.create_endpoint(EndpointName="nofail", EndpointConfigName="nofail-cfg")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="nofail", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    rt.invoke_endpoint_async(EndpointName="nofail", InputLocation="s3://inputs/async/bad.csv", ContentType="text/csv",
+                             InferenceId="unrecordable")
+    time.sleep(4)
 elif mode == "timeout":
     # the 1 GB input with one second to run: a failure object says why
     r = rt.invoke_endpoint_async(EndpointName="scorer", InputLocation=sys.argv[5], ContentType="text/csv",

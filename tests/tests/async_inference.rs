@@ -126,6 +126,15 @@ fn bad_async_requests_are_refused_by_name_and_failures_say_why() {
     let why = failure["errorMessage"].as_str().unwrap();
     assert!(why.contains("line 2") && why.contains("has 3 values"), "{why}");
     assert!(r["failure_location"].as_str().unwrap().ends_with("-error.out"));
+    // the request whose failure could not be written is still queued, not lost
+    let queued: Vec<Value> = std::fs::read_dir(d.join("state/async/queue"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["inference_id"], "unrecordable");
+    let journal = std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap();
+    assert!(!journal.contains("\"unrecordable\""), "it was journaled as if done: {journal}");
 }
 
 /// RSS of a process, from /proc (kB).
