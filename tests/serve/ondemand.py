@@ -54,12 +54,12 @@ def endpoint(name, model, variant):
 out = {}
 if mode == "serverless":
     sm.create_model(ModelName="xgb", PrimaryContainer={"ModelDataUrl": work + "/xgb.neo"})
-    endpoint("sl", "xgb", {"VariantName": "sl", "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 2}})
+    endpoint("sl", "xgb", {"VariantName": "sl", "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1}})
     out["first"] = call("sl")
     out["warm"] = call("sl")
     time.sleep(3)  # over the idle period: unloaded
     out["after_idle"] = call("sl")
-    # beyond MaxConcurrency (2): requests that arrive while a cold start holds two places
+    # beyond MaxConcurrency (1): requests that arrive while another (a cold start) holds the place
     throttled = []
     for attempt in range(5):
         time.sleep(3)

@@ -101,7 +101,7 @@ if mode == "run":
     out["malformed_outputs"] = s3.list_objects_v2(Bucket="outputs", Prefix="bad/x.csv.out").get("KeyCount", 0)
     # StopTransformJob on a long job
     job("stopme", "s3://inputs/big/", "s3://outputs/stopped/", MaxConcurrentTransforms=1)
-    time.sleep(0.5)
+    time.sleep(0.2)
     sm.stop_transform_job(TransformJobName="stopme")
     out["stopped"] = clean(wait("stopme"))
     out["paginated"] = [j["TransformJobName"] for page in sm.get_paginator("list_transform_jobs").paginate(
