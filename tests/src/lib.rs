@@ -492,3 +492,13 @@ impl Drop for S3Server {
         self.kill();
     }
 }
+
+/// Resident memory of a process, from /proc (kB; 0 when it is gone).
+pub fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -137,16 +137,6 @@ fn bad_async_requests_are_refused_by_name_and_failures_say_why() {
     assert!(!journal.contains("\"unrecordable\""), "it was journaled as if done: {journal}");
 }
 
-/// RSS of a process, from /proc (kB).
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_1gb_payload_is_streamed_under_a_memory_bound() {
     let (dir, sample, _) = work();

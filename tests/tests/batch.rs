@@ -1,7 +1,14 @@
 //! `neorun batch`: batch transform with SageMaker's semantics, run as the
 //! real binary on real files — objects under a directory, gzip, SplitType,
 //! BatchStrategy, DataProcessing filters and join, malformed records, a job
-//! killed and run again, a full disk.
+//! killed and run again, a full disk; the same over `s3://` on an
+//! S3-compatible store (moto's server), and as transform jobs on the
+//! control plane from boto3.
+//!
+//! (Over 600 lines: one end-to-end test per acceptance point and bad input
+//! of the batch half of the issue, each with its own processes; the shared
+//! helpers — row generators, the output checker, the boto3 driver — are at
+//! the top and beside the tests that use them.)
 
 use std::io::Write;
 use std::path::Path;

@@ -323,15 +323,6 @@ fn stock_boto3_and_tritonclient_work_unchanged() {
     assert_eq!(doc["triton_xgb_label"], serde_json::json!([0, 0, 0, 1, 1, 0, 0, 0]));
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn sixty_four_clients_get_answers_batches_merge_and_sigterm_drains() {
     let secs: u64 = std::env::var("NEOC_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);

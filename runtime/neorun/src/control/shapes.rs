@@ -3,6 +3,12 @@
 //! meaningless on one machine (reported back as ignored), or refused with
 //! its full path (`ProductionVariants[1].InitialVariantWeight: …`), so a
 //! typo never passes silently.
+//!
+//! (Over 600 lines: one reader per request shape — model, endpoint
+//! configuration with its variants, capture, serverless and asynchronous
+//! settings — and their unit tests, which check each refusal's message.
+//! They share `Fields` and the error helpers; one file keeps the field
+//! paths consistent.)
 
 use std::path::PathBuf;
 

@@ -41,7 +41,7 @@ pub struct Object {
 pub enum Place {
     Local(PathBuf),
     #[cfg(feature = "s3")]
-    S3(s3::S3Place),
+    S3(super::s3::S3Place),
 }
 
 /// Reads the location from `PATH`, `file://PATH` or `s3://BUCKET/KEY`.
@@ -51,7 +51,7 @@ pub fn place(loc: &str, rt: Option<&tokio::runtime::Handle>) -> Result<Place, St
         #[cfg(feature = "s3")]
         {
             let rt = rt.ok_or("s3:// needs the job's runtime (internal)")?;
-            return s3::S3Place::new(rest, rt.clone()).map(Place::S3);
+            return super::s3::S3Place::new(rest, rt.clone()).map(Place::S3);
         }
         #[cfg(not(feature = "s3"))]
         {
@@ -153,13 +153,15 @@ impl Place {
         }
     }
 
-    /// Makes sure outputs can be written here (a local directory is
-    /// created; an S3 bucket must be reachable with these credentials).
+    /// Makes sure outputs can be written here: a local directory is
+    /// created. An S3 prefix needs nothing made; whether its bucket is
+    /// reachable with these credentials shows at the job's first read of
+    /// it (its state object, then the listing of its outputs).
     pub fn prepare_output(&self) -> Result<(), String> {
         match self {
             Place::Local(p) => std::fs::create_dir_all(p).map_err(|e| format!("output {}: {e}", p.display())),
             #[cfg(feature = "s3")]
-            Place::S3(s) => s.existing().map(|_| ()),
+            Place::S3(_) => Ok(()),
         }
     }
 
@@ -331,7 +333,7 @@ pub enum Output {
         fin: PathBuf,
     },
     #[cfg(feature = "s3")]
-    S3(s3::Upload),
+    S3(super::s3::Upload),
 }
 
 impl Write for Output {
@@ -414,276 +416,4 @@ pub fn runtime_for(locations: &[&str]) -> Result<Option<tokio::runtime::Runtime>
         .build()
         .map(Some)
         .map_err(|e| format!("starting the S3 client's runtime: {e}"))
-}
-
-#[cfg(feature = "s3")]
-pub mod s3 {
-    //! `s3://` through `object_store`'s S3 client.
-
-    use std::collections::BTreeMap;
-    use std::io::{Read, Write};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use futures_util::{StreamExt, TryStreamExt};
-    use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-    use object_store::path::Path as Key;
-    use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
-    use tokio::runtime::Handle;
-    use tokio_util::io::{StreamReader, SyncIoBridge};
-
-    use super::Object;
-
-    /// A bucket and a key prefix on the configured store.
-    pub struct S3Place {
-        store: Arc<AmazonS3>,
-        bucket: String,
-        /// The key prefix as written (no leading `/`).
-        prefix: String,
-        rt: Handle,
-    }
-
-    /// How long one request is retried (connection refused, 5xx, timeouts)
-    /// before the job fails: `NEORUN_S3_RETRY_SECONDS`, 20 by default.
-    fn retry() -> RetryConfig {
-        let secs = std::env::var("NEORUN_S3_RETRY_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(20);
-        RetryConfig {
-            max_retries: if secs == 0 { 0 } else { 10 },
-            retry_timeout: Duration::from_secs(secs),
-            ..Default::default()
-        }
-    }
-
-    /// Settings from the AWS shared files for the active profile: the
-    /// credentials file, then the config file (`[profile NAME]`), the
-    /// first found winning. Only keys the environment lacks are used.
-    fn shared_files() -> BTreeMap<String, String> {
-        let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-        let home = std::env::var("HOME").unwrap_or_default();
-        let creds = std::env::var("AWS_SHARED_CREDENTIALS_FILE").unwrap_or_else(|_| format!("{home}/.aws/credentials"));
-        let config = std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| format!("{home}/.aws/config"));
-        let mut out = BTreeMap::new();
-        let config_section = if profile == "default" { "default".to_string() } else { format!("profile {profile}") };
-        for (file, section) in [(creds, profile.clone()), (config, config_section)] {
-            let Ok(text) = std::fs::read_to_string(&file) else { continue };
-            let mut inside = false;
-            for line in text.lines() {
-                let line = line.trim();
-                if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-                    continue;
-                }
-                if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                    inside = name.trim() == section;
-                    continue;
-                }
-                if !inside {
-                    continue;
-                }
-                if let Some((k, v)) = line.split_once('=') {
-                    out.entry(k.trim().to_ascii_lowercase()).or_insert_with(|| v.trim().to_string());
-                }
-            }
-        }
-        out
-    }
-
-    impl S3Place {
-        pub fn new(rest: &str, rt: Handle) -> Result<S3Place, String> {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(format!("s3://{rest}: no bucket; write s3://BUCKET/PREFIX"));
-            }
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
-            let files = shared_files();
-            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-            let endpoint = env("AWS_ENDPOINT_URL_S3")
-                .or_else(|| env("AWS_ENDPOINT_URL"))
-                .or_else(|| files.get("endpoint_url").cloned());
-            if let Some(e) = &endpoint {
-                b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
-            }
-            if env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).is_none() {
-                b = b.with_region(files.get("region").cloned().unwrap_or_else(|| "us-east-1".into()));
-            }
-            if env("AWS_ACCESS_KEY_ID").is_none() {
-                for (k, key) in [
-                    ("aws_access_key_id", AmazonS3ConfigKey::AccessKeyId),
-                    ("aws_secret_access_key", AmazonS3ConfigKey::SecretAccessKey),
-                    ("aws_session_token", AmazonS3ConfigKey::Token),
-                ] {
-                    if let Some(v) = files.get(k) {
-                        b = b.with_config(key, v);
-                    }
-                }
-            }
-            let store = b.build().map_err(|e| format!("s3://{rest}: {e}"))?;
-            Ok(S3Place { store: Arc::new(store), bucket: bucket.to_string(), prefix: prefix.to_string(), rt })
-        }
-
-        /// `s3://BUCKET/PREFIX` joined with `rel` (a directory prefix:
-        /// outputs go under `PREFIX/`).
-        pub fn uri(&self, rel: &str) -> String {
-            if rel.is_empty() {
-                format!("s3://{}/{}", self.bucket, self.prefix)
-            } else {
-                format!("s3://{}/{}", self.bucket, self.key(rel))
-            }
-        }
-
-        pub fn uri_of_key(&self, key: &str) -> String {
-            format!("s3://{}/{key}", self.bucket)
-        }
-
-        fn key(&self, rel: &str) -> String {
-            let p = self.prefix.trim_end_matches('/');
-            if p.is_empty() {
-                rel.to_string()
-            } else {
-                format!("{p}/{rel}")
-            }
-        }
-
-        fn error(&self, what: &str, e: object_store::Error) -> String {
-            let text = e.to_string();
-            format!("{what}: {text}{}", super::store_hint(&text))
-        }
-
-        fn list(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>, String> {
-            let prefix = (!dir.is_empty()).then(|| Key::from(dir));
-            self.rt.block_on(async {
-                self.store
-                    .list(prefix.as_ref())
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(|e| self.error(&format!("listing s3://{}/{dir}", self.bucket), e))
-            })
-        }
-
-        pub fn list_inputs(&self) -> Result<Vec<Object>, String> {
-            // SageMaker's S3Prefix: every key that starts with the prefix
-            let dir = match self.prefix.rfind('/') {
-                Some(i) => &self.prefix[..i],
-                None => "",
-            };
-            let base = if dir.is_empty() { 0 } else { dir.len() + 1 };
-            let mut out: Vec<Object> = self
-                .list(dir)?
-                .into_iter()
-                .filter(|m| m.location.as_ref().starts_with(self.prefix.as_str()))
-                .filter(|m| !m.location.as_ref().ends_with('/'))
-                .map(|m| {
-                    let key = m.location.to_string();
-                    Object {
-                        rel: key[base.min(key.len())..].to_string(),
-                        version: m.e_tag.clone().unwrap_or_else(|| m.last_modified.to_rfc3339()),
-                        size: m.size,
-                        key,
-                    }
-                })
-                .collect();
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        }
-
-        pub fn existing(&self) -> Result<BTreeMap<String, u64>, String> {
-            let dir = self.prefix.trim_end_matches('/');
-            let base = if dir.is_empty() { 0 } else { dir.len() + 1 };
-            Ok(self
-                .list(dir)?
-                .into_iter()
-                .map(|m| (m.location.as_ref()[base.min(m.location.as_ref().len())..].to_string(), m.size))
-                .collect())
-        }
-
-        pub fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, String> {
-            let k = Key::from(key);
-            let got = self
-                .rt
-                .block_on(self.store.get(&k))
-                .map_err(|e| self.error(&format!("reading s3://{}/{key}", self.bucket), e))?;
-            let stream = got.into_stream().map(|r| r.map_err(std::io::Error::other));
-            Ok(Box::new(SyncIoBridge::new_with_handle(StreamReader::new(stream), self.rt.clone())))
-        }
-
-        pub fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, String> {
-            let k = Key::from(self.key(rel));
-            self.rt.block_on(async {
-                match self.store.get(&k).await {
-                    Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-                .map_err(|e| self.error(&format!("reading {}", self.uri(rel)), e))
-            })
-        }
-
-        pub fn exists(&self, rel: &str) -> Result<bool, String> {
-            let k = Key::from(self.key(rel));
-            match self.rt.block_on(self.store.head(&k)) {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(self.error(&format!("reading {}", self.uri(rel)), e)),
-            }
-        }
-
-        pub fn remove(&self, rel: &str) -> Result<(), String> {
-            let k = Key::from(self.key(rel));
-            match self.rt.block_on(self.store.delete(&k)) {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(self.error(&format!("removing {}", self.uri(rel)), e)),
-            }
-        }
-
-        pub fn create(&self, rel: &str) -> Upload {
-            let store: Arc<dyn ObjectStore> = self.store.clone();
-            // parts of 8 MiB, two in flight: at most ~24 MiB per output
-            let w = object_store::buffered::BufWriter::with_capacity(store, Key::from(self.key(rel)), 8 << 20)
-                .with_max_concurrency(2);
-            Upload { w: SyncIoBridge::new_with_handle(w, self.rt.clone()), uri: self.uri(rel), rt: self.rt.clone() }
-        }
-
-        pub fn contains(&self, other: &S3Place) -> bool {
-            let dir = match self.prefix.rfind('/') {
-                Some(i) => &self.prefix[..=i],
-                None => "",
-            };
-            self.bucket == other.bucket && other.key("").starts_with(dir)
-        }
-    }
-
-    /// A streaming upload: a single PUT when under one part, else a
-    /// multipart upload completed by `commit`.
-    pub struct Upload {
-        w: SyncIoBridge<object_store::buffered::BufWriter>,
-        uri: String,
-        rt: Handle,
-    }
-
-    impl Write for Upload {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.w.write(buf)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            // a flush would end a part early; parts are sent as they fill
-            Ok(())
-        }
-    }
-
-    impl Upload {
-        pub fn commit(mut self) -> Result<(), String> {
-            match self.w.shutdown() {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let uri = self.uri.clone();
-                    self.abort();
-                    Err(format!("writing {uri}: {e}"))
-                }
-            }
-        }
-
-        pub fn abort(self) {
-            let mut w = self.w.into_inner();
-            let _ = self.rt.block_on(w.abort());
-        }
-    }
 }
