@@ -6,7 +6,13 @@ of the S3-compatible store (moto's server) holds inputs and outputs.
     async_inference.py MODE BASE_URL WORKDIR S3_ENDPOINT [ARGS]
 
 Modes:
-  setup            model, endpoint configuration, endpoint (waits InService)
+  setup [notify]   model, endpoint configuration, endpoint (waits InService);
+                   with `notify`, SNS topics `done` and `failed` announce to
+                   the SQS queue `notes`
+  notes N          the messages in `notes`, once N distinct requests are there
+  auth-setup       an IAM user with a key, then moto checks every signature
+  notify           SNS (signature checked) and webhook notifications, a
+                   webhook that fails once, one that always refuses
   submit N         uploads N inputs and invokes each; prints their locations
   collect FILE     waits for every output of `submit` (FILE: its JSON)
   bad              requests refused at once, and one that fails later
@@ -15,8 +21,11 @@ Modes:
 
 Prints one JSON document for the Rust test to check.
 """
+import http.server
 import json
+import os
 import sys
+import threading
 import time
 import urllib.request
 
@@ -29,8 +38,55 @@ mode, base, work, s3_endpoint = sys.argv[1:5]
 kw = dict(endpoint_url=base, region_name="us-east-1", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
           config=Config(retries={"total_max_attempts": 1}, read_timeout=60, connect_timeout=5))
 sm, rt = boto3.client("sagemaker", **kw), boto3.client("sagemaker-runtime", **kw)
-s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                  aws_secret_access_key="testing")
+# the store's keys: moto's "testing", or (once it checks signatures) the
+# IAM user's that auth-setup made
+store_kw = dict(endpoint_url=s3_endpoint, region_name="us-east-1",
+                aws_access_key_id=os.environ.get("STORE_KEY_ID", "testing"),
+                aws_secret_access_key=os.environ.get("STORE_SECRET", "testing"))
+s3, sns, sqs = (boto3.client(c, **store_kw) for c in ("s3", "sns", "sqs"))
+
+
+def topics_to_queue():
+    """SNS topics `done` and `failed`, both delivered raw to SQS queue `notes`."""
+    q = sqs.create_queue(QueueName="notes")["QueueUrl"]
+    q_arn = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    arns = {}
+    for name in ("done", "failed"):
+        arns[name] = sns.create_topic(Name=name)["TopicArn"]
+        sns.subscribe(TopicArn=arns[name], Protocol="sqs", Endpoint=q_arn, Attributes={"RawMessageDelivery": "true"})
+    return q, arns
+
+
+def drain(q, want, seconds=120):
+    """Messages of `notes` until `want` distinct inference ids (or time)."""
+    notes, ids, t0 = [], set(), time.time()
+    while len(ids) < want and time.time() - t0 < seconds:
+        r = sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for m in r.get("Messages", []):
+            body = json.loads(m["Body"])
+            notes.append(body)
+            ids.add(body.get("inferenceId"))
+            sqs.delete_message(QueueUrl=q, ReceiptHandle=m["ReceiptHandle"])
+    return notes
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook: /flaky answers 500 to its first POST, /gone always 404."""
+    got, tries = [], {}
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        n = Hook.tries[self.path] = Hook.tries.get(self.path, 0) + 1
+        code = 404 if self.path == "/gone" else (500 if n == 1 else 200)
+        if code == 200:
+            Hook.got.append({"path": self.path, "attempt": n, "type": self.headers["Content-Type"],
+                             "message": json.loads(body)})
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
 
 
 def error(fn):
@@ -59,11 +115,14 @@ def wait_for(uri, seconds=120):
 rows = open(work + "/sample.csv").read().splitlines()
 out = {}
 if mode == "setup":
+    output = {"S3OutputPath": "s3://outputs/async/", "S3FailurePath": "s3://outputs/async-failures/"}
+    if sys.argv[5:] == ["notify"]:
+        _, arns = topics_to_queue()
+        output["NotificationConfig"] = {"SuccessTopic": arns["done"], "ErrorTopic": arns["failed"]}
     sm.create_model(ModelName="xgb", PrimaryContainer={"ModelDataUrl": work + "/xgb.neo"})
     sm.create_endpoint_config(EndpointConfigName="async-cfg", ProductionVariants=[
         {"VariantName": "main", "ModelName": "xgb", "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}],
-        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://outputs/async/",
-                                               "S3FailurePath": "s3://outputs/async-failures/"},
+        AsyncInferenceConfig={"OutputConfig": output,
                               "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2}})
     sm.create_endpoint(EndpointName="scorer", EndpointConfigName="async-cfg")
     sm.get_waiter("endpoint_in_service").wait(EndpointName="scorer", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
@@ -79,6 +138,65 @@ elif mode == "submit":
         jobs.append({"i": i, "InferenceId": r["InferenceId"], "OutputLocation": r["OutputLocation"],
                      "FailureLocation": r["FailureLocation"]})
     out["jobs"] = jobs
+elif mode == "notes":
+    q = sqs.get_queue_url(QueueName="notes")["QueueUrl"]
+    out["notes"] = drain(q, int(sys.argv[5]))
+elif mode == "auth-setup":
+    iam = boto3.client("iam", **store_kw)
+    iam.create_user(UserName="neorun")
+    iam.put_user_policy(UserName="neorun", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="neorun")["AccessKey"]
+    for b in ("inputs", "outputs"):
+        s3.create_bucket(Bucket=b)
+    # from here on moto checks every request's SigV4 signature (botocore's
+    # own computation) against the IAM user's secret
+    urllib.request.urlopen(urllib.request.Request(s3_endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
+                                                  headers={"Content-Type": "text/plain"}))
+    wrong = boto3.client("sns", **{**store_kw, "aws_access_key_id": key["AccessKeyId"],
+                                   "aws_secret_access_key": "not-the-secret"})
+    out["wrong_secret"] = error(lambda: wrong.list_topics())
+    out["key_id"], out["secret"] = key["AccessKeyId"], key["SecretAccessKey"]
+elif mode == "notify":
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{srv.server_address[1]}"
+    q, arns = topics_to_queue()
+    sm.create_model(ModelName="xgb", PrimaryContainer={"ModelDataUrl": work + "/xgb.neo"})
+    variants = [{"VariantName": "main", "ModelName": "xgb"}]
+    base_out = {"S3OutputPath": "s3://outputs/async/"}
+    # refused by name: a topic that is neither an SNS ARN nor a URL, an unknown
+    # IncludeInferenceResponseIn
+    out["bad_topic"] = error(lambda: sm.create_endpoint_config(
+        EndpointConfigName="bad1", ProductionVariants=variants, AsyncInferenceConfig={"OutputConfig": {
+            **base_out, "NotificationConfig": {"SuccessTopic": "done"}}}))
+    out["bad_include"] = error(lambda: sm.create_endpoint_config(
+        EndpointConfigName="bad2", ProductionVariants=variants, AsyncInferenceConfig={"OutputConfig": {
+            **base_out, "NotificationConfig": {"SuccessTopic": arns["done"],
+                                               "IncludeInferenceResponseIn": ["EVERYWHERE"]}}}))
+    for name, topics in (("hooked", {"SuccessTopic": arns["done"], "ErrorTopic": hook + "/flaky",
+                                     "IncludeInferenceResponseIn": ["SUCCESS_NOTIFICATION_TOPIC"]}),
+                         ("refused", {"ErrorTopic": hook + "/gone"})):
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants,
+                                  AsyncInferenceConfig={"OutputConfig": {**base_out, "NotificationConfig": topics}})
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    s3.put_object(Bucket="inputs", Key="n/good.csv", Body="".join(r + "\n" for r in rows[:3]).encode())
+    s3.put_object(Bucket="inputs", Key="n/bad.csv", Body=(rows[0] + "\n1,2,3\n").encode())
+    good = rt.invoke_endpoint_async(EndpointName="hooked", InputLocation="s3://inputs/n/good.csv",
+                                    InferenceId="good-1", CustomAttributes="trace=7")
+    bad = rt.invoke_endpoint_async(EndpointName="hooked", InputLocation="s3://inputs/n/bad.csv",
+                                   ContentType="text/csv", InferenceId="bad-1")
+    rt.invoke_endpoint_async(EndpointName="refused", InputLocation="s3://inputs/n/bad.csv", InferenceId="bad-2")
+    out["good"], out["bad"] = good, {k: bad[k] for k in ("OutputLocation", "FailureLocation")}
+    out["sns"] = drain(q, 1, 60)
+    out["output"] = wait_for(good["OutputLocation"])
+    t0 = time.time()
+    while not Hook.got and time.time() - t0 < 60:
+        time.sleep(0.1)
+    out["hook"], out["tries"] = Hook.got, Hook.tries
+    time.sleep(5)  # /gone: refused at 0, 1 and 3 s, then abandoned
+    out["tries_after"] = Hook.tries
 elif mode == "collect":
     jobs = json.load(open(sys.argv[5]))["jobs"]
     out["outputs"] = {j["InferenceId"]: wait_for(j["OutputLocation"]) for j in jobs}

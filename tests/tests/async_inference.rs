@@ -1,8 +1,10 @@
 //! Asynchronous inference on `neorun serve`, driven by stock boto3
 //! (`invoke_endpoint_async`) with inputs and outputs on an S3-compatible
 //! store (moto's server, an emulator): 200 requests with the server
-//! `kill -9`'d in the middle, requests refused at once by name, one that
-//! fails while running, and a 1 GB payload under a memory bound.
+//! `kill -9`'d in the middle (each announced on SNS, read back through
+//! SQS), requests refused at once by name, one that fails while running,
+//! notifications whose SNS signatures moto checks and webhooks that fail,
+//! and a 1 GB payload under a memory bound.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,10 +28,15 @@ fn work() -> (tempfile::TempDir, Vec<String>, Vec<f64>) {
 }
 
 fn py(mode: &str, base: &str, d: &Path, s3: &S3Server, extra: &[&str]) -> Value {
+    py_env(mode, base, d, s3, extra, &[])
+}
+
+fn py_env(mode: &str, base: &str, d: &Path, s3: &S3Server, extra: &[&str], env: &[(&str, &str)]) -> Value {
     let out = Command::new(venv_python())
         .args([root().join("tests/serve/async_inference.py").to_str().unwrap(), mode, base, d.to_str().unwrap()])
         .arg(&s3.endpoint)
         .args(extra)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(out.status.success(), "async_inference.py {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -54,7 +61,7 @@ fn two_hundred_requests_survive_kill_9_and_complete_once() {
     std::fs::create_dir_all(d.join("inbox")).unwrap();
     let s3 = store();
     let mut s = server(d, &s3);
-    py("setup", &s.base, d, &s3, &[]);
+    py("setup", &s.base, d, &s3, &["notify"]);
     let submitted = py("submit", &s.base, d, &s3, &["200"]);
     // kill -9 with requests queued and running; the queue is on disk
     s.child.kill().unwrap();
@@ -102,6 +109,109 @@ fn two_hundred_requests_survive_kill_9_and_complete_once() {
     }
     assert!(!journal.contains("AsyncInferenceFailed"), "{journal}");
     assert_eq!(std::fs::read_dir(d.join("state/async/queue")).unwrap().count(), 0);
+    // and each was announced on the success topic (SNS → SQS), with
+    // SageMaker's message; a crash between a delivery and its outbox
+    // record's removal may send one twice (at least once, as SNS)
+    let notes = py("notes", &s.base, d, &s3, &["200"]);
+    let notes = notes["notes"].as_array().unwrap();
+    for j in jobs {
+        let (i, id) = (j["i"].as_u64().unwrap(), j["InferenceId"].as_str().unwrap());
+        let mine: Vec<&Value> = notes.iter().filter(|n| n["inferenceId"] == id).collect();
+        assert!(!mine.is_empty(), "no notification for {id}");
+        for n in mine {
+            assert_eq!(n["eventName"], "InferenceResult");
+            assert_eq!(n["invocationStatus"], "Completed", "{n}");
+            assert_eq!(n["responseParameters"]["outputLocation"], j["OutputLocation"], "{n}");
+            assert_eq!(n["responseParameters"]["contentType"], "text/csv", "{n}");
+            assert_eq!(n["requestParameters"]["endpointName"], "scorer");
+            assert_eq!(n["requestParameters"]["inputLocation"], format!("s3://inputs/async/{i}.csv"));
+        }
+    }
+    let twice = notes.len() - 200;
+    eprintln!("{} notifications for 200 requests ({twice} sent again after the kill)", notes.len());
+    assert!(twice <= 4, "{twice} notifications sent twice");
+    wait_until(|| pending_notifications(d) == 0, "the outbox to empty");
+}
+
+/// Notifications written and not yet delivered.
+fn pending_notifications(d: &Path) -> usize {
+    std::fs::read_dir(d.join("state/async/notify"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
+        .count()
+}
+
+fn wait_until(mut ok: impl FnMut() -> bool, what: &str) {
+    let t0 = std::time::Instant::now();
+    while !ok() {
+        assert!(t0.elapsed().as_secs() < 30, "waited 30 s for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn notifications_reach_sns_signed_and_webhooks_are_retried_or_set_aside() {
+    let (dir, sample, want) = work();
+    let d = dir.path();
+    let s3 = S3Server::start();
+    // an IAM user; from then on moto checks every signature (neorun's SNS
+    // Publish included) with botocore's SigV4 against that user's secret
+    let keys = py("auth-setup", "http://unused", d, &s3, &[]);
+    assert_eq!(keys["wrong_secret"][0], "SignatureDoesNotMatch", "moto does not check signatures: {keys}");
+    let (key_id, secret) = (keys["key_id"].as_str().unwrap(), keys["secret"].as_str().unwrap());
+    let mut env = s3.env();
+    env.retain(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"));
+    env.push(("AWS_ACCESS_KEY_ID", key_id.to_string()));
+    env.push(("AWS_SECRET_ACCESS_KEY", secret.to_string()));
+    env.push(("NEORUN_NOTIFY_GIVE_UP_SECONDS", "2".to_string()));
+    let args = ["--state-dir", "state", "--access-keys", "creds"];
+    let s = serve_with_env(&bin("neorun"), d, &args, &env);
+    let store = [("STORE_KEY_ID", key_id), ("STORE_SECRET", secret)];
+    let r = py_env("notify", &s.base, d, &s3, &[], &store);
+    // bad configurations are refused by name
+    assert_eq!(r["bad_topic"][0], "ValidationException", "{r}");
+    assert!(r["bad_topic"][1].as_str().unwrap().contains("NotificationConfig.SuccessTopic"), "{r}");
+    assert!(r["bad_include"][1].as_str().unwrap().contains("EVERYWHERE"), "{r}");
+    // success: on SNS (signed, accepted by moto), with the answer included
+    let sns = r["sns"].as_array().unwrap();
+    assert_eq!(sns.len(), 1, "{r}");
+    let n = &sns[0];
+    assert_eq!(n["inferenceId"], "good-1");
+    assert_eq!(n["invocationStatus"], "Completed");
+    assert_eq!(n["eventSource"], "aws:sagemaker");
+    assert_eq!(n["awsRegion"], "us-east-1");
+    assert_eq!(n["requestParameters"]["customAttributes"], "trace=7");
+    assert_eq!(n["requestParameters"]["contentType"], "text/csv");
+    assert_eq!(n["responseParameters"]["outputLocation"], r["good"]["OutputLocation"]);
+    let included = n["responseParameters"]["responseBody"]["content"].as_str().unwrap();
+    assert_eq!(included, r["output"].as_str().unwrap());
+    for (k, line) in included.lines().enumerate() {
+        let v: Vec<f64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+        assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
+    }
+    assert_eq!(included.lines().count(), 3.min(sample.len()));
+    // failure: to the webhook, which refused the first try; the second came
+    let hook = r["hook"].as_array().unwrap();
+    assert_eq!(hook.len(), 1, "{r}");
+    assert_eq!(hook[0]["path"], "/flaky");
+    assert_eq!(hook[0]["attempt"], 2, "{r}");
+    assert_eq!(hook[0]["type"], "application/json");
+    let m = &hook[0]["message"];
+    assert_eq!(m["inferenceId"], "bad-1");
+    assert_eq!(m["invocationStatus"], "Failed");
+    assert!(m["failureReason"].as_str().unwrap().contains("line 2"), "{m}");
+    assert_eq!(m["responseParameters"]["failureLocation"], r["bad"]["FailureLocation"]);
+    // a webhook that always refuses: tried, then set aside and journaled
+    assert!(r["tries_after"]["/gone"].as_u64().unwrap() >= 2, "{r}");
+    wait_until(
+        || std::fs::read_dir(d.join("state/async/notify/abandoned")).unwrap().count() == 1,
+        "the set-aside notification",
+    );
+    let journal = std::fs::read_to_string(d.join("state/journal.jsonl")).unwrap();
+    let abandoned: Vec<&str> = journal.lines().filter(|l| l.contains("AsyncNotificationAbandoned")).collect();
+    assert_eq!(abandoned.len(), 1, "{journal}");
+    assert!(abandoned[0].contains("bad-2") && abandoned[0].contains("404"), "{}", abandoned[0]);
+    wait_until(|| pending_notifications(d) == 0, "the outbox to empty");
 }
 
 #[test]

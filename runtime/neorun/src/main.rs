@@ -9,6 +9,8 @@
 //! table, HTTP, metrics and shutdown.
 
 mod alarms;
+#[cfg(feature = "s3")]
+mod awsenv;
 mod capture;
 mod cli;
 mod commands;

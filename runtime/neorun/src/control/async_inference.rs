@@ -18,7 +18,9 @@
 //! (records of CSV or JSON Lines, or one JSON / `.npy` document), so a
 //! 1 GB payload is not held in memory. `RequestTTLSeconds` that pass in
 //! the queue and `InvocationTimeoutSeconds` that pass while running give
-//! a failure object saying so.
+//! a failure object saying so. A request that ends is announced to the
+//! configuration's `NotificationConfig` topics (`notify.rs`) before it
+//! leaves the queue.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -41,6 +43,16 @@ const TIMEOUT_RANGE: (u64, u64) = (1, 3_600);
 const DEFAULT_TTL: u64 = 21_600;
 const DEFAULT_TIMEOUT: u64 = 900;
 
+/// `NotificationConfig`, read: where an ending is announced (an SNS topic
+/// ARN or a webhook URL), and whether the answer goes with it.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub success: Option<String>,
+    pub error: Option<String>,
+    pub include_in_success: bool,
+    pub include_in_error: bool,
+}
+
 /// A queued request.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct AsyncJob {
@@ -62,6 +74,21 @@ pub struct AsyncJob {
     pub output_name: String,
     pub failure_dir: String,
     pub failure_name: String,
+    /// The endpoint configuration's notifications when it was accepted.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+impl AsyncJob {
+    /// Where its answer will be (`OutputLocation`).
+    pub fn output_location(&self) -> String {
+        format!("{}/{}", self.output_dir.trim_end_matches('/'), self.output_name)
+    }
+
+    /// Where the reason it failed will be (`FailureLocation`).
+    pub fn failure_location(&self) -> String {
+        format!("{}/{}", self.failure_dir.trim_end_matches('/'), self.failure_name)
+    }
 }
 
 /// The queue on disk and what runs now.
@@ -74,6 +101,8 @@ pub struct AsyncQueue {
     /// again before this time (backing off, doubled up to a minute).
     retry: Mutex<std::collections::HashMap<String, (std::time::Instant, Duration)>>,
     wake: tokio::sync::Notify,
+    #[cfg(feature = "s3")]
+    outbox: Arc<super::notify::Outbox>,
 }
 
 /// Why a request was refused (a 400 naming the header), or the server
@@ -123,6 +152,8 @@ impl AsyncQueue {
             active: Mutex::default(),
             retry: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            #[cfg(feature = "s3")]
+            outbox: super::notify::Outbox::open(state)?,
         }))
     }
 
@@ -164,6 +195,18 @@ impl AsyncQueue {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
+    /// Keeps a request that could not be finished (its failure object or
+    /// its notification could not be written) in the queue, not tried
+    /// again for a while: 1 s, doubling to a minute.
+    fn hold(&self, id: &str, why: &str) {
+        let mut retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = retry.get(id).map_or(Duration::from_secs(1), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
+        retry.insert(id.to_string(), (std::time::Instant::now() + wait, wait));
+        drop(retry);
+        tracing::error!(id, "{why}; trying again in {wait:?}");
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
     fn remove(&self, id: &str) {
         if let Err(e) = std::fs::remove_file(self.path(id)) {
             tracing::error!(id, "removing a finished async request from the queue: {e}");
@@ -189,6 +232,24 @@ impl AsyncQueue {
         }
         Ok(real.display().to_string())
     }
+}
+
+/// A request's input and answer formats: its content type, else what the
+/// input's name suggests; its `Accept`, else the input's format.
+fn formats(job: &AsyncJob) -> Result<(InFormat, OutFormat), String> {
+    let content_type = match &job.content_type {
+        Some(c) => InFormat::parse(c).ok_or_else(|| format!("content type {c:?}"))?,
+        None => {
+            let name = job.input.rsplit('/').next().unwrap_or_default().to_string();
+            let o = Object { rel: name.clone(), key: name, size: 0, version: String::new() };
+            batch::guess_format(std::slice::from_ref(&o), true)
+        }
+    };
+    let accept = match job.accept.as_deref().filter(|a| *a != "*/*") {
+        Some(a) => OutFormat::parse(a).ok_or_else(|| format!("accept {a:?}"))?,
+        None => content_type.default_accept(),
+    };
+    Ok((content_type, accept))
 }
 
 /// The one object at `loc` (a local file, or `s3://BUCKET/KEY` exactly),
@@ -220,6 +281,8 @@ impl ControlPlane {
         if self.async_queue.set(queue.clone()).is_err() {
             return;
         }
+        #[cfg(feature = "s3")]
+        tokio::spawn(queue.outbox.clone().run(self.clone()));
         let cp = self.clone();
         tokio::spawn(async move { cp.dispatch(queue).await });
     }
@@ -317,6 +380,7 @@ impl ControlPlane {
             deadline: created + ttl as f64,
             ttl,
             timeout,
+            notify: config.notify.clone(),
         };
         queue.save(&job).map_err(|e| SubmitError::Internal(format!("queueing the request: {e}")))?;
         queue.wake.notify_one();
@@ -404,15 +468,14 @@ impl ControlPlane {
                 objects::place(&job.failure_dir, Some(rt)).and_then(|p| p.put(&job.failure_name, text.as_bytes()));
             if let Err(e) = written {
                 // kept in the queue: a later pass tries again, backing off
-                let mut retry = q.retry.lock().unwrap_or_else(|e| e.into_inner());
-                let wait =
-                    retry.get(&job.id).map_or(Duration::from_secs(1), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
-                retry.insert(job.id.clone(), (std::time::Instant::now() + wait, wait));
-                drop(retry);
-                tracing::error!(id = %job.id, "writing the failure object: {e}; trying again in {wait:?}");
-                q.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+                q.hold(&job.id, &format!("writing the failure object: {e}"));
                 return;
             }
+        }
+        #[cfg(feature = "s3")]
+        if let Err(e) = self.announce(q, &job, &result, rt) {
+            q.hold(&job.id, &e);
+            return;
         }
         self.journal(
             "neorun",
@@ -424,6 +487,66 @@ impl ControlPlane {
         q.retry.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
         q.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
         q.wake.notify_one();
+    }
+
+    /// Puts the notification of a request that ended in the outbox, when
+    /// its configuration asks for one.
+    #[cfg(feature = "s3")]
+    fn announce(
+        &self,
+        q: &AsyncQueue,
+        job: &AsyncJob,
+        result: &Result<Option<u64>, String>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<(), String> {
+        use super::notify::{self, Outcome, Target};
+        let (target, include) = match result {
+            Ok(_) => (&job.notify.success, job.notify.include_in_success),
+            Err(_) => (&job.notify.error, job.notify.include_in_error),
+        };
+        let Some(target) = target else { return Ok(()) };
+        let region = match Target::parse(target)? {
+            Target::Sns { region, .. } => region,
+            Target::Webhook(_) => crate::awsenv::region(&crate::awsenv::shared_files()),
+        };
+        // the answer (or failure object) itself, when asked for and small
+        let body = |dir: &str, name: &str| -> Result<Option<Vec<u8>>, String> {
+            if !include {
+                return Ok(None);
+            }
+            let place = objects::place(dir, Some(rt))?;
+            match place.size(name)? {
+                Some(n) if n <= notify::MAX_INCLUDED => place.get(name),
+                _ => Ok(None),
+            }
+        };
+        let formats = formats(job);
+        let request_type = job
+            .content_type
+            .clone()
+            .or_else(|| formats.as_ref().ok().map(|f| f.0.mime().to_string()))
+            .unwrap_or_default();
+        let outcome = match result {
+            Ok(_) => Outcome::Completed {
+                content_type: formats.as_ref().map(|f| f.1.mime()).unwrap_or("text/csv"),
+                output: job.output_location(),
+                body: body(&job.output_dir, &job.output_name)?,
+            },
+            Err(reason) => Outcome::Failed {
+                reason,
+                failure: job.failure_location(),
+                body: body(&job.failure_dir, &job.failure_name)?,
+            },
+        };
+        let message = notify::message(job, &request_type, &outcome, &region, std::time::SystemTime::now());
+        q.outbox.put(&notify::Pending {
+            id: job.id.clone(),
+            inference_id: job.inference_id.clone(),
+            endpoint: job.endpoint.clone(),
+            target: target.clone(),
+            message,
+            created: now(),
+        })
     }
 
     /// `Ok(Some(records))`: answered now; `Ok(None)`: its output was already
@@ -453,15 +576,8 @@ impl ControlPlane {
             (None, None) => return Err(format!("endpoint {}: variant {} has no model", job.endpoint, variant.name)),
         };
         let (input, object) = input_object(&job.input, rt, &job.output_name)?;
-        let content_type = match &job.content_type {
-            Some(c) => InFormat::parse(c).ok_or_else(|| format!("content type {c:?}"))?,
-            None => batch::guess_format(std::slice::from_ref(&object), true),
-        };
+        let (content_type, accept) = formats(job)?;
         let split_line = matches!(content_type, InFormat::Csv | InFormat::JsonLines);
-        let accept = match job.accept.as_deref().filter(|a| *a != "*/*") {
-            Some(a) => OutFormat::parse(a).ok_or_else(|| format!("accept {a:?}"))?,
-            None => content_type.default_accept(),
-        };
         let spec = Spec {
             content_type,
             accept,

@@ -17,6 +17,8 @@
 mod alarm_ops;
 pub mod async_inference;
 mod experiments;
+#[cfg(feature = "s3")]
+mod notify;
 pub mod rollout;
 pub mod shapes;
 pub mod store;

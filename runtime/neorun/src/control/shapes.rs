@@ -356,6 +356,48 @@ pub struct AsyncDef {
     pub failure: String,
     /// `ClientConfig.MaxConcurrentInvocationsPerInstance` (default: the CPUs).
     pub max_concurrency: usize,
+    /// `OutputConfig.NotificationConfig`.
+    pub notify: super::async_inference::NotifyConfig,
+}
+
+/// `NotificationConfig`: where completions and failures are announced.
+/// A topic is an SNS topic ARN, or (neorun's extension) an `http://` or
+/// `https://` URL that is sent the same message as a webhook.
+#[cfg(feature = "s3")]
+fn notification_config(mut n: Fields<'_>) -> Result<super::async_inference::NotifyConfig, AwsError> {
+    let at = n.path().to_string();
+    let mut topic = |key: &'static str| -> Result<Option<String>, AwsError> {
+        match n.str(key)? {
+            None | Some("") => Ok(None),
+            Some(t) => super::notify::Target::parse(t)
+                .map(|_| Some(t.to_string()))
+                .map_err(|why| invalid(&format!("{at}.{key}"), &why)),
+        }
+    };
+    let success = topic("SuccessTopic")?;
+    let error = topic("ErrorTopic")?;
+    let mut cfg = super::async_inference::NotifyConfig { success, error, ..Default::default() };
+    for v in n.str_list("IncludeInferenceResponseIn")?.unwrap_or_default() {
+        match v.as_str() {
+            "SUCCESS_NOTIFICATION_TOPIC" => cfg.include_in_success = true,
+            "ERROR_NOTIFICATION_TOPIC" => cfg.include_in_error = true,
+            other => {
+                return Err(invalid(
+                    &format!("{at}.IncludeInferenceResponseIn"),
+                    &format!("{other:?}: use SUCCESS_NOTIFICATION_TOPIC or ERROR_NOTIFICATION_TOPIC"),
+                ))
+            }
+        }
+    }
+    n.finish(&mut Vec::new())?;
+    let sns = [&cfg.success, &cfg.error].into_iter().flatten().any(|t| t.starts_with("arn:"));
+    if sns && crate::awsenv::credentials(&crate::awsenv::shared_files()).is_none() {
+        return Err(invalid(
+            &at,
+            "an SNS topic needs AWS credentials to publish with, and this server has none: start neorun serve with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials",
+        ));
+    }
+    Ok(cfg)
 }
 
 fn async_config(mut f: Fields<'_>) -> Result<AsyncDef, AwsError> {
@@ -373,10 +415,16 @@ fn async_config(mut f: Fields<'_>) -> Result<AsyncDef, AwsError> {
     let output = o.req_str("S3OutputPath")?.to_string();
     let failure = o.str("S3FailurePath")?.map(String::from).unwrap_or_else(|| output.clone());
     o.ignore(&["KmsKeyId"]);
-    o.refuse(&[(
-        "NotificationConfig",
-        "completion notifications are not delivered yet: poll the output and failure locations",
-    )])?;
+    #[cfg(feature = "s3")]
+    let notify = o.obj("NotificationConfig")?.map(notification_config).transpose()?.unwrap_or_default();
+    #[cfg(not(feature = "s3"))]
+    let notify = {
+        o.refuse(&[(
+            "NotificationConfig",
+            "this neorun was built without the s3 feature, which carries the client notifications are sent with: poll the output and failure locations",
+        )])?;
+        super::async_inference::NotifyConfig::default()
+    };
     let at = o.path().to_string();
     o.finish(&mut Vec::new())?;
     f.finish(&mut Vec::new())?;
@@ -388,7 +436,7 @@ fn async_config(mut f: Fields<'_>) -> Result<AsyncDef, AwsError> {
             ));
         }
     }
-    Ok(AsyncDef { output, failure, max_concurrency })
+    Ok(AsyncDef { output, failure, max_concurrency, notify })
 }
 
 impl ConfigDef {

@@ -325,12 +325,11 @@ pub async fn async_invocations(State(st): St, Path(endpoint): Path<String>, head
     };
     match cp.submit_async(&endpoint, &headers).await {
         Ok(job) => {
-            let place = |dir: &str, name: &str| format!("{}/{name}", dir.trim_end_matches('/'));
             let body = serde_json::json!({ "InferenceId": job.inference_id }).to_string();
             let mut r = (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response();
             for (h, v) in [
-                ("X-Amzn-SageMaker-OutputLocation", place(&job.output_dir, &job.output_name)),
-                ("X-Amzn-SageMaker-FailureLocation", place(&job.failure_dir, &job.failure_name)),
+                ("X-Amzn-SageMaker-OutputLocation", job.output_location()),
+                ("X-Amzn-SageMaker-FailureLocation", job.failure_location()),
             ] {
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     r.headers_mut().insert(h, v);

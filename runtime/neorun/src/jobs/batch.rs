@@ -71,6 +71,17 @@ impl InFormat {
 }
 
 impl InFormat {
+    /// The content type of requests in this format.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
+    pub fn mime(self) -> &'static str {
+        match self {
+            InFormat::Csv => "text/csv",
+            InFormat::JsonLines => "application/jsonlines",
+            InFormat::Json => "application/json",
+            InFormat::Npy => "application/x-npy",
+        }
+    }
+
     /// The output format when no `Accept` is given.
     pub fn default_accept(self) -> OutFormat {
         match self {
@@ -104,6 +115,16 @@ pub fn guess_format(objects: &[Object], split_line: bool) -> InFormat {
 }
 
 impl OutFormat {
+    /// The content type of answers in this format.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
+    pub fn mime(self) -> &'static str {
+        match self {
+            OutFormat::Csv => "text/csv",
+            OutFormat::JsonLines => "application/jsonlines",
+            OutFormat::Json => "application/json",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<OutFormat> {
         match s.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
             "csv" | "text/csv" => Some(OutFormat::Csv),

@@ -146,10 +146,20 @@ impl Place {
 
     /// Whether the object `rel` is there.
     pub fn exists(&self, rel: &str) -> Result<bool, String> {
+        self.size(rel).map(|s| s.is_some())
+    }
+
+    /// The size of the object `rel`, if it is there.
+    pub fn size(&self, rel: &str) -> Result<Option<u64>, String> {
         match self {
-            Place::Local(p) => Ok(p.join(rel).is_file()),
+            Place::Local(p) => match std::fs::metadata(p.join(rel)) {
+                Ok(m) if m.is_file() => Ok(Some(m.len())),
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("{}: {e}", p.join(rel).display())),
+            },
             #[cfg(feature = "s3")]
-            Place::S3(s) => s.exists(rel),
+            Place::S3(s) => s.size(rel),
         }
     }
 
@@ -220,6 +230,8 @@ impl Place {
     /// output prefix (as with SageMaker).
     pub fn lock(&self) -> Result<Option<File>, String> {
         use std::os::fd::AsRawFd;
+        // (one arm without the s3 feature)
+        #[allow(clippy::infallible_destructuring_match)]
         let p = match self {
             Place::Local(p) => p,
             #[cfg(feature = "s3")]

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::objects::{store_hint, Object};
+use crate::awsenv;
 
 /// A bucket and a key prefix on the configured store.
 pub struct S3Place {
@@ -37,39 +38,6 @@ fn retry() -> RetryConfig {
     }
 }
 
-/// Settings from the AWS shared files for the active profile: the
-/// credentials file, then the config file (`[profile NAME]`), the
-/// first found winning. Only keys the environment lacks are used.
-fn shared_files() -> BTreeMap<String, String> {
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    let home = std::env::var("HOME").unwrap_or_default();
-    let creds = std::env::var("AWS_SHARED_CREDENTIALS_FILE").unwrap_or_else(|_| format!("{home}/.aws/credentials"));
-    let config = std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| format!("{home}/.aws/config"));
-    let mut out = BTreeMap::new();
-    let config_section = if profile == "default" { "default".to_string() } else { format!("profile {profile}") };
-    for (file, section) in [(creds, profile.clone()), (config, config_section)] {
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
-        let mut inside = false;
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                inside = name.trim() == section;
-                continue;
-            }
-            if !inside {
-                continue;
-            }
-            if let Some((k, v)) = line.split_once('=') {
-                out.entry(k.trim().to_ascii_lowercase()).or_insert_with(|| v.trim().to_string());
-            }
-        }
-    }
-    out
-}
-
 impl S3Place {
     pub fn new(rest: &str, rt: Handle) -> Result<S3Place, String> {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -77,11 +45,9 @@ impl S3Place {
             return Err(format!("s3://{rest}: no bucket; write s3://BUCKET/PREFIX"));
         }
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
-        let files = shared_files();
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let endpoint = env("AWS_ENDPOINT_URL_S3")
-            .or_else(|| env("AWS_ENDPOINT_URL"))
-            .or_else(|| files.get("endpoint_url").cloned());
+        let files = awsenv::shared_files();
+        let env = awsenv::env;
+        let endpoint = awsenv::endpoint("S3", &files);
         if let Some(e) = &endpoint {
             b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
         }
@@ -200,11 +166,11 @@ impl S3Place {
         })
     }
 
-    pub fn exists(&self, rel: &str) -> Result<bool, String> {
+    pub fn size(&self, rel: &str) -> Result<Option<u64>, String> {
         let k = Key::from(self.key(rel));
         match self.rt.block_on(self.store.head(&k)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(&format!("reading {}", self.uri(rel)), e)),
         }
     }
