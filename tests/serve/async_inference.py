@@ -188,6 +188,10 @@ elif mode == "notify":
     bad = rt.invoke_endpoint_async(EndpointName="hooked", InputLocation="s3://inputs/n/bad.csv",
                                    ContentType="text/csv", InferenceId="bad-1")
     rt.invoke_endpoint_async(EndpointName="refused", InputLocation="s3://inputs/n/bad.csv", InferenceId="bad-2")
+    # no ContentType: the format is the input's name's (JSON Lines here)
+    s3.put_object(Bucket="inputs", Key="n/rows.jsonl", Body="".join(f"[{r}]\n" for r in rows[:2]).encode())
+    jl = rt.invoke_endpoint_async(EndpointName="refused", InputLocation="s3://inputs/n/rows.jsonl")
+    out["jsonl"] = wait_for(jl["OutputLocation"])
     out["good"], out["bad"] = good, {k: bad[k] for k in ("OutputLocation", "FailureLocation")}
     out["sns"] = drain(q, 1, 60)
     out["output"] = wait_for(good["OutputLocation"])

@@ -190,6 +190,13 @@ fn notifications_reach_sns_signed_and_webhooks_are_retried_or_set_aside() {
         assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
     }
     assert_eq!(included.lines().count(), 3.min(sample.len()));
+    // an input without a content type is read as its name says (JSON Lines)
+    let jl: Vec<Value> = r["jsonl"].as_str().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(jl.len(), 2, "{r}");
+    for (k, v) in jl.iter().enumerate() {
+        let p: Vec<f64> = v["probabilities"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_close(&p, &want[2 * k..2 * k + 2], 1e-6);
+    }
     // failure: to the webhook, which refused the first try; the second came
     let hook = r["hook"].as_array().unwrap();
     assert_eq!(hook.len(), 1, "{r}");
