@@ -41,6 +41,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// Serve bundles and endpoints over HTTP: SageMaker's inference contract and control plane, and the Open Inference Protocol v2
     Serve(Box<ServeArgs>),
+    /// A container's entry point: `serve` serves every bundle the platform put in the model directory, on 0.0.0.0:8080 (SageMaker's bring-your-own-container contract; KServe's ServingRuntime)
+    Container(ContainerArgs),
     /// Batch transform with SageMaker's semantics: every object (file) under --input, one output line per record, in input order
     Batch(BatchArgs),
     /// Measure in-process latency and throughput on the bundle's test vectors
@@ -449,4 +451,27 @@ pub struct ServeArgs {
     /// Log format on stderr: text or json
     #[arg(long, default_value = "text")]
     pub log_format: String,
+}
+
+#[derive(clap::Args)]
+pub struct ContainerArgs {
+    /// What the platform asks for: `serve` (SageMaker starts an inference image as `docker run IMAGE serve`)
+    pub action: String,
+    /// Where the platform put the model: SageMaker extracts model.tar.gz to /opt/ml/model, KServe's storage initializer writes /mnt/models
+    #[arg(long, env = "NEORUN_MODEL_DIR", default_value = "/opt/ml/model", value_name = "DIR")]
+    pub model_dir: PathBuf,
+    /// Port (SageMaker sets SAGEMAKER_BIND_TO_PORT where it is not 8080)
+    #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on
+    #[arg(long, env = "NEORUN_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// The key bundles must be signed with when NEORUN_TRUSTED_KEY names none (an image built by contrib/container/build.sh carries it here)
+    #[arg(long, default_value = "/etc/neorun/trusted.pub", value_name = "PUB")]
+    pub image_key: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// More `neorun serve` flags, after `--` (e.g. -- --threads 2)
+    #[arg(last = true, value_name = "SERVE FLAGS")]
+    pub serve: Vec<String>,
 }

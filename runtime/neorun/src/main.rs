@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Batch(a) => commands::batch::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Serve(a) => settings::Serve::resolve(*a).and_then(commands::serve::run),
+        Command::Container(a) => commands::container::run(a),
         Command::Endpoint(a) => commands::client::endpoint(a),
         Command::Journal(a) => commands::client::journal(a),
         Command::Install(a) => commands::store::install(a),

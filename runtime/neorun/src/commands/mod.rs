@@ -4,6 +4,7 @@ pub mod batch;
 pub mod bench;
 pub mod check;
 pub mod client;
+pub mod container;
 pub mod predict;
 pub mod serve;
 pub mod store;
