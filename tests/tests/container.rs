@@ -4,11 +4,13 @@
 //! from model.tar.gz under `/opt/ml/model`, `/ping` and `/invocations` on
 //! the port) and KServe's `ServingRuntime` (the model under `/mnt/models`,
 //! the flags from the runtime's `args`, the Open Inference Protocol v2).
-//! The image itself is built by `contrib/container/build.sh` (buildah),
-//! which CI does not run; see docs/containers.md.
+//! And the image itself: built by `contrib/container/build.sh` with
+//! buildah (FROM scratch, vfs storage, chroot isolation), its config
+//! checked, and run with `buildah run` serving a mounted model.
 
 use std::io::BufRead;
 use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use neoc_e2e::*;
@@ -171,4 +173,101 @@ fn a_bad_model_dir_key_or_action_is_refused_by_name() {
 
 fn run_tar(cwd: &Path, args: &[&str]) -> std::process::Output {
     Command::new("tar").current_dir(cwd).args(args).output().unwrap()
+}
+
+/// buildah with its storage in `dir` (nothing left in the machine's own).
+fn buildah(dir: &Path, args: &[&str]) -> std::process::Output {
+    let store = |s: &str| dir.join(s).display().to_string();
+    Command::new("buildah")
+        .args(["--storage-driver", "vfs", "--root", &store("storage"), "--runroot", &store("run")])
+        .args(args)
+        .output()
+        .expect("buildah is needed (.ci/run installs it: apt-get install buildah)")
+}
+
+#[test]
+fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
+    let dir = scratch();
+    let d = dir.path();
+    let b = compile(d, "fraud-xgb:1", host_target(), &[]);
+    std::fs::create_dir_all(d.join("model")).unwrap();
+    std::fs::copy(&b, d.join("model/fraud-xgb.neo")).unwrap();
+    let opts = format!(
+        "--storage-driver vfs --root {} --runroot {}",
+        d.join("storage").display(),
+        d.join("run").display()
+    );
+    let o = Command::new("bash")
+        .current_dir(root())
+        .args(["contrib/container/build.sh", "--key"])
+        .arg(d.join("k.pub"))
+        .args(["--tag", "neorun:test", "--binary"])
+        .arg(bin("neorun"))
+        .env("BUILDAH_OPTS", &opts)
+        .output()
+        .unwrap();
+    let said = ok(o);
+    eprintln!("{}", said.trim());
+    // the image's configuration: the contract SageMaker and KServe rely on
+    let cfg: serde_json::Value = serde_json::from_slice(&buildah(d, &["inspect", "--type", "image", "neorun:test"]).stdout)
+        .expect("buildah inspect");
+    let c = &cfg["OCIv1"]["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/usr/bin/neorun", "container"]), "{c}");
+    assert_eq!(c["Cmd"], serde_json::json!(["serve"]), "{c}");
+    assert_eq!(c["User"], "65532:65532");
+    assert!(c["ExposedPorts"].get("8080/tcp").is_some(), "{c}");
+    // run it as SageMaker would: `serve`, the model mounted at /opt/ml/model
+    let ctr = String::from_utf8(buildah(d, &["from", "neorun:test"]).stdout).unwrap().trim().to_string();
+    assert!(!ctr.is_empty());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mount = format!("{}:/opt/ml/model:ro", d.join("model").display());
+    let store = |s: &str| d.join(s).display().to_string();
+    let mut child = Command::new("buildah")
+        .args(["--storage-driver", "vfs", "--root", &store("storage"), "--runroot", &store("run")])
+        .args(["run", "--isolation", "chroot", "-v", &mount, "-e", &format!("SAGEMAKER_BIND_TO_PORT={port}"), &ctr])
+        .args(["--", "/usr/bin/neorun", "container", "serve"])
+        // its own process group, so that the server inside goes with it
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("listening on http://0.0.0.0:{port}"));
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(ureq::get(&format!("{base}/ping")).call().unwrap().status(), 200);
+    let (rows, want) = sample_rows();
+    let r = ureq::post(&format!("{base}/invocations"))
+        .set("Content-Type", "text/csv")
+        .set("Accept", "text/csv")
+        .send_string(&(rows.join("\n") + "\n"))
+        .unwrap();
+    let text = r.into_string().unwrap();
+    assert_eq!(text.lines().count(), rows.len());
+    for (k, l) in text.lines().enumerate() {
+        let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+        assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
+    }
+    // SIGTERM to the group: the server drains and exits, then buildah
+    let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
+    let status = child.wait().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the server outlived its container ({status})");
+    let _ = buildah(d, &["rm", "--all"]);
+    let _ = buildah(d, &["rmi", "--all", "--force"]);
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_match_the_container() {
+    let o = Command::new(venv_python())
+        .arg(root().join("tests/kubernetes/check.py"))
+        .arg(root())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{report}\n{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    // every built-in kind passed the schemas (the KServe kinds have none there)
+    let passed = r["validate"].as_array().unwrap().iter().filter(|l| l.as_str().unwrap().contains(" passed for ")).count();
+    assert_eq!(passed, 5, "{report}");
 }
