@@ -9,8 +9,8 @@
 //! checked, and run with `buildah run` serving a mounted model.
 
 use std::io::BufRead;
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use neoc_e2e::*;
@@ -192,11 +192,8 @@ fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
     let b = compile(d, "fraud-xgb:1", host_target(), &[]);
     std::fs::create_dir_all(d.join("model")).unwrap();
     std::fs::copy(&b, d.join("model/fraud-xgb.neo")).unwrap();
-    let opts = format!(
-        "--storage-driver vfs --root {} --runroot {}",
-        d.join("storage").display(),
-        d.join("run").display()
-    );
+    let opts =
+        format!("--storage-driver vfs --root {} --runroot {}", d.join("storage").display(), d.join("run").display());
     let o = Command::new("bash")
         .current_dir(root())
         .args(["contrib/container/build.sh", "--key"])
@@ -209,8 +206,9 @@ fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
     let said = ok(o);
     eprintln!("{}", said.trim());
     // the image's configuration: the contract SageMaker and KServe rely on
-    let cfg: serde_json::Value = serde_json::from_slice(&buildah(d, &["inspect", "--type", "image", "neorun:test"]).stdout)
-        .expect("buildah inspect");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&buildah(d, &["inspect", "--type", "image", "neorun:test"]).stdout)
+            .expect("buildah inspect");
     let c = &cfg["OCIv1"]["config"];
     assert_eq!(c["Entrypoint"], serde_json::json!(["/usr/bin/neorun", "container"]), "{c}");
     assert_eq!(c["Cmd"], serde_json::json!(["serve"]), "{c}");
@@ -259,15 +257,12 @@ fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
 
 #[test]
 fn the_kubernetes_manifests_validate_and_match_the_container() {
-    let o = Command::new(venv_python())
-        .arg(root().join("tests/kubernetes/check.py"))
-        .arg(root())
-        .output()
-        .unwrap();
+    let o = Command::new(venv_python()).arg(root().join("tests/kubernetes/check.py")).arg(root()).output().unwrap();
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{report}\n{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_str(&report).unwrap();
     // every built-in kind passed the schemas (the KServe kinds have none there)
-    let passed = r["validate"].as_array().unwrap().iter().filter(|l| l.as_str().unwrap().contains(" passed for ")).count();
+    let passed =
+        r["validate"].as_array().unwrap().iter().filter(|l| l.as_str().unwrap().contains(" passed for ")).count();
     assert_eq!(passed, 5, "{report}");
 }
