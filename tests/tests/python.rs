@@ -3,7 +3,9 @@
 //! the same bad bundles, so that Python's exceptions can be compared with
 //! them word for word. The wheel is built and installed into the venv by
 //! `.ci/run` (`maturin build`); this fails, saying how to rebuild, when the
-//! installed module is older than its sources.
+//! installed module is older than its sources. And the Spark recipe
+//! (`contrib/spark/score.py`: `predict_batch_udf`, the bundle opened once
+//! per worker) in local mode, against `neorun batch` on the same rows.
 
 use std::path::Path;
 use std::process::Command;
@@ -91,4 +93,81 @@ fn the_python_package_passes_its_tests() {
     let xml = std::fs::read_to_string(d.join("pytest.xml")).unwrap();
     assert!(xml.contains("skipped=\"0\"") && xml.contains("failures=\"0\"") && xml.contains("errors=\"0\""), "{xml}");
     assert!(!xml.contains("tests=\"0\""), "{xml}");
+}
+
+/// `contrib/spark/score.py` in local mode; (success, stderr).
+fn spark_score(d: &Path, input: &str, bundle: &str, out: &str) -> (bool, String) {
+    let o = Command::new(venv_python())
+        .current_dir(d)
+        .arg(root().join("contrib/spark/score.py"))
+        .args(["--master", "local[2]", "--bundle", bundle, "--key", "k.pub", "--input", input, "--output", out])
+        .args(["--load-log", "loads.txt"])
+        .output()
+        .unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn spark_scores_a_dataframe_as_neorun_batch_does() {
+    installed_module();
+    let dir = scratch();
+    let d = dir.path();
+    let b = compile(d, "fraud-xgb:1", host_target(), &[]);
+    std::fs::rename(&b, d.join("fraud-xgb.neo")).unwrap();
+    // 20,000 rows (the bench runs 1,000,000): the samples, each scaled a little
+    let sample = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = sample.lines().map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    let mut csv = String::new();
+    for i in 0..20_000usize {
+        let s = 1.0 + (i % 97) as f64 / 1000.0;
+        let r: Vec<String> = rows[i % rows.len()].iter().map(|v| format!("{}", (v * s) as f32)).collect();
+        csv.push_str(&r.join(","));
+        csv.push('\n');
+    }
+    std::fs::write(d.join("rows.csv"), &csv).unwrap();
+    let (ok_, err) = spark_score(d, "rows.csv", "fraud-xgb.neo", "scored");
+    assert!(ok_, "{err}");
+    // each worker process opened the bundle once
+    let loads = std::fs::read_to_string(d.join("loads.txt")).unwrap();
+    let pids: Vec<&str> = loads.lines().collect();
+    let unique: std::collections::BTreeSet<&str> = pids.iter().copied().collect();
+    assert!(!pids.is_empty() && pids.len() == unique.len(), "bundle opened more than once in a worker: {pids:?}");
+    // the parts in order are the input in order; the same as neorun batch
+    let mut parts: Vec<_> = std::fs::read_dir(d.join("scored"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    parts.sort();
+    let spark: Vec<String> = parts
+        .iter()
+        .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(spark.len(), 20_000);
+    ok(run(
+        "neorun",
+        d,
+        &["batch", "fraud-xgb.neo", "--trusted-key", "k.pub", "-i", "rows.csv", "-o", "batch"],
+        &[],
+        None,
+    ));
+    let batch = std::fs::read_to_string(d.join("batch/rows.csv.out")).unwrap();
+    for (k, (s, b)) in spark.iter().zip(batch.lines()).enumerate() {
+        let p: Vec<f64> = s.rsplit(',').next().unwrap().split(';').map(|v| v.parse().unwrap()).collect();
+        let want: Vec<f64> = b.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+        assert_close(&p, &want, 1e-6);
+        assert_eq!(s.split(',').count(), 31, "row {k}: {s}");
+    }
+    // a column that is not numeric: refused naming it, before any task
+    let mut bad = csv.lines().take(100).map(String::from).collect::<Vec<_>>();
+    let mut row: Vec<&str> = bad[50].split(',').collect();
+    row[1] = "oops";
+    bad[50] = row.join(",");
+    std::fs::write(d.join("bad.csv"), bad.join("\n") + "\n").unwrap();
+    let (ok_, err) = spark_score(d, "bad.csv", "fraud-xgb.neo", "scored-bad");
+    assert!(!ok_ && err.contains("column '_c1' is string, not numeric"), "{err}");
+    // a bundle the executors cannot find: the job fails naming it
+    let (ok_, err) = spark_score(d, "rows.csv", "missing.neo", "scored-missing");
+    assert!(!ok_ && err.contains("missing.neo"), "{}", &err[err.len().saturating_sub(3000)..]);
+    assert!(!d.join("scored-missing/_SUCCESS").exists());
 }
