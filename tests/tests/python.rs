@@ -114,17 +114,7 @@ fn spark_scores_a_dataframe_as_neorun_batch_does() {
     let d = dir.path();
     let b = compile(d, "fraud-xgb:1", host_target(), &[]);
     std::fs::rename(&b, d.join("fraud-xgb.neo")).unwrap();
-    // 20,000 rows (the bench runs 1,000,000): the samples, each scaled a little
-    let sample = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap();
-    let rows: Vec<Vec<f64>> = sample.lines().map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
-    let mut csv = String::new();
-    for i in 0..20_000usize {
-        let s = 1.0 + (i % 97) as f64 / 1000.0;
-        let r: Vec<String> = rows[i % rows.len()].iter().map(|v| format!("{}", (v * s) as f32)).collect();
-        csv.push_str(&r.join(","));
-        csv.push('\n');
-    }
-    std::fs::write(d.join("rows.csv"), &csv).unwrap();
+    let csv = rows_csv(d);
     let (ok_, err) = spark_score(d, "rows.csv", "fraud-xgb.neo", "scored");
     assert!(ok_, "{err}");
     // each worker process opened the bundle once
@@ -143,21 +133,7 @@ fn spark_scores_a_dataframe_as_neorun_batch_does() {
         .iter()
         .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
         .collect();
-    assert_eq!(spark.len(), 20_000);
-    ok(run(
-        "neorun",
-        d,
-        &["batch", "fraud-xgb.neo", "--trusted-key", "k.pub", "-i", "rows.csv", "-o", "batch"],
-        &[],
-        None,
-    ));
-    let batch = std::fs::read_to_string(d.join("batch/rows.csv.out")).unwrap();
-    for (k, (s, b)) in spark.iter().zip(batch.lines()).enumerate() {
-        let p: Vec<f64> = s.rsplit(',').next().unwrap().split(';').map(|v| v.parse().unwrap()).collect();
-        let want: Vec<f64> = b.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
-        assert_close(&p, &want, 1e-6);
-        assert_eq!(s.split(',').count(), 31, "row {k}: {s}");
-    }
+    same_as_batch(d, &spark);
     // a column that is not numeric: refused naming it, before any task
     let mut bad = csv.lines().take(100).map(String::from).collect::<Vec<_>>();
     let mut row: Vec<&str> = bad[50].split(',').collect();
@@ -170,4 +146,63 @@ fn spark_scores_a_dataframe_as_neorun_batch_does() {
     let (ok_, err) = spark_score(d, "rows.csv", "missing.neo", "scored-missing");
     assert!(!ok_ && err.contains("missing.neo"), "{}", &err[err.len().saturating_sub(3000)..]);
     assert!(!d.join("scored-missing/_SUCCESS").exists());
+}
+
+/// `rows.csv`: 20,000 rows (the bench runs 1,000,000), the samples each
+/// scaled a little; its text.
+fn rows_csv(d: &Path) -> String {
+    let sample = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = sample.lines().map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    let mut csv = String::new();
+    for i in 0..20_000usize {
+        let s = 1.0 + (i % 97) as f64 / 1000.0;
+        let r: Vec<String> = rows[i % rows.len()].iter().map(|v| format!("{}", (v * s) as f32)).collect();
+        csv.push_str(&r.join(","));
+        csv.push('\n');
+    }
+    std::fs::write(d.join("rows.csv"), &csv).unwrap();
+    csv
+}
+
+/// Scored lines (30 features, then the probabilities joined by `;`) equal
+/// `neorun batch` on rows.csv, line for line.
+fn same_as_batch(d: &Path, scored: &[String]) {
+    assert_eq!(scored.len(), 20_000);
+    if !d.join("batch/rows.csv.out").exists() {
+        let args = ["batch", "fraud-xgb.neo", "--trusted-key", "k.pub", "-i", "rows.csv", "-o", "batch"];
+        ok(run("neorun", d, &args, &[], None));
+    }
+    let batch = std::fs::read_to_string(d.join("batch/rows.csv.out")).unwrap();
+    for (k, (s, b)) in scored.iter().zip(batch.lines()).enumerate() {
+        let p: Vec<f64> = s.rsplit(',').next().unwrap().split(';').map(|v| v.parse().unwrap()).collect();
+        let want: Vec<f64> = b.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+        assert_close(&p, &want, 1e-6);
+        assert_eq!(s.split(',').count(), 31, "row {k}: {s}");
+    }
+}
+
+#[test]
+fn ray_data_scores_a_dataset_as_neorun_batch_does() {
+    installed_module();
+    let dir = scratch();
+    let d = dir.path();
+    let b = compile(d, "fraud-xgb:1", host_target(), &[]);
+    std::fs::rename(&b, d.join("fraud-xgb.neo")).unwrap();
+    rows_csv(d);
+    let o = Command::new(venv_python())
+        .current_dir(d)
+        .arg(root().join("contrib/ray/score.py"))
+        .args(["--bundle", "fraud-xgb.neo", "--key", "k.pub", "--input", "rows.csv", "--output", "scored"])
+        .args(["--actors", "2", "--load-log", "loads.txt"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // two actors, each opened the bundle once
+    let loads = std::fs::read_to_string(d.join("loads.txt")).unwrap();
+    let pids: Vec<&str> = loads.lines().collect();
+    let unique: std::collections::BTreeSet<&str> = pids.iter().copied().collect();
+    assert!(pids.len() == 2 && unique.len() == 2, "{pids:?}");
+    let scored: Vec<String> =
+        std::fs::read_to_string(d.join("scored/scored.csv")).unwrap().lines().map(String::from).collect();
+    same_as_batch(d, &scored);
 }
