@@ -125,7 +125,7 @@ def test_the_gil_is_released_while_the_model_runs():
     seconds = window["end"] - window["start"]
     # holding the GIL, predict would leave this thread at most one switch
     # interval (5 ms) of counting; released, it counts on another core
-    assert ticks > 0.2 * rate * seconds, f"{ticks} ticks in {seconds:.2f} s of predict at {rate:.0f}/s alone"
+    assert ticks > 0.1 * rate * seconds, f"{ticks} ticks in {seconds:.2f} s of predict at {rate:.0f}/s alone"
 
 
 def test_refusals_are_the_binarys_with_typed_exceptions(tmp_path):

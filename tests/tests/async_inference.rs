@@ -129,7 +129,9 @@ fn two_hundred_requests_survive_kill_9_and_complete_once() {
     }
     let twice = notes.len() - 200;
     eprintln!("{} notifications for 200 requests ({twice} sent again after the kill)", notes.len());
-    assert!(twice <= 4, "{twice} notifications sent twice");
+    // the bound: deliveries in flight at the kill (8 at once) and requests
+    // between their output and their queue record's removal (2 at once)
+    assert!(twice <= 10, "{twice} notifications sent twice");
     wait_until(|| pending_notifications(d) == 0, "the outbox to empty");
 }
 

@@ -12,6 +12,15 @@ use std::process::Command;
 
 use neoc_e2e::*;
 
+/// The tests here run one at a time: the pytest suite measures that the
+/// GIL is released, which a JVM or a Ray cluster starting beside it would
+/// blur.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The installed extension module, checked to be newer than python/src.
 fn installed_module() -> std::path::PathBuf {
     let o = Command::new(venv_python()).args(["-c", "import neorun; print(neorun.__file__)"]).output().unwrap();
@@ -55,6 +64,7 @@ fn refusal(d: &Path, bundle: &str, key: &str) -> String {
 
 #[test]
 fn the_python_package_passes_its_tests() {
+    let _serial = one_at_a_time();
     let so = installed_module();
     let dir = scratch();
     let d = dir.path();
@@ -109,6 +119,7 @@ fn spark_score(d: &Path, input: &str, bundle: &str, out: &str) -> (bool, String)
 
 #[test]
 fn spark_scores_a_dataframe_as_neorun_batch_does() {
+    let _serial = one_at_a_time();
     installed_module();
     let dir = scratch();
     let d = dir.path();
@@ -183,6 +194,7 @@ fn same_as_batch(d: &Path, scored: &[String]) {
 
 #[test]
 fn ray_data_scores_a_dataset_as_neorun_batch_does() {
+    let _serial = one_at_a_time();
     installed_module();
     let dir = scratch();
     let d = dir.path();
