@@ -88,13 +88,18 @@ fn numpy_dtype(d: &str) -> &str {
 /// when the cast keeps the kind (float64 → float32), refused otherwise.
 fn to_tensor(spec: &TensorSpec, x: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let py = x.py();
-    let np = py.import("numpy")?;
     let want = numpy_dtype(&spec.dtype);
-    let arr = if x.is_instance_of::<PyUntypedArray>() { x.clone() } else { np.call_method1("asarray", (x,))? };
+    // numpy itself only off the common path (an ndarray of the right dtype)
+    let arr = if x.is_instance_of::<PyUntypedArray>() {
+        x.clone()
+    } else {
+        py.import("numpy")?.call_method1("asarray", (x,))?
+    };
     let have: String = arr.getattr("dtype")?.getattr("name")?.extract()?;
     let arr = if have == want {
         arr
     } else {
+        let np = py.import("numpy")?;
         let can: bool = np.call_method1("can_cast", (arr.getattr("dtype")?, want, "same_kind"))?.extract()?;
         if !can {
             return Err(BadInput::new_err(format!(

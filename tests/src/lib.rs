@@ -374,7 +374,6 @@ pub fn serve_with(exe: &Path, dir: &Path, args: &[&str]) -> Served {
 
 /// [`serve_with`], with more environment variables.
 pub fn serve_with_env(exe: &Path, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Served {
-    use std::io::BufRead;
     let mut child = Command::new(exe)
         .current_dir(dir)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -385,14 +384,17 @@ pub fn serve_with_env(exe: &Path, dir: &Path, args: &[&str], env: &[(&str, Strin
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+    let base = listening_on(&mut child);
+    Served { child, base }
+}
+
+/// The address a server started with its stdout piped says it listens on
+/// (its first line, `listening on URL`).
+pub fn listening_on(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Served { child, base }
+    line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string()
 }
 
 /// An S3-compatible store on 127.0.0.1: moto's server mode from the venv

@@ -8,7 +8,6 @@
 //! buildah (FROM scratch, vfs storage, chroot isolation), its config
 //! checked, and run with `buildah run` serving a mounted model.
 
-use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -27,15 +26,31 @@ fn start(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line {line:?}")).to_string();
+    let base = listening_on(&mut child);
     (child, base)
 }
 
 fn sample_rows() -> (Vec<String>, Vec<f64>) {
     let sample = std::fs::read_to_string(root().join("models/fraud-xgb/sample.csv")).unwrap();
     (sample.lines().map(String::from).collect(), expected("fraud-xgb"))
+}
+
+/// SageMaker's contract at `base`: `/ping` answers 200, and `/invocations`
+/// answers the sample rows (CSV in, CSV out) with fraud-xgb's reference.
+fn answers_like_sagemaker(base: &str) {
+    assert_eq!(ureq::get(&format!("{base}/ping")).call().unwrap().status(), 200);
+    let (rows, want) = sample_rows();
+    let r = ureq::post(&format!("{base}/invocations"))
+        .set("Content-Type", "text/csv")
+        .set("Accept", "text/csv")
+        .send_string(&(rows.join("\n") + "\n"))
+        .unwrap();
+    let text = r.into_string().unwrap();
+    let got: Vec<Vec<f64>> = text.lines().map(|l| l.split(',').map(|x| x.parse().unwrap()).collect()).collect();
+    assert_eq!(got.len(), rows.len(), "{text}");
+    for (k, v) in got.iter().enumerate() {
+        assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
+    }
 }
 
 #[test]
@@ -57,20 +72,7 @@ fn sagemaker_runs_the_image_with_serve_and_the_model_under_opt_ml_model() {
         ("NEORUN_HOST", "127.0.0.1".to_string()),
     ];
     let (mut child, base) = start(d, &["serve"], &env);
-    assert_eq!(ureq::get(&format!("{base}/ping")).call().unwrap().status(), 200);
-    let (rows, want) = sample_rows();
-    let body = rows.join("\n") + "\n";
-    let r = ureq::post(&format!("{base}/invocations"))
-        .set("Content-Type", "text/csv")
-        .set("Accept", "text/csv")
-        .send_string(&body)
-        .unwrap();
-    let text = r.into_string().unwrap();
-    let got: Vec<Vec<f64>> = text.lines().map(|l| l.split(',').map(|x| x.parse().unwrap()).collect()).collect();
-    assert_eq!(got.len(), rows.len(), "{text}");
-    for (k, v) in got.iter().enumerate() {
-        assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
-    }
+    answers_like_sagemaker(&base);
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -175,11 +177,16 @@ fn run_tar(cwd: &Path, args: &[&str]) -> std::process::Output {
     Command::new("tar").current_dir(cwd).args(args).output().unwrap()
 }
 
-/// buildah with its storage in `dir` (nothing left in the machine's own).
-fn buildah(dir: &Path, args: &[&str]) -> std::process::Output {
+/// buildah's global options: vfs storage in `dir` (nothing left in the
+/// machine's own).
+fn buildah_opts(dir: &Path) -> Vec<String> {
     let store = |s: &str| dir.join(s).display().to_string();
+    ["--storage-driver", "vfs", "--root", &store("storage"), "--runroot", &store("run")].map(String::from).to_vec()
+}
+
+fn buildah(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new("buildah")
-        .args(["--storage-driver", "vfs", "--root", &store("storage"), "--runroot", &store("run")])
+        .args(buildah_opts(dir))
         .args(args)
         .output()
         .expect("buildah is needed (.ci/run installs it: apt-get install buildah)")
@@ -192,8 +199,7 @@ fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
     let b = compile(d, "fraud-xgb:1", host_target(), &[]);
     std::fs::create_dir_all(d.join("model")).unwrap();
     std::fs::copy(&b, d.join("model/fraud-xgb.neo")).unwrap();
-    let opts =
-        format!("--storage-driver vfs --root {} --runroot {}", d.join("storage").display(), d.join("run").display());
+    let opts = buildah_opts(d).join(" ");
     let o = Command::new("bash")
         .current_dir(root())
         .args(["contrib/container/build.sh", "--key"])
@@ -219,9 +225,8 @@ fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
     assert!(!ctr.is_empty());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mount = format!("{}:/opt/ml/model:ro", d.join("model").display());
-    let store = |s: &str| d.join(s).display().to_string();
     let mut child = Command::new("buildah")
-        .args(["--storage-driver", "vfs", "--root", &store("storage"), "--runroot", &store("run")])
+        .args(buildah_opts(d))
         .args(["run", "--isolation", "chroot", "-v", &mount, "-e", &format!("SAGEMAKER_BIND_TO_PORT={port}"), &ctr])
         .args(["--", "/usr/bin/neorun", "container", "serve"])
         // its own process group, so that the server inside goes with it
@@ -230,23 +235,8 @@ fn the_image_builds_with_buildah_and_serves_a_mounted_model() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("listening on http://0.0.0.0:{port}"));
-    let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(ureq::get(&format!("{base}/ping")).call().unwrap().status(), 200);
-    let (rows, want) = sample_rows();
-    let r = ureq::post(&format!("{base}/invocations"))
-        .set("Content-Type", "text/csv")
-        .set("Accept", "text/csv")
-        .send_string(&(rows.join("\n") + "\n"))
-        .unwrap();
-    let text = r.into_string().unwrap();
-    assert_eq!(text.lines().count(), rows.len());
-    for (k, l) in text.lines().enumerate() {
-        let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
-        assert_close(&v[1..], &want[2 * k..2 * k + 2], 1e-6);
-    }
+    assert_eq!(listening_on(&mut child), format!("http://0.0.0.0:{port}"));
+    answers_like_sagemaker(&format!("http://127.0.0.1:{port}"));
     // SIGTERM to the group: the server drains and exits, then buildah
     let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
     let status = child.wait().unwrap();

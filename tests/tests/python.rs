@@ -129,10 +129,7 @@ fn spark_scores_a_dataframe_as_neorun_batch_does() {
     let (ok_, err) = spark_score(d, "rows.csv", "fraud-xgb.neo", "scored");
     assert!(ok_, "{err}");
     // each worker process opened the bundle once
-    let loads = std::fs::read_to_string(d.join("loads.txt")).unwrap();
-    let pids: Vec<&str> = loads.lines().collect();
-    let unique: std::collections::BTreeSet<&str> = pids.iter().copied().collect();
-    assert!(!pids.is_empty() && pids.len() == unique.len(), "bundle opened more than once in a worker: {pids:?}");
+    assert!(opened_once_per_process(d) > 0);
     // the parts in order are the input in order; the same as neorun batch
     let mut parts: Vec<_> = std::fs::read_dir(d.join("scored"))
         .unwrap()
@@ -157,6 +154,16 @@ fn spark_scores_a_dataframe_as_neorun_batch_does() {
     let (ok_, err) = spark_score(d, "rows.csv", "missing.neo", "scored-missing");
     assert!(!ok_ && err.contains("missing.neo"), "{}", &err[err.len().saturating_sub(3000)..]);
     assert!(!d.join("scored-missing/_SUCCESS").exists());
+}
+
+/// How many processes opened the bundle (loads.txt: one pid a line per
+/// open), checking that none opened it twice.
+fn opened_once_per_process(d: &Path) -> usize {
+    let loads = std::fs::read_to_string(d.join("loads.txt")).unwrap();
+    let pids: Vec<&str> = loads.lines().collect();
+    let unique: std::collections::BTreeSet<&str> = pids.iter().copied().collect();
+    assert_eq!(pids.len(), unique.len(), "the bundle was opened more than once in a process: {pids:?}");
+    pids.len()
 }
 
 /// `rows.csv`: 20,000 rows (the bench runs 1,000,000), the samples each
@@ -210,10 +217,7 @@ fn ray_data_scores_a_dataset_as_neorun_batch_does() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // two actors, each opened the bundle once
-    let loads = std::fs::read_to_string(d.join("loads.txt")).unwrap();
-    let pids: Vec<&str> = loads.lines().collect();
-    let unique: std::collections::BTreeSet<&str> = pids.iter().copied().collect();
-    assert!(pids.len() == 2 && unique.len() == 2, "{pids:?}");
+    assert_eq!(opened_once_per_process(d), 2);
     let scored: Vec<String> =
         std::fs::read_to_string(d.join("scored/scored.csv")).unwrap().lines().map(String::from).collect();
     same_as_batch(d, &scored);

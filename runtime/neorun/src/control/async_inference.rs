@@ -6,6 +6,10 @@
 //! the `InferenceId` and where the answer (`OutputLocation`) or the reason
 //! it failed (`FailureLocation`) will be.
 //!
+//! (Over 600 lines: the request's checks, the queue on disk, the
+//! dispatcher and a request's run share `AsyncJob` and the queue's retry
+//! and active sets; the notification's sending is apart, in `notify.rs`.)
+//!
 //! The queue is on disk (`STATE/async/queue/ID.json`, written atomically
 //! before the 202), so a request accepted before a crash, a restart or a
 //! `kill -9` is not lost. A request's output is written whole under a name
@@ -184,15 +188,8 @@ impl AsyncQueue {
         out
     }
 
-    fn save(&self, job: &AsyncJob) -> std::io::Result<()> {
-        use std::io::Write;
-        let fin = self.path(&job.id);
-        let tmp = self.dir.join(format!(".{}.tmp", job.id));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(job).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &fin)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+    fn save(&self, job: &AsyncJob) -> anyhow::Result<()> {
+        super::store::write_atomically(&self.path(&job.id), &serde_json::to_vec(job)?)
     }
 
     /// Keeps a request that could not be finished (its failure object or

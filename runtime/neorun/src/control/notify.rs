@@ -183,20 +183,9 @@ impl Outbox {
 
     /// Writes a notification durably (before its request leaves the queue).
     pub fn put(&self, p: &Pending) -> Result<(), String> {
-        use std::io::Write;
         let fin = self.path(&p.id);
-        let tmp = self.dir.join(format!(".{}.tmp", p.id));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(p).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &fin)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("writing the notification to {}: {e}", fin.display())
-        })?;
+        let bytes = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+        super::store::write_atomically(&fin, &bytes).map_err(|e| format!("the notification: {e:#}"))?;
         self.wake.notify_one();
         Ok(())
     }

@@ -2,6 +2,13 @@
 //! `TransformInput`, `TransformOutput`, `BatchStrategy`, `MaxPayloadInMB`,
 //! `MaxConcurrentTransforms` and `DataProcessing`), over local files.
 //!
+//! (Over 600 lines because one pipeline — reader, workers, ordered writer,
+//! the job record — shares its message types and its halt and failure
+//! flags; the record-level transforms (filters, join, the re-run that names
+//! the failing line) are the rest, with their unit tests. Splitting the
+//! stages apart would spread one set of ordering and cleanup invariants
+//! over several files.)
+//!
 //! Every object (file) under the input is transformed into `<object>.out`
 //! under the output directory, one line per input record, in input order.
 //! One reader thread splits objects into runs of records (mini-batches), a
@@ -15,13 +22,6 @@
 //! records each completed output with the input it came from, so a job run
 //! again skips what is complete, redoes what is not, and refuses to
 //! overwrite files it did not write.
-//!
-//! (Over 600 lines because one pipeline — reader, workers, ordered writer,
-//! the job record — shares its message types and its halt and failure
-//! flags; the record-level transforms (filters, join, the re-run that names
-//! the failing line) are the rest, with their unit tests. Splitting the
-//! stages apart would spread one set of ordering and cleanup invariants
-//! over several files.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
