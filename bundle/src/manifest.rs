@@ -1,6 +1,8 @@
 //! `manifest.json`: everything a device needs to decide about a bundle before
 //! loading it, and the digest of every other file.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::BundleError;
@@ -192,6 +194,11 @@ pub struct EngineInfo {
     pub model_format: String,
     /// Operator registries the engine needs besides its core (`tract_onnx`, …).
     pub registries: Vec<String>,
+    /// Settings the engine is created with, fixed at compile time
+    /// (onnxruntime's session options: `graph_optimization_level`,
+    /// `inter_op_threads`, `memory_arena`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -254,6 +261,10 @@ pub struct Verification {
     /// Comparison with expected outputs computed by another engine and shipped
     /// with the model (ONNX `test_data_set_*`), when there were any.
     pub independent: Option<IndependentCheck>,
+    /// Comparison with another engine run by the compiler on the same inputs
+    /// (`onnxruntime 1.31.1` on the source ONNX model), when it was present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub independent_engine: Option<IndependentCheck>,
     /// The precision the compiled model computed in; against an fp32
     /// reference, the errors above are the cost of that precision.
     #[serde(default = "fp32")]

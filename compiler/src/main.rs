@@ -125,7 +125,7 @@ struct CompileArgs {
     /// Float precision: fp32; fp16 for targets whose CPU has fp16 arithmetic (tract); bf16 for targets with AMX/AVX-512-BF16 (OpenVINO). Default: the target's (fp16 for ml_m6g and jetson_orin; with --engine auto, bf16 and fp32 are both tried on bf16 targets)
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
-    /// Engine the bundle runs on: auto (the target's engines, each verified, timed here when this host can run the target, fastest kept; the table is in the manifest), tract, or openvino (x86-64; needs OpenVINO's library here and on the device)
+    /// Engine the bundle runs on: auto (the target's engines, each verified, timed here when this host can run the target, fastest kept; the table is in the manifest), tract, openvino (x86-64; needs OpenVINO's library here and on the device), or onnxruntime (x86-64 and aarch64; needs libonnxruntime here and on the device)
     #[arg(long, default_value = "auto", value_parser = parse_engine)]
     engine: pipeline::EngineChoice,
     /// Without the Neuron compiler, build a CPU bundle for Neuron targets (ml_inf2) instead of failing; the manifest says so
@@ -224,7 +224,7 @@ fn parse_engine(s: &str) -> Result<pipeline::EngineChoice, String> {
         "auto" => Ok(pipeline::EngineChoice::Auto),
         _ => neoc_targets::EngineKind::parse(s)
             .map(pipeline::EngineChoice::Only)
-            .ok_or_else(|| format!("`{s}` is not an engine (auto, tract or openvino)")),
+            .ok_or_else(|| format!("`{s}` is not an engine (auto, tract, openvino or onnxruntime)")),
     }
 }
 
@@ -548,7 +548,11 @@ fn compile(args: CompileArgs) -> Result<()> {
                     .independent
                     .as_ref()
                     .map(|i| format!("; vs shipped expected outputs {:.2e}", i.max_abs_error))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    + &v.independent_engine
+                        .as_ref()
+                        .map(|i| format!("; vs {} {:.2e}", i.source, i.max_abs_error))
+                        .unwrap_or_default();
                 println!(
                     "  verify:  {} {} on {} {} case(s), max abs error {:.2e} vs reference{ind}",
                     v.precision, v.status, v.cases, v.inputs, v.max_abs_error
@@ -758,7 +762,7 @@ fn inspect(bundle: &Path, key: Option<&Path>, json_out: bool) -> Result<()> {
         "verified:  {} ({} {} cases on {}, max abs {:.2e}, max rel {:.2e}, atol {:.0e}, rtol {:.0e})",
         v.status, v.cases, v.inputs, v.host, v.max_abs_error, v.max_rel_error, v.atol, v.rtol
     );
-    if let Some(i) = &v.independent {
+    for i in v.independent.iter().chain(&v.independent_engine) {
         println!("           vs {}: max abs {:.2e} over {} cases", i.source, i.max_abs_error, i.cases);
     }
     match &b.signer {

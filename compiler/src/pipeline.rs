@@ -202,9 +202,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         plans.push((*t, pairs, why));
     }
     // every pair is lowered and verified once, whatever the number of targets;
-    // an OpenVINO pair needs tract's fp32 model (its reference and fallback)
+    // an OpenVINO or onnxruntime pair needs tract's fp32 model (its reference
+    // and fallback)
     let mut pairs: Vec<Pair> = Vec::new();
-    let any_openvino = plans.iter().flat_map(|p| &p.1).any(|p| p.0 == EngineKind::Openvino);
+    let any_openvino = plans.iter().flat_map(|p| &p.1).any(|p| p.0.runs_onnx());
     if any_openvino {
         pairs.push((EngineKind::Tract, Precision::Fp32));
     }
@@ -219,8 +220,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     let mut outcomes: Vec<(Pair, Outcome)> = Vec::new();
     let mut imported = Some(imported);
     let mut tract_fp32: Option<std::rc::Rc<Lowered>> = None;
-    // the ONNX file, read once for every OpenVINO pair
+    // the ONNX file, read once for every OpenVINO or onnxruntime pair
     let mut onnx: Option<Vec<u8>> = None;
+    // onnxruntime on the source model: every ONNX bundle is checked against it
+    let cross = if located.framework == Framework::Onnx { Some(CrossCheck::new(&located, &mut onnx)) } else { None };
     for (ix, pair) in pairs.iter().enumerate() {
         let (engine, precision) = *pair;
         let lowered: std::rc::Rc<Lowered> = match engine {
@@ -274,6 +277,18 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     }
                 }
             }
+            EngineKind::Onnxruntime => {
+                let base = tract_fp32.as_ref().expect("tract's fp32 model is lowered first");
+                match lower_onnxruntime(base, &located, &mut onnx) {
+                    Ok(l) => std::rc::Rc::new(l),
+                    Err(e) if !several => return Err(e.context(format!("--engine onnxruntime for {target_names}"))),
+                    Err(e) => {
+                        let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                        outcomes.push((*pair, Outcome::failed(format!("unavailable: {first_line}"))));
+                        continue;
+                    }
+                }
+            }
         };
         let (atol, rtol) = match precision {
             Precision::Fp32 => (opts.atol.unwrap_or(1e-4), opts.rtol.unwrap_or(1e-4)),
@@ -312,6 +327,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 atol,
                 rtol,
                 independent: None,
+                independent_engine: None,
                 precision: precision.as_str().into(),
                 note: None,
             },
@@ -326,7 +342,9 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         // a failing candidate among several is recorded and skipped; alone
         // (or tract's own model, which every other one falls back to) it is an error
         let alone = !several || (engine == EngineKind::Tract && any_openvino && precision == Precision::Fp32);
-        let verified = verify(&lowered, &manifest, &located, opts, precision);
+        // onnxruntime checks every engine but itself
+        let cross_check = cross.as_ref().filter(|_| engine != EngineKind::Onnxruntime);
+        let verified = verify(&lowered, &manifest, &located, opts, precision, cross_check);
         let (verification, vectors, model) = match verified {
             Ok(v) => v,
             Err(e) if !alone => {
@@ -419,8 +437,8 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             ("test_vectors.json".to_string(), o.vectors.0.clone()),
             (neoc_runtime::tensors::TEST_VECTOR_DATA.to_string(), o.vectors.1.clone()),
         ];
-        if chosen.0 == EngineKind::Openvino && !opts.no_fallback {
-            let fb = tract_fp32.as_ref().expect("lowered before any OpenVINO pair");
+        if chosen.0.runs_onnx() && !opts.no_fallback {
+            let fb = tract_fp32.as_ref().expect("lowered before any OpenVINO or onnxruntime pair");
             files.push((fb.engine.model_file.clone(), fb.model_bytes.clone()));
             m.fallback_engine = Some(fb.engine.clone());
         }
@@ -458,7 +476,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                         let status = match o.and_then(|o| o.failure.clone()) {
                             Some(f) => f,
                             None if *p == chosen => "chosen".into(),
-                            None if chosen.0 == EngineKind::Openvino
+                            None if chosen.0.runs_onnx()
                                 && *p == (EngineKind::Tract, Precision::Fp32)
                                 && !opts.no_fallback =>
                             {
@@ -601,6 +619,27 @@ pub fn candidates_for(
             bail!("--engine openvino: OpenVINO is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
         }
     }
+    if let EngineChoice::Only(EngineKind::Onnxruntime) = opts.engine {
+        if !matches!(t.arch, neoc_targets::Arch::X86_64 | neoc_targets::Arch::Aarch64) {
+            bail!(
+                "--engine onnxruntime: onnxruntime ships for x86-64 and aarch64; {} is {}\nhint: use --engine tract (or leave --engine out)",
+                t.name,
+                t.arch
+            );
+        }
+        if t.accelerator != Accelerator::None {
+            bail!("--engine onnxruntime: target {} runs on its {} accelerator; neorun's onnxruntime engine uses the CPU execution provider\nhint: use a CPU target (x86_64, ml_c5, aarch64, ml_m6g, rasp4b, …)", t.name, t.accelerator.as_str());
+        }
+        if trees {
+            bail!("--engine onnxruntime: tree ensembles run on the trees engine\nhint: drop --engine");
+        }
+        if framework != Framework::Onnx {
+            bail!("--engine onnxruntime: onnxruntime is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
+        }
+        if let Some(p) = opts.precision.filter(|p| *p != Precision::Fp32) {
+            bail!("--precision {p}: neorun's onnxruntime engine computes in fp32\nhint: drop --precision, or use --engine tract (fp16) or openvino (bf16)");
+        }
+    }
     match opts.precision {
         Some(Precision::Bf16) if !t.supports(Precision::Bf16) => bail!(
             "--precision bf16: target {} has no bf16 arithmetic (it needs AMX or AVX-512-BF16; {} computes in {})\nhint: targets with bf16: {}",
@@ -637,6 +676,16 @@ pub fn candidates_for(
                 let (p, w) = precision_for(t, opts.precision, trees)?;
                 pairs.push((e, p));
                 whys.push(w);
+            }
+            EngineKind::Onnxruntime => {
+                if opts.precision.is_some_and(|p| p != Precision::Fp32) {
+                    continue;
+                }
+                pairs.push((e, Precision::Fp32));
+                whys.push(match opts.precision {
+                    Some(_) => "asked for with --precision".into(),
+                    None => format!("onnxruntime on {}: fp32", t.name),
+                });
             }
             EngineKind::Openvino => {
                 let ps: Vec<Precision> = match opts.precision {
@@ -761,9 +810,7 @@ fn choose_measured(verified: &[Pair], time_of: impl Fn(&Pair) -> Option<(f64, f6
 /// ONNX frontend on the device; tract's fp32 model is its reference.
 fn lower_openvino(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>) -> Result<Lowered> {
     let lib = neoc_runtime::engine::openvino::library().map_err(anyhow::Error::msg)?;
-    if onnx.is_none() {
-        *onnx = Some(std::fs::read(&located.path).with_context(|| format!("reading {}", located.rel))?);
-    }
+    read_onnx(located, onnx)?;
     Ok(Lowered {
         engine: EngineInfo {
             name: neoc_runtime::engine::OPENVINO_ENGINE.into(),
@@ -771,6 +818,7 @@ fn lower_openvino(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>)
             model_file: "model.onnx".into(),
             model_format: neoc_runtime::engine::OPENVINO_FORMAT.into(),
             registries: vec![],
+            options: Default::default(),
         },
         model_bytes: onnx.clone().expect("read above"),
         inputs: base.inputs.clone(),
@@ -780,6 +828,73 @@ fn lower_openvino(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>)
         seeded: base.seeded.clone(),
         metadata: base.metadata.clone(),
     })
+}
+
+/// The onnxruntime side of a model: its ONNX file as given, run by
+/// onnxruntime's CPU execution provider on the device with the session
+/// options recorded here; tract's fp32 model is its reference.
+fn lower_onnxruntime(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8>>) -> Result<Lowered> {
+    use neoc_runtime::engine::onnxruntime as ort;
+    let lib = ort::library().map_err(anyhow::Error::msg)?;
+    read_onnx(located, onnx)?;
+    Ok(Lowered {
+        engine: EngineInfo {
+            name: ort::ENGINE_NAME.into(),
+            version: lib.version.clone(),
+            model_file: "model.onnx".into(),
+            model_format: ort::MODEL_FORMAT.into(),
+            registries: vec![],
+            options: ort::SessionSettings::default().to_options(),
+        },
+        model_bytes: onnx.clone().expect("read above"),
+        inputs: base.inputs.clone(),
+        outputs: base.outputs.clone(),
+        reference: base.reference.clone(),
+        reference_desc: base.reference_desc.clone(),
+        seeded: base.seeded.clone(),
+        metadata: base.metadata.clone(),
+    })
+}
+
+/// Reads the source ONNX file once, for every engine that takes it as is.
+fn read_onnx(located: &Located, onnx: &mut Option<Vec<u8>>) -> Result<()> {
+    if onnx.is_none() {
+        *onnx = Some(std::fs::read(&located.path).with_context(|| format!("reading {}", located.rel))?);
+    }
+    Ok(())
+}
+
+/// onnxruntime on the source ONNX model, as the compiler's independent
+/// check of every bundle (whatever its engine), or why it is not there.
+enum CrossCheck {
+    Ready { engine: neoc_runtime::engine::onnxruntime::OrtEngine, source: String },
+    Missing(String),
+}
+
+impl CrossCheck {
+    fn new(located: &Located, onnx: &mut Option<Vec<u8>>) -> CrossCheck {
+        use neoc_runtime::engine::onnxruntime as ort;
+        let lib =
+            match ort::library() {
+                Ok(l) => l,
+                Err(e) if e.contains("was not found") => return CrossCheck::Missing(
+                    "onnxruntime not found here: set ORT_DYLIB_PATH, or pip install onnxruntime, to check against it"
+                        .into(),
+                ),
+                Err(e) => return CrossCheck::Missing(e.lines().next().unwrap_or_default().to_string()),
+            };
+        if let Err(e) = read_onnx(located, onnx) {
+            return CrossCheck::Missing(format!("{e:#}"));
+        }
+        let bytes = onnx.as_deref().expect("read above");
+        match neoc_runtime::guard::guarded(|| ort::OrtEngine::new(bytes, ort::SessionSettings::default(), 1)) {
+            Ok(Ok(engine)) => CrossCheck::Ready { engine, source: format!("onnxruntime {}", lib.version) },
+            Ok(Err(e)) => {
+                CrossCheck::Missing(format!("onnxruntime {} cannot load the source model: {e:#}", lib.version))
+            }
+            Err(e) => CrossCheck::Missing(format!("onnxruntime {} failed on the source model: {e}", lib.version)),
+        }
+    }
 }
 
 /// Makes a Neuron target's bundle a CPU bundle that says why no NEFF is in it.
@@ -952,6 +1067,7 @@ fn lower_tract(mut model: TypedModel, precision: Precision, targets: &str, timer
             model_file: "model.nnef.tar".into(),
             model_format: MODEL_FORMAT.into(),
             registries,
+            options: Default::default(),
         },
         model_bytes: nnef_tar,
         inputs,
@@ -1149,6 +1265,7 @@ fn lower_trees(
             model_file: "model.trees.json".into(),
             model_format: neoc_runtime::engine::trees::MODEL_FORMAT.into(),
             registries: vec![],
+            options: Default::default(),
         },
         model_bytes: bytes,
         inputs: vec![input],
@@ -1449,6 +1566,7 @@ fn verify(
     located: &Located,
     opts: &Options,
     precision: Precision,
+    cross: Option<&CrossCheck>,
 ) -> Result<(Verification, TestVectors, neoc_runtime::Model)> {
     let (atol, rtol) = (manifest.verification.atol, manifest.verification.rtol);
     // fp16 where the host has no fp16 arithmetic is emulated (~1000x slower):
@@ -1499,6 +1617,11 @@ fn verify(
     let mut independent: Option<IndependentCheck> = None;
     let mut vectors = TestVectors { source: String::new(), atol, rtol, cases: Vec::new() };
     let mut all_independent = true;
+    let mut by_engine: Option<IndependentCheck> = None;
+    let mut cross_note: Option<String> = match cross {
+        Some(CrossCheck::Missing(why)) => Some(format!("only neoc's own import was the reference ({why})")),
+        _ => None,
+    };
     for (i, (ins, expected)) in cases.iter().enumerate() {
         let seeded_hint = |e: anyhow::Error| {
             if source == "seeded" {
@@ -1513,6 +1636,41 @@ fn verify(
         let (abs, rel) = compare_all(i, &got, &want, &manifest.outputs, (atol, rtol), "reference", &mut failures)?;
         v.max_abs_error = v.max_abs_error.max(abs);
         v.max_rel_error = v.max_rel_error.max(rel);
+        if let (Some(CrossCheck::Ready { engine, source }), None) = (cross, &cross_note) {
+            match engine.run(ins.clone()) {
+                Ok(theirs) if theirs.len() == got.len() => {
+                    let ind = by_engine.get_or_insert(IndependentCheck {
+                        source: source.clone(),
+                        cases: 0,
+                        max_abs_error: 0.0,
+                        max_rel_error: 0.0,
+                    });
+                    ind.cases += 1;
+                    let theirs: Vec<Tensor> = got
+                        .iter()
+                        .zip(&theirs)
+                        .map(|(g, w)| Ok(w.cast_to_dt(g.datum_type())?.into_owned()))
+                        .collect::<Result<_>>()?;
+                    let (abs, rel) =
+                        compare_all(i, &got, &theirs, &manifest.outputs, (atol, rtol), source, &mut failures)?;
+                    ind.max_abs_error = ind.max_abs_error.max(abs);
+                    ind.max_rel_error = ind.max_rel_error.max(rel);
+                }
+                Ok(theirs) => {
+                    cross_note = Some(format!(
+                        "not compared with {source}: it gives {} outputs, the bundle {}",
+                        theirs.len(),
+                        got.len()
+                    ))
+                }
+                Err(e) => {
+                    cross_note = Some(format!(
+                        "not compared with {source}: {}",
+                        format!("{e:#}").lines().next().unwrap_or_default()
+                    ))
+                }
+            }
+        }
         if let Some(exp) = expected {
             let ind = independent.get_or_insert(IndependentCheck {
                 source: format!(
@@ -1569,11 +1727,23 @@ fn verify(
         finite(&mut ind.max_rel_error);
     }
     v.independent = independent;
+    if let Some(ind) = &mut by_engine {
+        finite(&mut ind.max_abs_error);
+        finite(&mut ind.max_rel_error);
+    }
+    if cross_note.is_some() {
+        by_engine = None;
+    }
+    v.independent_engine = by_engine;
+    let mut notes: Vec<String> = cross_note.into_iter().collect();
     if emulated {
-        v.note = Some(format!(
+        notes.push(format!(
             "fp16 emulated on this {} host (no fp16 arithmetic): verified on {} case(s) only; the target's fp16 kernels were not exercised",
             v.host, v.cases
         ));
+    }
+    if !notes.is_empty() {
+        v.note = Some(notes.join("; "));
     }
     if failures.is_empty() {
         v.status = "passed".into();

@@ -127,6 +127,9 @@ pub enum EngineKind {
     Tract,
     /// OpenVINO's CPU plugin, x86-64 only, loaded at run time; fp32 and bf16.
     Openvino,
+    /// onnxruntime's CPU execution provider, x86-64 and aarch64, loaded at
+    /// run time; fp32 (the ONNX model as exported, any opset it runs).
+    Onnxruntime,
 }
 
 impl EngineKind {
@@ -134,6 +137,7 @@ impl EngineKind {
         match self {
             EngineKind::Tract => "tract",
             EngineKind::Openvino => "openvino",
+            EngineKind::Onnxruntime => "onnxruntime",
         }
     }
 
@@ -141,8 +145,15 @@ impl EngineKind {
         match s {
             "tract" => Some(EngineKind::Tract),
             "openvino" => Some(EngineKind::Openvino),
+            "onnxruntime" => Some(EngineKind::Onnxruntime),
             _ => None,
         }
+    }
+
+    /// Whether the engine takes the source ONNX model as is (and needs
+    /// tract's fp32 model as its reference and fallback).
+    pub fn runs_onnx(self) -> bool {
+        matches!(self, EngineKind::Openvino | EngineKind::Onnxruntime)
     }
 
     /// The precisions this engine computes in.
@@ -150,6 +161,7 @@ impl EngineKind {
         match self {
             EngineKind::Tract => &[Precision::Fp32, Precision::Fp16],
             EngineKind::Openvino => &[Precision::Fp32, Precision::Bf16],
+            EngineKind::Onnxruntime => &[Precision::Fp32],
         }
     }
 }
@@ -199,7 +211,11 @@ const FP32: &[Precision] = &[Precision::Fp32];
 const FP32_FP16: &[Precision] = &[Precision::Fp32, Precision::Fp16];
 const FP32_BF16: &[Precision] = &[Precision::Fp32, Precision::Bf16];
 const TRACT: &[EngineKind] = &[EngineKind::Tract];
-const OPENVINO_TRACT: &[EngineKind] = &[EngineKind::Openvino, EngineKind::Tract];
+/// x86-64 CPU targets with OpenVINO first.
+const OPENVINO_TRACT: &[EngineKind] = &[EngineKind::Openvino, EngineKind::Tract, EngineKind::Onnxruntime];
+/// CPU targets onnxruntime ships for (x86-64 and aarch64 wheels): tract
+/// first, onnxruntime where it is measured faster (or tract cannot run the model).
+const TRACT_ORT: &[EngineKind] = &[EngineKind::Tract, EngineKind::Onnxruntime];
 
 const X86_64_AVX512: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"];
 const X86_64_AVX512_BF16: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512bf16"];
@@ -217,7 +233,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: None,
         device: None,
         description: "any x86-64 Linux machine (baseline SSE2; kernels pick wider SIMD at run time)",
@@ -243,7 +259,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: None,
         device: None,
         description: "any 64-bit ARM Linux device (ARMv8-A with NEON)",
@@ -334,7 +350,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32_FP16,
         default_precision: Precision::Fp16,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: None,
         device: Some("Amazon EC2 M6g (AWS Graviton2, Neoverse N1)"),
         description: "SageMaker ml.m6g instances",
@@ -347,7 +363,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32,
         default_precision: Precision::Fp32,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: Some(4),
         device: Some("Raspberry Pi 4 Model B (Cortex-A72), 64-bit OS"),
         description: "Raspberry Pi 4B running a 64-bit Linux",
@@ -373,7 +389,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::None,
         precisions: FP32_FP16,
         default_precision: Precision::Fp16,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: Some(8),
         device: Some("NVIDIA Jetson Orin (Cortex-A78AE CPU cores)"),
         description: "Jetson Orin, CPU cores only (a neorun without CUDA)",

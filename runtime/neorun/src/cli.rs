@@ -27,7 +27,7 @@ pub struct LoadArgs {
     /// Run an accelerator bundle (CUDA, Neuron) on the CPU, with the CPU model it carries, when this neorun cannot drive the accelerator
     #[arg(long)]
     pub cpu_fallback: bool,
-    /// Run an OpenVINO bundle with the tract model it carries when OpenVINO cannot be loaded here (missing or too old)
+    /// Run an OpenVINO or onnxruntime bundle with the tract model it carries when that engine cannot be loaded here (missing or too old)
     #[arg(long)]
     pub engine_fallback: bool,
     /// Whose kernels run tract models: `own` (neorun's convolution, matrix-product, pooling and LRN kernels where they apply) or `tract` (tract's everywhere, to compare or to rule ours out)

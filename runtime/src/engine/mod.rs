@@ -1,9 +1,11 @@
 //! The engines a bundle can name, behind one `Engine`: tract (NNEF), the
-//! trees engine, and in feature builds OpenVINO and AWS Neuron; `placement`
+//! trees engine, and in feature builds OpenVINO, onnxruntime and AWS Neuron; `placement`
 //! reads where tract's CUDA runtime put a model's operators.
 
 #[cfg(feature = "neuron")]
 pub mod neuron;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 #[cfg(feature = "openvino")]
 pub mod openvino;
 pub mod placement;
@@ -26,6 +28,11 @@ pub const OPENVINO_ENGINE: &str = "openvino";
 pub const OPENVINO_FORMAT: &str = "onnx";
 /// Whether this build has the OpenVINO engine (`--features openvino`).
 pub const OPENVINO_BUILD: bool = cfg!(feature = "openvino");
+/// Name of the onnxruntime engine in manifests, and the model format it reads.
+pub const ORT_ENGINE: &str = "onnxruntime";
+pub const ORT_FORMAT: &str = "onnx";
+/// Whether this build has the onnxruntime engine (`--features onnxruntime`).
+pub const ORT_BUILD: bool = cfg!(feature = "onnxruntime");
 /// Whether this build has the AWS Neuron engine (`--features neuron`, default).
 pub const NEURON_BUILD: bool = cfg!(feature = "neuron");
 
@@ -56,6 +63,8 @@ pub enum Engine {
     OpenVino(self::openvino::OvEngine),
     #[cfg(feature = "neuron")]
     Neuron(neuron::NeuronEngine),
+    #[cfg(feature = "onnxruntime")]
+    Onnxruntime(self::onnxruntime::OrtEngine),
 }
 
 /// What loading needs besides the model's bytes.
@@ -76,6 +85,9 @@ impl Engine {
     pub fn load_info(info: &EngineInfo, p: LoadParams, bytes: &[u8]) -> Result<Engine, LoadError> {
         if info.name == OPENVINO_ENGINE && info.model_format == OPENVINO_FORMAT {
             return Engine::openvino(info, p, bytes);
+        }
+        if info.name == ORT_ENGINE && info.model_format == ORT_FORMAT {
+            return Engine::onnxruntime(info, p, bytes);
         }
         Engine::load(&info.name, &info.model_format, p, bytes)
     }
@@ -111,6 +123,37 @@ impl Engine {
         ))
     }
 
+    #[cfg(feature = "onnxruntime")]
+    fn onnxruntime(info: &EngineInfo, p: LoadParams, bytes: &[u8]) -> Result<Engine, LoadError> {
+        use self::onnxruntime::{library, parse_version, OrtEngine, SessionSettings};
+        let lib = library().map_err(LoadError::Engine)?;
+        if let Some(verified) = parse_version(&info.version) {
+            if lib.parsed < verified {
+                return Err(LoadError::Engine(format!(
+                    "bundle was verified with onnxruntime {}; this host's library ({}) is onnxruntime {}, older\nhint: install onnxruntime {} or newer (pip install 'onnxruntime>={}'), or point ORT_DYLIB_PATH at it",
+                    info.version,
+                    lib.path.display(),
+                    lib.version,
+                    info.version,
+                    info.version
+                )));
+            }
+        }
+        let settings = SessionSettings::from_options(&info.options)
+            .map_err(|e| LoadError::Engine(format!("{ORT_ENGINE}: {e:#}")))?;
+        crate::guard::guarded(|| OrtEngine::new(bytes, settings, p.threads.unwrap_or(p.default_threads)))
+            .map_err(LoadError::Engine)?
+            .map(Engine::Onnxruntime)
+            .map_err(|e| LoadError::Engine(format!("{ORT_ENGINE}: {e:#}")))
+    }
+
+    #[cfg(not(feature = "onnxruntime"))]
+    fn onnxruntime(_: &EngineInfo, _: LoadParams, _: &[u8]) -> Result<Engine, LoadError> {
+        Err(LoadError::Engine(
+            "this neorun was built without the onnxruntime engine\nhint: build it with `cargo build --release -p neorun --features onnxruntime` (onnxruntime itself is needed only at run time)".into(),
+        ))
+    }
+
     /// Loads a model of the tract or trees engine.
     pub fn load(name: &str, format: &str, p: LoadParams, bytes: &[u8]) -> Result<Engine, LoadError> {
         match (name, format) {
@@ -142,6 +185,12 @@ impl Engine {
             // the NeuronCores compute; host threads only feed them
             #[cfg(feature = "neuron")]
             Engine::Neuron(_) => {}
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(e) => {
+                if let Err(e) = e.set_threads(threads) {
+                    tracing::warn!("onnxruntime: keeping the previous thread count: {e:#}");
+                }
+            }
         }
     }
 
@@ -180,6 +229,8 @@ impl Engine {
             Engine::OpenVino(e) => e.run(inputs),
             #[cfg(feature = "neuron")]
             Engine::Neuron(e) => e.run(inputs),
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(e) => e.run(inputs),
         }
     }
 }

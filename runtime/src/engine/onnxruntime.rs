@@ -1,0 +1,472 @@
+//! The onnxruntime engine (`--features onnxruntime`): runs a bundle's ONNX
+//! model through onnxruntime's CPU execution provider, with `libonnxruntime`
+//! loaded at run time through the `ort` crate's dynamic loading.
+//!
+//! Nothing of onnxruntime is needed to build neorun. The library is looked
+//! for when the first onnxruntime bundle is opened, in this order:
+//! `ORT_DYLIB_PATH` (the library file or its folder; when set, nothing else
+//! is tried), the `onnxruntime` pip package (`onnxruntime/capi` under the
+//! active virtualenv's, the user's or the system's site-packages), then the
+//! folders in `LD_LIBRARY_PATH` and the system's library folders. Before
+//! `ort` touches it, the library is opened here and checked: it must export
+//! `OrtGetApiBase` and report onnxruntime [`MIN_VERSION`] or newer.
+//!
+//! A session is created once per model, with the options the bundle fixes
+//! (graph optimization level, inter-op threads, the CPU memory arena) and
+//! the intra-op threads the device gives it. `ort` runs a session through
+//! `&mut`, so one model answers one request at a time, each on all its
+//! intra-op threads (what onnxruntime's own servers do per session).
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use tract_core::prelude::*;
+
+/// Name of the engine in manifests, and the model format it reads.
+pub const ENGINE_NAME: &str = "onnxruntime";
+pub const MODEL_FORMAT: &str = "onnx";
+
+/// Oldest onnxruntime the bindings work with (C API version 17).
+pub const MIN_VERSION: (u32, u32) = (1, 17);
+
+/// What to install when no usable library is found.
+pub const INSTALL_HINT: &str = "install onnxruntime (pip install onnxruntime, in the environment neorun runs from, or the release archive from github.com/microsoft/onnxruntime), or point ORT_DYLIB_PATH at libonnxruntime.so";
+
+/// The library this process uses, once found and checked.
+#[derive(Clone, Debug)]
+pub struct Library {
+    pub path: PathBuf,
+    /// `1.31.1`, as the library reports it.
+    pub version: String,
+    pub parsed: (u32, u32, u32),
+}
+
+static LIBRARY: OnceLock<std::result::Result<(Library, ort::environment::Environment), String>> = OnceLock::new();
+
+/// Finds, checks and loads `libonnxruntime` (once per process).
+pub fn library() -> std::result::Result<&'static Library, String> {
+    LIBRARY.get_or_init(load).as_ref().map(|(l, _)| l).map_err(|e| e.clone())
+}
+
+fn environment() -> std::result::Result<&'static ort::environment::Environment, String> {
+    LIBRARY.get_or_init(load).as_ref().map(|(_, e)| e).map_err(|e| e.clone())
+}
+
+fn load() -> std::result::Result<(Library, ort::environment::Environment), String> {
+    let path = locate()?;
+    let lib = check(&path)?;
+    let bad = |e: String| format!("onnxruntime library {}: {e}\nhint: {INSTALL_HINT}", path.display());
+    let env = crate::guard::guarded(|| {
+        ort::init_from(&path).map_err(|e| e.to_string())?.with_name("neorun").build().map_err(|e| e.to_string())
+    })
+    .map_err(bad)?
+    .map_err(bad)?;
+    Ok((lib, env))
+}
+
+/// The candidates, in the documented order.
+fn locate() -> std::result::Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return in_place(&p)
+            .ok_or_else(|| format!("ORT_DYLIB_PATH={} holds no libonnxruntime.so\nhint: {INSTALL_HINT}", p.display()));
+    }
+    let mut tried = Vec::new();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        roots.push(PathBuf::from(venv).join("lib"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        roots.push(PathBuf::from(home).join(".local/lib"));
+    }
+    roots.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
+    for root in &roots {
+        let Ok(entries) = std::fs::read_dir(root) else { continue };
+        let mut pythons: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
+            .collect();
+        pythons.sort();
+        for py in pythons.iter().rev() {
+            for site in ["site-packages", "dist-packages"] {
+                let capi = py.join(site).join("onnxruntime/capi");
+                if let Some(found) = in_place(&capi) {
+                    return Ok(found);
+                }
+            }
+        }
+        tried.push(format!("{}/python3*/site-packages/onnxruntime/capi", root.display()));
+    }
+    let mut folders: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+        .unwrap_or_default();
+    let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    folders.extend(["/usr/local/lib", "/usr/lib", multiarch.as_str(), "/opt/onnxruntime/lib"].map(PathBuf::from));
+    for f in &folders {
+        if let Some(found) = in_place(f) {
+            return Ok(found);
+        }
+        tried.push(f.display().to_string());
+    }
+    Err(format!(
+        "the onnxruntime library (libonnxruntime.so) was not found (ORT_DYLIB_PATH is not set; looked in {})\nhint: {INSTALL_HINT}",
+        tried.join(", ")
+    ))
+}
+
+/// `p` itself if it is a file, else the newest `libonnxruntime.so*` in it.
+fn in_place(p: &Path) -> Option<PathBuf> {
+    if p.is_file() {
+        return Some(p.to_path_buf());
+    }
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(p)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+/// onnxruntime's `OrtApiBase`: the two entries every version has.
+#[repr(C)]
+struct ApiBase {
+    get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+    get_version_string: unsafe extern "C" fn() -> *const c_char,
+}
+
+/// Opens the library, checks that it is onnxruntime and its version.
+fn check(path: &Path) -> std::result::Result<Library, String> {
+    let bad = |what: String| format!("onnxruntime library {}: {what}\nhint: {INSTALL_HINT}", path.display());
+    // SAFETY: loading runs the library's initialisers; it is the library the
+    // operator pointed at (or found where onnxruntime installs itself)
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| bad(format!("cannot be loaded: {e}")))?;
+    // SAFETY: `OrtGetApiBase` takes nothing and returns a pointer to a static
+    // table whose first two entries are stable across every version
+    let version = unsafe {
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ApiBase> = lib
+            .get(b"OrtGetApiBase")
+            .map_err(|_| bad("is not an onnxruntime library: it does not export OrtGetApiBase".into()))?;
+        let base = get();
+        if base.is_null() {
+            return Err(bad("OrtGetApiBase returned nothing".into()));
+        }
+        let s = ((*base).get_version_string)();
+        if s.is_null() {
+            return Err(bad("reports no version".into()));
+        }
+        CStr::from_ptr(s).to_string_lossy().into_owned()
+    };
+    let parsed =
+        parse_version(&version).ok_or_else(|| bad(format!("reports a version neorun cannot read: `{version}`")))?;
+    if (parsed.0, parsed.1) < MIN_VERSION {
+        return Err(bad(format!("is onnxruntime {version}; {}.{} or newer is needed", MIN_VERSION.0, MIN_VERSION.1)));
+    }
+    // kept loaded for the process's life (ort loads it again by path)
+    std::mem::forget(lib);
+    Ok(Library { path: path.to_path_buf(), version, parsed })
+}
+
+/// `1.31.1` → (1, 31, 1); a missing patch is 0.
+pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let mut it = s.trim().split(['.', '-', '+']);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The session options a bundle fixes, with their defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `disable`, `basic`, `extended`, `all`.
+    pub graph_optimization_level: String,
+    pub inter_op_threads: usize,
+    pub memory_arena: bool,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings { graph_optimization_level: "all".into(), inter_op_threads: 1, memory_arena: true }
+    }
+}
+
+impl SessionSettings {
+    /// As recorded in the manifest (`EngineInfo::options`).
+    pub fn to_options(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("graph_optimization_level".to_string(), self.graph_optimization_level.clone()),
+            ("inter_op_threads".to_string(), self.inter_op_threads.to_string()),
+            ("memory_arena".to_string(), self.memory_arena.to_string()),
+        ])
+    }
+
+    /// From the manifest; an unknown key or value is an error naming it.
+    pub fn from_options(o: &BTreeMap<String, String>) -> Result<SessionSettings> {
+        let mut s = SessionSettings::default();
+        for (k, v) in o {
+            match k.as_str() {
+                "graph_optimization_level" => {
+                    if !["disable", "basic", "extended", "all"].contains(&v.as_str()) {
+                        bail!("engine option graph_optimization_level=`{v}`: expected disable, basic, extended or all");
+                    }
+                    s.graph_optimization_level = v.clone();
+                }
+                "inter_op_threads" => {
+                    s.inter_op_threads = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .with_context(|| format!("engine option inter_op_threads=`{v}`: expected a count ≥ 1"))?
+                }
+                "memory_arena" => {
+                    s.memory_arena = v
+                        .parse()
+                        .with_context(|| format!("engine option memory_arena=`{v}`: expected true or false"))?
+                }
+                other => bail!("unknown onnxruntime engine option `{other}` (a newer neoc made this bundle?)"),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// A model loaded in onnxruntime.
+pub struct OrtEngine {
+    session: Mutex<Session>,
+    bytes: Vec<u8>,
+    settings: SessionSettings,
+    threads: usize,
+    /// Element types of the inputs, in model order.
+    inputs: Vec<TensorElementType>,
+}
+
+impl std::fmt::Debug for OrtEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtEngine").field("settings", &self.settings).field("threads", &self.threads).finish()
+    }
+}
+
+fn session(bytes: &[u8], s: &SessionSettings, threads: usize) -> Result<Session> {
+    let env = environment().map_err(anyhow::Error::msg)?;
+    let level = match s.graph_optimization_level.as_str() {
+        "disable" => GraphOptimizationLevel::Disable,
+        "basic" => GraphOptimizationLevel::Level1,
+        "extended" => GraphOptimizationLevel::Level2,
+        _ => GraphOptimizationLevel::All,
+    };
+    let cpu = ort::ep::CPU::default().with_arena_allocator(s.memory_arena).build();
+    let e = |e: ort::Error| anyhow::anyhow!("{e}");
+    Session::builder(env)
+        .map_err(e)?
+        .with_optimization_level(level)
+        .map_err(|x| e(x.into()))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|x| e(x.into()))?
+        .with_inter_threads(s.inter_op_threads.max(1))
+        .map_err(|x| e(x.into()))?
+        .with_execution_providers([cpu])
+        .map_err(|x| e(x.into()))?
+        .commit_from_memory(bytes)
+        .map_err(|x| anyhow::anyhow!("onnxruntime cannot create a session for this model: {x}"))
+}
+
+impl OrtEngine {
+    pub fn new(bytes: &[u8], settings: SessionSettings, threads: usize) -> Result<OrtEngine> {
+        let session = session(bytes, &settings, threads)?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|i| match i.dtype() {
+                ValueType::Tensor { ty, .. } => Ok(*ty),
+                other => bail!("input `{}` is {other}, not a tensor: neorun feeds tensors only", i.name()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for o in session.outputs() {
+            if !matches!(o.dtype(), ValueType::Tensor { .. }) {
+                bail!("output `{}` is {}, not a tensor: neorun answers with tensors only", o.name(), o.dtype());
+            }
+        }
+        Ok(OrtEngine { session: Mutex::new(session), bytes: bytes.to_vec(), settings, threads, inputs })
+    }
+
+    /// A new session with `threads` intra-op threads (sessions fix their pool).
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        if threads != self.threads {
+            let s = session(&self.bytes, &self.settings, threads)?;
+            self.session = Mutex::new(s);
+            self.threads = threads;
+        }
+        Ok(())
+    }
+
+    /// One run; inputs in model order, already checked against the manifest.
+    pub fn run(&self, inputs: Vec<Tensor>) -> TractResult<Vec<Tensor>> {
+        if inputs.len() != self.inputs.len() {
+            bail!("onnxruntime: {} inputs given, the model takes {}", inputs.len(), self.inputs.len());
+        }
+        // in the element types the model declares: a cast only where they differ
+        let cast: Vec<std::borrow::Cow<'_, Tensor>> =
+            inputs.iter().zip(&self.inputs).map(|(t, ty)| t.cast_to_dt(datum(*ty)?)).collect::<Result<_>>()?;
+        let values: Vec<ort::session::SessionInputValue<'_>> = cast.iter().map(|t| view(t)).collect::<Result<_>>()?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(values.as_slice()).map_err(|e| anyhow::anyhow!("onnxruntime: {e}"))?;
+        let mut out = Vec::with_capacity(outputs.len());
+        for (_, v) in outputs.iter() {
+            out.push(to_tensor(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The tract element type of onnxruntime's `ty`, for the types neorun feeds.
+fn datum(ty: TensorElementType) -> Result<DatumType> {
+    Ok(match ty {
+        TensorElementType::Float32 => f32::datum_type(),
+        TensorElementType::Float64 => f64::datum_type(),
+        TensorElementType::Int64 => i64::datum_type(),
+        TensorElementType::Int32 => i32::datum_type(),
+        TensorElementType::Int16 => i16::datum_type(),
+        TensorElementType::Int8 => i8::datum_type(),
+        TensorElementType::Uint8 => u8::datum_type(),
+        TensorElementType::Uint16 => u16::datum_type(),
+        TensorElementType::Uint32 => u32::datum_type(),
+        TensorElementType::Uint64 => u64::datum_type(),
+        TensorElementType::Bool => bool::datum_type(),
+        other => bail!("onnxruntime input of type {other}: neorun does not feed it"),
+    })
+}
+
+/// `t` as an onnxruntime value over the same memory (no copy).
+fn view(t: &Tensor) -> Result<ort::session::SessionInputValue<'_>> {
+    let shape: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
+    macro_rules! view {
+        ($t:ty) => {
+            TensorRef::from_array_view((shape, t.try_as_plain_ram()?.as_slice::<$t>()?))
+                .map_err(|e| anyhow::anyhow!("onnxruntime input: {e}"))?
+                .into()
+        };
+    }
+    let dt = t.datum_type();
+    Ok(if dt == f32::datum_type() {
+        view!(f32)
+    } else if dt == f64::datum_type() {
+        view!(f64)
+    } else if dt == i64::datum_type() {
+        view!(i64)
+    } else if dt == i32::datum_type() {
+        view!(i32)
+    } else if dt == i16::datum_type() {
+        view!(i16)
+    } else if dt == i8::datum_type() {
+        view!(i8)
+    } else if dt == u8::datum_type() {
+        view!(u8)
+    } else if dt == u16::datum_type() {
+        view!(u16)
+    } else if dt == u32::datum_type() {
+        view!(u32)
+    } else if dt == u64::datum_type() {
+        view!(u64)
+    } else if dt == bool::datum_type() {
+        view!(bool)
+    } else {
+        bail!("onnxruntime input of type {dt:?}: neorun does not feed it")
+    })
+}
+
+/// An onnxruntime output as a tract tensor (copied out of onnxruntime's memory).
+fn to_tensor(v: &ort::value::DynValueRef<'_>) -> Result<Tensor> {
+    let ValueType::Tensor { ty, .. } = v.dtype() else { bail!("onnxruntime output is not a tensor") };
+    macro_rules! take {
+        ($t:ty) => {{
+            let (shape, data) = v.try_extract_tensor::<$t>().map_err(|e| anyhow::anyhow!("onnxruntime output: {e}"))?;
+            let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+            Tensor::from_shape(&dims, data)?
+        }};
+    }
+    Ok(match ty {
+        TensorElementType::Float32 => take!(f32),
+        TensorElementType::Float64 => take!(f64),
+        TensorElementType::Int64 => take!(i64),
+        TensorElementType::Int32 => take!(i32),
+        TensorElementType::Int16 => take!(i16),
+        TensorElementType::Int8 => take!(i8),
+        TensorElementType::Uint8 => take!(u8),
+        TensorElementType::Uint16 => take!(u16),
+        TensorElementType::Uint32 => take!(u32),
+        TensorElementType::Uint64 => take!(u64),
+        TensorElementType::Bool => take!(bool),
+        other => bail!("onnxruntime output of type {other}: neorun does not answer with it"),
+    })
+}
+
+/// The element type neoc's manifests call `ty` (`f32`, `i64`, …).
+pub fn dtype_name(ty: TensorElementType) -> Option<&'static str> {
+    Some(match ty {
+        TensorElementType::Float32 => "f32",
+        TensorElementType::Float64 => "f64",
+        TensorElementType::Int64 => "i64",
+        TensorElementType::Int32 => "i32",
+        TensorElementType::Int16 => "i16",
+        TensorElementType::Int8 => "i8",
+        TensorElementType::Uint8 => "u8",
+        TensorElementType::Uint16 => "u16",
+        TensorElementType::Uint32 => "u32",
+        TensorElementType::Uint64 => "u64",
+        TensorElementType::Bool => "bool",
+        _ => return None,
+    })
+}
+
+/// Name, element type and shape (`-1`: free) of a model's inputs and
+/// outputs, as onnxruntime reads them.
+pub type Signature = Vec<(String, TensorElementType, Vec<i64>)>;
+
+/// The model's inputs and outputs as a session reads them.
+pub fn signature(bytes: &[u8]) -> Result<(Signature, Signature)> {
+    let s = session(bytes, &SessionSettings::default(), 1)?;
+    let sig = |outlets: &[ort::value::Outlet]| -> Result<Signature> {
+        outlets
+            .iter()
+            .map(|o| match o.dtype() {
+                ValueType::Tensor { ty, shape, .. } => Ok((o.name().to_string(), *ty, shape.iter().copied().collect())),
+                other => bail!("`{}` is {other}, not a tensor", o.name()),
+            })
+            .collect()
+    };
+    Ok((sig(s.inputs())?, sig(s.outputs())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("1.31.1"), Some((1, 31, 1)));
+        assert_eq!(parse_version("1.17"), Some((1, 17, 0)));
+        assert_eq!(parse_version("1.20.0-dev"), Some((1, 20, 0)));
+        assert_eq!(parse_version("one"), None);
+    }
+
+    #[test]
+    fn options_round_trip_and_refuse_unknown() {
+        let s = SessionSettings { graph_optimization_level: "basic".into(), inter_op_threads: 2, memory_arena: false };
+        assert_eq!(SessionSettings::from_options(&s.to_options()).unwrap(), s);
+        let bad = BTreeMap::from([("graph_optimization_level".to_string(), "max".to_string())]);
+        assert!(format!("{:#}", SessionSettings::from_options(&bad).unwrap_err()).contains("`max`"));
+        let bad = BTreeMap::from([("inter_op_threads".to_string(), "0".to_string())]);
+        assert!(SessionSettings::from_options(&bad).is_err());
+        let bad = BTreeMap::from([("spin".to_string(), "on".to_string())]);
+        assert!(format!("{:#}", SessionSettings::from_options(&bad).unwrap_err()).contains("`spin`"));
+    }
+}
