@@ -108,6 +108,8 @@ type Seeded = std::rc::Rc<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>;
 enum Imported {
     Tract(TypedModel),
     Trees(crate::trees::TreeModel),
+    /// An ONNX model tract cannot take (why) and onnxruntime can.
+    OnnxruntimeOnly(String),
 }
 
 /// The catalog's targets that compute natively in `p`, for hints.
@@ -159,9 +161,13 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             } else {
                 // tract panics on some graphs (an allocation it cannot make, a
                 // constant divided by zero): an error naming the model, not a crash
-                let (typed, prep) = import_onnx(&located, &mut proto, &mut inputs, &target_names, &mut timer)?;
-                prepared = prep;
-                Imported::Tract(typed)
+                match import_onnx(&located, &mut proto, &mut inputs, &target_names, &mut timer) {
+                    Ok((typed, prep)) => {
+                        prepared = prep;
+                        Imported::Tract(typed)
+                    }
+                    Err(e) => onnxruntime_instead(e, opts)?,
+                }
             }
         }
         Framework::Nnef => {
@@ -181,6 +187,15 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         other => return Err(import::not_yet(other).into()),
     };
     let is_trees = matches!(imported, Imported::Trees(_));
+    let ort_only = match &imported {
+        Imported::OnnxruntimeOnly(why) => Some(why.clone()),
+        _ => None,
+    };
+    if let Some(why) = &ort_only {
+        printer.note(&format!(
+            "only onnxruntime can run this model (tract: {why}): the bundle runs on neorun built with --features onnxruntime, with libonnxruntime on the device (onnxruntime's x86-64 or aarch64 builds), and carries no tract fallback"
+        ));
+    }
     let wants_neuron = opts.targets.iter().any(|t| matches!(t.accelerator, Accelerator::Neuron { .. }));
     let neuron = if wants_neuron && !is_trees {
         match backend::find_neuron()? {
@@ -205,7 +220,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     // an OpenVINO or onnxruntime pair needs tract's fp32 model (its reference
     // and fallback)
     let mut pairs: Vec<Pair> = Vec::new();
-    let any_openvino = plans.iter().flat_map(|p| &p.1).any(|p| p.0.runs_onnx());
+    let any_openvino = ort_only.is_none() && plans.iter().flat_map(|p| &p.1).any(|p| p.0.runs_onnx());
     if any_openvino {
         pairs.push((EngineKind::Tract, Precision::Fp32));
     }
@@ -245,6 +260,13 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                         Some(Imported::Trees(tm)) => lower_trees(tm, &inputs, &mut timer)?,
                         _ => unreachable!(),
                     },
+                    Imported::OnnxruntimeOnly(why) => {
+                        outcomes.push((
+                            *pair,
+                            Outcome::failed(format!("unavailable: tract cannot import the model: {why}")),
+                        ));
+                        continue;
+                    }
                 };
                 let l = std::rc::Rc::new(l);
                 if precision == Precision::Fp32 && !is_trees {
@@ -253,7 +275,15 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 l
             }
             EngineKind::Openvino => {
-                let base = tract_fp32.as_ref().expect("tract's fp32 model is lowered first");
+                let Some(base) = tract_fp32.as_ref() else {
+                    outcomes.push((
+                        *pair,
+                        Outcome::failed(
+                            "unavailable: OpenVINO bundles need tract's model (reference and fallback), and tract cannot import this one".into(),
+                        ),
+                    ));
+                    continue;
+                };
                 // OpenVINO runs a bf16 hint in fp32 on CPUs without bf16
                 // arithmetic: such a host cannot measure bf16's accuracy
                 let host = Host::detect();
@@ -278,8 +308,11 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 }
             }
             EngineKind::Onnxruntime => {
-                let base = tract_fp32.as_ref().expect("tract's fp32 model is lowered first");
-                match lower_onnxruntime(base, &located, &mut onnx) {
+                let lowered = match tract_fp32.as_ref() {
+                    Some(base) => lower_onnxruntime(base, &located, &mut onnx),
+                    None => lower_onnxruntime_alone(&located, &inputs, &mut onnx, ort_only.as_deref().unwrap_or("")),
+                };
+                match lowered {
                     Ok(l) => std::rc::Rc::new(l),
                     Err(e) if !several => return Err(e.context(format!("--engine onnxruntime for {target_names}"))),
                     Err(e) => {
@@ -437,8 +470,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             ("test_vectors.json".to_string(), o.vectors.0.clone()),
             (neoc_runtime::tensors::TEST_VECTOR_DATA.to_string(), o.vectors.1.clone()),
         ];
-        if chosen.0.runs_onnx() && !opts.no_fallback {
-            let fb = tract_fp32.as_ref().expect("lowered before any OpenVINO or onnxruntime pair");
+        if let (true, false, Some(fb)) = (chosen.0.runs_onnx(), opts.no_fallback, tract_fp32.as_ref()) {
             files.push((fb.engine.model_file.clone(), fb.model_bytes.clone()));
             m.fallback_engine = Some(fb.engine.clone());
         }
@@ -853,6 +885,98 @@ fn lower_onnxruntime(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8
         reference_desc: base.reference_desc.clone(),
         seeded: base.seeded.clone(),
         metadata: base.metadata.clone(),
+    })
+}
+
+/// An ONNX model tract cannot import becomes an onnxruntime-only model when
+/// onnxruntime may be chosen for every target and its library is here;
+/// otherwise tract's error stands, with a hint where onnxruntime would help.
+fn onnxruntime_instead(e: anyhow::Error, opts: &Options) -> Result<Imported> {
+    let wanted = match opts.engine {
+        EngineChoice::Auto => opts.targets.iter().all(|t| t.engines.contains(&EngineKind::Onnxruntime)),
+        EngineChoice::Only(k) => k == EngineKind::Onnxruntime,
+    };
+    if !wanted || opts.precision.is_some_and(|p| p != Precision::Fp32) {
+        return Err(e);
+    }
+    match neoc_runtime::engine::onnxruntime::library() {
+        Ok(_) => {
+            let text = format!("{e:#}");
+            let why = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("hint:")).collect::<Vec<_>>();
+            Ok(Imported::OnnxruntimeOnly(why.join(" ").split_whitespace().collect::<Vec<_>>().join(" ")))
+        }
+        Err(missing) => Err(e.context(format!(
+            "tract cannot import this model; onnxruntime might run it, and is not usable here ({}): install it (pip install onnxruntime) or set ORT_DYLIB_PATH, then compile with --engine onnxruntime (x86-64 and aarch64 targets). What tract lacks",
+            missing.lines().next().unwrap_or_default()
+        ))),
+    }
+}
+
+/// An onnxruntime bundle of a model tract cannot import: inputs and outputs
+/// as onnxruntime reads them (free dimensions become symbols, or the shapes
+/// given with --input / model.json), and onnxruntime itself, in this process,
+/// as the reference: so verification checks the bundle's loading, its inputs
+/// and outputs, and the shipped expected outputs when there are any, but
+/// not the arithmetic against a second engine. The manifest says so.
+fn lower_onnxruntime_alone(
+    located: &Located,
+    given: &BTreeMap<String, InputConfig>,
+    onnx: &mut Option<Vec<u8>>,
+    why: &str,
+) -> Result<Lowered> {
+    use neoc_runtime::engine::onnxruntime as ort;
+    let lib = ort::library().map_err(anyhow::Error::msg)?;
+    read_onnx(located, onnx)?;
+    let bytes = onnx.clone().expect("read above");
+    let (ins, outs) = neoc_runtime::guard::guarded(|| ort::signature(&bytes))
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("{}: onnxruntime cannot read the model", located.rel))?;
+    let spec = |(name, ty, shape): &(String, _, Vec<i64>), given: Option<&InputConfig>| -> Result<TensorSpec> {
+        let dtype =
+            ort::dtype_name(*ty).with_context(|| format!("`{name}` is of type {ty}, which neorun does not carry"))?;
+        let shape = match given.filter(|g| !g.shape.is_empty()) {
+            Some(g) => g
+                .shape
+                .iter()
+                .zip(&g.symbols)
+                .map(|(d, s)| match d {
+                    Some(n) => Dim::Fixed(*n as u64),
+                    None => Dim::Symbol(s.clone().unwrap_or_else(|| "N".into())),
+                })
+                .collect(),
+            None => {
+                shape.iter().map(|d| if *d >= 0 { Dim::Fixed(*d as u64) } else { Dim::Symbol("N".into()) }).collect()
+            }
+        };
+        Ok(TensorSpec { name: name.clone(), dtype: dtype.into(), shape })
+    };
+    let inputs: Vec<TensorSpec> = ins.iter().map(|i| spec(i, given.get(&i.0))).collect::<Result<_>>()?;
+    let outputs: Vec<TensorSpec> = outs.iter().map(|o| spec(o, None)).collect::<Result<_>>()?;
+    let reference = ort::OrtEngine::new(&bytes, ort::SessionSettings::default(), 1)?;
+    let seed_specs = inputs.clone();
+    Ok(Lowered {
+        engine: EngineInfo {
+            name: ort::ENGINE_NAME.into(),
+            version: lib.version.clone(),
+            model_file: "model.onnx".into(),
+            model_format: ort::MODEL_FORMAT.into(),
+            registries: vec![],
+            options: ort::SessionSettings::default().to_options(),
+        },
+        model_bytes: bytes,
+        inputs,
+        outputs,
+        reference: std::rc::Rc::new(move |ins: &[Tensor]| {
+            neoc_runtime::guard::guarded(|| reference.run(ins.to_vec()))
+                .map_err(|e| anyhow::anyhow!("running the reference model: {e}"))?
+                .map_err(|e| anyhow::anyhow!("running the reference model: {e}"))
+        }),
+        reference_desc: format!(
+            "source model run by onnxruntime {} (tract cannot import it: {why}); the bundle runs on onnxruntime too, so this checks its loading, inputs and outputs, not the arithmetic against a second engine",
+            lib.version
+        ),
+        seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
+        metadata: BTreeMap::new(),
     })
 }
 

@@ -440,9 +440,13 @@ impl Model {
     /// One run; input shapes and dtypes are checked against the manifest first.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, PredictError> {
         self.check_inputs(&inputs)?;
-        crate::guard::guarded(|| self.engine.run(inputs))
-            .map_err(PredictError::Engine)?
-            .map_err(|e| PredictError::Engine(format!("{e:#}")))
+        crate::guard::guarded(|| self.engine.run(inputs)).map_err(PredictError::Engine)?.map_err(|e| {
+            #[cfg(feature = "onnxruntime")]
+            if let Some(r) = e.downcast_ref::<crate::engine::onnxruntime::Rejected>() {
+                return PredictError::BadRequest(BadRequest(r.to_string()));
+            }
+            PredictError::Engine(format!("{e:#}"))
+        })
     }
 
     /// Checks input count, shapes and dtypes against the manifest.

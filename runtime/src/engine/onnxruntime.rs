@@ -47,28 +47,40 @@ pub struct Library {
     pub parsed: (u32, u32, u32),
 }
 
-static LIBRARY: OnceLock<std::result::Result<(Library, ort::environment::Environment), String>> = OnceLock::new();
+static LIBRARY: OnceLock<std::result::Result<Library, String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
-/// Finds, checks and loads `libonnxruntime` (once per process).
+/// Finds and checks `libonnxruntime` (once per process): its exports and
+/// version, before anything of it runs but its version function.
 pub fn library() -> std::result::Result<&'static Library, String> {
-    LIBRARY.get_or_init(load).as_ref().map(|(l, _)| l).map_err(|e| e.clone())
+    LIBRARY.get_or_init(|| check(&locate()?)).as_ref().map_err(|e| e.clone())
 }
 
+/// onnxruntime's environment over the checked library (once per process).
 fn environment() -> std::result::Result<&'static ort::environment::Environment, String> {
-    LIBRARY.get_or_init(load).as_ref().map(|(_, e)| e).map_err(|e| e.clone())
+    let lib = library()?;
+    ENVIRONMENT
+        .get_or_init(|| {
+            let bad = |e: String| format!("onnxruntime library {}: {e}\nhint: {INSTALL_HINT}", lib.path.display());
+            crate::guard::guarded(|| {
+                ort::init_from(&lib.path)
+                    .map_err(|e| e.to_string())?
+                    .with_name("neorun")
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(bad)?
+            .map_err(bad)
+        })
+        .as_ref()
+        .map_err(|e| e.clone())
 }
 
-fn load() -> std::result::Result<(Library, ort::environment::Environment), String> {
-    let path = locate()?;
-    let lib = check(&path)?;
-    let bad = |e: String| format!("onnxruntime library {}: {e}\nhint: {INSTALL_HINT}", path.display());
-    let env = crate::guard::guarded(|| {
-        ort::init_from(&path).map_err(|e| e.to_string())?.with_name("neorun").build().map_err(|e| e.to_string())
-    })
-    .map_err(bad)?
-    .map_err(bad)?;
-    Ok((lib, env))
-}
+/// A request onnxruntime refused as invalid (its shapes or types): the
+/// caller's fault, answered as a bad request like the manifest's checks.
+#[derive(Debug, thiserror::Error)]
+#[error("onnxruntime refused the request: {0}")]
+pub struct Rejected(pub String);
 
 /// The candidates, in the documented order.
 fn locate() -> std::result::Result<PathBuf, String> {
@@ -318,7 +330,13 @@ impl OrtEngine {
             inputs.iter().zip(&self.inputs).map(|(t, ty)| t.cast_to_dt(datum(*ty)?)).collect::<Result<_>>()?;
         let values: Vec<ort::session::SessionInputValue<'_>> = cast.iter().map(|t| view(t)).collect::<Result<_>>()?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session.run(values.as_slice()).map_err(|e| anyhow::anyhow!("onnxruntime: {e}"))?;
+        let outputs = session.run(values.as_slice()).map_err(|e| {
+            if e.code() == ort::ErrorCode::InvalidArgument {
+                anyhow::Error::new(Rejected(e.to_string()))
+            } else {
+                anyhow::anyhow!("onnxruntime: {e}")
+            }
+        })?;
         let mut out = Vec::with_capacity(outputs.len());
         for (_, v) in outputs.iter() {
             out.push(to_tensor(&v)?);

@@ -1,0 +1,136 @@
+"""Models for the onnxruntime engine's tests, written with onnx.helper
+(fixed seeds): an LSTM head (16 steps, batch 1, as streaming models run it),
+a graph whose `If` condition depends on the input (tract cannot take it),
+and a fixed-batch model shipped with a batch-1 test set (declared with a
+free batch at compile time, so onnxruntime itself refuses 2-row requests).
+Each goes into its own model tarball with model.onnx.
+
+usage: make_models.py OUT_DIR
+       make_models.py reference MODEL_TARBALL INPUTS_JSON
+         (onnxruntime in Python on {"name": nested list}: prints the outputs as JSON)
+"""
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tarball(out: Path, model: onnx.ModelProto, extra: dict | None = None) -> None:
+    # IR 8 (opset 17's): what onnxruntime releases from 1.14 on read
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    files = {"model.onnx": model.SerializeToString(), **(extra or {})}
+    with tarfile.open(out, "w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            t.addfile(info, io.BytesIO(data))
+
+
+def lstm() -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    steps, feat, hidden, classes = 16, 8, 32, 4
+    w = numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, feat)) * 0.3).astype(np.float32), "W")
+    r = numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.3).astype(np.float32), "R")
+    b = numpy_helper.from_array((rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32), "B")
+    head = numpy_helper.from_array((rng.standard_normal((hidden, classes)) * 0.3).astype(np.float32), "head")
+    shape = numpy_helper.from_array(np.array([1, hidden], dtype=np.int64), "flat")
+    nodes = [
+        helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], hidden_size=hidden),
+        helper.make_node("Reshape", ["h", "flat"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "head"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=-1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "lstm_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, feat])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, classes])],
+        [w, r, b, head, shape],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests")
+
+
+def data_if() -> onnx.ModelProto:
+    # y = x * 2 where sum(x) > 0, else x - 1: the branch taken depends on the request
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
+    zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
+    then_g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["t"])], "then", [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    else_g = helper.make_graph(
+        [helper.make_node("Sub", ["x", "one"], ["e"])], "else", [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "data_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [two, one, zero],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests")
+
+
+def fixed_batch() -> tuple[onnx.ModelProto, dict]:
+    three = numpy_helper.from_array(np.array(3.0, dtype=np.float32), "three")
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "three"], ["y"])],
+        "fixed_batch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [three],
+    )
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
+    tests = {
+        "test_data_set_0/input_0.pb": numpy_helper.from_array(x, "x").SerializeToString(),
+        "test_data_set_0/output_0.pb": numpy_helper.from_array(x * 3, "y").SerializeToString(),
+    }
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests"), tests
+
+
+def reference(model_tarball: str, inputs_json: str) -> None:
+    import json
+
+    import onnxruntime as ort
+
+    with tarfile.open(model_tarball) as t:
+        model = t.extractfile("model.onnx").read()
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    feeds = {name: np.array(v, dtype=np.float32) for name, v in json.loads(Path(inputs_json).read_text()).items()}
+    outs = sess.run(None, feeds)
+    print(json.dumps({"version": ort.__version__,
+                      "outputs": [{"name": o.name, "data": r.ravel().tolist()} for o, r in zip(sess.get_outputs(), outs)]}))
+
+
+def main() -> None:
+    if sys.argv[1] == "reference":
+        reference(sys.argv[2], sys.argv[3])
+        return
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    tarball(out / "lstm.tar.gz", lstm())
+    tarball(out / "data-if.tar.gz", data_if())
+    tarball(out / "fixed-batch.tar.gz", *fixed_batch())
+    # the same LSTM at IR 14, which onnxruntime 1.31 does not read
+    m = lstm()
+    m.ir_version = 14
+    with tarfile.open(out / "ir14.tar.gz", "w:gz") as t:
+        data = m.SerializeToString()
+        info = tarfile.TarInfo("model.onnx")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+
+
+if __name__ == "__main__":
+    main()
