@@ -11,7 +11,14 @@ by neoc's exit status:
      bundle format cannot carry)
   3  compiled, but outputs beyond tolerance
   1  other errors (import, typing, inputs the bundle cannot carry, …)
-Prints the counts and the most frequent reasons; writes bench/out/conformance.json.
+Prints the counts and the most frequent reasons; writes bench/out/conformance.json
+(conformance-ENGINE.json for another engine).
+
+CONF_ENGINE=onnxruntime compiles with `--engine onnxruntime` (ORT_DYLIB_PATH
+set to the venv's onnxruntime) and also runs every test in onnxruntime's
+Python API on the same data and tolerances, to report how many of the tests
+onnxruntime passes in Python pass through neoc too. CONF_LIMIT=N runs the
+first N tests only.
 
 Usage: run.py NEOC OUT_DIR
 """
@@ -64,8 +71,44 @@ def generate(node_dir):
     return skipped
 
 
+def ort_python_passes(test_dir):
+    """onnxruntime in Python on the test's own data: whether every output
+    matches the expected one within atol 1e-5, rtol 1e-3."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    try:
+        sess = ort.InferenceSession(os.path.join(test_dir, "model.onnx"), providers=["CPUExecutionProvider"])
+        sets = sorted(d for d in os.listdir(test_dir) if d.startswith("test_data_set_"))
+        for ds in sets:
+            def load(kind, n):
+                t = TensorProto()
+                t.ParseFromString(open(os.path.join(test_dir, ds, f"{kind}_{n}.pb"), "rb").read())
+                return numpy_helper.to_array(t)
+            feeds = {i.name: load("input", j) for j, i in enumerate(sess.get_inputs())}
+            outs = sess.run(None, feeds)
+            for j, got in enumerate(outs):
+                want = load("output", j)
+                if got.shape != want.shape:
+                    return False
+                if want.dtype.kind in "fc":
+                    if not np.allclose(got, want, atol=1e-5, rtol=1e-3, equal_nan=True):
+                        return False
+                elif not np.array_equal(got, want):
+                    return False
+        return True
+    except Exception:
+        return False
+
+
 def main():
     neoc, out_dir = sys.argv[1], sys.argv[2]
+    engine = os.environ.get("CONF_ENGINE", "auto")
+    env = dict(os.environ)
+    if engine == "onnxruntime" and not env.get("ORT_DYLIB_PATH"):
+        import onnxruntime
+        env["ORT_DYLIB_PATH"] = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
     node_dir = os.path.join(out_dir, "onnx-node-tests")
     skipped = generate(node_dir)
     tests = sorted(d for d in os.listdir(node_dir) if os.path.isfile(os.path.join(node_dir, d, "model.onnx")))
@@ -81,7 +124,8 @@ def main():
                     p = os.path.join(root, f)
                     tar.add(p, arcname=os.path.relpath(p, src))
         r = subprocess.run([neoc, "compile", tgz, "--target", "host", "--unsigned", "-q", "-o", os.path.join(work, test + ".neo"),
-                            "--tolerance", "1e-5", "--rtol", "1e-3"], capture_output=True, text=True, timeout=120)
+                            "--tolerance", "1e-5", "--rtol", "1e-3", "--engine", engine], capture_output=True, text=True,
+                           timeout=120, env=env)
         lines = r.stderr.strip().splitlines()
         reason = lines[0] if lines else ""
         if r.returncode == 4 and len(lines) > 1:
@@ -98,7 +142,7 @@ def main():
     labels = {0: "pass (bundle matches expected outputs)", 3: "compiled, outputs beyond tolerance",
               4: "refused by coverage pre-flight", 1: "other error"}
     total = len(results)
-    print(f"ONNX backend node tests: {total} with tensor data (+{len(skipped)} with sequence/map/optional data, not run)")
+    print(f"ONNX backend node tests, --engine {engine}: {total} with tensor data (+{len(skipped)} with sequence/map/optional data, not run)")
     for code in (0, 3, 4, 1):
         print(f"  {labels[code]:42} {counts.get(code, 0):5}  ({100 * counts.get(code, 0) / total:.1f}%)")
     other = [code for code in counts if code not in labels]
@@ -112,9 +156,22 @@ def main():
             print(f"\nmost frequent reasons ({labels[code]}):")
             for reason, n in top:
                 print(f"  {n:4}  {reason}")
-    json.dump({"schema_version": 1, "total": total, "skipped_non_tensor": len(skipped), "counts": {labels[k]: counts.get(k, 0) for k in labels},
-               "results": [{"test": t, "exit": c, "reason": r} for t, c, r in results]},
-              open(os.path.join(out_dir, "conformance.json"), "w"), indent=1)
+    ort_py = None
+    if engine == "onnxruntime":
+        ort_py = {t: ort_python_passes(os.path.join(node_dir, t)) for t in tests}
+        passing = [t for t in tests if ort_py[t]]
+        by_neoc = {t: c for t, c, _ in results}
+        through = [t for t in passing if by_neoc[t] == 0]
+        print(f"\nonnxruntime in Python passes {len(passing)} of {total}; of those, neoc --engine onnxruntime passes "
+              f"{len(through)} ({100 * len(through) / max(1, len(passing)):.1f}%)")
+        lost = collections.Counter(norm(r) for t, c, r in results if ort_py[t] and c != 0).most_common(8)
+        for reason, n in lost:
+            print(f"  {n:4}  {reason}")
+    name = "conformance.json" if engine == "auto" else f"conformance-{engine}.json"
+    json.dump({"schema_version": 1, "engine": engine, "total": total, "skipped_non_tensor": len(skipped), "counts": {labels[k]: counts.get(k, 0) for k in labels},
+               "results": [{"test": t, "exit": c, "reason": r, **({"onnxruntime_python": ort_py[t]} if ort_py else {})}
+                           for t, c, r in results]},
+              open(os.path.join(out_dir, name), "w"), indent=1)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,94 @@ fn armv7_neorun_predicts_armv7_bundles_under_qemu() {
         assert_close(&got, &expected(model.split(':').next().unwrap()), tol);
     }
 }
+
+/// An ARM CPU's /proc/cpuinfo (a Cortex-A72, rasp4b's core).
+const CORTEX_A72_CPUINFO: &str = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\nprocessor\t: 1\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n";
+
+/// onnxruntime's aarch64 library, unpacked from its PyPI wheel by
+/// tests/onnxruntime/fetch-aarch64.sh (.ci/run runs it); NEOC_ORT_AARCH64 overrides.
+fn aarch64_onnxruntime() -> PathBuf {
+    let p = std::env::var_os("NEOC_ORT_AARCH64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/onnxruntime-aarch64"));
+    let found = std::fs::read_dir(&p)
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libonnxruntime.so")))
+        .unwrap_or(false);
+    assert!(found, "{}: no aarch64 libonnxruntime.so; run `bash tests/onnxruntime/fetch-aarch64.sh`", p.display());
+    p
+}
+
+#[test]
+fn aarch64_neorun_runs_onnxruntime_bundles_under_qemu_equal_to_x86() {
+    if cfg!(target_arch = "aarch64") {
+        return; // on an ARM host the onnxruntime suite covers this natively
+    }
+    let dir = scratch();
+    let d = dir.path();
+    // qemu-user 7.2 (Debian 12) hands the program the host's x86
+    // /proc/cpuinfo; onnxruntime's CPU detection on aarch64 cannot parse it
+    // and crashes at load (qemu 8.1 and later emulate the file). qemu looks
+    // files up under its -L prefix first, so the prefix here is the Debian
+    // cross sysroot plus an ARM cpuinfo.
+    let sysroot = d.join("sysroot");
+    std::fs::create_dir_all(sysroot.join("proc")).unwrap();
+    for e in std::fs::read_dir("/usr/aarch64-linux-gnu").unwrap().flatten() {
+        std::os::unix::fs::symlink(e.path(), sysroot.join(e.file_name())).unwrap();
+    }
+    std::fs::write(sysroot.join("proc/cpuinfo"), CORTEX_A72_CPUINFO).unwrap();
+    let x86_ort = venv_python().parent().unwrap().parent().unwrap().join("lib");
+    let x86_ort = std::fs::read_dir(&x86_ort)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("site-packages/onnxruntime/capi"))
+        .find(|p| p.is_dir())
+        .expect("onnxruntime in the venv");
+    let arm_ort = aarch64_onnxruntime();
+    let cnn = root().join("models/image-cnn/model.tar.gz");
+    let sample = root().join("models/image-cnn/sample.json");
+    // the x86 run of the same model through onnxruntime
+    let x86_env = [("ORT_DYLIB_PATH", x86_ort.to_str().unwrap())];
+    let compile = |target: &str, out: &str| {
+        let args = [
+            "compile",
+            cnn.to_str().unwrap(),
+            "--target",
+            target,
+            "--engine",
+            "onnxruntime",
+            "--key",
+            "k.key",
+            "-o",
+            out,
+        ];
+        ok(run("neoc", d, &args, &x86_env, None))
+    };
+    compile("x86_64", "x86.neo");
+    let x86 = ok(run(
+        "neorun",
+        d,
+        &["predict", "x86.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()],
+        &x86_env,
+        None,
+    ));
+    let emulated = |args: &[&str]| {
+        Command::new("qemu-aarch64")
+            .current_dir(d)
+            .env("ORT_DYLIB_PATH", &arm_ort)
+            .args(["-L", sysroot.to_str().unwrap(), arm_neorun().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for target in ["rasp4b", "ml_m6g"] {
+        let bundle = format!("{target}.neo");
+        compile(target, &bundle);
+        let args = ["predict", bundle.as_str(), "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()];
+        let got = predict_data(&emulated(&args), 0, &format!("image-cnn on onnxruntime ({target}) under qemu"));
+        let check = emulated(&["check", bundle.as_str(), "--trusted-key", "k.pub"]);
+        let said = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);
+        assert!(check.status.success() && said.contains("onnxruntime"), "{said}");
+        assert_close(&got, &response_data(&x86), 1e-5);
+        assert_close(&got, &expected("image-cnn"), 1e-5);
+    }
+}
