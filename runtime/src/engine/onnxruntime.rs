@@ -279,6 +279,10 @@ fn session(bytes: &[u8], s: &SessionSettings, threads: usize) -> Result<Session>
     let e = |e: ort::Error| anyhow::anyhow!("{e}");
     Session::builder(env)
         .map_err(e)?
+        // onnxruntime's warnings (unused initializers, old opsets) are not
+        // the operator's concern; its errors come back as statuses anyway
+        .with_log_level(ort::logging::LogLevel::Error)
+        .map_err(|x| e(x.into()))?
         .with_optimization_level(level)
         .map_err(|x| e(x.into()))?
         .with_intra_threads(threads.max(1))
