@@ -220,7 +220,14 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     // an OpenVINO or onnxruntime pair needs tract's fp32 model (its reference
     // and fallback)
     let mut pairs: Vec<Pair> = Vec::new();
-    let any_openvino = ort_only.is_none() && plans.iter().flat_map(|p| &p.1).any(|p| p.0.runs_onnx());
+    // (an onnxruntime pair whose library is missing fails on its own: no
+    // extra tract lowering for it, e.g. fp32 beside an fp16 target's fp16)
+    let any_openvino = ort_only.is_none()
+        && plans.iter().flat_map(|p| &p.1).any(|p| match p.0 {
+            EngineKind::Openvino => true,
+            EngineKind::Onnxruntime => neoc_runtime::engine::onnxruntime::library().is_ok(),
+            EngineKind::Tract => false,
+        });
     if any_openvino {
         pairs.push((EngineKind::Tract, Precision::Fp32));
     }
@@ -432,10 +439,14 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     )
                 })
                 .collect();
-            // every candidate beyond tolerance: a verification failure (exit 3, --allow-mismatch applies)
-            if cands.iter().all(|p| {
-                outcome(&outcomes, p).is_some_and(|o| o.failure.as_deref().is_some_and(|f| f.starts_with("rejected")))
-            }) {
+            // every candidate that could run was beyond tolerance (the others
+            // unavailable here): a verification failure (exit 3, --allow-mismatch applies)
+            let failed_with = |p: &Pair, how: &str| {
+                outcome(&outcomes, p).is_some_and(|o| o.failure.as_deref().is_some_and(|f| f.starts_with(how)))
+            };
+            if cands.iter().any(|p| failed_with(p, "rejected"))
+                && cands.iter().all(|p| failed_with(p, "rejected") || failed_with(p, "unavailable"))
+            {
                 return Err(Mismatch(format!(
                     "no candidate for {} is within tolerance:\n  {}",
                     t.name,
