@@ -317,7 +317,13 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             EngineKind::Onnxruntime => {
                 let lowered = match tract_fp32.as_ref() {
                     Some(base) => lower_onnxruntime(base, &located, &mut onnx),
-                    None => lower_onnxruntime_alone(&located, &inputs, &mut onnx, ort_only.as_deref().unwrap_or("")),
+                    None => lower_onnxruntime_alone(
+                        &located,
+                        &inputs,
+                        &mut onnx,
+                        cross.as_ref(),
+                        ort_only.as_deref().unwrap_or(""),
+                    ),
                 };
                 match lowered {
                     Ok(l) => std::rc::Rc::new(l),
@@ -644,41 +650,28 @@ pub fn candidates_for(
     framework: Framework,
     trees: bool,
 ) -> Result<(Vec<Pair>, Vec<String>)> {
-    if let EngineChoice::Only(EngineKind::Openvino) = opts.engine {
-        if t.arch != neoc_targets::Arch::X86_64 {
-            bail!(
-                "--engine openvino: the OpenVINO engine runs on x86-64 targets only; {} is {}\nhint: use --engine tract (or leave --engine out)",
-                t.name,
-                t.arch
-            );
+    // the engines given the ONNX model as is: CPU targets of their
+    // architectures, ONNX models that are not tree ensembles
+    if let EngineChoice::Only(e @ (EngineKind::Openvino | EngineKind::Onnxruntime)) = opts.engine {
+        use neoc_targets::Arch;
+        let (arches, runs): (&[Arch], &str) = match e {
+            EngineKind::Openvino => (&[Arch::X86_64], "the OpenVINO engine runs on x86-64 targets only"),
+            _ => (&[Arch::X86_64, Arch::Aarch64], "onnxruntime ships for x86-64 and aarch64"),
+        };
+        if !arches.contains(&t.arch) {
+            bail!("--engine {e}: {runs}; {} is {}\nhint: use --engine tract (or leave --engine out)", t.name, t.arch);
         }
         if t.accelerator != Accelerator::None {
-            bail!("--engine openvino: target {} runs on its {} accelerator, not on OpenVINO's CPU plugin\nhint: use a CPU target (ml_c5, ml_c7i, x86_64-avx512, …)", t.name, t.accelerator.as_str());
+            bail!("--engine {e}: target {} runs on its {} accelerator; neorun's {e} engine runs on the CPU\nhint: use a CPU target (x86_64, ml_c5, ml_c7i, …)", t.name, t.accelerator.as_str());
         }
         if trees {
-            bail!("--engine openvino: tree ensembles run on the trees engine (OpenVINO cannot load ai.onnx.ml trees)\nhint: drop --engine");
+            bail!("--engine {e}: tree ensembles run on the trees engine ({e} is given ONNX graphs, not ai.onnx.ml trees)\nhint: drop --engine");
         }
         if framework != Framework::Onnx {
-            bail!("--engine openvino: OpenVINO is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
+            bail!("--engine {e}: {e} is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
         }
     }
-    if let EngineChoice::Only(EngineKind::Onnxruntime) = opts.engine {
-        if !matches!(t.arch, neoc_targets::Arch::X86_64 | neoc_targets::Arch::Aarch64) {
-            bail!(
-                "--engine onnxruntime: onnxruntime ships for x86-64 and aarch64; {} is {}\nhint: use --engine tract (or leave --engine out)",
-                t.name,
-                t.arch
-            );
-        }
-        if t.accelerator != Accelerator::None {
-            bail!("--engine onnxruntime: target {} runs on its {} accelerator; neorun's onnxruntime engine uses the CPU execution provider\nhint: use a CPU target (x86_64, ml_c5, aarch64, ml_m6g, rasp4b, …)", t.name, t.accelerator.as_str());
-        }
-        if trees {
-            bail!("--engine onnxruntime: tree ensembles run on the trees engine\nhint: drop --engine");
-        }
-        if framework != Framework::Onnx {
-            bail!("--engine onnxruntime: onnxruntime is given the ONNX model; this model is {}\nhint: drop --engine, or convert the model to ONNX", framework.as_str());
-        }
+    if opts.engine == EngineChoice::Only(EngineKind::Onnxruntime) {
         if let Some(p) = opts.precision.filter(|p| *p != Precision::Fp32) {
             bail!("--precision {p}: neorun's onnxruntime engine computes in fp32\nhint: drop --precision, or use --engine tract (fp16) or openvino (bf16)");
         }
@@ -933,15 +926,23 @@ fn lower_onnxruntime_alone(
     located: &Located,
     given: &BTreeMap<String, InputConfig>,
     onnx: &mut Option<Vec<u8>>,
+    cross: Option<&CrossCheck>,
     why: &str,
 ) -> Result<Lowered> {
     use neoc_runtime::engine::onnxruntime as ort;
     let lib = ort::library().map_err(anyhow::Error::msg)?;
     read_onnx(located, onnx)?;
     let bytes = onnx.clone().expect("read above");
-    let (ins, outs) = neoc_runtime::guard::guarded(|| ort::signature(&bytes))
-        .map_err(anyhow::Error::msg)?
-        .with_context(|| format!("{}: onnxruntime cannot read the model", located.rel))?;
+    // the independent check's session, when there is one, is the reference
+    let reference = match cross {
+        Some(CrossCheck::Ready { engine, .. }) => engine.clone(),
+        _ => std::rc::Rc::new(
+            neoc_runtime::guard::guarded(|| ort::OrtEngine::new(&bytes, ort::SessionSettings::default(), 1))
+                .map_err(anyhow::Error::msg)?
+                .with_context(|| format!("{}: onnxruntime cannot read the model", located.rel))?,
+        ),
+    };
+    let (ins, outs) = reference.signature()?;
     let spec = |(name, ty, shape): &(String, _, Vec<i64>), given: Option<&InputConfig>| -> Result<TensorSpec> {
         let dtype =
             ort::dtype_name(*ty).with_context(|| format!("`{name}` is of type {ty}, which neorun does not carry"))?;
@@ -963,7 +964,6 @@ fn lower_onnxruntime_alone(
     };
     let inputs: Vec<TensorSpec> = ins.iter().map(|i| spec(i, given.get(&i.0))).collect::<Result<_>>()?;
     let outputs: Vec<TensorSpec> = outs.iter().map(|o| spec(o, None)).collect::<Result<_>>()?;
-    let reference = ort::OrtEngine::new(&bytes, ort::SessionSettings::default(), 1)?;
     let seed_specs = inputs.clone();
     Ok(Lowered {
         engine: EngineInfo {
@@ -1002,7 +1002,7 @@ fn read_onnx(located: &Located, onnx: &mut Option<Vec<u8>>) -> Result<()> {
 /// onnxruntime on the source ONNX model, as the compiler's independent
 /// check of every bundle (whatever its engine), or why it is not there.
 enum CrossCheck {
-    Ready { engine: neoc_runtime::engine::onnxruntime::OrtEngine, source: String },
+    Ready { engine: std::rc::Rc<neoc_runtime::engine::onnxruntime::OrtEngine>, source: String },
     Missing(String),
 }
 
@@ -1023,7 +1023,9 @@ impl CrossCheck {
         }
         let bytes = onnx.as_deref().expect("read above");
         match neoc_runtime::guard::guarded(|| ort::OrtEngine::new(bytes, ort::SessionSettings::default(), 1)) {
-            Ok(Ok(engine)) => CrossCheck::Ready { engine, source: format!("onnxruntime {}", lib.version) },
+            Ok(Ok(engine)) => {
+                CrossCheck::Ready { engine: std::rc::Rc::new(engine), source: format!("onnxruntime {}", lib.version) }
+            }
             Ok(Err(e)) => {
                 CrossCheck::Missing(format!("onnxruntime {} cannot load the source model: {e:#}", lib.version))
             }

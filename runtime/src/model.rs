@@ -441,11 +441,11 @@ impl Model {
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, PredictError> {
         self.check_inputs(&inputs)?;
         crate::guard::guarded(|| self.engine.run(inputs)).map_err(PredictError::Engine)?.map_err(|e| {
-            #[cfg(feature = "onnxruntime")]
-            if let Some(r) = e.downcast_ref::<crate::engine::onnxruntime::Rejected>() {
-                return PredictError::BadRequest(BadRequest(r.to_string()));
+            // an engine that finds the request at fault says so with a BadRequest
+            match e.downcast::<BadRequest>() {
+                Ok(bad) => PredictError::BadRequest(bad),
+                Err(e) => PredictError::Engine(format!("{e:#}")),
             }
-            PredictError::Engine(format!("{e:#}"))
         })
     }
 

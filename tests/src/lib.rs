@@ -289,6 +289,41 @@ pub fn venv_python() -> PathBuf {
     p
 }
 
+/// The test venv's `site-packages` (where pip put onnxruntime, openvino, …).
+pub fn venv_site_packages() -> PathBuf {
+    let lib = venv_python().parent().unwrap().parent().unwrap().join("lib");
+    std::fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("{}: {e} (run .ci/run to make the venv)", lib.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("python3"))
+        .expect("a python3.x folder in the venv")
+        .join("site-packages")
+}
+
+/// The manifest of `dir/bundle`, as `neoc inspect --json` prints it.
+pub fn manifest_of(dir: &Path, bundle: &str) -> serde_json::Value {
+    let out = ok(run("neoc", dir, &["inspect", bundle, "--json"], &[], None));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc.get("manifest").cloned().unwrap_or(doc)
+}
+
+/// The stock `minisign` accepts the signature of `dir/bundle`'s manifest
+/// with `dir/k.pub` (the manifest holds every other file's digest).
+pub fn assert_minisign_accepts(dir: &Path, bundle: &str) {
+    let x = tempfile::tempdir().unwrap();
+    let st = Command::new("tar").args(["-xf"]).arg(dir.join(bundle)).arg("-C").arg(x.path()).status().unwrap();
+    assert!(st.success(), "tar -xf {bundle}");
+    let st = Command::new("minisign")
+        .args(["-V", "-q", "-p"])
+        .arg(dir.join("k.pub"))
+        .arg("-m")
+        .arg(x.path().join("manifest.json"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "minisign refused {bundle}");
+}
+
 /// sha256 of a file as `sha256:HEX`.
 pub fn file_digest(path: &Path) -> String {
     use std::io::Read;

@@ -227,13 +227,7 @@ fn aarch64_neorun_runs_onnxruntime_bundles_under_qemu_equal_to_x86() {
         std::os::unix::fs::symlink(e.path(), sysroot.join(e.file_name())).unwrap();
     }
     std::fs::write(sysroot.join("proc/cpuinfo"), CORTEX_A72_CPUINFO).unwrap();
-    let x86_ort = venv_python().parent().unwrap().parent().unwrap().join("lib");
-    let x86_ort = std::fs::read_dir(&x86_ort)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("site-packages/onnxruntime/capi"))
-        .find(|p| p.is_dir())
-        .expect("onnxruntime in the venv");
+    let x86_ort = venv_site_packages().join("onnxruntime/capi");
     let arm_ort = aarch64_onnxruntime();
     let cnn = root().join("models/image-cnn/model.tar.gz");
     let sample = root().join("models/image-cnn/sample.json");

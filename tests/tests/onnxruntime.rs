@@ -13,14 +13,7 @@ use neoc_e2e::*;
 
 /// `onnxruntime/capi` of the test venv (pip-installed from models/requirements.txt).
 fn ort_capi() -> PathBuf {
-    let lib = venv_python().parent().unwrap().parent().unwrap().join("lib");
-    let py = std::fs::read_dir(&lib)
-        .unwrap_or_else(|e| panic!("{}: {e} (run .ci/run to make the venv)", lib.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("python3"))
-        .expect("a python3.x folder in the venv");
-    let capi = py.join("site-packages/onnxruntime/capi");
+    let capi = venv_site_packages().join("onnxruntime/capi");
     assert!(capi.is_dir(), "{} is missing: pip install -r models/requirements.txt", capi.display());
     capi
 }
@@ -39,9 +32,7 @@ fn python_ort_version() -> String {
 }
 
 fn manifest(dir: &Path, bundle: &str) -> serde_json::Value {
-    let out = ok(run("neoc", dir, &["inspect", bundle, "--json"], &[], None));
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    doc.get("manifest").cloned().unwrap_or(doc)
+    manifest_of(dir, bundle)
 }
 
 /// The test models (tests/onnxruntime/make_models.py) in `dir/m`.
@@ -101,16 +92,7 @@ fn onnxruntime_bundle_matches_onnxruntime_in_python_and_carries_tract_as_fallbac
     let files: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert!(files.contains(&"model.onnx") && files.contains(&"model.nnef.tar"), "{files:?}");
     // the stock minisign accepts the signature that covers both models' digests
-    let x = tempfile::tempdir().unwrap();
-    std::process::Command::new("tar").args(["-xf"]).arg(d.join("cnn.neo")).arg("-C").arg(x.path()).status().unwrap();
-    let st = std::process::Command::new("minisign")
-        .args(["-V", "-q", "-p"])
-        .arg(d.join("k.pub"))
-        .arg("-m")
-        .arg(x.path().join("manifest.json"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert_minisign_accepts(d, "cnn.neo");
 
     let sample = root().join("models/image-cnn/sample.json");
     let args = ["predict", "cnn.neo", "--trusted-key", "k.pub", "--input", sample.to_str().unwrap()];

@@ -11,14 +11,7 @@ use neoc_e2e::*;
 
 /// `openvino/libs` of the test venv (pip-installed from models/requirements.txt).
 fn openvino_libs() -> PathBuf {
-    let lib = venv_python().parent().unwrap().parent().unwrap().join("lib");
-    let py = std::fs::read_dir(&lib)
-        .unwrap_or_else(|e| panic!("{}: {e} (run .ci/run or models/generate.sh to make the venv)", lib.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("python3"))
-        .expect("a python3.x folder in the venv");
-    let libs = py.join("site-packages/openvino/libs");
+    let libs = venv_site_packages().join("openvino/libs");
     assert!(libs.is_dir(), "{} is missing: pip install -r models/requirements.txt", libs.display());
     libs
 }
@@ -36,9 +29,7 @@ fn compile_cnn(dir: &Path, target: &str, extra: &[&str], envs: &[(&str, &str)]) 
 }
 
 fn manifest(dir: &Path, bundle: &str) -> serde_json::Value {
-    let out = ok(run("neoc", dir, &["inspect", bundle, "--json"], &[], None));
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    doc.get("manifest").cloned().unwrap_or(doc)
+    manifest_of(dir, bundle)
 }
 
 fn host_has(feature: &str) -> bool {
@@ -62,16 +53,7 @@ fn openvino_bundle_runs_and_matches_onnxruntime() {
     let files: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert!(files.contains(&"model.onnx") && files.contains(&"model.nnef.tar"), "{files:?}");
     // the stock minisign accepts the signature that covers both models' digests
-    let x = tempfile::tempdir().unwrap();
-    std::process::Command::new("tar").args(["-xf"]).arg(d.join("cnn.neo")).arg("-C").arg(x.path()).status().unwrap();
-    let st = std::process::Command::new("minisign")
-        .args(["-V", "-q", "-p"])
-        .arg(d.join("k.pub"))
-        .arg("-m")
-        .arg(x.path().join("manifest.json"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert_minisign_accepts(d, "cnn.neo");
 
     let sample = root().join("models/image-cnn/sample.json");
     let tol = m["verification"]["atol"].as_f64().unwrap() + 1e-6;

@@ -2,6 +2,8 @@
 //! trees engine, and in feature builds OpenVINO, onnxruntime and AWS Neuron; `placement`
 //! reads where tract's CUDA runtime put a model's operators.
 
+#[cfg(any(feature = "openvino", feature = "onnxruntime"))]
+mod dylib;
 #[cfg(feature = "neuron")]
 pub mod neuron;
 #[cfg(feature = "onnxruntime")]

@@ -28,6 +28,8 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tract_core::prelude::*;
 
+use crate::codec::BadRequest;
+
 /// Name of the engine in manifests, and the model format it reads.
 pub const ENGINE_NAME: &str = "onnxruntime";
 pub const MODEL_FORMAT: &str = "onnx";
@@ -76,12 +78,6 @@ fn environment() -> std::result::Result<&'static ort::environment::Environment, 
         .map_err(|e| e.clone())
 }
 
-/// A request onnxruntime refused as invalid (its shapes or types): the
-/// caller's fault, answered as a bad request like the manifest's checks.
-#[derive(Debug, thiserror::Error)]
-#[error("onnxruntime refused the request: {0}")]
-pub struct Rejected(pub String);
-
 /// The candidates, in the documented order.
 fn locate() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -89,33 +85,14 @@ fn locate() -> std::result::Result<PathBuf, String> {
         return in_place(&p)
             .ok_or_else(|| format!("ORT_DYLIB_PATH={} holds no libonnxruntime.so\nhint: {INSTALL_HINT}", p.display()));
     }
-    let mut tried = Vec::new();
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        roots.push(PathBuf::from(venv).join("lib"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        roots.push(PathBuf::from(home).join(".local/lib"));
-    }
-    roots.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
-    for root in &roots {
-        let Ok(entries) = std::fs::read_dir(root) else { continue };
-        let mut pythons: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
-            .collect();
-        pythons.sort();
-        for py in pythons.iter().rev() {
-            for site in ["site-packages", "dist-packages"] {
-                let capi = py.join(site).join("onnxruntime/capi");
-                if let Some(found) = in_place(&capi) {
-                    return Ok(found);
-                }
-            }
+    let (sites, roots) = super::dylib::site_packages();
+    for site in sites {
+        if let Some(found) = in_place(&site.join("onnxruntime/capi")) {
+            return Ok(found);
         }
-        tried.push(format!("{}/python3*/site-packages/onnxruntime/capi", root.display()));
     }
+    let mut tried: Vec<String> =
+        roots.iter().map(|r| format!("{}/python3*/site-packages/onnxruntime/capi", r.display())).collect();
     let mut folders: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
         .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
         .unwrap_or_default();
@@ -135,17 +112,7 @@ fn locate() -> std::result::Result<PathBuf, String> {
 
 /// `p` itself if it is a file, else the newest `libonnxruntime.so*` in it.
 fn in_place(p: &Path) -> Option<PathBuf> {
-    if p.is_file() {
-        return Some(p.to_path_buf());
-    }
-    let mut libs: Vec<PathBuf> = std::fs::read_dir(p)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
-        .collect();
-    libs.sort();
-    libs.pop()
+    super::dylib::in_place(p, "libonnxruntime.so")
 }
 
 /// onnxruntime's `OrtApiBase`: the two entries every version has.
@@ -314,6 +281,23 @@ impl OrtEngine {
         Ok(OrtEngine { session: Mutex::new(session), bytes: bytes.to_vec(), settings, threads, inputs })
     }
 
+    /// The model's inputs and outputs as the session reads them.
+    pub fn signature(&self) -> Result<(Signature, Signature)> {
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let sig = |outlets: &[ort::value::Outlet]| -> Result<Signature> {
+            outlets
+                .iter()
+                .map(|o| match o.dtype() {
+                    ValueType::Tensor { ty, shape, .. } => {
+                        Ok((o.name().to_string(), *ty, shape.iter().copied().collect()))
+                    }
+                    other => bail!("`{}` is {other}, not a tensor", o.name()),
+                })
+                .collect()
+        };
+        Ok((sig(s.inputs())?, sig(s.outputs())?))
+    }
+
     /// A new session with `threads` intra-op threads (sessions fix their pool).
     pub fn set_threads(&mut self, threads: usize) -> Result<()> {
         if threads != self.threads {
@@ -332,11 +316,14 @@ impl OrtEngine {
         // in the element types the model declares: a cast only where they differ
         let cast: Vec<std::borrow::Cow<'_, Tensor>> =
             inputs.iter().zip(&self.inputs).map(|(t, ty)| t.cast_to_dt(datum(*ty)?)).collect::<Result<_>>()?;
-        let values: Vec<ort::session::SessionInputValue<'_>> = cast.iter().map(|t| view(t)).collect::<Result<_>>()?;
+        let values: Vec<ort::session::SessionInputValue<'_>> =
+            cast.iter().zip(&self.inputs).map(|(t, ty)| view(t, *ty)).collect::<Result<_>>()?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(values.as_slice()).map_err(|e| {
+            // shapes or types the model refuses: the caller's fault, a bad
+            // request like the manifest's own checks
             if e.code() == ort::ErrorCode::InvalidArgument {
-                anyhow::Error::new(Rejected(e.to_string()))
+                anyhow::Error::new(BadRequest(format!("onnxruntime refused the request: {e}")))
             } else {
                 anyhow::anyhow!("onnxruntime: {e}")
             }
@@ -349,124 +336,99 @@ impl OrtEngine {
     }
 }
 
-/// The tract element type of onnxruntime's `ty`, for the types neorun feeds.
-fn datum(ty: TensorElementType) -> Result<DatumType> {
-    Ok(match ty {
-        TensorElementType::Float32 => f32::datum_type(),
-        TensorElementType::Float64 => f64::datum_type(),
-        TensorElementType::Int64 => i64::datum_type(),
-        TensorElementType::Int32 => i32::datum_type(),
-        TensorElementType::Int16 => i16::datum_type(),
-        TensorElementType::Int8 => i8::datum_type(),
-        TensorElementType::Uint8 => u8::datum_type(),
-        TensorElementType::Uint16 => u16::datum_type(),
-        TensorElementType::Uint32 => u32::datum_type(),
-        TensorElementType::Uint64 => u64::datum_type(),
-        TensorElementType::Bool => bool::datum_type(),
-        other => bail!("onnxruntime input of type {other}: neorun does not feed it"),
-    })
+/// `$body` with `$T` the Rust type of onnxruntime's element type `$ty`,
+/// for the types neorun carries; `$other` for the rest (strings, f16, f8…).
+macro_rules! with_element_type {
+    ($ty:expr, $T:ident => $body:expr, $other:expr) => {
+        match $ty {
+            TensorElementType::Float32 => {
+                type $T = f32;
+                $body
+            }
+            TensorElementType::Float64 => {
+                type $T = f64;
+                $body
+            }
+            TensorElementType::Int64 => {
+                type $T = i64;
+                $body
+            }
+            TensorElementType::Int32 => {
+                type $T = i32;
+                $body
+            }
+            TensorElementType::Int16 => {
+                type $T = i16;
+                $body
+            }
+            TensorElementType::Int8 => {
+                type $T = i8;
+                $body
+            }
+            TensorElementType::Uint8 => {
+                type $T = u8;
+                $body
+            }
+            TensorElementType::Uint16 => {
+                type $T = u16;
+                $body
+            }
+            TensorElementType::Uint32 => {
+                type $T = u32;
+                $body
+            }
+            TensorElementType::Uint64 => {
+                type $T = u64;
+                $body
+            }
+            TensorElementType::Bool => {
+                type $T = bool;
+                $body
+            }
+            _ => $other,
+        }
+    };
 }
 
-/// `t` as an onnxruntime value over the same memory (no copy).
-fn view(t: &Tensor) -> Result<ort::session::SessionInputValue<'_>> {
+/// The tract element type of onnxruntime's `ty`, for the types neorun carries.
+fn datum(ty: TensorElementType) -> Result<DatumType> {
+    with_element_type!(ty, T => Ok(T::datum_type()), bail!("onnxruntime type {ty}: neorun does not carry it"))
+}
+
+/// `t`, already of element type `ty`, as an onnxruntime value over the same memory (no copy).
+fn view(t: &Tensor, ty: TensorElementType) -> Result<ort::session::SessionInputValue<'_>> {
     let shape: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
-    macro_rules! view {
-        ($t:ty) => {
-            TensorRef::from_array_view((shape, t.try_as_plain_ram()?.as_slice::<$t>()?))
-                .map_err(|e| anyhow::anyhow!("onnxruntime input: {e}"))?
-                .into()
-        };
-    }
-    let dt = t.datum_type();
-    Ok(if dt == f32::datum_type() {
-        view!(f32)
-    } else if dt == f64::datum_type() {
-        view!(f64)
-    } else if dt == i64::datum_type() {
-        view!(i64)
-    } else if dt == i32::datum_type() {
-        view!(i32)
-    } else if dt == i16::datum_type() {
-        view!(i16)
-    } else if dt == i8::datum_type() {
-        view!(i8)
-    } else if dt == u8::datum_type() {
-        view!(u8)
-    } else if dt == u16::datum_type() {
-        view!(u16)
-    } else if dt == u32::datum_type() {
-        view!(u32)
-    } else if dt == u64::datum_type() {
-        view!(u64)
-    } else if dt == bool::datum_type() {
-        view!(bool)
-    } else {
-        bail!("onnxruntime input of type {dt:?}: neorun does not feed it")
-    })
+    with_element_type!(
+        ty,
+        T => Ok(TensorRef::from_array_view((shape, t.try_as_plain_ram()?.as_slice::<T>()?))
+            .map_err(|e| anyhow::anyhow!("onnxruntime input: {e}"))?
+            .into()),
+        bail!("onnxruntime input of type {ty}: neorun does not feed it")
+    )
 }
 
 /// An onnxruntime output as a tract tensor (copied out of onnxruntime's memory).
 fn to_tensor(v: &ort::value::DynValueRef<'_>) -> Result<Tensor> {
     let ValueType::Tensor { ty, .. } = v.dtype() else { bail!("onnxruntime output is not a tensor") };
-    macro_rules! take {
-        ($t:ty) => {{
-            let (shape, data) = v.try_extract_tensor::<$t>().map_err(|e| anyhow::anyhow!("onnxruntime output: {e}"))?;
+    with_element_type!(
+        *ty,
+        T => {
+            let (shape, data) = v.try_extract_tensor::<T>().map_err(|e| anyhow::anyhow!("onnxruntime output: {e}"))?;
             let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-            Tensor::from_shape(&dims, data)?
-        }};
-    }
-    Ok(match ty {
-        TensorElementType::Float32 => take!(f32),
-        TensorElementType::Float64 => take!(f64),
-        TensorElementType::Int64 => take!(i64),
-        TensorElementType::Int32 => take!(i32),
-        TensorElementType::Int16 => take!(i16),
-        TensorElementType::Int8 => take!(i8),
-        TensorElementType::Uint8 => take!(u8),
-        TensorElementType::Uint16 => take!(u16),
-        TensorElementType::Uint32 => take!(u32),
-        TensorElementType::Uint64 => take!(u64),
-        TensorElementType::Bool => take!(bool),
-        other => bail!("onnxruntime output of type {other}: neorun does not answer with it"),
-    })
+            Ok(Tensor::from_shape(&dims, data)?)
+        },
+        bail!("onnxruntime output of type {ty}: neorun does not answer with it")
+    )
 }
 
 /// The element type neoc's manifests call `ty` (`f32`, `i64`, …).
 pub fn dtype_name(ty: TensorElementType) -> Option<&'static str> {
-    Some(match ty {
-        TensorElementType::Float32 => "f32",
-        TensorElementType::Float64 => "f64",
-        TensorElementType::Int64 => "i64",
-        TensorElementType::Int32 => "i32",
-        TensorElementType::Int16 => "i16",
-        TensorElementType::Int8 => "i8",
-        TensorElementType::Uint8 => "u8",
-        TensorElementType::Uint16 => "u16",
-        TensorElementType::Uint32 => "u32",
-        TensorElementType::Uint64 => "u64",
-        TensorElementType::Bool => "bool",
-        _ => return None,
-    })
+    datum(ty).ok().and_then(crate::tensors::dtype_name)
 }
 
 /// Name, element type and shape (`-1`: free) of a model's inputs and
 /// outputs, as onnxruntime reads them.
 pub type Signature = Vec<(String, TensorElementType, Vec<i64>)>;
-
-/// The model's inputs and outputs as a session reads them.
-pub fn signature(bytes: &[u8]) -> Result<(Signature, Signature)> {
-    let s = session(bytes, &SessionSettings::default(), 1)?;
-    let sig = |outlets: &[ort::value::Outlet]| -> Result<Signature> {
-        outlets
-            .iter()
-            .map(|o| match o.dtype() {
-                ValueType::Tensor { ty, shape, .. } => Ok((o.name().to_string(), *ty, shape.iter().copied().collect())),
-                other => bail!("`{}` is {other}, not a tensor", o.name()),
-            })
-            .collect()
-    };
-    Ok((sig(s.inputs())?, sig(s.outputs())?))
-}
 
 #[cfg(test)]
 mod tests {

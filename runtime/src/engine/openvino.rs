@@ -85,28 +85,9 @@ fn locate() -> std::result::Result<PathBuf, String> {
             format!("OPENVINO_LIB_PATH={} holds no libopenvino_c.so\nhint: {INSTALL_HINT}", p.display())
         });
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        roots.push(PathBuf::from(venv).join("lib"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        roots.push(PathBuf::from(home).join(".local/lib"));
-    }
-    roots.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
-    for root in roots {
-        let Ok(entries) = std::fs::read_dir(&root) else { continue };
-        let mut pythons: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
-            .collect();
-        pythons.sort();
-        for py in pythons.iter().rev() {
-            for site in ["site-packages", "dist-packages"] {
-                if let Some(found) = in_place(&py.join(site).join("openvino/libs")) {
-                    return Ok(found);
-                }
-            }
+    for site in super::dylib::site_packages().0 {
+        if let Some(found) = in_place(&site.join("openvino/libs")) {
+            return Ok(found);
         }
     }
     openvino_finder::find("openvino_c", openvino_finder::Linking::Dynamic)
@@ -115,17 +96,7 @@ fn locate() -> std::result::Result<PathBuf, String> {
 
 /// `p` itself if it is a file, else the newest `libopenvino_c.so*` in it.
 fn in_place(p: &Path) -> Option<PathBuf> {
-    if p.is_file() {
-        return Some(p.to_path_buf());
-    }
-    let mut libs: Vec<PathBuf> = std::fs::read_dir(p)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libopenvino_c.so")))
-        .collect();
-    libs.sort();
-    libs.pop()
+    super::dylib::in_place(p, "libopenvino_c.so")
 }
 
 #[repr(C)]
