@@ -4,8 +4,12 @@ Our side comes in up to four variants per model: `tract` (the portable
 engine, with neorun's own kernels), `tract-stock` (the same bundle with
 tract's kernels only: NEORUN_KERNELS=tract), `openvino-fp32` and, on a CPU with AVX-512-BF16 or AMX,
 `openvino-bf16` (the OpenVINO engine, with the accuracy cost of bf16 against
-fp32 taken from the bundle's verification record). Trees run on the trees
-engine only.
+fp32 taken from the bundle's verification record), `onnxruntime` (neorun's
+onnxruntime engine on the same library as the Python side) and `auto`
+(`--engine auto --target x86_64`: whatever neoc chose by measurement, named
+in the table; the acceptance is that it is never slower than onnxruntime in
+Python by more than the spread measured across rounds). Trees run on the
+trees engine only.
 
 For each model and variant: compile time and bundle size; then for 1 and 2 threads (and
 batch 1, plus 64 for models with a symbolic batch axis) the latency median
@@ -123,6 +127,7 @@ def main():
     models = json.load(open(models_json))
     work = tempfile.mkdtemp(prefix="neoc-bench-")
     rows, per_model = [], []
+    chosen = {}
     host_bf16 = any(f in open("/proc/cpuinfo").read() for f in (" avx512_bf16", " amx_bf16"))
     for m in models:
         name = m["name"]
@@ -133,6 +138,8 @@ def main():
             variants.append(("openvino-fp32", ["--target", "x86_64", "--engine", "openvino", "--precision", "fp32"]))
             if host_bf16:
                 variants.append(("openvino-bf16", ["--target", "x86_64-avx512-bf16", "--engine", "openvino", "--precision", "bf16"]))
+            variants.append(("onnxruntime", ["--target", "x86_64", "--engine", "onnxruntime"]))
+            variants.append(("auto", ["--target", "x86_64"]))
         bundles = {}
         for variant, args in variants:
             bundle = os.path.join(work, f"{name}.{variant}.neo")
@@ -150,6 +157,9 @@ def main():
             if variant != "tract":
                 bm = json.loads(subprocess.run([neoc, "inspect", bundle, "--json"], capture_output=True, text=True).stdout)["manifest"]
                 info["max_abs_error_vs_fp32"] = bm["verification"]["max_abs_error"]
+                if variant == "auto":
+                    info["chosen"] = f"{bm['engine']['name']} {bm['target']['precision']}"
+                    chosen[name] = info["chosen"]
             per_model.append(info)
         if not bundles:
             continue
@@ -180,7 +190,13 @@ def main():
                         "ours_median_us": statistics.median(o_med[v]), "ours_p99_us": statistics.median(o_p99[v]),
                         "ort_median_us": statistics.median(r_med), "ort_p99_us": statistics.median(r_p99),
                         "ort_python_overhead_us": py,
+                        # how far the round medians of each side move: the noise a comparison must rise above
+                        "ours_spread_us": max(o_med[v]) - min(o_med[v]), "ort_spread_us": max(r_med) - min(r_med),
                     }
+                    if v == "auto":
+                        row["chosen"] = chosen.get(name, "?")
+                        row["auto_within_spread"] = (row["ours_median_us"]
+                                                     <= row["ort_median_us"] + row["ours_spread_us"] + row["ort_spread_us"])
                     row["ratio"] = row["ours_median_us"] / row["ort_median_us"]
                     row["ratio_without_python"] = row["ours_median_us"] / max(row["ort_median_us"] - py, 1e-9)
                     rows.append(row)
@@ -203,7 +219,7 @@ def main():
             per_model.append(info)
             print(f"{name}: {info}", flush=True)
     geo = {}
-    for v in ("tract", STOCK, "openvino-fp32", "openvino-bf16"):
+    for v in ("tract", STOCK, "openvino-fp32", "openvino-bf16", "onnxruntime", "auto"):
         for t in (1, 2):
             rs = [r["ratio"] for r in rows if r["engine"] == v and r["threads"] == t and r["batch"] == 1
                   and not r["model"].startswith("fraud")]
@@ -221,6 +237,11 @@ def main():
         print(p)
     for k, v in geo.items():
         print(f"{k}: {v:.2f}")
+    autos = [r for r in rows if r["engine"] == "auto"]
+    if autos:
+        bad = [r for r in autos if not r["auto_within_spread"]]
+        print(f"--engine auto (x86_64) vs onnxruntime in Python: {len(autos) - len(bad)} of {len(autos)} rows at or within the spread"
+              + "".join(f"\n  slower: {r['model']} t{r['threads']} b{r['batch']} ({r['chosen']}): {r['ours_median_us']:.1f} vs {r['ort_median_us']:.1f} µs, spreads {r['ours_spread_us']:.1f}/{r['ort_spread_us']:.1f}" for r in bad))
     print(f"wrote {out_json}")
 
 

@@ -13,6 +13,9 @@ names=("$@")
 # the OpenVINO engine's library, from the venv's openvino package
 OPENVINO_LIB_PATH="$("$venv/bin/python" -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "libs"))')"
 export OPENVINO_LIB_PATH
+# the onnxruntime engine's library: the same onnxruntime as the Python side
+ORT_DYLIB_PATH="$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')"
+export ORT_DYLIB_PATH
 "$venv/bin/python" bench/zoo/prepare.py "$zoo" "${names[@]}" 2>/dev/null
 list="bench/out/zoo-models.json"
 {

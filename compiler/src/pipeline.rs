@@ -187,14 +187,17 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         other => return Err(import::not_yet(other).into()),
     };
     let is_trees = matches!(imported, Imported::Trees(_));
-    let ort_only = match &imported {
+    let mut ort_only = match &imported {
         Imported::OnnxruntimeOnly(why) => Some(why.clone()),
         _ => None,
     };
-    if let Some(why) = &ort_only {
+    let only_onnxruntime_note = |why: &str| {
         printer.note(&format!(
             "only onnxruntime can run this model (tract: {why}): the bundle runs on neorun built with --features onnxruntime, with libonnxruntime on the device (onnxruntime's x86-64 or aarch64 builds), and carries no tract fallback"
-        ));
+        ))
+    };
+    if let Some(why) = &ort_only {
+        only_onnxruntime_note(why);
     }
     let wants_neuron = opts.targets.iter().any(|t| matches!(t.accelerator, Accelerator::Neuron { .. }));
     let neuron = if wants_neuron && !is_trees {
@@ -237,6 +240,11 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         }
     }
     let several = plans.iter().any(|p| p.1.len() > 1);
+    // where tract lowers or verifies the model wrongly and onnxruntime is a
+    // candidate here, onnxruntime goes on alone instead of the compile failing
+    let ort_rescue = any_openvino
+        && pairs.contains(&(EngineKind::Onnxruntime, Precision::Fp32))
+        && neoc_runtime::engine::onnxruntime::library().is_ok();
     let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
     let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
     let mut outcomes: Vec<(Pair, Outcome)> = Vec::new();
@@ -261,7 +269,19 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                                 _ => unreachable!(),
                             }
                         };
-                        lower_tract(m, precision, &target_names, &mut timer)?
+                        match lower_tract(m, precision, &target_names, &mut timer) {
+                            Ok(l) => l,
+                            Err(e) if ort_rescue => {
+                                let why = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                                if precision == Precision::Fp32 && ort_only.is_none() {
+                                    only_onnxruntime_note(&why);
+                                    ort_only = Some(why.clone());
+                                }
+                                outcomes.push((*pair, Outcome::failed(format!("unavailable: tract: {why}"))));
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     Imported::Trees(_) => match imported.take() {
                         Some(Imported::Trees(tm)) => lower_trees(tm, &inputs, &mut timer)?,
@@ -393,8 +413,14 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         let verified = verify(&lowered, &manifest, &located, opts, precision, cross_check);
         let (verification, vectors, model) = match verified {
             Ok(v) => v,
-            Err(e) if !alone => {
+            Err(e) if !alone || (ort_rescue && engine == EngineKind::Tract) => {
                 let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
+                if engine == EngineKind::Tract && precision == Precision::Fp32 && ort_rescue {
+                    // onnxruntime's bundle can neither check against nor fall back to it
+                    tract_fp32 = None;
+                    only_onnxruntime_note(&first_line);
+                    ort_only = Some(first_line.clone());
+                }
                 let status = if let Some(Mismatch(detail)) = e.downcast_ref::<Mismatch>() {
                     // the tolerance and the first output beyond it
                     let detail: Vec<&str> = detail.lines().take(2).map(str::trim).collect();
@@ -983,7 +1009,7 @@ fn lower_onnxruntime_alone(
                 .map_err(|e| anyhow::anyhow!("running the reference model: {e}"))
         }),
         reference_desc: format!(
-            "source model run by onnxruntime {} (tract cannot import it: {why}); the bundle runs on onnxruntime too, so this checks its loading, inputs and outputs, not the arithmetic against a second engine",
+            "source model run by onnxruntime {} (tract cannot run it: {why}); the bundle runs on onnxruntime too, so this checks its loading, inputs and outputs, not the arithmetic against a second engine",
             lib.version
         ),
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
@@ -1729,9 +1755,14 @@ fn verify(
             .zip(&manifest.inputs)
             .map(|(t, s)| Ok(t.cast_to_dt(neoc_runtime::tensors::datum_type(&s.dtype).context("dtype")?)?.into_owned()))
             .collect::<Result<_>>()?;
-        if ins.len() != manifest.inputs.len() || compiled.run(ins.clone()).is_err() {
+        let refused = if ins.len() != manifest.inputs.len() {
+            Some(format!("{} inputs, the model takes {}", ins.len(), manifest.inputs.len()))
+        } else {
+            compiled.run(ins.clone()).err().map(|e| e.to_string())
+        };
+        if let Some(why) = refused {
             bail!(
-                "{}: its inputs do not fit the model's inputs ({})",
+                "{}: its inputs do not fit the model's inputs ({}): {why}",
                 set.name,
                 neoc_runtime::codec::describe_inputs(&manifest.inputs)
             );

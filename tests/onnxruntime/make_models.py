@@ -1,7 +1,8 @@
 """Models for the onnxruntime engine's tests, written with onnx.helper
 (fixed seeds): an LSTM head (16 steps, batch 1, as streaming models run it),
 a graph whose `If` condition depends on the input (tract cannot take it),
-and a fixed-batch model shipped with a batch-1 test set (declared with a
+a model whose output tract types as a symbolic dimension (tract imports it
+and cannot lower it), and a fixed-batch model shipped with a batch-1 test set (declared with a
 free batch at compile time, so onnxruntime itself refuses 2-row requests).
 Each goes into its own model tarball with model.onnx.
 
@@ -99,6 +100,18 @@ def fixed_batch() -> tuple[onnx.ModelProto, dict]:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests"), tests
 
 
+def shape_of() -> onnx.ModelProto:
+    # y = the shape of x, as i64: tract imports it, then types the output as a
+    # symbolic dimension a bundle cannot carry; onnxruntime runs it
+    g = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["y"])],
+        "shape_of",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests")
+
+
 def reference(model_tarball: str, inputs_json: str) -> None:
     import json
 
@@ -122,6 +135,7 @@ def main() -> None:
     tarball(out / "lstm.tar.gz", lstm())
     tarball(out / "data-if.tar.gz", data_if())
     tarball(out / "fixed-batch.tar.gz", *fixed_batch())
+    tarball(out / "shape-of.tar.gz", shape_of())
     # the same LSTM at IR 14, which onnxruntime 1.31 does not read
     m = lstm()
     m.ir_version = 14

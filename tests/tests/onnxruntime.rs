@@ -222,6 +222,21 @@ fn lstm_and_data_dependent_if_compile_and_serve_equal_to_onnxruntime_in_python()
     }
     drop(server);
 
+    // tract imports this one and cannot lower it (its output is a symbolic
+    // dimension): onnxruntime goes on alone, and says why
+    let o = compile_in(d, &models.join("shape-of.tar.gz"), "shape.neo", &[], &[(k, &v)]);
+    let out = ok(o.clone()) + &stderr(&o);
+    assert!(out.contains("only onnxruntime can run this model") && out.contains("TDim"), "{out}");
+    let m = manifest(d, "shape.neo");
+    assert_eq!(m["engine"]["name"], "onnxruntime", "{m:#}");
+    assert!(m["fallback_engine"].is_null(), "{m:#}");
+    let tract = &m["engine_selection"]["candidates"][0];
+    assert!(tract["status"].as_str().unwrap().starts_with("unavailable: tract:"), "{tract}");
+    std::fs::write(d.join("x.json"), "[[1,2,3],[4,5,6]]").unwrap();
+    let out =
+        ok(run("neorun", d, &["predict", "shape.neo", "--trusted-key", "k.pub", "-i", "x.json"], &[(k, &v)], None));
+    assert_eq!(response_data(&out), [2.0, 3.0]);
+
     // without the library the If model cannot compile, and the error says
     // what would run it
     let empty = d.join("empty");

@@ -337,54 +337,23 @@ impl OrtEngine {
 }
 
 /// `$body` with `$T` the Rust type of onnxruntime's element type `$ty`,
-/// for the types neorun carries; `$other` for the rest (strings, f16, f8…).
+/// for the types neorun carries; `$other` for the rest (strings, bf16, f8…).
+#[rustfmt::skip]
 macro_rules! with_element_type {
     ($ty:expr, $T:ident => $body:expr, $other:expr) => {
         match $ty {
-            TensorElementType::Float32 => {
-                type $T = f32;
-                $body
-            }
-            TensorElementType::Float64 => {
-                type $T = f64;
-                $body
-            }
-            TensorElementType::Int64 => {
-                type $T = i64;
-                $body
-            }
-            TensorElementType::Int32 => {
-                type $T = i32;
-                $body
-            }
-            TensorElementType::Int16 => {
-                type $T = i16;
-                $body
-            }
-            TensorElementType::Int8 => {
-                type $T = i8;
-                $body
-            }
-            TensorElementType::Uint8 => {
-                type $T = u8;
-                $body
-            }
-            TensorElementType::Uint16 => {
-                type $T = u16;
-                $body
-            }
-            TensorElementType::Uint32 => {
-                type $T = u32;
-                $body
-            }
-            TensorElementType::Uint64 => {
-                type $T = u64;
-                $body
-            }
-            TensorElementType::Bool => {
-                type $T = bool;
-                $body
-            }
+            TensorElementType::Float32 => { type $T = f32; $body }
+            TensorElementType::Float64 => { type $T = f64; $body }
+            TensorElementType::Float16 => { type $T = f16; $body }
+            TensorElementType::Int64 => { type $T = i64; $body }
+            TensorElementType::Int32 => { type $T = i32; $body }
+            TensorElementType::Int16 => { type $T = i16; $body }
+            TensorElementType::Int8 => { type $T = i8; $body }
+            TensorElementType::Uint8 => { type $T = u8; $body }
+            TensorElementType::Uint16 => { type $T = u16; $body }
+            TensorElementType::Uint32 => { type $T = u32; $body }
+            TensorElementType::Uint64 => { type $T = u64; $body }
+            TensorElementType::Bool => { type $T = bool; $body }
             _ => $other,
         }
     };
