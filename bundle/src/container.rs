@@ -353,8 +353,12 @@ mod tests {
             ("model.nnef.tar".to_string(), (0..1500u32).map(|i| (i * 7) as u8).collect()),
             ("test_vectors.json".to_string(), b"{\"cases\":[]}\n".to_vec()),
         ];
-        let spec =
-            TensorSpec { name: "x".into(), dtype: "f32".into(), shape: vec![Dim::Symbol("N".into()), Dim::Fixed(3)] };
+        let spec = TensorSpec {
+            name: "x".into(),
+            dtype: "f32".into(),
+            shape: vec![Dim::Symbol("N".into()), Dim::Fixed(3)],
+            non_finite: false,
+        };
         let m = Manifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,

@@ -214,6 +214,11 @@ pub struct TensorSpec {
     /// `f32`, `f64`, `i64`, `i32`, `i16`, `i8`, `u8`, `u16`, `u32`, `u64`, `bool`, `f16`.
     pub dtype: String,
     pub shape: Vec<Dim>,
+    /// A float input that takes NaN and infinities on purpose (IsNaN, IsInf,
+    /// masks of -inf): the model's own test data feeds them. Elsewhere a
+    /// neural model's runtime refuses them (they would flow into every output).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_finite: bool,
 }
 
 /// A dimension: fixed, or a symbol (a batch size chosen per request).

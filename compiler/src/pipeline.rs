@@ -108,8 +108,12 @@ type Seeded = std::rc::Rc<dyn Fn(&mut SplitMix) -> Result<Vec<Tensor>>>;
 enum Imported {
     Tract(TypedModel),
     Trees(crate::trees::TreeModel),
-    /// An ONNX model tract cannot take (why) and onnxruntime can.
-    OnnxruntimeOnly(String),
+    /// An ONNX model neoc's importer (`by`: tract, the trees engine) cannot
+    /// take (`why`) and onnxruntime can.
+    OnnxruntimeOnly {
+        by: &'static str,
+        why: String,
+    },
 }
 
 /// The catalog's targets that compute natively in `p`, for hints.
@@ -155,9 +159,12 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?;
             let graph = proto.graph.as_ref().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;
             if crate::trees::has_tree_ops(graph) {
-                Imported::Trees(
-                    crate::trees::onnx_ml(graph, None).map_err(|e| anyhow::anyhow!("{}: {e:#}", located.rel))?,
-                )
+                // a forest the trees engine does not take (set-membership
+                // splits, double precision) may still run on onnxruntime
+                match crate::trees::onnx_ml(graph, None) {
+                    Ok(forest) => Imported::Trees(forest),
+                    Err(e) => onnxruntime_instead(anyhow::anyhow!("{}: {e:#}", located.rel), "the trees engine", opts)?,
+                }
             } else {
                 // tract panics on some graphs (an allocation it cannot make, a
                 // constant divided by zero): an error naming the model, not a crash
@@ -166,7 +173,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                         prepared = prep;
                         Imported::Tract(typed)
                     }
-                    Err(e) => onnxruntime_instead(e, opts)?,
+                    Err(e) => onnxruntime_instead(e, "tract", opts)?,
                 }
             }
         }
@@ -188,12 +195,12 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     };
     let is_trees = matches!(imported, Imported::Trees(_));
     let mut ort_only = match &imported {
-        Imported::OnnxruntimeOnly(why) => Some(why.clone()),
+        Imported::OnnxruntimeOnly { by, why } => Some(format!("{by}: {why}")),
         _ => None,
     };
     let only_onnxruntime_note = |why: &str| {
         printer.note(&format!(
-            "only onnxruntime can run this model (tract: {why}): the bundle runs on neorun built with --features onnxruntime, with libonnxruntime on the device (onnxruntime's x86-64 or aarch64 builds), and carries no tract fallback"
+            "only onnxruntime can run this model ({why}): the bundle runs on neorun built with --features onnxruntime, with libonnxruntime on the device (onnxruntime's x86-64 or aarch64 builds), and carries no tract fallback"
         ))
     };
     if let Some(why) = &ort_only {
@@ -248,6 +255,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
     let name = opts.name.clone().unwrap_or_else(|| src.name.clone());
     let version = opts.version.clone().unwrap_or_else(|| src.version.clone());
     let mut outcomes: Vec<(Pair, Outcome)> = Vec::new();
+    let non_finite = non_finite_inputs(&located)?;
     let mut imported = Some(imported);
     let mut tract_fp32: Option<std::rc::Rc<Lowered>> = None;
     // the ONNX file, read once for every OpenVINO or onnxruntime pair
@@ -274,8 +282,9 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                             Err(e) if ort_rescue => {
                                 let why = format!("{e:#}").lines().next().unwrap_or_default().to_string();
                                 if precision == Precision::Fp32 && ort_only.is_none() {
+                                    let why = format!("tract: {why}");
                                     only_onnxruntime_note(&why);
-                                    ort_only = Some(why.clone());
+                                    ort_only = Some(why);
                                 }
                                 outcomes.push((*pair, Outcome::failed(format!("unavailable: tract: {why}"))));
                                 continue;
@@ -287,10 +296,10 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                         Some(Imported::Trees(tm)) => lower_trees(tm, &inputs, &mut timer)?,
                         _ => unreachable!(),
                     },
-                    Imported::OnnxruntimeOnly(why) => {
+                    Imported::OnnxruntimeOnly { by, why } => {
                         outcomes.push((
                             *pair,
-                            Outcome::failed(format!("unavailable: tract cannot import the model: {why}")),
+                            Outcome::failed(format!("unavailable: {by} cannot import the model: {why}")),
                         ));
                         continue;
                     }
@@ -380,7 +389,12 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
             compiler: ToolInfo { name: "neoc".into(), version: env!("CARGO_PKG_VERSION").into() },
             min_runtime_version: env!("CARGO_PKG_VERSION").into(),
             created: opts.created,
-            inputs: lowered.inputs.clone(),
+            inputs: lowered
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| TensorSpec { non_finite: non_finite.contains(&i), ..spec.clone() })
+                .collect(),
             outputs: lowered.outputs.clone(),
             verification: Verification {
                 status: "pending".into(),
@@ -418,8 +432,9 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 if engine == EngineKind::Tract && precision == Precision::Fp32 && ort_rescue {
                     // onnxruntime's bundle can neither check against nor fall back to it
                     tract_fp32 = None;
-                    only_onnxruntime_note(&first_line);
-                    ort_only = Some(first_line.clone());
+                    let why = format!("tract: {first_line}");
+                    only_onnxruntime_note(&why);
+                    ort_only = Some(why);
                 }
                 let status = if let Some(Mismatch(detail)) = e.downcast_ref::<Mismatch>() {
                     // the tolerance and the first output beyond it
@@ -918,10 +933,11 @@ fn lower_onnxruntime(base: &Lowered, located: &Located, onnx: &mut Option<Vec<u8
     })
 }
 
-/// An ONNX model tract cannot import becomes an onnxruntime-only model when
-/// onnxruntime may be chosen for every target and its library is here;
-/// otherwise tract's error stands, with a hint where onnxruntime would help.
-fn onnxruntime_instead(e: anyhow::Error, opts: &Options) -> Result<Imported> {
+/// An ONNX model neoc's importer (`by`) cannot take becomes an
+/// onnxruntime-only model when onnxruntime may be chosen for every target
+/// and its library is here; otherwise the importer's error stands, with a
+/// hint where onnxruntime would help.
+fn onnxruntime_instead(e: anyhow::Error, by: &'static str, opts: &Options) -> Result<Imported> {
     let wanted = match opts.engine {
         EngineChoice::Auto => opts.targets.iter().all(|t| t.engines.contains(&EngineKind::Onnxruntime)),
         EngineChoice::Only(k) => k == EngineKind::Onnxruntime,
@@ -933,10 +949,10 @@ fn onnxruntime_instead(e: anyhow::Error, opts: &Options) -> Result<Imported> {
         Ok(_) => {
             let text = format!("{e:#}");
             let why = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("hint:")).collect::<Vec<_>>();
-            Ok(Imported::OnnxruntimeOnly(why.join(" ").split_whitespace().collect::<Vec<_>>().join(" ")))
+            Ok(Imported::OnnxruntimeOnly { by, why: why.join(" ").split_whitespace().collect::<Vec<_>>().join(" ") })
         }
         Err(missing) => Err(e.context(format!(
-            "tract cannot import this model; onnxruntime might run it, and is not usable here ({}): install it (pip install onnxruntime) or set ORT_DYLIB_PATH, then compile with --engine onnxruntime (x86-64 and aarch64 targets). What tract lacks",
+            "{by} cannot import this model; onnxruntime might run it, and is not usable here ({}): install it (pip install onnxruntime) or set ORT_DYLIB_PATH, then compile with --engine onnxruntime (x86-64 and aarch64 targets). What {by} lacks",
             missing.lines().next().unwrap_or_default()
         ))),
     }
@@ -986,7 +1002,7 @@ fn lower_onnxruntime_alone(
                 shape.iter().map(|d| if *d >= 0 { Dim::Fixed(*d as u64) } else { Dim::Symbol("N".into()) }).collect()
             }
         };
-        Ok(TensorSpec { name: name.clone(), dtype: dtype.into(), shape })
+        Ok(TensorSpec { name: name.clone(), dtype: dtype.into(), shape, non_finite: false })
     };
     let inputs: Vec<TensorSpec> = ins.iter().map(|i| spec(i, given.get(&i.0))).collect::<Result<_>>()?;
     let outputs: Vec<TensorSpec> = outs.iter().map(|o| spec(o, None)).collect::<Result<_>>()?;
@@ -1009,12 +1025,27 @@ fn lower_onnxruntime_alone(
                 .map_err(|e| anyhow::anyhow!("running the reference model: {e}"))
         }),
         reference_desc: format!(
-            "source model run by onnxruntime {} (tract cannot run it: {why}); the bundle runs on onnxruntime too, so this checks its loading, inputs and outputs, not the arithmetic against a second engine",
+            "source model run by onnxruntime {} (neoc's importer cannot run it: {why}); the bundle runs on onnxruntime too, so this checks its loading, inputs and outputs, not the arithmetic against a second engine",
             lib.version
         ),
         seeded: std::rc::Rc::new(move |rng: &mut SplitMix| seed_specs.iter().map(|s| seeded_input(s, rng)).collect()),
         metadata: BTreeMap::new(),
     })
+}
+
+/// The inputs (by position) the model's own test data feeds NaN or
+/// infinities: the model takes them on purpose (IsNaN, IsInf, masks of
+/// -inf), so the runtime lets them through (`TensorSpec::non_finite`).
+fn non_finite_inputs(located: &Located) -> Result<std::collections::BTreeSet<usize>> {
+    let mut found = std::collections::BTreeSet::new();
+    for set in &located.test_sets {
+        for (i, p) in set.inputs.iter().enumerate() {
+            if !found.contains(&i) && neoc_runtime::tensors::first_non_finite(&import::load_tensor_pb(p)?.1).is_some() {
+                found.insert(i);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Reads the source ONNX file once, for every engine that takes it as is.
@@ -1395,19 +1426,31 @@ fn lower_trees(
         name: tm.input_name.clone(),
         dtype: "f32".into(),
         shape: vec![batch.clone(), Dim::Fixed(nf as u64)],
+        non_finite: false,
     };
     let width = Dim::Fixed(f.output_width() as u64);
     let outputs = match &f.task {
         neoc_runtime::engine::trees::Task::Classifier { .. } => vec![
-            TensorSpec { name: tm.output_names[0].clone(), dtype: "i64".into(), shape: vec![batch.clone()] },
+            TensorSpec {
+                name: tm.output_names[0].clone(),
+                dtype: "i64".into(),
+                shape: vec![batch.clone()],
+                non_finite: false,
+            },
             TensorSpec {
                 name: tm.output_names.get(1).cloned().unwrap_or_else(|| "probabilities".into()),
                 dtype: "f32".into(),
                 shape: vec![batch, width],
+                non_finite: false,
             },
         ],
         neoc_runtime::engine::trees::Task::Regressor => {
-            vec![TensorSpec { name: tm.output_names[0].clone(), dtype: "f32".into(), shape: vec![batch, width] }]
+            vec![TensorSpec {
+                name: tm.output_names[0].clone(),
+                dtype: "f32".into(),
+                shape: vec![batch, width],
+                non_finite: false,
+            }]
         }
     };
     let mut bytes = serde_json::to_vec(&f)?;
@@ -1497,6 +1540,7 @@ fn specs(model: &TypedModel, outlets: &[OutletId]) -> Result<Vec<TensorSpec>> {
                 name: if model.inputs.contains(o) { model.node(o.node).name.clone() } else { outlet_name(model, *o) },
                 dtype: dtype_name(fact.datum_type).unwrap_or("?").into(),
                 shape,
+                non_finite: false,
             })
         })
         .collect()

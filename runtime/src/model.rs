@@ -478,26 +478,21 @@ impl Model {
         // neural models have no notion of a missing value: a NaN (or an
         // infinity, which becomes one at the first product with a zero) would
         // flow silently into every output, so both are refused (trees route
-        // NaN and compare infinities like any value)
+        // NaN and compare infinities like any value), unless the model's own
+        // test data showed that an input takes them (`TensorSpec::non_finite`)
         if !matches!(self.engine, Engine::Trees(..)) {
-            for (t, spec) in inputs.iter().zip(&self.manifest.inputs) {
-                if t.datum_type().is_float() {
-                    let v = crate::tensors::to_f64(t).map_err(|e| PredictError::Engine(e.to_string()))?;
-                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                        let msg = if v[i].is_nan() {
-                            format!(
-                                "input `{}` holds NaN (element {i}); this model has no missing-value handling",
-                                spec.name
-                            )
-                        } else {
-                            let inf = if v[i] > 0.0 { "Infinity" } else { "-Infinity" };
-                            format!(
-                                "input `{}` holds {inf} (element {i}); this model takes finite values only",
-                                spec.name
-                            )
-                        };
-                        return Err(PredictError::BadRequest(BadRequest(msg)));
-                    }
+            for (t, spec) in inputs.iter().zip(&self.manifest.inputs).filter(|(_, s)| !s.non_finite) {
+                if let Some((i, x)) = crate::tensors::first_non_finite(t) {
+                    let msg = if x.is_nan() {
+                        format!(
+                            "input `{}` holds NaN (element {i}); this model has no missing-value handling",
+                            spec.name
+                        )
+                    } else {
+                        let inf = if x > 0.0 { "Infinity" } else { "-Infinity" };
+                        format!("input `{}` holds {inf} (element {i}); this model takes finite values only", spec.name)
+                    };
+                    return Err(PredictError::BadRequest(BadRequest(msg)));
                 }
             }
         }

@@ -218,6 +218,24 @@ pub fn to_f64(t: &Tensor) -> TractResult<Vec<f64>> {
     Ok(t.cast_to::<f64>()?.try_as_plain_ram()?.as_slice::<f64>()?.to_vec())
 }
 
+/// The first NaN or infinity of a float tensor, with its index (none for
+/// other types); reads the tensor in place, as every request's check does.
+pub fn first_non_finite(t: &Tensor) -> Option<(usize, f64)> {
+    fn first<T: Copy>(t: &Tensor, to: impl Fn(T) -> f64) -> Option<(usize, f64)>
+    where
+        T: Datum,
+    {
+        let s = t.try_as_plain_ram().ok()?.as_slice::<T>().ok()?;
+        s.iter().map(|x| to(*x)).enumerate().find(|(_, x)| !x.is_finite())
+    }
+    match t.datum_type() {
+        DatumType::F32 => first::<f32>(t, f64::from),
+        DatumType::F64 => first::<f64>(t, |x| x),
+        DatumType::F16 => first::<f16>(t, |x| x.to_f64()),
+        _ => None,
+    }
+}
+
 /// Largest absolute and relative differences between two tensors, and whether
 /// every element passes |a-b| <= atol + rtol*|b| (NaN only matches NaN).
 pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractResult<Comparison> {

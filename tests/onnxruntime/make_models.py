@@ -2,7 +2,10 @@
 (fixed seeds): an LSTM head (16 steps, batch 1, as streaming models run it),
 a graph whose `If` condition depends on the input (tract cannot take it),
 a model whose output tract types as a symbolic dimension (tract imports it
-and cannot lower it), and a fixed-batch model shipped with a batch-1 test set (declared with a
+and cannot lower it), a model that takes NaN on purpose (its test set
+feeds it), a tree ensemble with a set-membership split (the trees engine
+refuses it), and
+a fixed-batch model shipped with a batch-1 test set (declared with a
 free batch at compile time, so onnxruntime itself refuses 2-row requests).
 Each goes into its own model tarball with model.onnx.
 
@@ -112,6 +115,48 @@ def shape_of() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests")
 
 
+def nan_mask() -> tuple[onnx.ModelProto, dict]:
+    # y = 1.0 where x is NaN, else 0.0: NaN is this model's input on purpose,
+    # as its shipped test set shows
+    g = helper.make_graph(
+        [helper.make_node("IsNaN", ["x"], ["m"]), helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
+        "nan_mask",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    x = np.array([[1.0, np.nan, -2.0, np.nan]], dtype=np.float32)
+    tests = {
+        "test_data_set_0/input_0.pb": numpy_helper.from_array(x, "x").SerializeToString(),
+        "test_data_set_0/output_0.pb": numpy_helper.from_array(np.isnan(x).astype(np.float32), "y").SerializeToString(),
+    }
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="neoc-tests"), tests
+
+
+def member_tree() -> onnx.ModelProto:
+    # one ai.onnx.ml TreeEnsemble (ml opset 5) whose root tests set
+    # membership (x0 in {1, 3}): the trees engine refuses such splits;
+    # onnxruntime runs them
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, aggregate_function=1, post_transform=0,
+        tree_roots=[0],
+        nodes_modes=helper.make_tensor("nodes_modes", TensorProto.UINT8, (1,), [6]),
+        nodes_featureids=[0],
+        nodes_splits=helper.make_tensor("nodes_splits", TensorProto.FLOAT, (1,), [np.nan]),
+        membership_values=helper.make_tensor("membership_values", TensorProto.FLOAT, (3,), [1.0, 3.0, np.nan]),
+        nodes_trueleafs=[1], nodes_truenodeids=[0], nodes_falseleafs=[1], nodes_falsenodeids=[1],
+        leaf_targetids=[0, 0],
+        leaf_weights=helper.make_tensor("leaf_weights", TensorProto.FLOAT, (2,), [-1.0, 1.0]),
+    )
+    g = helper.make_graph(
+        [node],
+        "member_tree",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 5)],
+                             producer_name="neoc-tests")
+
+
 def reference(model_tarball: str, inputs_json: str) -> None:
     import json
 
@@ -136,6 +181,8 @@ def main() -> None:
     tarball(out / "data-if.tar.gz", data_if())
     tarball(out / "fixed-batch.tar.gz", *fixed_batch())
     tarball(out / "shape-of.tar.gz", shape_of())
+    tarball(out / "nan-mask.tar.gz", *nan_mask())
+    tarball(out / "member-tree.tar.gz", member_tree())
     # the same LSTM at IR 14, which onnxruntime 1.31 does not read
     m = lstm()
     m.ir_version = 14

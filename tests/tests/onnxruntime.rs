@@ -237,6 +237,29 @@ fn lstm_and_data_dependent_if_compile_and_serve_equal_to_onnxruntime_in_python()
         ok(run("neorun", d, &["predict", "shape.neo", "--trusted-key", "k.pub", "-i", "x.json"], &[(k, &v)], None));
     assert_eq!(response_data(&out), [2.0, 3.0]);
 
+    // a model whose test set feeds NaN takes NaN: the manifest marks the
+    // input, and neorun lets NaN through there (a neural model's other inputs
+    // refuse it, as the image CNN's does)
+    ok(compile_in(d, &models.join("nan-mask.tar.gz"), "nan.neo", &[], &[(k, &v)]));
+    assert_eq!(manifest(d, "nan.neo")["inputs"][0]["non_finite"], true);
+    std::fs::write(d.join("nan.json"), r#"[[0.5, "NaN", 3, "NaN"]]"#).unwrap();
+    let out =
+        ok(run("neorun", d, &["predict", "nan.neo", "--trusted-key", "k.pub", "-i", "nan.json"], &[(k, &v)], None));
+    assert_eq!(response_data(&out), [0.0, 1.0, 0.0, 1.0]);
+    let cnn = root().join("models/image-cnn/model.tar.gz");
+    ok(compile_in(d, &cnn, "cnn.neo", &["--engine", "onnxruntime"], &[(k, &v)]));
+    assert!(manifest(d, "cnn.neo")["inputs"][0].get("non_finite").is_none());
+
+    // a forest the trees engine refuses (a set-membership split) runs on onnxruntime
+    let o = compile_in(d, &models.join("member-tree.tar.gz"), "tree.neo", &[], &[(k, &v)]);
+    let out = ok(o.clone()) + &stderr(&o);
+    assert!(out.contains("only onnxruntime can run this model (the trees engine:"), "{out}");
+    assert_eq!(manifest(d, "tree.neo")["engine"]["name"], "onnxruntime");
+    std::fs::write(d.join("rows.csv"), "3,9\n2,9\n").unwrap();
+    let out =
+        ok(run("neorun", d, &["predict", "tree.neo", "--trusted-key", "k.pub", "-i", "rows.csv"], &[(k, &v)], None));
+    assert_eq!(response_data(&out), [-1.0, 1.0]);
+
     // without the library the If model cannot compile, and the error says
     // what would run it
     let empty = d.join("empty");

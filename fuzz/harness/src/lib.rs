@@ -74,7 +74,7 @@ pub fn unpack(data: &[u8]) {
 }
 
 fn spec(name: &str, dtype: &str, shape: Vec<Dim>) -> TensorSpec {
-    TensorSpec { name: name.into(), dtype: dtype.into(), shape }
+    TensorSpec { name: name.into(), dtype: dtype.into(), shape, non_finite: false }
 }
 
 /// The request parsers (CSV, JSON, JSON Lines, .npy) for a model with one

@@ -541,7 +541,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: &str, shape: Vec<Dim>) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: dtype.into(), shape }
+        TensorSpec { name: name.into(), dtype: dtype.into(), shape, non_finite: false }
     }
     fn n() -> Dim {
         Dim::Symbol("N".into())

@@ -145,7 +145,7 @@ mod tests {
     }
 
     fn spec(shape: Vec<Dim>) -> TensorSpec {
-        TensorSpec { name: "x".into(), dtype: "f32".into(), shape }
+        TensorSpec { name: "x".into(), dtype: "f32".into(), shape, non_finite: false }
     }
 
     #[test]

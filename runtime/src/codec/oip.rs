@@ -318,7 +318,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: &str, shape: Vec<Dim>) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: dtype.into(), shape }
+        TensorSpec { name: name.into(), dtype: dtype.into(), shape, non_finite: false }
     }
 
     fn inputs() -> Vec<TensorSpec> {
