@@ -14,8 +14,10 @@
 //! A session is created once per model, with the options the bundle fixes
 //! (graph optimization level, inter-op threads, the CPU memory arena) and
 //! the intra-op threads the device gives it. `ort` runs a session through
-//! `&mut`, so one model answers one request at a time, each on all its
-//! intra-op threads (what onnxruntime's own servers do per session).
+//! `&mut` (its maintainers found onnxruntime's `Run` unsafe to call from
+//! several threads at once), so one model answers one request at a time,
+//! each on all its intra-op threads, as Triton's onnxruntime backend does
+//! per model instance.
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr};
