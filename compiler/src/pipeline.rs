@@ -337,8 +337,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     // asked for alone: the whole error, with its hint
                     Err(e) if !several => return Err(e.context(format!("--engine openvino for {target_names}"))),
                     Err(e) => {
-                        let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
-                        outcomes.push((*pair, Outcome::failed(format!("unavailable: {first_line}"))));
+                        outcomes.push((*pair, Outcome::unavailable(&e)));
                         continue;
                     }
                 }
@@ -358,8 +357,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     Ok(l) => std::rc::Rc::new(l),
                     Err(e) if !several => return Err(e.context(format!("--engine onnxruntime for {target_names}"))),
                     Err(e) => {
-                        let first_line = format!("{e:#}").lines().next().unwrap_or_default().to_string();
-                        outcomes.push((*pair, Outcome::failed(format!("unavailable: {first_line}"))));
+                        outcomes.push((*pair, Outcome::unavailable(&e)));
                         continue;
                     }
                 }
@@ -436,14 +434,14 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                     only_onnxruntime_note(&why);
                     ort_only = Some(why);
                 }
-                let status = if let Some(Mismatch(detail)) = e.downcast_ref::<Mismatch>() {
+                let failed = if let Some(Mismatch(detail)) = e.downcast_ref::<Mismatch>() {
                     // the tolerance and the first output beyond it
                     let detail: Vec<&str> = detail.lines().take(2).map(str::trim).collect();
-                    format!("rejected: {}", detail.join(" "))
+                    Outcome::failed(format!("rejected: {}", detail.join(" ")))
                 } else {
-                    format!("unavailable: {first_line}")
+                    Outcome::unavailable(&e)
                 };
-                outcomes.push((*pair, Outcome::failed(status)));
+                outcomes.push((*pair, failed));
                 continue;
             }
             Err(e) => return Err(e),
@@ -459,6 +457,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 vectors: tv,
                 model: Some(model),
                 failure: None,
+                hints: vec![],
             },
         ));
     }
@@ -501,7 +500,14 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 ))
                 .into());
             }
-            bail!("no engine could compile the model for {}:\n  {}", t.name, failures.join("\n  "));
+            let mut hints: Vec<&str> = Vec::new();
+            for h in cands.iter().filter_map(|p| outcome(&outcomes, p)).flat_map(|o| &o.hints) {
+                if !hints.contains(&h.as_str()) {
+                    hints.push(h);
+                }
+            }
+            let hints: String = hints.iter().map(|h| format!("\n{h}")).collect();
+            bail!("no engine could compile the model for {}:\n  {}{hints}", t.name, failures.join("\n  "));
         }
         let threads = neoc_runtime::engine::default_threads(t.threads);
         let timed = measurable && verified.len() > 1;
@@ -658,13 +664,31 @@ struct Outcome {
     /// The stored test vectors: index (JSON) and values (raw).
     vectors: (Vec<u8>, Vec<u8>),
     model: Option<neoc_runtime::Model>,
-    /// Why the pair is not usable (`rejected: …`, `unavailable: …`).
+    /// Why the pair is not usable (`rejected: …`, `unavailable: …`), one line.
     failure: Option<String>,
+    /// The `hint:` lines of the error behind `failure`, kept for the
+    /// message when no candidate is left.
+    hints: Vec<String>,
 }
 
 impl Outcome {
     fn failed(why: String) -> Outcome {
-        Outcome { lowered: None, manifest: None, vectors: (vec![], vec![]), model: None, failure: Some(why) }
+        Outcome {
+            lowered: None,
+            manifest: None,
+            vectors: (vec![], vec![]),
+            model: None,
+            failure: Some(why),
+            hints: vec![],
+        }
+    }
+
+    /// `unavailable: ` and the error's first line, keeping its hints.
+    fn unavailable(e: &anyhow::Error) -> Outcome {
+        let text = format!("{e:#}");
+        let mut o = Outcome::failed(format!("unavailable: {}", text.lines().next().unwrap_or_default()));
+        o.hints = text.lines().filter(|l| l.trim_start().starts_with("hint:")).map(|l| l.trim().to_string()).collect();
+        o
     }
 }
 
