@@ -414,7 +414,12 @@ pub fn onnx(
     inputs: &mut BTreeMap<String, InputConfig>,
     target: &str,
 ) -> Result<(InferenceModel, Prepared)> {
-    let onnx = tract_onnx::onnx();
+    let mut onnx = tract_onnx::onnx();
+    // LSTMs as one operator over the sequence, not tract's per-step Scan
+    // (NEOC_LSTM=tract keeps tract's, for bench/recurrent's comparison)
+    if std::env::var("NEOC_LSTM").as_deref() != Ok("tract") {
+        crate::recurrent::register(&mut onnx.op_register);
+    }
     let mut prepared = Prepared::default();
     {
         let graph = proto.graph.as_mut().with_context(|| format!("{}: ONNX model has no graph", located.rel))?;

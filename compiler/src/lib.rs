@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod printer;
 pub mod provenance;
 pub mod publish;
+pub mod recurrent;
 /// The registry client, shared with neorun (`neoc-registry`).
 pub use neoc_registry as registry;
 pub mod source;

@@ -36,11 +36,13 @@ pub fn nnef() -> tract_nnef::internal::Nnef {
 ///   builds from it).
 /// - `neoc_gelu_exact`: Gelu with erf (ONNX `Gelu`, and the
 ///   `0.5·x·(1+erf(x/√2))` chain tract fuses into it).
+/// - `neoc_lstm`: the ONNX LSTM over a whole sequence (`kernels::lstm`).
 pub fn neoc_registry() -> tract_nnef::internal::Registry {
     let mut r = tract_nnef::internal::Registry::new(NEOC_REGISTRY)
         .with_doc("neoc: operators tract runs that its NNEF registries cannot write");
     r.register_binary("neoc_rem", &tract_core::ops::math::Rem {});
     r.register_unit_element_wise("neoc_gelu_exact", &tract_core::ops::nn::GeluExact {});
+    crate::kernels::lstm::register(&mut r);
     r
 }
 

@@ -3,6 +3,11 @@
 //! tract's code generation. Each kernel module owns its operator and its
 //! substitution; `install` holds the order they run in.
 //!
+//! `lstm` is different: neoc writes it into bundles in place of tract's
+//! `Scan` lowering of ONNX LSTMs (it is an NNEF operator of neoc's
+//! registry), so there is nothing to swap at load; `Kernels::Tract` does
+//! not apply to it.
+//!
 //! The module graph is one-way: `window` and `simd` are leaves; `lrn`,
 //! `pool`, `depthwise` and `gemm` use only them; `fuse` uses `depthwise`
 //! and `gemm` (it moves a following ReLU or bias into them).
@@ -14,6 +19,7 @@ pub mod fuse;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
 pub mod lrn;
+pub mod lstm;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod simd;
