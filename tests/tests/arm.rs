@@ -193,6 +193,37 @@ fn armv7_neorun_predicts_armv7_bundles_under_qemu() {
     }
 }
 
+/// neoc's LSTM operator (`neoc_lstm`) on ARM: its NEON product kernel
+/// (aarch64) and the baseline one (armv7), on the LSTMs of
+/// `lstm_fixtures`, equal to onnxruntime's values on x86.
+#[test]
+fn lstm_bundles_run_on_aarch64_and_armv7_under_qemu() {
+    if cfg!(any(target_arch = "aarch64", target_arch = "arm")) {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    lstm_fixtures(d);
+    for name in ["reverse", "bidir_lens", "peep_clip"] {
+        let want: Vec<Vec<f64>> =
+            serde_json::from_slice(&std::fs::read(d.join(format!("{name}.want.json"))).unwrap()).unwrap();
+        for (target, qemu_bin, sysroot, bin) in [
+            ("rasp4b", "qemu-aarch64", "/usr/aarch64-linux-gnu", arm_neorun()),
+            ("armv7", "qemu-arm", "/usr/arm-linux-gnueabihf", armv7_neorun()),
+        ] {
+            let b = format!("{name}.{target}.neo");
+            let tarball = format!("{name}.tar.gz");
+            ok(run("neoc", d, &["compile", &tarball, "--target", target, "--key", "k.key", "-o", &b], &[], None));
+            let request = format!("{name}.json");
+            let args = ["predict", b.as_str(), "--trusted-key", "k.pub", "--input", request.as_str()];
+            let out = emulate(qemu_bin, sysroot, bin, &args, d);
+            for (k, w) in want.iter().enumerate() {
+                assert_close(&predict_data(&out, k, &b), w, 1e-4);
+            }
+        }
+    }
+}
+
 /// An ARM CPU's /proc/cpuinfo (a Cortex-A72, rasp4b's core).
 const CORTEX_A72_CPUINFO: &str = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\nprocessor\t: 1\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n";
 
