@@ -54,6 +54,10 @@ pub struct TractEngine {
     /// Duration of the last run, in µs: runs shorter than `POOL_MIN_US` stay
     /// on the calling thread (see `in_pool`).
     last_us: std::sync::atomic::AtomicU64,
+    /// The model has an operator that shares its own work between threads
+    /// at a cost it wins back even in a short run (an LSTM with large steps,
+    /// or two directions): its runs go to the pool whatever their length.
+    threaded: bool,
 }
 
 /// Runs at least this long (µs) go to tract's thread pool; shorter ones stay
@@ -120,8 +124,9 @@ impl TractEngine {
         let mut model = model.into_decluttered().context("decluttering the model")?;
         crate::kernels::install(&mut model, kernels)?;
         model.optimize().context("optimizing the model for this CPU")?;
+        let threaded = crate::kernels::lstm::uses_threads(&model);
         let plan = TypedSimplePlan::new(model)?;
-        Ok(TractEngine { plan: Box::new(plan), executor: executor(threads), last_us: Default::default() })
+        Ok(TractEngine { plan: Box::new(plan), executor: executor(threads), last_us: Default::default(), threaded })
     }
 
     /// Loads an NNEF tar for tract's CUDA runtime (builds with `--features
@@ -137,7 +142,7 @@ impl TractEngine {
         let model = model.into_decluttered().context("decluttering the model")?;
         let runtime = runtime_for_name("cuda")?.context("tract's CUDA runtime is not registered")?;
         let plan = runtime.prepare(model).context("preparing the model for the GPU")?;
-        Ok(TractEngine { plan, executor: Executor::SingleThread, last_us: Default::default() })
+        Ok(TractEngine { plan, executor: Executor::SingleThread, last_us: Default::default(), threaded: false })
     }
 
     /// Threads for this model's runs from now on.
@@ -199,7 +204,7 @@ impl TractEngine {
             Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
         };
         let t0 = std::time::Instant::now();
-        let out = if self.last_us.load(Relaxed) >= POOL_MIN_US {
+        let out = if self.threaded || self.last_us.load(Relaxed) >= POOL_MIN_US {
             in_pool(&self.executor, run)
         } else {
             // short runs keep every operator on this thread: handing one to

@@ -37,6 +37,30 @@ use tract_linalg::routines::Func;
 /// win back, and 256 (262 Ki) does.
 const SPLIT_MIN_MACS: usize = 1 << 18;
 
+/// Whether `model` has an LSTM that `eval` shares between threads (a step
+/// of `SPLIT_MIN_MACS` or more, or two directions or two halves of a batch
+/// with enough work), so
+/// that the engine runs it on its pool even when a run is short: the
+/// 32-step batch-8 LSTM (280 µs) was otherwise kept on one thread by the
+/// engine's rule for runs under a millisecond. A symbolic size counts as 1.
+pub fn uses_threads(model: &TypedModel) -> bool {
+    model.nodes().iter().any(|node| {
+        let Some(op) = node.op_as::<LstmSeq>() else { return false };
+        let Ok(x) = model.outlet_fact(node.inputs[0]) else { return false };
+        let dim = |i: usize| x.shape.get(i).and_then(|d| d.to_usize().ok()).unwrap_or(1);
+        let (seq, batch) = if op.batch_first { (dim(1), dim(0)) } else { (dim(0), dim(1)) };
+        let h = op.hidden;
+        let work = seq * batch * 4 * h * (dim(2) + h);
+        batch * 4 * h * h >= SPLIT_MIN_MACS
+            || ((op.direction.count() == 2 || batch >= 2) && work >= DIRECTIONS_MIN_MACS)
+    })
+}
+
+/// Two directions, or two halves of a batch, run at once when the whole
+/// LSTM is at least this many multiply-adds (a hand-off to the pool, about
+/// 25 µs, is then won back).
+const DIRECTIONS_MIN_MACS: usize = SPLIT_MIN_MACS * 8;
+
 /// Name of the operator in NNEF (neoc's registry).
 pub const NNEF_NAME: &str = "neoc_lstm";
 
@@ -225,94 +249,125 @@ impl LstmSeq {
                 ((t * dirs + d) * batch + b) * hid
             }
         };
-        let longest = lens.iter().copied().max().unwrap_or(0);
         let pool = match tract_linalg::multithread::current_tract_executor() {
             tract_linalg::multithread::Executor::MultiThread(p) if p.current_num_threads() > 1 => Some(p),
             _ => None,
         };
-        // one direction: Y's rows by (step, batch row), and the last h and c
-        let run = |d: usize| -> TractResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        // one direction for batch rows b0..b0 + nb: Y's rows by (step, row),
+        // and the last h and c
+        let run = |d: usize, b0: usize, nb: usize| -> TractResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
             let dw = &weights[d];
             let backwards = self.direction.backwards(d);
+            // the group's rows of X, by (step, row), unless X is them already
+            let gathered: Option<Vec<f32>> = (nb != batch).then(|| {
+                let mut g = Vec::with_capacity(seq * nb * input);
+                for t in 0..seq {
+                    for b in b0..b0 + nb {
+                        g.extend_from_slice(&x[row(t, b) * input..(row(t, b) + 1) * input]);
+                    }
+                }
+                g
+            });
+            let x_row = |t: usize, lb: usize| if nb != batch { t * nb + lb } else { row(t, lb) };
             // the input side of every step at once, biases included
-            let mut xw = vec![0f32; seq * batch * 4 * hid];
+            let mut xw = vec![0f32; seq * nb * 4 * hid];
             for r in xw.chunks_exact_mut(4 * hid) {
                 r.copy_from_slice(&dw.bias);
             }
-            product.run(&mut xw, x, seq * batch, &dw.w.all());
-            let (mut h, mut c) = (vec![0f32; batch * hid], vec![0f32; batch * hid]);
-            for b in 0..batch {
-                let at = state_at(d, b);
+            product.run(&mut xw, gathered.as_deref().unwrap_or(x), seq * nb, &dw.w.all());
+            let (mut h, mut c) = (vec![0f32; nb * hid], vec![0f32; nb * hid]);
+            for lb in 0..nb {
+                let at = state_at(d, b0 + lb);
                 if let Some(t) = &h0 {
-                    h[b * hid..(b + 1) * hid].copy_from_slice(&plain::<f32>(t)?[at..at + hid]);
+                    h[lb * hid..(lb + 1) * hid].copy_from_slice(&plain::<f32>(t)?[at..at + hid]);
                 }
                 if let Some(t) = &c0 {
-                    c[b * hid..(b + 1) * hid].copy_from_slice(&plain::<f32>(t)?[at..at + hid]);
+                    c[lb * hid..(lb + 1) * hid].copy_from_slice(&plain::<f32>(t)?[at..at + hid]);
                 }
             }
-            let mut y = vec![0f32; seq * batch * hid];
-            let mut gates = vec![0f32; batch * 4 * hid];
+            let mut y = vec![0f32; seq * nb * hid];
+            let mut gates = vec![0f32; nb * 4 * hid];
             let mut scratch = vec![0f32; hid];
-            // a step large enough is split in two column halves, one per thread
-            let halves = pool.as_ref().filter(|_| batch * hid * 4 * hid >= SPLIT_MIN_MACS).and_then(|_| dw.r.halves());
-            let mut split_gates = halves.as_ref().map(|(a, b)| (vec![0f32; batch * a.n], vec![0f32; batch * b.n]));
+            // a step large enough is split in two column halves, one per
+            // thread (when the batch rows are not split already)
+            let halves = pool
+                .as_ref()
+                .filter(|_| nb == batch && batch * hid * 4 * hid >= SPLIT_MIN_MACS)
+                .and_then(|_| dw.r.halves());
+            let mut split_gates = halves.as_ref().map(|(a, b)| (vec![0f32; nb * a.n], vec![0f32; nb * b.n]));
+            let len = |lb: usize| lens[b0 + lb];
+            let longest = (0..nb).map(len).max().unwrap_or(0);
             for step in 0..longest {
                 // each row's own step: its last-to-first when backwards
-                let time = |b: usize| if backwards { lens[b] - 1 - step } else { step };
-                for b in (0..batch).filter(|b| step < lens[*b]) {
-                    let from = row(time(b), b) * 4 * hid;
-                    gates[b * 4 * hid..(b + 1) * 4 * hid].copy_from_slice(&xw[from..from + 4 * hid]);
+                let time = |lb: usize| if backwards { len(lb) - 1 - step } else { step };
+                for lb in (0..nb).filter(|lb| step < len(*lb)) {
+                    let from = x_row(time(lb), lb) * 4 * hid;
+                    gates[lb * 4 * hid..(lb + 1) * 4 * hid].copy_from_slice(&xw[from..from + 4 * hid]);
                 }
                 match (&halves, &mut split_gates, &pool) {
                     (Some((pa, pb)), Some((ga, gb)), Some(pool)) => {
                         for (g, part, off) in [(&mut *ga, pa, 0), (&mut *gb, pb, pa.n)] {
-                            for b in 0..batch {
-                                g[b * part.n..(b + 1) * part.n]
-                                    .copy_from_slice(&gates[b * 4 * hid + off..b * 4 * hid + off + part.n]);
+                            for lb in 0..nb {
+                                g[lb * part.n..(lb + 1) * part.n]
+                                    .copy_from_slice(&gates[lb * 4 * hid + off..lb * 4 * hid + off + part.n]);
                             }
                         }
-                        pool.join(|| product.run(ga, &h, batch, pa), || product.run(gb, &h, batch, pb));
+                        pool.join(|| product.run(ga, &h, nb, pa), || product.run(gb, &h, nb, pb));
                         for (g, part, off) in [(&*ga, pa, 0), (&*gb, pb, pa.n)] {
-                            for b in 0..batch {
-                                gates[b * 4 * hid + off..b * 4 * hid + off + part.n]
-                                    .copy_from_slice(&g[b * part.n..(b + 1) * part.n]);
+                            for lb in 0..nb {
+                                gates[lb * 4 * hid + off..lb * 4 * hid + off + part.n]
+                                    .copy_from_slice(&g[lb * part.n..(lb + 1) * part.n]);
                             }
                         }
                     }
-                    _ => product.run(&mut gates, &h, batch, &dw.r.all()),
+                    _ => product.run(&mut gates, &h, nb, &dw.r.all()),
                 }
-                for b in (0..batch).filter(|b| step < lens[*b]) {
-                    let g = &mut gates[b * 4 * hid..(b + 1) * 4 * hid];
-                    let (hb, cb) = (&mut h[b * hid..(b + 1) * hid], &mut c[b * hid..(b + 1) * hid]);
+                for lb in (0..nb).filter(|lb| step < len(*lb)) {
+                    let g = &mut gates[lb * 4 * hid..(lb + 1) * 4 * hid];
+                    let (hb, cb) = (&mut h[lb * hid..(lb + 1) * hid], &mut c[lb * hid..(lb + 1) * hid]);
                     self.cell(g, hb, cb, &dw.peep, &mut scratch, sigmoid.as_ref(), tanh.as_ref())?;
-                    let at = (time(b) * batch + b) * hid;
+                    let at = (time(lb) * nb + lb) * hid;
                     y[at..at + hid].copy_from_slice(hb);
                 }
             }
             Ok((y, h, c))
         };
-        // two directions at once when there are threads and enough work
-        // for a hand-off to pay
+        // with threads and work enough for a hand-off to pay: the two
+        // directions at once, else two halves of the batch (independent
+        // recurrences), else (in `run`) each large step in two
         let work = seq * batch * 4 * hid * (input + hid);
+        let mut parts: Vec<(usize, usize, usize)> = Vec::new(); // (direction, first row, rows)
         let outs = match &pool {
-            Some(pool) if dirs == 2 && work >= SPLIT_MIN_MACS * 8 => {
-                let (a, b) = pool.join(|| run(0), || run(1));
+            Some(pool) if dirs == 2 && work >= DIRECTIONS_MIN_MACS => {
+                parts = vec![(0, 0, batch), (1, 0, batch)];
+                let (a, b) = pool.join(|| run(0, 0, batch), || run(1, 0, batch));
                 vec![a?, b?]
             }
-            _ => (0..dirs).map(run).collect::<TractResult<Vec<_>>>()?,
+            Some(pool) if dirs == 1 && batch >= 2 && work >= DIRECTIONS_MIN_MACS => {
+                let half = batch / 2;
+                parts = vec![(0, 0, half), (0, half, batch - half)];
+                let (a, b) = pool.join(|| run(0, 0, half), || run(0, half, batch - half));
+                vec![a?, b?]
+            }
+            _ => {
+                for d in 0..dirs {
+                    parts.push((d, 0, batch));
+                }
+                parts.iter().map(|(d, b0, nb)| run(*d, *b0, *nb)).collect::<TractResult<Vec<_>>>()?
+            }
         };
         {
             let (mut y, mut yh, mut yc) =
                 (y.try_as_plain_ram_mut()?, y_h.try_as_plain_ram_mut()?, y_c.try_as_plain_ram_mut()?);
             let (y, yh, yc) = (y.as_slice_mut::<f32>()?, yh.as_slice_mut::<f32>()?, yc.as_slice_mut::<f32>()?);
-            for (d, (yd, h, c)) in outs.iter().enumerate() {
-                for b in 0..batch {
-                    let at = state_at(d, b);
-                    yh[at..at + hid].copy_from_slice(&h[b * hid..(b + 1) * hid]);
-                    yc[at..at + hid].copy_from_slice(&c[b * hid..(b + 1) * hid]);
+            for ((d, b0, nb), (yd, h, c)) in parts.iter().zip(&outs) {
+                for lb in 0..*nb {
+                    let (b, at) = (b0 + lb, state_at(*d, b0 + lb));
+                    yh[at..at + hid].copy_from_slice(&h[lb * hid..(lb + 1) * hid]);
+                    yc[at..at + hid].copy_from_slice(&c[lb * hid..(lb + 1) * hid]);
                     for t in 0..seq {
-                        let at = y_at(t, d, b);
-                        y[at..at + hid].copy_from_slice(&yd[(t * batch + b) * hid..(t * batch + b + 1) * hid]);
+                        let at = y_at(t, *d, b);
+                        y[at..at + hid].copy_from_slice(&yd[(t * nb + lb) * hid..(t * nb + lb + 1) * hid]);
                     }
                 }
             }
@@ -582,10 +637,12 @@ impl Product {
     }
 }
 
-/// Products of at least this many rows (the input side of a sequence, the
-/// steps of a batch) go to the `gemm` crate on x86-64, whose packing and
-/// blocking beat reading the panels again for every three rows: the
-/// 32-step batch-8 LSTM ran in 408 µs with the panels alone.
+/// Products of at least this many rows (the input side of a long sequence
+/// or a batch) go to the `gemm` crate on x86-64, whose packing and blocking
+/// beat reading the weight again for every 8 rows: the batch-8 LSTM's input
+/// side (256 rows) ran 4% faster through it, the speech LSTM's (100 rows of
+/// 80 and 256 × 1024 weights) alike. Per-step products (a batch's rows) stay
+/// with the panels: through `gemm` the batch-8 LSTM took 663 µs, not 408.
 #[cfg(target_arch = "x86_64")]
 const GEMM_MIN_ROWS: usize = 64;
 
@@ -627,12 +684,95 @@ unsafe fn gemm_product(out: &mut [f32], x: &[f32], m: &[f32], rows: usize, k: us
 
 /// # Safety
 /// The CPU must have AVX-512F and FMA.
+///
+/// Explicit AVX-512 tiles, the rows of a panel (128 columns, 8 registers)
+/// shared out so that the accumulators fill at most 16 of the 32 registers:
+/// 8 rows × 32 columns, 4 × 64, 2 × 128, then 1 × 128. So a batch of 8
+/// reads R once a step (the compiler's vectorisation of such tiles spilled
+/// them to the stack and ran 5× slower). The narrower last panel as in
+/// `panels_product`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn product_avx512(out: &mut [f32], x: &[f32], rows: usize, m: &PanelsRef) {
-    // of 32 registers: 3 rows × 8 of 16 accumulators, or 8 rows × 2 (a
-    // quarter of a panel at a time: batches of 8 read R once a step, not 3 times)
-    panels_product::<128, 3, 3, 128>(out, x, rows, m)
+    const P: usize = 128;
+    let (k, n) = (m.k, m.n);
+    let full = n / P;
+    let mut r0 = 0;
+    while r0 < rows {
+        let rr = match rows - r0 {
+            8.. => 8,
+            4..=7 => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        for b in 0..full {
+            let panel = &m.data[b * k * P..(b + 1) * k * P];
+            match rr {
+                8 => {
+                    for q0 in (0..P).step_by(32) {
+                        tile512::<8, 2>(out, n, x, k, r0, b * P + q0, &panel[q0..], P);
+                    }
+                }
+                4 => {
+                    for q0 in (0..P).step_by(64) {
+                        tile512::<4, 4>(out, n, x, k, r0, b * P + q0, &panel[q0..], P);
+                    }
+                }
+                2 => tile512::<2, 8>(out, n, x, k, r0, b * P, panel, P),
+                _ => tile512::<1, 8>(out, n, x, k, r0, b * P, panel, P),
+            }
+        }
+        narrow_panel(out, x, r0, rr, m, full * P);
+        r0 += rr;
+    }
+}
+
+/// `R` rows × `V` registers of 16 columns of `out` from column `j0`; the
+/// panel's rows are `stride` apart and start at `panel[0]`.
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA (checked by the caller); the bounds
+/// are asserted.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile512<const R: usize, const V: usize>(
+    out: &mut [f32],
+    n: usize,
+    x: &[f32],
+    k: usize,
+    r0: usize,
+    j0: usize,
+    panel: &[f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    if k == 0 {
+        return;
+    }
+    assert!(panel.len() >= (k - 1) * stride + V * 16);
+    assert!(x.len() >= (r0 + R) * k && out.len() >= (r0 + R - 1) * n + j0 + V * 16 && j0 + V * 16 <= n);
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let (w_at, x_at) = (panel.as_ptr(), x.as_ptr());
+    for kk in 0..k {
+        let mut w = [_mm512_setzero_ps(); V];
+        for v in 0..V {
+            w[v] = _mm512_loadu_ps(w_at.add(kk * stride + v * 16));
+        }
+        for r in 0..R {
+            let xv = _mm512_set1_ps(*x_at.add((r0 + r) * k + kk));
+            for v in 0..V {
+                acc[r][v] = _mm512_fmadd_ps(xv, w[v], acc[r][v]);
+            }
+        }
+    }
+    let o = out.as_mut_ptr();
+    for r in 0..R {
+        for v in 0..V {
+            let at = o.add((r0 + r) * n + j0 + v * 16);
+            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), acc[r][v]));
+        }
+    }
 }
 
 /// # Safety
@@ -676,20 +816,29 @@ fn panels_product<const P: usize, const R: usize, const RB: usize, const QB: usi
                 }
             }
         }
-        let t = n - full * P;
-        if t > 0 {
-            let panel = &m.data[full * k * P..];
-            for r in r0..r0 + rr {
-                let o = &mut out[r * n + full * P..r * n + n];
-                for (kk, w) in panel.chunks_exact(t).enumerate() {
-                    let v = x[r * k + kk];
-                    for (o, w) in o.iter_mut().zip(w) {
-                        *o = v.mul_add(*w, *o);
-                    }
-                }
+        narrow_panel(out, x, r0, rr, m, full * P);
+        r0 += rr;
+    }
+}
+
+/// Rows `r0..r0 + rows` of the columns from `j0` (the last, narrower
+/// panel, if there is one), a column at a time.
+#[inline(always)]
+fn narrow_panel(out: &mut [f32], x: &[f32], r0: usize, rows: usize, m: &PanelsRef, j0: usize) {
+    let (k, n) = (m.k, m.n);
+    let t = n - j0;
+    if t == 0 {
+        return;
+    }
+    let panel = &m.data[j0 * k..];
+    for r in r0..r0 + rows {
+        let o = &mut out[r * n + j0..r * n + n];
+        for (kk, w) in panel.chunks_exact(t).enumerate() {
+            let v = x[r * k + kk];
+            for (o, w) in o.iter_mut().zip(w) {
+                *o = v.mul_add(*w, *o);
             }
         }
-        r0 += rr;
     }
 }
 
@@ -999,14 +1148,22 @@ mod tests {
     #[test]
     fn threads_give_the_same_values() -> TractResult<()> {
         let mut next = crate::seeded_values(0x7a11);
-        for (direction, lens) in [(Direction::Forward, None), (Direction::Bidirectional, Some(vec![6, 3]))] {
+        // two halves of the batch; two directions; each step in two (batch
+        // 1); halves of a batch-first batch with its own lengths
+        let cases = [
+            (Direction::Forward, 2, None, false),
+            (Direction::Bidirectional, 2, Some(vec![6, 3]), false),
+            (Direction::Forward, 1, None, false),
+            (Direction::Reverse, 3, Some(vec![6, 2, 5]), true),
+        ];
+        for (direction, batch, lens, batch_first) in cases {
             let c = Case {
                 seq: 6,
-                batch: 2,
+                batch,
                 input: 32,
                 hidden: 256,
                 direction,
-                batch_first: false,
+                batch_first,
                 lens,
                 peepholes: false,
                 clip: None,
@@ -1018,11 +1175,12 @@ mod tests {
             // run under a two-thread executor (neorun's engine keeps runs
             // under a millisecond on one thread)
             let plan = model(&c, &d)?.into_optimized()?.into_runnable()?;
-            let x = Tensor::from_shape(&[c.seq, c.batch, c.input], &d.x)?;
+            let xs = if batch_first { [c.batch, c.seq, c.input] } else { [c.seq, c.batch, c.input] };
+            let x = Tensor::from_shape(&xs, &d.x)?;
             let pool = tract_linalg::multithread::Executor::multithread(2);
             let got = tract_linalg::multithread::multithread_tract_scope(pool, || plan.run(tvec![x.into_tvalue()]))?;
             for (k, got) in got.iter().enumerate() {
-                assert_close(&format!("{direction:?} out {k}"), got, &want[k])?;
+                assert_close(&format!("{direction:?} batch {batch} out {k}"), got, &want[k])?;
             }
         }
         Ok(())
