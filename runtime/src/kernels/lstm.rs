@@ -617,11 +617,12 @@ impl Product {
                 return Product { run: |o, x, r, p| unsafe { product_avx2(o, x, r, p) }, width: 32 };
             }
         }
-        // SSE2 on x86-64 (16 registers of 4), NEON on aarch64 (32 of 4)
+        // NEON on aarch64: 32 registers of 4, 2 rows × 8 of them; SSE2 on
+        // x86-64: 16 registers of 4, 3 rows × 4 of them
         #[cfg(target_arch = "aarch64")]
-        return Product { run: panels_product::<32, 3, 4, 16>, width: 32 };
+        return Product { run: panels_product::<32, 2>, width: 32 };
         #[allow(unreachable_code)]
-        Product { run: panels_product::<32, 3, 3, 32>, width: 32 }
+        Product { run: panels_product::<16, 3>, width: 16 }
     }
 
     fn run(&self, out: &mut [f32], x: &[f32], rows: usize, m: &PanelsRef) {
@@ -781,38 +782,26 @@ unsafe fn tile512<const R: usize, const V: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn product_avx2(out: &mut [f32], x: &[f32], rows: usize, m: &PanelsRef) {
     // 3 rows × 4 registers of 8 accumulators, of 16 registers
-    panels_product::<32, 3, 3, 32>(out, x, rows, m)
+    panels_product::<32, 3>(out, x, rows, m)
 }
 
-/// The tiled product: `RB` rows at a time against `QB` columns of a panel
-/// (`P` wide) while at least `RB` rows are left, then `R` rows (or one) at
-/// a time against the whole panel; the accumulators stay in registers
-/// while the k loop streams the panel. The narrower last panel a column at
-/// a time.
+/// The tiled product: `R` rows at a time (then one at a time) against a
+/// panel of `P` columns whose accumulators stay in registers while the k
+/// loop streams the panel; the narrower last panel a column at a time.
 #[inline(always)]
-fn panels_product<const P: usize, const R: usize, const RB: usize, const QB: usize>(
-    out: &mut [f32],
-    x: &[f32],
-    rows: usize,
-    m: &PanelsRef,
-) {
+fn panels_product<const P: usize, const R: usize>(out: &mut [f32], x: &[f32], rows: usize, m: &PanelsRef) {
     let (k, n) = (m.k, m.n);
     let full = n / P;
     let mut r0 = 0;
     while r0 < rows {
-        let left = rows - r0;
-        let rr = if left >= RB { RB } else { left.min(R) };
+        let rr = (rows - r0).min(R);
         for b in 0..full {
             let panel = &m.data[b * k * P..(b + 1) * k * P];
-            if rr == RB {
-                for q0 in (0..P).step_by(QB) {
-                    tile::<RB, QB, P>(out, n, x, k, r0, b * P, q0, panel);
-                }
-            } else if rr == R {
-                tile::<R, P, P>(out, n, x, k, r0, b * P, 0, panel);
+            if rr == R {
+                tile::<R, P>(out, n, x, k, r0, b * P, panel);
             } else {
                 for r in r0..r0 + rr {
-                    tile::<1, P, P>(out, n, x, k, r, b * P, 0, panel);
+                    tile::<1, P>(out, n, x, k, r, b * P, panel);
                 }
             }
         }
@@ -842,34 +831,32 @@ fn narrow_panel(out: &mut [f32], x: &[f32], r0: usize, rows: usize, m: &PanelsRe
     }
 }
 
-/// `R` rows of `out` from column `j0 + q0`, `Q` wide, from a panel `P` wide.
+/// `R` rows of `out` from column `j0`, from a panel `P` wide.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile<const R: usize, const Q: usize, const P: usize>(
+fn tile<const R: usize, const P: usize>(
     out: &mut [f32],
     n: usize,
     x: &[f32],
     k: usize,
     r0: usize,
     j0: usize,
-    q0: usize,
     panel: &[f32],
 ) {
-    let mut acc = [[0f32; Q]; R];
+    let mut acc = [[0f32; P]; R];
     let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]);
     for (kk, w) in panel.chunks_exact(P).enumerate() {
-        let w: &[f32; Q] = w[q0..q0 + Q].try_into().unwrap();
+        let w: &[f32; P] = w.try_into().unwrap();
         for r in 0..R {
             let v = xs[r][kk];
-            for c in 0..Q {
+            for c in 0..P {
                 acc[r][c] = v.mul_add(w[c], acc[r][c]);
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let at = (r0 + r) * n + j0 + q0;
-        let o: &mut [f32; Q] = (&mut out[at..at + Q]).try_into().unwrap();
-        for c in 0..Q {
+        let at = (r0 + r) * n + j0;
+        let o: &mut [f32; P] = (&mut out[at..at + P]).try_into().unwrap();
+        for c in 0..P {
             o[c] += acc[c];
         }
     }
@@ -1225,12 +1212,18 @@ mod tests {
                     start[i] as f64 + (0..k).map(|kk| x[r * k + kk] as f64 * m[j * k + kk] as f64).sum::<f64>()
                 })
                 .collect();
-            let kinds = [
+            // this CPU's, the AVX2 one where it runs, and the portable tiles
+            let mut kinds = vec![
                 Product::for_this_cpu(),
-                Product { run: panels_product::<32, 3, 3, 32>, width: 32 },
-                Product { run: panels_product::<32, 3, 4, 16>, width: 32 },
-                Product { run: panels_product::<128, 3, 4, 64>, width: 128 },
+                Product { run: panels_product::<32, 3>, width: 32 },
+                Product { run: panels_product::<32, 2>, width: 32 },
+                Product { run: panels_product::<16, 3>, width: 16 },
             ];
+            #[cfg(target_arch = "x86_64")]
+            if super::super::simd::available() {
+                // SAFETY: the CPU has AVX2 and FMA (`available`)
+                kinds.push(Product { run: |o, x, r, p| unsafe { product_avx2(o, x, r, p) }, width: 32 });
+            }
             for p in kinds {
                 let mut out = start.clone();
                 p.run(&mut out, &x, rows, &Panels::pack(&m, n, k, p.width).all());
