@@ -336,6 +336,17 @@ impl Model {
 
 #[pymodule]
 fn neorun(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // engines' libraries installed with pip (onnxruntime) are looked for in
+    // this interpreter's site-packages: a venv's python run without
+    // `activate` sets no VIRTUAL_ENV for neorun to find them by
+    let site = m.py().import("site")?;
+    let mut folders: Vec<String> = site.call_method0("getsitepackages")?.extract().unwrap_or_default();
+    if let Ok(user) = site.call_method0("getusersitepackages").and_then(|u| u.extract::<String>()) {
+        folders.push(user);
+    }
+    for f in folders {
+        neoc_runtime::engine::dylib::add_site_packages(f.into());
+    }
     m.add_class::<Model>()?;
     m.add("NeorunError", m.py().get_type::<NeorunError>())?;
     m.add("BundleRefused", m.py().get_type::<BundleRefused>())?;

@@ -1,6 +1,6 @@
 """The Python package against real bundles. NEORUN_TEST_DIR holds what
 tests/tests/python.rs made there: fraud-xgb.neo and fraud-mlp.neo signed
-with k.key, k.pub, other.pub (another key), unsigned.neo, and the neorun
+with k.key, fraud-mlp-ort.neo (its onnxruntime-engine bundle), k.pub, other.pub (another key), unsigned.neo, and the neorun
 binary's own refusal messages for the bad bundles (refusals.json)."""
 import json
 import os
@@ -177,3 +177,15 @@ def test_bad_inputs_are_refused_by_name():
 def test_errors_are_neorun_errors():
     for e in (neorun.BundleRefused, neorun.BadInput, neorun.ModelError):
         assert issubclass(e, neorun.NeorunError)
+
+
+def test_onnxruntime_bundles_run_on_this_interpreters_onnxruntime():
+    # fraud-mlp compiled with --engine onnxruntime; neither VIRTUAL_ENV nor
+    # ORT_DYLIB_PATH is set here: the library is found in the site-packages
+    # of the interpreter that imported neorun (pip install onnxruntime)
+    assert "VIRTUAL_ENV" not in os.environ and "ORT_DYLIB_PATH" not in os.environ
+    m = neorun.Model(path("fraud-mlp-ort.neo"), trusted_key=path("k.pub"))
+    assert m.manifest["engine"]["name"] == "onnxruntime"
+    assert m.running.startswith("onnxruntime"), m.running
+    out = m.predict(sample())
+    np.testing.assert_allclose(out["probabilities"], reference("fraud-mlp"), atol=1e-5)

@@ -1,5 +1,6 @@
 //! The Python package (`python/`, PyO3): its pytest suite against bundles
-//! compiled here, with the refusal messages the `neorun` binary prints for
+//! compiled here (one for the onnxruntime engine, whose library the package
+//! finds in its interpreter's site-packages), with the refusal messages the `neorun` binary prints for
 //! the same bad bundles, so that Python's exceptions can be compared with
 //! them word for word. The wheel is built and installed into the venv by
 //! `.ci/run` (`maturin build`); this fails, saying how to rebuild, when the
@@ -72,7 +73,13 @@ fn the_python_package_passes_its_tests() {
         let b = compile(d, m, host_target(), &[]);
         std::fs::rename(&b, d.join(format!("{}.neo", m.split(':').next().unwrap()))).unwrap();
     }
+    // the onnxruntime engine's bundle (neoc finds the venv's library here)
     let registry = root().join("models/registry");
+    let capi = venv_site_packages().join("onnxruntime/capi");
+    let ort = [("ORT_DYLIB_PATH", capi.to_str().unwrap())];
+    let args = ["compile", "fraud-mlp:1", "--target", host_target(), "--engine", "onnxruntime", "--key", "k.key"];
+    let more = ["-o", "fraud-mlp-ort.neo", "--registry", registry.to_str().unwrap()];
+    ok(run("neoc", d, &[&args[..], &more].concat(), &ort, None));
     let args = ["compile", "fraud-xgb:1", "--target", host_target(), "--unsigned", "-o", "unsigned.neo", "--registry"];
     let mut args: Vec<&str> = args.to_vec();
     args.push(registry.to_str().unwrap());
@@ -94,6 +101,9 @@ fn the_python_package_passes_its_tests() {
         .arg(root().join("python/tests"))
         .env("NEORUN_TEST_DIR", d)
         .env("NEORUN_ROOT", root())
+        // the onnxruntime library is to be found through the interpreter
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("ORT_DYLIB_PATH")
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);

@@ -3,10 +3,32 @@
 
 use std::path::{Path, PathBuf};
 
+/// Site-packages folders an embedding knows (the Python package gives its
+/// interpreter's), looked in before the others.
+static KNOWN: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a site-packages folder to look in first (the Python package adds
+/// the ones of the interpreter that imported it: a venv's python run
+/// without `activate` sets no VIRTUAL_ENV).
+pub fn add_site_packages(folder: PathBuf) {
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if !known.contains(&folder) {
+        known.push(folder);
+    }
+}
+
+/// The folders `add_site_packages` added.
+pub fn added_site_packages() -> Vec<PathBuf> {
+    KNOWN.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The site-packages folders a pip-installed package may be in, most likely
-/// first: the active virtualenv's, the user's, then the system's (newest
-/// Python first in each); with the roots looked in, for error messages.
+/// first: those an embedding added (`add_site_packages`), the active
+/// virtualenv's, the user's, then the system's (newest Python first in
+/// each); with, for error messages, the added folders and the roots whose
+/// `python3*/site-packages` were looked in.
 pub fn site_packages() -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let known = added_site_packages();
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
         roots.push(PathBuf::from(venv).join("lib"));
@@ -15,7 +37,7 @@ pub fn site_packages() -> (Vec<PathBuf>, Vec<PathBuf>) {
         roots.push(PathBuf::from(home).join(".local/lib"));
     }
     roots.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
-    let mut sites = Vec::new();
+    let mut sites = known;
     for root in &roots {
         let Ok(entries) = std::fs::read_dir(root) else { continue };
         let mut pythons: Vec<PathBuf> = entries

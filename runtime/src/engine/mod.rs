@@ -3,7 +3,7 @@
 //! reads where tract's CUDA runtime put a model's operators.
 
 #[cfg(any(feature = "openvino", feature = "onnxruntime"))]
-mod dylib;
+pub mod dylib;
 #[cfg(feature = "neuron")]
 pub mod neuron;
 #[cfg(feature = "onnxruntime")]

@@ -88,13 +88,15 @@ fn locate() -> std::result::Result<PathBuf, String> {
             .ok_or_else(|| format!("ORT_DYLIB_PATH={} holds no libonnxruntime.so\nhint: {INSTALL_HINT}", p.display()));
     }
     let (sites, roots) = super::dylib::site_packages();
-    for site in sites {
+    for site in &sites {
         if let Some(found) = in_place(&site.join("onnxruntime/capi")) {
             return Ok(found);
         }
     }
-    let mut tried: Vec<String> =
-        roots.iter().map(|r| format!("{}/python3*/site-packages/onnxruntime/capi", r.display())).collect();
+    let added = super::dylib::added_site_packages();
+    let mut tried: Vec<String> = (added.iter().map(|s| format!("{}/onnxruntime/capi", s.display())))
+        .chain(roots.iter().map(|r| format!("{}/python3*/site-packages/onnxruntime/capi", r.display())))
+        .collect();
     let mut folders: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
         .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
         .unwrap_or_default();
