@@ -424,6 +424,11 @@ pub struct Alarm {
     pub state: AlarmState,
     /// Alertmanager alerts firing for it, by fingerprint.
     pub firing: BTreeSet<String>,
+    /// A state set by SetAlarmState holds until this time (`updated`'s
+    /// clock): one period of its rule, the next evaluation CloudWatch would
+    /// make. Re-judged on the evaluator's next 250 ms tick instead, a
+    /// testing ALARM could clear before a rollout's check saw it.
+    pub held_until: Option<f64>,
 }
 
 /// A state change, for the history and the journal.
@@ -491,6 +496,23 @@ impl Alarms {
         Some(tr)
     }
 
+    /// SetAlarmState: `set_state`, then the state holds for one period of
+    /// the alarm's rule (`evaluate` leaves it alone until then).
+    pub fn set_by_hand(
+        &mut self,
+        name: &str,
+        to: StateValue,
+        reason: String,
+        data: Value,
+        t: f64,
+    ) -> Option<Transition> {
+        let tr = self.set_state(name, to, reason, data, t);
+        if let Some(a) = self.alarms.get_mut(name) {
+            a.held_until = a.def.rule.as_ref().map(|r| t + r.period as f64);
+        }
+        tr
+    }
+
     fn longest_window(&self) -> u64 {
         self.alarms
             .values()
@@ -522,6 +544,9 @@ impl Alarms {
         let mut out = Vec::new();
         let names: Vec<String> = self.alarms.keys().cloned().collect();
         for name in names {
+            if self.alarms[&name].held_until.is_some_and(|h| t < h) {
+                continue; // set by hand, for one period
+            }
             let Some(rule) = self.alarms[&name].def.rule.clone() else { continue };
             let (to, reason, data) = self.judge(&rule, &current, now);
             let to = match to {
@@ -707,7 +732,9 @@ mod tests {
             reason_data: json!({}),
             updated: 0.0,
         };
-        alarms.alarms.insert(name.clone(), Alarm { def, arn: "x".into(), state, firing: Default::default() });
+        alarms
+            .alarms
+            .insert(name.clone(), Alarm { def, arn: "x".into(), state, firing: Default::default(), held_until: None });
         let c = Arc::new(Counters::default());
         let sources = [Source { endpoint: "fraud".into(), variant: "v".into(), counters: c.clone() }];
         let t0 = Instant::now();
@@ -768,7 +795,10 @@ mod tests {
             reason_data: json!({}),
             updated: 0.0,
         };
-        alarms.alarms.insert("errors".into(), Alarm { def, arn: "x".into(), state, firing: Default::default() });
+        alarms.alarms.insert(
+            "errors".into(),
+            Alarm { def, arn: "x".into(), state, firing: Default::default(), held_until: None },
+        );
         let c = Arc::new(Counters::default());
         let sources = [Source { endpoint: "fraud".into(), variant: "green".into(), counters: c.clone() }];
         let t0 = Instant::now();
@@ -804,5 +834,15 @@ mod tests {
         ok(10);
         assert!(alarms.evaluate(&both, at(5.0), 5.0).is_empty());
         assert_eq!(alarms.history.len(), 3);
+        // SetAlarmState holds for one period (1 s here), then the data rules
+        let tr = alarms.set_by_hand("errors", StateValue::Alarm, "testing".into(), json!({}), 5.1);
+        assert_eq!(tr.map(|t| t.to), Some(StateValue::Alarm));
+        ok(10);
+        assert!(alarms.evaluate(&sources, at(5.3), 5.3).is_empty(), "held");
+        assert_eq!(alarms.alarms["errors"].state.value, StateValue::Alarm);
+        ok(10);
+        let tr = alarms.evaluate(&sources, at(6.2), 6.2);
+        assert_eq!(tr.len(), 1);
+        assert_eq!(tr[0].to, StateValue::Ok);
     }
 }

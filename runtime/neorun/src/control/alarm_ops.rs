@@ -54,7 +54,7 @@ impl ControlPlane {
                 Default::default(),
             ),
         };
-        a.alarms.insert(def.name.clone(), Alarm { def, arn, state, firing });
+        a.alarms.insert(def.name.clone(), Alarm { def, arn, state, firing, held_until: None });
         existed
     }
 
@@ -191,7 +191,7 @@ impl ControlPlane {
                             format!("alarm {name:?} does not exist"),
                         ));
                     }
-                    a.set_state(&name, state, format!("{reason} (SetAlarmState by {who})"), data, now())
+                    a.set_by_hand(&name, state, format!("{reason} (SetAlarmState by {who})"), data, now())
                 };
                 self.record_transitions(tr.as_slice());
                 Ok(json!({}))
