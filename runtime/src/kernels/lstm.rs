@@ -21,6 +21,11 @@
 //! other than the default (sigmoid, tanh, tanh) and `input_forget` stay with
 //! tract's lowering.
 //!
+//! (Over 600 lines on purpose: the operator, its weight layout (`Panels`),
+//! the product kernels that read that layout and the NNEF form share
+//! private types that would be split across files only to be made public
+//! to each other; a quarter of it is the tests against the ONNX formulas.)
+//!
 //! The products are a register-tiled kernel (rows × a block of columns of
 //! accumulators held in registers), compiled for AVX-512, AVX2+FMA and the
 //! baseline on x86-64 and chosen at run time; on aarch64, NEON is the
