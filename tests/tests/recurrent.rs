@@ -73,3 +73,36 @@ impl StdinBytes for Command {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
+
+/// An LSTM attribute ONNX does not allow is refused by name, with nothing
+/// written: a direction other than forward/reverse/bidirectional, a clip
+/// threshold that is not positive.
+#[test]
+fn bad_lstm_attributes_are_refused_by_name() {
+    let dir = scratch();
+    let d = dir.path();
+    let script = r#"
+import os, sys
+import numpy as np, onnx
+from onnx import helper as h, TensorProto as T, numpy_helper as nh
+d = sys.argv[1]
+for name, attrs in [("sideways", {"direction": "sideways"}), ("clip", {"clip": -1.0})]:
+    inits = [nh.from_array(np.zeros((1, 16, 3), np.float32), "W"), nh.from_array(np.zeros((1, 16, 4), np.float32), "R")]
+    node = h.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=4, **attrs)
+    g = h.make_graph([node], name, [h.make_tensor_value_info("x", T.FLOAT, [5, 1, 3])],
+                     [h.make_tensor_value_info("Y", T.FLOAT, None)], inits)
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 14)], ir_version=8), os.path.join(d, name + ".onnx"))
+"#;
+    let o = Command::new(venv_python()).args(["-c", script, d.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (name, want) in
+        [("sideways", "LSTM direction \"sideways\""), ("clip", "LSTM clip -1: a threshold must be positive")]
+    {
+        let model = format!("{name}.onnx");
+        let o = run("neoc", d, &["compile", &model, "--target", "host", "--key", "k.key", "-o", "x.neo"], &[], None);
+        assert!(!o.status.success(), "{name}");
+        let e = stderr(&o);
+        assert!(e.contains(want), "{name}: {e}");
+        assert!(!d.join("x.neo").exists());
+    }
+}
