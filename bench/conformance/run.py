@@ -18,7 +18,8 @@ CONF_ENGINE=onnxruntime compiles with `--engine onnxruntime` (ORT_DYLIB_PATH
 set to the venv's onnxruntime) and also runs every test in onnxruntime's
 Python API on the same data and tolerances, to report how many of the tests
 onnxruntime passes in Python pass through neoc too. CONF_LIMIT=N runs the
-first N tests only.
+first N tests only; CONF_FILTER=REGEX those whose name it matches (e.g.
+`string|label_encoder|regex|strnormalizer`).
 
 Usage: run.py NEOC OUT_DIR
 """
@@ -112,6 +113,8 @@ def main():
     node_dir = os.path.join(out_dir, "onnx-node-tests")
     skipped = generate(node_dir)
     tests = sorted(d for d in os.listdir(node_dir) if os.path.isfile(os.path.join(node_dir, d, "model.onnx")))
+    if os.environ.get("CONF_FILTER"):
+        tests = [t for t in tests if re.search(os.environ["CONF_FILTER"], t)]
     tests = tests[: int(os.environ.get("CONF_LIMIT", len(tests)))]
     work = tempfile.mkdtemp(prefix="neoc-conf-")
 

@@ -1,6 +1,8 @@
 //! Element types of model inputs and outputs: the one table of their names
 //! — as manifests spell them (`f32`), as the Open Inference Protocol does
 //! (`FP32`) — and their sizes. Engines map `DType` to their own types.
+//! Strings (`string`, OIP `BYTES`: UTF-8 text of any length, as ONNX's
+//! STRING tensors hold) have no fixed size.
 
 /// An element type a bundle's inputs and outputs may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,10 +19,12 @@ pub enum DType {
     U16,
     U8,
     Bool,
+    /// UTF-8 text, one string per element.
+    String,
 }
 
-/// (type, manifest name, OIP datatype, bytes per element)
-const TABLE: [(DType, &str, &str, usize); 12] = [
+/// (type, manifest name, OIP datatype, bytes per element; 0: variable)
+const TABLE: [(DType, &str, &str, usize); 13] = [
     (DType::F32, "f32", "FP32", 4),
     (DType::F64, "f64", "FP64", 8),
     (DType::F16, "f16", "FP16", 2),
@@ -33,6 +37,7 @@ const TABLE: [(DType, &str, &str, usize); 12] = [
     (DType::U16, "u16", "UINT16", 2),
     (DType::U8, "u8", "UINT8", 1),
     (DType::Bool, "bool", "BOOL", 1),
+    (DType::String, "string", "BYTES", 0),
 ];
 
 impl DType {
@@ -63,6 +68,7 @@ impl DType {
             "uint16" => Some(DType::U16),
             "uint8" => Some(DType::U8),
             "boolean" => Some(DType::Bool),
+            "str" | "bytes" | "object" => Some(DType::String),
             _ => None,
         })
     }
@@ -82,9 +88,10 @@ impl DType {
         self.row().2
     }
 
-    /// Bytes per element, little-endian on the wire.
-    pub fn size(self) -> usize {
-        self.row().3
+    /// Bytes per element, little-endian on the wire; `None` for strings,
+    /// whose elements each carry their own length.
+    pub fn size(self) -> Option<usize> {
+        Some(self.row().3).filter(|n| *n > 0)
     }
 
     pub fn is_float(self) -> bool {
@@ -107,12 +114,13 @@ mod tests {
         for (t, name, oip, size) in TABLE {
             assert_eq!(DType::parse(name), Some(t));
             assert_eq!(DType::from_oip(oip), Some(t));
-            assert_eq!((t.name(), t.oip(), t.size()), (name, oip, size));
+            assert_eq!((t.name(), t.oip(), t.size().unwrap_or(0)), (name, oip, size));
         }
+        assert_eq!(DType::String.size(), None);
+        assert_eq!(DType::from_oip("BYTES"), Some(DType::String));
         assert_eq!(DType::parse("FP32"), None);
         assert_eq!(DType::from_user("Float32"), Some(DType::F32));
         assert_eq!(DType::from_user("I64"), Some(DType::I64));
         assert_eq!(DType::from_user("complex64"), None);
-        assert_eq!(DType::from_oip("BYTES"), None);
     }
 }

@@ -1775,6 +1775,11 @@ fn seeded_input(spec: &TensorSpec, rng: &mut SplitMix) -> Result<Tensor> {
                 .cast_to_dt(dt)?
                 .into_owned()
         }
+        // a few distinct words, so that lookups and comparisons see repeats
+        DatumType::String => neoc_runtime::tensors::string_tensor(
+            &shape,
+            (0..n).map(|_| ["a", "b", "neoc", "", "é", "x y"][(rng.next() % 6) as usize].to_string()).collect(),
+        )?,
         _ => Tensor::from_shape(&shape, &(0..n).map(|_| (rng.next() % 8) as i64).collect::<Vec<_>>())?
             .cast_to_dt(dt)?
             .into_owned(),

@@ -80,6 +80,9 @@ fn numpy_dtype(d: &str) -> &str {
         "u32" => "uint32",
         "u64" => "uint64",
         "bool" => "bool",
+        // numpy keeps strings of any length as Python objects (onnxruntime's
+        // Python API answers with such arrays too)
+        "string" => "object",
         other => other,
     }
 }
@@ -96,6 +99,9 @@ fn to_tensor(spec: &TensorSpec, x: &Bound<'_, PyAny>) -> PyResult<Tensor> {
         py.import("numpy")?.call_method1("asarray", (x,))?
     };
     let have: String = arr.getattr("dtype")?.getattr("name")?.extract()?;
+    if spec.dtype == "string" {
+        return string_tensor(spec, &arr, &have);
+    }
     let arr = if have == want {
         arr
     } else {
@@ -143,6 +149,30 @@ fn to_tensor(spec: &TensorSpec, x: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     })
 }
 
+/// An array of `str` (numpy's `<U` or object arrays of `str`) as a string
+/// tensor; anything else in it is refused by position.
+fn string_tensor(spec: &TensorSpec, arr: &Bound<'_, PyAny>, have: &str) -> PyResult<Tensor> {
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if kind != "U" && kind != "O" {
+        return Err(BadInput::new_err(format!(
+            "input `{}` is {have}; the model takes strings (send str values, e.g. numpy.array([...], dtype=object))",
+            spec.name
+        )));
+    }
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    let items = arr.call_method0("ravel")?.call_method0("tolist")?;
+    let mut v = Vec::new();
+    for (i, x) in items.try_iter()?.enumerate() {
+        let x = x?;
+        v.push(x.extract::<String>().map_err(|_| {
+            let ty = x.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+            BadInput::new_err(format!("input `{}`, element {i}: a {ty}, not a str", spec.name))
+        })?);
+    }
+    neoc_runtime::tensors::string_tensor(&shape, v)
+        .map_err(|e| BadInput::new_err(format!("input `{}`: {e}", spec.name)))
+}
+
 /// A tensor as a numpy array (one copy out).
 fn to_array<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
     macro_rules! array {
@@ -164,6 +194,22 @@ fn to_array<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
         DatumType::U32 => array!(u32),
         DatumType::U64 => array!(u64),
         DatumType::Bool => array!(bool),
+        DatumType::String => {
+            let view = t.try_as_plain_ram().map_err(|e| ModelError::new_err(e.to_string()))?;
+            let s = view.as_slice::<String>().map_err(|e| ModelError::new_err(e.to_string()))?;
+            let list = PyList::new(py, s)?;
+            py.import("numpy")?
+                .call_method(
+                    "array",
+                    (list,),
+                    Some(&{
+                        let kw = PyDict::new(py);
+                        kw.set_item("dtype", "object")?;
+                        kw
+                    }),
+                )?
+                .call_method1("reshape", (t.shape().to_vec(),))?
+        }
         dt => {
             // f16 and the rest: as float32
             let f = t.cast_to::<f32>().map_err(|e| ModelError::new_err(format!("output of type {dt:?}: {e}")))?;

@@ -1,6 +1,8 @@
 """The Python package against real bundles. NEORUN_TEST_DIR holds what
 tests/tests/python.rs made there: fraud-xgb.neo and fraud-mlp.neo signed
-with k.key, fraud-mlp-ort.neo (its onnxruntime-engine bundle), k.pub, other.pub (another key), unsigned.neo, and the neorun
+with k.key, fraud-mlp-ort.neo (its onnxruntime-engine bundle),
+strings.neo (tests/onnxruntime/make_models.py's string-features model, on
+onnxruntime), k.pub, other.pub (another key), unsigned.neo, and the neorun
 binary's own refusal messages for the bad bundles (refusals.json)."""
 import json
 import os
@@ -189,3 +191,22 @@ def test_onnxruntime_bundles_run_on_this_interpreters_onnxruntime():
     assert m.running.startswith("onnxruntime"), m.running
     out = m.predict(sample())
     np.testing.assert_allclose(out["probabilities"], reference("fraud-mlp"), atol=1e-5)
+
+
+def test_string_inputs_and_outputs_are_python_strings():
+    # a city name (str) and an amount in; a score and a str tier out, as
+    # onnxruntime's own Python API gives them (object arrays of str)
+    m = neorun.Model(path("strings.neo"), trusted_key=path("k.pub"))
+    assert [i["dtype"] for i in m.inputs] == ["object", "float32"]
+    amount = np.array([[0.25], [3.0], [0.0]], np.float32)
+    for city in (["Paris", "Berlin", "New York, NY"], np.array(["Paris", "Berlin", "New York, NY"]),
+                 np.array(["Paris", "Berlin", "New York, NY"], dtype=object)):
+        out = m.predict({"city": city, "amount": amount})
+        np.testing.assert_allclose(out["score"], [[0.25], [2.5], [1.5]])
+        assert out["tier"].dtype == object and out["tier"].tolist() == [["low"], ["high"], ["high"]]
+    with pytest.raises(neorun.BadInput, match=r"input `city`, element 1: a int, not a str"):
+        m.predict({"city": np.array(["Paris", 3], dtype=object), "amount": amount[:2]})
+    with pytest.raises(neorun.BadInput, match="input `city` is float64; the model takes strings"):
+        m.predict({"city": np.zeros(3), "amount": amount})
+    r = m.self_test()
+    assert r["cases"] >= 1 and r["max_abs_error"] < 1e-6, r

@@ -35,6 +35,7 @@ pub fn datum_type_of(t: DType) -> DatumType {
         DType::U16 => DatumType::U16,
         DType::U8 => DatumType::U8,
         DType::Bool => DatumType::Bool,
+        DType::String => DatumType::String,
     }
 }
 
@@ -53,6 +54,7 @@ pub fn dtype_of(dt: DatumType) -> Option<DType> {
         DatumType::U16 => DType::U16,
         DatumType::U8 => DType::U8,
         DatumType::Bool => DType::Bool,
+        DatumType::String => DType::String,
         _ => return None,
     })
 }
@@ -70,6 +72,9 @@ pub fn dtype_name(dt: DatumType) -> Option<&'static str> {
 /// Flat tensor data, serialized as a JSON array of the element type (f32
 /// values print in their shortest round-trip form; NaN and infinities, which
 /// JSON numbers cannot hold, as the strings "NaN", "Infinity", "-Infinity").
+/// Strings come last: read back without its dtype, an array of nothing but
+/// "NaN"s and "Infinity"s is taken as floats ([`NamedTensor::to_tensor`]
+/// puts such a string tensor right).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Data {
@@ -78,6 +83,7 @@ pub enum Data {
     U64(Vec<u64>),
     F32(#[serde(with = "floats")] Vec<f32>),
     F64(#[serde(with = "floats")] Vec<f64>),
+    Str(Vec<String>),
 }
 
 /// JSON arrays of floats that may hold non-finite values.
@@ -184,6 +190,7 @@ impl NamedTensor {
             | DatumType::U32
             | DatumType::U16
             | DatumType::U8 => Data::I64(t.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec()),
+            DatumType::String => Data::Str(with_plain!(t, String).to_vec()),
             other => bail!("output `{name}` has type {other:?}, which neorun cannot encode"),
         };
         Ok(NamedTensor {
@@ -198,7 +205,20 @@ impl NamedTensor {
     pub fn to_tensor(&self) -> TractResult<Tensor> {
         let dt = datum_type(&self.dtype).with_context(|| format!("unknown dtype {}", self.dtype))?;
         let n: usize = self.shape.iter().product();
+        if dt == DatumType::String {
+            // JSON without its dtype reads strings that all spell non-finite
+            // floats ("NaN", "Infinity") as floats: spell them back
+            let v: Vec<String> = match &self.data {
+                Data::Str(v) => v.clone(),
+                Data::F32(v) => v.iter().map(|x| float_word(*x as f64)).collect(),
+                Data::F64(v) => v.iter().map(|x| float_word(*x)).collect(),
+                _ => bail!("tensor `{}` is of type string; its values are not strings", self.name),
+            };
+            ensure!(v.len() == n, "tensor `{}`: {} values for shape {:?}", self.name, v.len(), self.shape);
+            return string_tensor(&self.shape, v);
+        }
         let t = match &self.data {
+            Data::Str(_) => bail!("tensor `{}` is of type {}; its values are strings", self.name, self.dtype),
             Data::F32(v) => Tensor::from_shape(&self.shape, v)?,
             Data::F64(v) => Tensor::from_shape(&self.shape, v)?,
             Data::I64(v) => Tensor::from_shape(&self.shape, v)?,
@@ -207,6 +227,26 @@ impl NamedTensor {
         };
         ensure!(t.len() == n, "tensor `{}`: {} values for shape {:?}", self.name, t.len(), self.shape);
         Ok(t.cast_to_dt(dt)?.into_owned())
+    }
+}
+
+/// A string tensor of `shape` (tract's `from_shape` takes `Copy` types only).
+pub fn string_tensor(shape: &[usize], v: Vec<String>) -> TractResult<Tensor> {
+    let n = v.len();
+    Ok(tract_ndarray::ArrayD::from_shape_vec(shape, v)
+        .map_err(|_| anyhow::anyhow!("{n} strings for shape {shape:?}"))?
+        .into_tensor())
+}
+
+/// How JSON spells a non-finite float ("NaN", "Infinity", "-Infinity");
+/// finite values in Rust's shortest form.
+fn float_word(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        x.to_string()
     }
 }
 
@@ -240,6 +280,7 @@ pub fn first_non_finite(t: &Tensor) -> Option<(usize, f64)> {
 
 /// Largest absolute and relative differences between two tensors, and whether
 /// every element passes |a-b| <= atol + rtol*|b| (NaN only matches NaN).
+/// Strings agree only when equal: a differing one is an unbounded error.
 pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractResult<Comparison> {
     ensure!(
         got.shape() == expected.shape(),
@@ -247,6 +288,21 @@ pub fn compare(got: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> TractRe
         got.shape(),
         expected.shape()
     );
+    if got.datum_type() == DatumType::String || expected.datum_type() == DatumType::String {
+        ensure!(
+            got.datum_type() == expected.datum_type(),
+            "type {:?} differs from the expected {:?}",
+            got.datum_type(),
+            expected.datum_type()
+        );
+        let worst = with_plain!(got, String).iter().zip(with_plain!(expected, String)).position(|(a, b)| a != b);
+        return Ok(Comparison {
+            max_abs: if worst.is_some() { f64::INFINITY } else { 0.0 },
+            max_rel: if worst.is_some() { f64::INFINITY } else { 0.0 },
+            within: worst.is_none(),
+            worst_index: worst,
+        });
+    }
     let a = to_f64(got)?;
     let b = to_f64(expected)?;
     let mut c = Comparison { max_abs: 0.0, max_rel: 0.0, within: true, worst_index: None };
@@ -300,6 +356,7 @@ mod tests {
                 Data::I64(_) => "i64",
                 Data::U64(_) => "u64",
                 Data::Bool(_) => "bool",
+                Data::Str(_) => "string",
             }
             .into(),
             shape,
@@ -314,11 +371,15 @@ mod tests {
                     t("x", Data::F32(vec![1.5, f32::NAN, -0.0, f32::INFINITY]), vec![2, 2]),
                     t("n", Data::I64(vec![i64::MIN, 7]), vec![2]),
                 ],
-                outputs: vec![t("b", Data::Bool(vec![true, false]), vec![2]), t("d", Data::F64(vec![0.1]), vec![])],
+                outputs: vec![
+                    t("b", Data::Bool(vec![true, false]), vec![2]),
+                    t("d", Data::F64(vec![0.1]), vec![]),
+                    t("s", Data::Str(vec!["héllo".into(), "".into(), "a,\"b\"\n".into()]), vec![3, 1]),
+                ],
             }],
         };
         let (json, bin) = tv.encode().unwrap();
-        assert_eq!(bin.len(), 16 + 16 + 2 + 8);
+        assert_eq!(bin.len(), 16 + 16 + 2 + 8 + (4 + 6) + 4 + (4 + 6));
         let back = TestVectors::decode(&json, |f| (f == TEST_VECTOR_DATA).then_some(&bin[..])).unwrap();
         // NaN != NaN: compare the bytes
         assert_eq!(back.encode().unwrap(), (json.clone(), bin.clone()));
@@ -327,6 +388,8 @@ mod tests {
         let old = TestVectors::decode(&legacy, |_| None).unwrap();
         assert_eq!(old.cases[0].inputs[1].to_tensor().unwrap(), tensor1(&[i64::MIN, 7]));
         assert_eq!(old.cases[0].outputs[0].to_tensor().unwrap(), tensor1(&[true, false]));
+        assert_eq!(back.cases[0].outputs[2].to_tensor().unwrap().shape(), &[3, 1]);
+        assert_eq!(old.cases[0].outputs[2], tv.cases[0].outputs[2]);
         // indexes that do not fit the data: errors, no panic
         let text = String::from_utf8(json.clone()).unwrap();
         for (from, to) in [("\"offset\":16", "\"offset\":99999999999"), ("\"len\":16", "\"len\":18446744073709551615")]
@@ -337,7 +400,49 @@ mod tests {
         }
         let huge = text.replacen("\"shape\":[2,2]", "\"shape\":[4294967296,4294967296]", 1);
         assert!(TestVectors::decode(huge.as_bytes(), |_| Some(&bin[..])).is_err());
+        let strings = text.replacen("\"shape\":[3,1]", "\"shape\":[4294967296,4294967296]", 1);
+        assert!(TestVectors::decode(strings.as_bytes(), |_| Some(&bin[..])).is_err());
         assert!(TestVectors::decode(&json, |_| None).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
+    fn malformed_string_data_is_named_never_a_panic() {
+        let mut ok = Vec::new();
+        write_strings(&["ab".to_string(), "ü".to_string()], &mut ok);
+        assert_eq!(read_strings(&ok, 2).unwrap(), ["ab", "ü"]);
+        for (bytes, n, says) in [
+            (&ok[..3], 1, "before its 4-byte length"),
+            (&ok[..5], 1, "runs past the data"),
+            (&ok[..], 1, "bytes after the last"),
+            (&ok[..], 3, "string 2 of 3"),
+            (&ok[..], usize::MAX, "before its 4-byte length"),
+            (&[1, 0, 0, 0, 0xff][..], 1, "not UTF-8"),
+            (&[255, 255, 255, 255][..], 1, "runs past"),
+        ] {
+            let e = read_strings(bytes, n).unwrap_err().to_string();
+            assert!(e.contains(says), "{n} from {bytes:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn strings_compare_by_equality() {
+        let s = |v: &[&str]| string_tensor(&[v.len()], v.iter().map(|x| x.to_string()).collect()).unwrap();
+        let c = compare(&s(&["a", "b"]), &s(&["a", "b"]), 0.0, 0.0).unwrap();
+        assert!(c.within && c.max_abs == 0.0);
+        let c = compare(&s(&["a", "b", "c"]), &s(&["a", "B", "c"]), 1.0, 1.0).unwrap();
+        assert!(!c.within && c.worst_index == Some(1), "{c:?}");
+        assert!(compare(&s(&["1"]), &tensor1(&[1.0f32]), 1.0, 1.0).is_err());
+        // strings read back from JSON without their dtype
+        let nt = NamedTensor {
+            name: "s".into(),
+            dtype: "string".into(),
+            shape: vec![2],
+            data: Data::F32(vec![f32::NAN, f32::INFINITY]),
+        };
+        assert_eq!(nt.to_tensor().unwrap(), s(&["NaN", "Infinity"]));
+        let nt =
+            NamedTensor { name: "x".into(), dtype: "f32".into(), shape: vec![1], data: Data::Str(vec!["a".into()]) };
+        assert!(nt.to_tensor().unwrap_err().to_string().contains("strings"));
     }
 
     #[test]
@@ -420,7 +525,8 @@ struct StoredTensor {
     dtype: String,
     shape: Vec<usize>,
     /// How the values are stored: `f32`, `f64`, `i64`, `u64` (8 bytes
-    /// each but f32) or `bool` (one byte each), little-endian.
+    /// each but f32) or `bool` (one byte each), little-endian; `str`: each
+    /// string's UTF-8 bytes after their length as a little-endian u32.
     values: String,
     offset: u64,
     len: u64,
@@ -452,6 +558,10 @@ impl TestVectors {
                 Data::Bool(v) => {
                     v.iter().for_each(|x| bin.push(*x as u8));
                     "bool"
+                }
+                Data::Str(v) => {
+                    write_strings(v, &mut bin);
+                    "str"
                 }
             };
             StoredTensor {
@@ -495,6 +605,18 @@ impl TestVectors {
         let bin = file(&s.data_file).with_context(|| format!("test vector data `{}` is missing", s.data_file))?;
         let load = |t: &StoredTensor| -> TractResult<NamedTensor> {
             let n = t.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).context("shape overflows")?;
+            if t.values == "str" {
+                let end = t.offset.checked_add(t.len).filter(|e| *e <= bin.len() as u64);
+                let Some(end) = end else { bail!("tensor `{}`: its values lie outside {}", t.name, s.data_file) };
+                let data = read_strings(&bin[t.offset as usize..end as usize], n)
+                    .with_context(|| format!("tensor `{}` of shape {:?}", t.name, t.shape))?;
+                return Ok(NamedTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    data: Data::Str(data),
+                });
+            }
             let width = match t.values.as_str() {
                 "f32" => 4,
                 "bool" => 1,
@@ -544,8 +666,36 @@ impl TestVectors {
                 Data::I64(v) => v.len() * 8,
                 Data::U64(v) => v.len() * 8,
                 Data::Bool(v) => v.len(),
+                Data::Str(v) => v.iter().map(|s| 4 + s.len()).sum(),
             })
             .sum()
+    }
+}
+
+/// `n` strings, each a little-endian u32 length then that many bytes of
+/// UTF-8, filling `bytes` exactly (test vectors; the Open Inference
+/// Protocol's binary BYTES). Nothing is allocated beyond what `bytes` holds.
+pub fn read_strings(mut bytes: &[u8], n: usize) -> TractResult<Vec<String>> {
+    let mut out = Vec::with_capacity(n.min(bytes.len() / 4));
+    for i in 0..n {
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            bail!("string {i} of {n}: the data ends before its 4-byte length")
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        ensure!(len <= rest.len(), "string {i} of {n}: length {len} runs past the data ({} bytes left)", rest.len());
+        let (s, rest) = rest.split_at(len);
+        out.push(String::from_utf8(s.to_vec()).map_err(|_| anyhow::anyhow!("string {i} of {n} is not UTF-8"))?);
+        bytes = rest;
+    }
+    ensure!(bytes.is_empty(), "{} bytes after the last of {n} strings", bytes.len());
+    Ok(out)
+}
+
+/// The inverse of [`read_strings`].
+pub fn write_strings(v: &[String], out: &mut Vec<u8>) {
+    for x in v {
+        out.extend_from_slice(&(x.len() as u32).to_le_bytes());
+        out.extend_from_slice(x.as_bytes());
     }
 }
 

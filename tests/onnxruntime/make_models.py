@@ -6,7 +6,10 @@ and cannot lower it), a model that takes NaN on purpose (its test set
 feeds it), a tree ensemble with a set-membership split (the trees engine
 refuses it), and
 a fixed-batch model shipped with a batch-1 test set (declared with a
-free batch at compile time, so onnxruntime itself refuses 2-row requests).
+free batch at compile time, so onnxruntime itself refuses 2-row requests),
+and a model over string features (a city name and an amount in, a score
+and a string tier out, through ai.onnx.ml LabelEncoders, as sklearn-onnx
+pipelines with categorical columns are).
 Each goes into its own model tarball with model.onnx.
 
 usage: make_models.py OUT_DIR
@@ -157,6 +160,49 @@ def member_tree() -> onnx.ModelProto:
                              producer_name="neoc-tests")
 
 
+def string_features() -> tuple[onnx.ModelProto, dict]:
+    # score = 0.5 * code(city) + amount; tier = "high" where score > 1, else
+    # "low"; an unknown city codes as -1 (no StringNormalizer: onnxruntime's
+    # needs the en_US.UTF-8 locale installed)
+    cities = ["Paris", "Lyon", "São Paulo", "New York, NY"]
+    nodes = [
+        helper.make_node("LabelEncoder", ["city"], ["code"], domain="ai.onnx.ml", keys_strings=cities,
+                         values_floats=[0.0, 1.0, 2.0, 3.0], default_float=-1.0),
+        helper.make_node("Reshape", ["code", "col"], ["code2"]),
+        helper.make_node("Mul", ["code2", "half"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "amount"], ["score"]),
+        helper.make_node("Greater", ["score", "one"], ["hi"]),
+        helper.make_node("Cast", ["hi"], ["hi64"], to=TensorProto.INT64),
+        helper.make_node("LabelEncoder", ["hi64"], ["tier"], domain="ai.onnx.ml", keys_int64s=[0, 1],
+                         values_strings=["low", "high"], default_string="?"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "string_features",
+        [helper.make_tensor_value_info("city", TensorProto.STRING, ["N"]),
+         helper.make_tensor_value_info("amount", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("tier", TensorProto.STRING, ["N", 1])],
+        [numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "col"),
+         numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                              producer_name="neoc-tests")
+    city = np.array(["Paris", "Lyon", "São Paulo", "Berlin", "New York, NY"], dtype=object)
+    amount = np.array([[0.25], [0.5], [-0.5], [3.0], [0.0]], dtype=np.float32)
+    code = np.array([[0.0], [1.0], [2.0], [-1.0], [3.0]], dtype=np.float32)
+    score = 0.5 * code + amount
+    tier = np.where(score > 1, "high", "low").astype(object)
+    tests = {
+        "test_data_set_0/input_0.pb": numpy_helper.from_array(city, "city").SerializeToString(),
+        "test_data_set_0/input_1.pb": numpy_helper.from_array(amount, "amount").SerializeToString(),
+        "test_data_set_0/output_0.pb": numpy_helper.from_array(score.astype(np.float32), "score").SerializeToString(),
+        "test_data_set_0/output_1.pb": numpy_helper.from_array(tier, "tier").SerializeToString(),
+    }
+    return model, tests
+
+
 def reference(model_tarball: str, inputs_json: str) -> None:
     import json
 
@@ -165,7 +211,9 @@ def reference(model_tarball: str, inputs_json: str) -> None:
     with tarfile.open(model_tarball) as t:
         model = t.extractfile("model.onnx").read()
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    feeds = {name: np.array(v, dtype=np.float32) for name, v in json.loads(Path(inputs_json).read_text()).items()}
+    types = {i.name: i.type for i in sess.get_inputs()}
+    feeds = {name: np.array(v, dtype=object if types[name] == "tensor(string)" else np.float32)
+             for name, v in json.loads(Path(inputs_json).read_text()).items()}
     outs = sess.run(None, feeds)
     print(json.dumps({"version": ort.__version__,
                       "outputs": [{"name": o.name, "data": r.ravel().tolist()} for o, r in zip(sess.get_outputs(), outs)]}))
@@ -183,6 +231,7 @@ def main() -> None:
     tarball(out / "shape-of.tar.gz", shape_of())
     tarball(out / "nan-mask.tar.gz", *nan_mask())
     tarball(out / "member-tree.tar.gz", member_tree())
+    tarball(out / "string-features.tar.gz", *string_features())
     # the same LSTM at IR 14, which onnxruntime 1.31 does not read
     m = lstm()
     m.ir_version = 14

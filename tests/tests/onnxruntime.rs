@@ -382,3 +382,172 @@ fn bad_libraries_sessions_and_requests_get_clear_errors() {
         .unwrap();
     assert_close(&response_data(&r.into_string().unwrap()), &[3.0, 6.0, 9.0, 12.0], 1e-6);
 }
+
+/// The `{name: data}` of every output of a JSON answer (neorun's
+/// `{"outputs": [{name, data}]}` or the Open Inference Protocol's).
+fn outputs_by_name(json: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    doc["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["name"].as_str().unwrap().to_string(), o["data"].clone()))
+        .collect()
+}
+
+#[test]
+fn string_tensors_compile_verify_and_serve_through_every_codec() {
+    let dir = scratch();
+    let d = dir.path();
+    let (k, v) = ort_env();
+    let models = make_models(d);
+    let tarball = models.join("string-features.tar.gz");
+
+    // tract cannot import string LabelEncoders; auto makes an onnxruntime
+    // bundle whose test vectors carry the shipped strings
+    let o = compile_in(d, &tarball, "s.neo", &[], &[(k, &v)]);
+    let out = ok(o.clone()) + &stderr(&o);
+    assert!(out.contains("only onnxruntime can run this model"), "{out}");
+    let m = manifest(d, "s.neo");
+    assert_eq!(m["engine"]["name"], "onnxruntime", "{m:#}");
+    let dtypes = |side: &str| m[side].as_array().unwrap().iter().map(|t| t["dtype"].clone()).collect::<Vec<_>>();
+    assert_eq!(dtypes("inputs"), ["string", "f32"], "{m:#}");
+    assert_eq!(dtypes("outputs"), ["f32", "string"], "{m:#}");
+    let check = ok(run("neorun", d, &["check", "s.neo", "--trusted-key", "k.pub"], &[(k, &v)], None));
+    assert!(check.contains("running onnxruntime (fp32): 1 test vectors pass (max abs error 0.00e0)"), "{check}");
+
+    // predict: strings with a comma, a non-ASCII letter and an unknown city,
+    // equal to onnxruntime in Python
+    let cities = ["Paris", "São Paulo", "Berlin", "New York, NY"];
+    let amounts = [[0.25], [3.0], [0.0], [-1.0]];
+    let inputs = serde_json::json!({"city": cities, "amount": amounts});
+    let want = {
+        std::fs::write(d.join("ref-in.json"), inputs.to_string()).unwrap();
+        let o = std::process::Command::new(venv_python())
+            .arg(root().join("tests/onnxruntime/make_models.py"))
+            .args(["reference", tarball.to_str().unwrap()])
+            .arg(d.join("ref-in.json"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outputs_by_name(&String::from_utf8(o.stdout).unwrap())
+    };
+    assert_eq!(want["tier"], serde_json::json!(["low", "high", "low", "low"]));
+    std::fs::write(d.join("in.json"), inputs.to_string()).unwrap();
+    let out = ok(run("neorun", d, &["predict", "s.neo", "--trusted-key", "k.pub", "-i", "in.json"], &[(k, &v)], None));
+    let got = outputs_by_name(&out);
+    assert_eq!((&got["score"], &got["tier"]), (&want["score"], &want["tier"]), "{out}");
+
+    // served: SageMaker JSON, the Open Inference Protocol's BYTES as JSON and
+    // as binary data, concurrent requests merged by the dynamic batcher
+    let server = serve_with_env(&bin("neorun"), d, &["s.neo", "--max-queue-delay", "20000"], &[(k, v.clone())]);
+    let post = |path: &str, body: Vec<u8>, headers: &[(&str, &str)]| -> (u16, Vec<u8>, Option<String>) {
+        let mut r = ureq::post(&format!("{}{path}", server.base));
+        for (h, x) in headers {
+            r = r.set(h, x);
+        }
+        let resp = match r.send_bytes(&body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        let status = resp.status();
+        let header = resp.header("Inference-Header-Content-Length").map(str::to_string);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+        (status, bytes, header)
+    };
+    let (code, body, _) =
+        post("/invocations", inputs.to_string().into_bytes(), &[("Content-Type", "application/json")]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(outputs_by_name(&String::from_utf8(body).unwrap())["tier"], want["tier"]);
+    let name = m["model"]["name"].as_str().unwrap().to_string();
+    let infer = format!("/v2/models/{name}/infer");
+    let meta: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/v2/models/{name}", server.base)).call().unwrap().into_string().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES", "{meta}");
+    let oip = serde_json::json!({"inputs": [
+        {"name": "city", "datatype": "BYTES", "shape": [4], "data": cities},
+        {"name": "amount", "datatype": "FP32", "shape": [4, 1], "data": [0.25, 3.0, 0.0, -1.0]},
+    ]});
+    let (code, body, _) = post(&infer, oip.to_string().into_bytes(), &[]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let got = outputs_by_name(&String::from_utf8(body).unwrap());
+    assert_eq!((&got["score"], &got["tier"]), (&want["score"], &want["tier"]));
+    // binary BYTES: a 4-byte little-endian length before each string, both ways
+    let mut raw = Vec::new();
+    for c in cities {
+        raw.extend((c.len() as u32).to_le_bytes());
+        raw.extend(c.as_bytes());
+    }
+    let floats: Vec<u8> = [0.25f32, 3.0, 0.0, -1.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let header = serde_json::json!({
+        "inputs": [
+            {"name": "city", "datatype": "BYTES", "shape": [4], "parameters": {"binary_data_size": raw.len()}},
+            {"name": "amount", "datatype": "FP32", "shape": [4, 1], "parameters": {"binary_data_size": 16}},
+        ],
+        "outputs": [{"name": "tier", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let len = header.len().to_string();
+    let body = [header.as_bytes(), &raw, &floats].concat();
+    let (code, answer, json_len) =
+        post(&infer, body, &[("Content-Type", "application/octet-stream"), ("Inference-Header-Content-Length", &len)]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    let n: usize = json_len.expect("a binary answer").parse().unwrap();
+    let mut tiers = Vec::new();
+    for t in want["tier"].as_array().unwrap() {
+        let t = t.as_str().unwrap();
+        tiers.extend((t.len() as u32).to_le_bytes());
+        tiers.extend(t.as_bytes());
+    }
+    assert_eq!(&answer[n..], &tiers[..]);
+    // eight clients at once, one row each (the dynamic batcher may merge
+    // them): each gets its own row back
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let post = &post;
+                s.spawn(move || {
+                    let city = cities[i % 4];
+                    let body = serde_json::json!({"city": [city], "amount": [[amounts[i % 4][0]]]}).to_string();
+                    let (code, b, _) = post("/invocations", body.into_bytes(), &[("Content-Type", "application/json")]);
+                    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&b));
+                    (i, outputs_by_name(&String::from_utf8(b).unwrap())["tier"].clone())
+                })
+            })
+            .collect();
+        for h in hs {
+            let (i, tier) = h.join().unwrap();
+            assert_eq!(tier, serde_json::json!([[want["tier"][i % 4].clone()]]).as_array().unwrap()[0], "client {i}");
+        }
+    });
+    // bad: a number where a string goes, a binary length past the data
+    let (code, body, _) = post(
+        "/invocations",
+        br#"{"city": ["Paris", 7], "amount": [[1.0], [2.0]]}"#.to_vec(),
+        &[("Content-Type", "application/json")],
+    );
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("input `city`, element 1: 7 is not a string"), "{body}");
+    let header = serde_json::json!({"inputs": [
+        {"name": "city", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 5}},
+        {"name": "amount", "datatype": "FP32", "shape": [1, 1], "data": [1.0]},
+    ]})
+    .to_string();
+    let len = header.len().to_string();
+    let (code, body, _) =
+        post(&infer, [header.as_bytes(), &[200, 0, 0, 0, b'P']].concat(), &[("Inference-Header-Content-Length", &len)]);
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("input `city`: binary BYTES data") && body.contains("runs past the data"), "{body}");
+    drop(server);
+
+    // tract cannot take it, and says why, when forced
+    let e = fails(compile_in(d, &tarball, "t.neo", &["--engine", "tract"], &[(k, &v)]), 4);
+    assert!(e.contains("LabelEncoder"), "{e}");
+    assert!(!d.join("t.neo").exists());
+}

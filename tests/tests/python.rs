@@ -80,6 +80,16 @@ fn the_python_package_passes_its_tests() {
     let args = ["compile", "fraud-mlp:1", "--target", host_target(), "--engine", "onnxruntime", "--key", "k.key"];
     let more = ["-o", "fraud-mlp-ort.neo", "--registry", registry.to_str().unwrap()];
     ok(run("neoc", d, &[&args[..], &more].concat(), &ort, None));
+    // a model over string features (tests/onnxruntime/make_models.py), on onnxruntime
+    let st = Command::new(venv_python())
+        .arg(root().join("tests/onnxruntime/make_models.py"))
+        .arg(d.join("m"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "make_models.py failed");
+    let strings = d.join("m/string-features.tar.gz");
+    let args = ["compile", strings.to_str().unwrap(), "--target", host_target(), "--key", "k.key", "-o", "strings.neo"];
+    ok(run("neoc", d, &args, &ort, None));
     let args = ["compile", "fraud-xgb:1", "--target", host_target(), "--unsigned", "-o", "unsigned.neo", "--registry"];
     let mut args: Vec<&str> = args.to_vec();
     args.push(registry.to_str().unwrap());

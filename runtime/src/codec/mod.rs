@@ -125,7 +125,7 @@ fn parse_csv(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
     let row = row_shape(spec)?;
     let width: usize = row.iter().product();
     let dt = dtype_of(spec)?;
-    let mut values: Vec<&str> = Vec::new();
+    let mut values: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     let mut rows = 0;
     for (lineno, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -135,7 +135,11 @@ fn parse_csv(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
         // straight into `values` (no vector per line: this runs per row of
         // every CSV request and batch record)
         let start = values.len();
-        values.extend(line.split(',').map(str::trim));
+        if line.contains('"') {
+            split_quoted(line, &mut values).map_err(|e| bad(format!("CSV line {}: {e}", lineno + 1)))?;
+        } else {
+            values.extend(line.split(',').map(|v| v.trim().into()));
+        }
         if values.len() - start != width {
             return Err(bad(format!(
                 "CSV line {} has {} values; input `{}` takes {width} per row (shape {})",
@@ -156,8 +160,60 @@ fn parse_csv(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
     Ok(Batch { rows, inputs: vec![t] })
 }
 
+/// The fields of one CSV line with RFC 4180 quoting (`"a,b"`, and `""`
+/// for a quote inside a quoted field), onto `out`. Quoted fields keep their
+/// spaces, others are trimmed.
+fn split_quoted<'a>(line: &'a str, out: &mut Vec<std::borrow::Cow<'a, str>>) -> Result<(), String> {
+    let mut rest = line;
+    loop {
+        let trimmed = rest.trim_start();
+        if let Some(body) = trimmed.strip_prefix('"') {
+            // up to the closing quote; `""` is a quote inside the field
+            let bytes = body.as_bytes();
+            let mut end = None;
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'"' {
+                    if bytes.get(i + 1) == Some(&b'"') {
+                        i += 2;
+                        continue;
+                    }
+                    end = Some(i);
+                    break;
+                }
+                i += 1;
+            }
+            let end = end.ok_or("a quoted field has no closing quote (fields may not span lines)")?;
+            let field = &body[..end];
+            out.push(if field.contains("\"\"") { field.replace("\"\"", "\"").into() } else { field.into() });
+            let after = body[end + 1..].trim_start();
+            match after.strip_prefix(',') {
+                Some(next) => rest = next,
+                None if after.is_empty() => return Ok(()),
+                None => {
+                    return Err(format!(
+                        "`{}` after a closing quote; a field that holds quotes must be quoted whole",
+                        after.chars().take(20).collect::<String>()
+                    ))
+                }
+            }
+        } else {
+            match rest.split_once(',') {
+                Some((field, next)) => {
+                    out.push(field.trim().into());
+                    rest = next;
+                }
+                None => {
+                    out.push(rest.trim().into());
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
 fn tensor_from_strs(
-    values: &[&str],
+    values: &[std::borrow::Cow<'_, str>],
     dt: DatumType,
     shape: &[usize],
     place: impl Fn(usize) -> String,
@@ -177,6 +233,10 @@ fn tensor_from_strs(
     }
     // an empty CSV field is a missing value (NaN) for float inputs
     Ok(match dt {
+        DatumType::String => {
+            let v: Vec<String> = values.iter().map(|s| s.to_string()).collect();
+            crate::tensors::string_tensor(shape, v).map_err(|e| bad(e.to_string()))?
+        }
         DatumType::F32 => parse_as!(f32, "a number", Some(f32::NAN)),
         DatumType::F64 => parse_as!(f64, "a number", Some(f64::NAN)),
         DatumType::F16 => parse_as!(f32, "a number", Some(f32::NAN))
@@ -186,7 +246,7 @@ fn tensor_from_strs(
         DatumType::Bool => {
             let mut v = Vec::with_capacity(values.len());
             for (i, s) in values.iter().enumerate() {
-                v.push(match *s {
+                v.push(match s.as_ref() {
                     "true" | "1" => true,
                     "false" | "0" => false,
                     _ => return Err(bad(format!("{}: `{s}` is not a boolean", place(i)))),
@@ -374,6 +434,16 @@ pub(crate) fn tensor_from_json(
 ) -> Result<Tensor, BadRequest> {
     let at = |i: usize| format!("input `{name}`, element {i}");
     let t = match dt {
+        DatumType::String => {
+            let mut v = Vec::with_capacity(leaves.len());
+            for (i, x) in leaves.iter().enumerate() {
+                match x {
+                    Value::String(s) => v.push(s.clone()),
+                    _ => return Err(bad(format!("{}: {x} is not a string (string input)", at(i)))),
+                }
+            }
+            return crate::tensors::string_tensor(shape, v).map_err(|e| bad(e.to_string()));
+        }
         DatumType::F32 | DatumType::F64 | DatumType::F16 => {
             // null and "NaN" are missing values (tree models route them); "Infinity" too
             let mut v = Vec::with_capacity(leaves.len());
@@ -478,6 +548,7 @@ pub fn to_csv(names: &[String], outputs: &[Tensor], rows: usize) -> TractResult<
             crate::tensors::Data::I64(v) => v.iter().map(|x| x.to_string()).collect(),
             crate::tensors::Data::U64(v) => v.iter().map(|x| x.to_string()).collect(),
             crate::tensors::Data::Bool(v) => v.iter().map(|x| x.to_string()).collect(),
+            crate::tensors::Data::Str(v) => v.into_iter().map(csv_field).collect(),
         };
         cols.push((t.len() / rows.max(1), strs));
     }
@@ -496,6 +567,16 @@ pub fn to_csv(names: &[String], outputs: &[Tensor], rows: usize) -> TractResult<
         out.push('\n');
     }
     Ok(out.into_bytes())
+}
+
+/// A string as one CSV field: quoted (RFC 4180) when it holds a comma, a
+/// quote, a line break or surrounding spaces, or is empty.
+fn csv_field(s: String) -> String {
+    if s.is_empty() || s.contains([',', '"', '\n', '\r']) || s.trim() != s {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
 }
 
 /// JSON Lines: one row (a JSON array) per line → `{"instances": [...]}`.
@@ -594,6 +675,36 @@ mod tests {
         assert!(e.contains("not an integer"), "{e}");
         let e = parse(b"[[1,99999999999]]", Format::Json, &s).unwrap_err().to_string();
         assert!(e.contains("out of range for i32"), "{e}");
+    }
+
+    #[test]
+    fn string_inputs_from_csv_and_json_and_back() {
+        let s = [spec("city", "string", vec![n(), f(2)])];
+        let b = parse(b"Paris, \"Lyon, France\"\n\"say \"\"hi\"\"\",\"\"\n", Format::Csv, &s).unwrap();
+        let want: Vec<String> = ["Paris", "Lyon, France", "say \"hi\"", ""].iter().map(|x| x.to_string()).collect();
+        assert_eq!(b.inputs[0], crate::tensors::string_tensor(&[2, 2], want).unwrap());
+        let csv = to_csv(&["c".into()], &b.inputs, 2).unwrap();
+        assert_eq!(String::from_utf8(csv.clone()).unwrap(), "Paris,\"Lyon, France\"\n\"say \"\"hi\"\"\",\"\"\n");
+        assert_eq!(parse(&csv, Format::Csv, &s).unwrap().inputs, b.inputs);
+        let j = parse(br#"{"city": [["Paris", "Lyon, France"], ["say \"hi\"", ""]]}"#, Format::Json, &s).unwrap();
+        assert_eq!(j.inputs, b.inputs);
+        let e = parse(br#"[["Paris", 3]]"#, Format::Json, &s).unwrap_err().to_string();
+        assert!(e.contains("element 1: 3 is not a string"), "{e}");
+        for (body, says) in [
+            (&b"\"Paris,Lyon\n"[..], "no closing quote"),
+            (b"\"Paris\"x,Lyon\n", "after a closing quote"),
+            (b"Paris\n", "has 1 values"),
+        ] {
+            let e = parse(body, Format::Csv, &s).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        // numbers in quotes are numbers
+        let x = [spec("x", "f32", vec![n(), f(2)])];
+        assert_eq!(parse(b"\"1.5\",2\n", Format::Csv, &x).unwrap().inputs[0], tensor2(&[[1.5f32, 2.0]]));
+        let js = to_json(&["c".into()], &b.inputs).unwrap();
+        let v: Value = serde_json::from_slice(&js).unwrap();
+        assert_eq!(v["outputs"][0]["dtype"], "string");
+        assert_eq!(v["outputs"][0]["data"][1], "Lyon, France");
     }
 
     #[test]

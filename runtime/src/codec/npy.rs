@@ -1,7 +1,8 @@
 //! NumPy's `.npy` format as a request body (`application/x-npy`): one
 //! array, for image-sized inputs that JSON would multiply several times
 //! over. Versions 1.0–3.0, little-endian or single-byte element types, C
-//! order. The header is read with a parser of its own (a Python dict
+//! order; strings as NumPy's fixed-width `<U` (UTF-32) and `|S` (bytes,
+//! which must be UTF-8) arrays. The header is read with a parser of its own (a Python dict
 //! literal of three keys); every size it declares is checked against the
 //! bytes that follow before anything is allocated.
 
@@ -26,7 +27,7 @@ pub fn parse(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
             inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         )));
     };
-    let (dt, shape, data) = read(body)?;
+    let (elem, shape, data) = read(body)?;
     if !super::fits(&shape, spec) {
         return Err(bad(format!(
             "the .npy array has shape {shape:?}; input `{}` takes {}",
@@ -35,6 +36,24 @@ pub fn parse(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
         )));
     }
     let want = dtype_of(spec)?;
+    let dt = match elem {
+        Elem::Plain(dt) if want == DatumType::String => {
+            return Err(bad(format!("the .npy array holds {dt:?}; input `{}` takes strings", spec.name)))
+        }
+        Elem::Plain(dt) => dt,
+        _ if want != DatumType::String => {
+            return Err(bad(format!("the .npy array holds strings; input `{}` takes {}", spec.name, spec.dtype)))
+        }
+        text => {
+            let v = strings(text, data)?;
+            let t = crate::tensors::string_tensor(&shape, v).map_err(|e| bad(format!(".npy data: {e}")))?;
+            let rows = if shared_batch_axis(inputs) { shape.first().copied().unwrap_or(1) } else { 1 };
+            if rows == 0 {
+                return Err(bad("the .npy array has no rows"));
+            }
+            return Ok(Batch { rows, inputs: vec![t] });
+        }
+    };
     let t = if dt == DatumType::Bool {
         // any byte but 0 is true: never an invalid bool in memory
         let v: Vec<bool> = data.iter().map(|b| *b != 0).collect();
@@ -59,8 +78,77 @@ pub fn parse(body: &[u8], inputs: &[TensorSpec]) -> Result<Batch, BadRequest> {
     Ok(Batch { rows, inputs: vec![t] })
 }
 
+/// What a `.npy` array's elements are.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Elem {
+    Plain(DatumType),
+    /// `<Un`: n UTF-32 code points each, NUL-padded
+    Unicode(usize),
+    /// `|Sn`: n bytes each, NUL-padded
+    Bytes(usize),
+}
+
+impl Elem {
+    fn width(self) -> usize {
+        match self {
+            Elem::Plain(dt) => dt.size_of(),
+            Elem::Unicode(n) => 4 * n,
+            Elem::Bytes(n) => n,
+        }
+    }
+}
+
+/// The strings of fixed-width NumPy text elements, trailing NULs dropped.
+fn strings(elem: Elem, data: &[u8]) -> Result<Vec<String>, BadRequest> {
+    let width = elem.width();
+    if width == 0 {
+        // `<U0`: every element is empty
+        return Ok(vec![]);
+    }
+    data.chunks_exact(width)
+        .enumerate()
+        .map(|(i, c)| match elem {
+            Elem::Unicode(_) => c
+                .chunks_exact(4)
+                .map(|u| u32::from_le_bytes(u.try_into().expect("4 bytes")))
+                .take_while(|u| *u != 0)
+                .map(|u| char::from_u32(u).ok_or_else(|| bad(format!(".npy string {i}: {u:#x} is not a character"))))
+                .collect(),
+            _ => {
+                let end = c.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+                String::from_utf8(c[..end].to_vec()).map_err(|_| {
+                    bad(format!(".npy string {i} is not UTF-8\nhint: save text as str (dtype <U), not bytes"))
+                })
+            }
+        })
+        .collect()
+}
+
+/// The numeric or boolean element type of a `.npy` descr.
+fn plain_type(descr: &str) -> Result<DatumType, BadRequest> {
+    Ok(match descr {
+        "<f4" => DatumType::F32,
+        "<f8" => DatumType::F64,
+        "<f2" => DatumType::F16,
+        "<i8" => DatumType::I64,
+        "<i4" => DatumType::I32,
+        "<i2" => DatumType::I16,
+        "|i1" => DatumType::I8,
+        "<u8" => DatumType::U64,
+        "<u4" => DatumType::U32,
+        "<u2" => DatumType::U16,
+        "|u1" => DatumType::U8,
+        "|b1" => DatumType::Bool,
+        other => {
+            return Err(bad(format!(
+                ".npy element type `{other}` is not supported (little-endian numbers, booleans and <U/|S strings are)"
+            )))
+        }
+    })
+}
+
 /// The element type, shape and data bytes of a `.npy` body.
-fn read(body: &[u8]) -> Result<(DatumType, Vec<usize>, &[u8]), BadRequest> {
+fn read(body: &[u8]) -> Result<(Elem, Vec<usize>, &[u8]), BadRequest> {
     if !is_npy(body) || body.len() < 10 {
         return Err(bad("not a .npy file (no \\x93NUMPY magic)"));
     }
@@ -82,24 +170,17 @@ fn read(body: &[u8]) -> Result<(DatumType, Vec<usize>, &[u8]), BadRequest> {
         .strip_prefix('\'')
         .and_then(|d| d.split('\'').next())
         .ok_or_else(|| bad(".npy header: 'descr' is not a string"))?;
-    let dt = match descr {
-        "<f4" => DatumType::F32,
-        "<f8" => DatumType::F64,
-        "<f2" => DatumType::F16,
-        "<i8" => DatumType::I64,
-        "<i4" => DatumType::I32,
-        "<i2" => DatumType::I16,
-        "|i1" => DatumType::I8,
-        "<u8" => DatumType::U64,
-        "<u4" => DatumType::U32,
-        "<u2" => DatumType::U16,
-        "|u1" => DatumType::U8,
-        "|b1" => DatumType::Bool,
-        other => {
-            return Err(bad(format!(
-                ".npy element type `{other}` is not supported (little-endian numbers and booleans are)"
-            )))
-        }
+    let text_width = |prefix: &str| descr.strip_prefix(prefix).and_then(|n| n.parse::<usize>().ok());
+    let elem = if let Some(n) = text_width("<U") {
+        Elem::Unicode(n)
+    } else if let Some(n) = text_width("|S") {
+        Elem::Bytes(n)
+    } else if descr == "|O" {
+        return Err(bad(
+            ".npy array of Python objects cannot be read without pickle\nhint: save strings as a fixed-width array: a.astype(str)",
+        ));
+    } else {
+        Elem::Plain(plain_type(descr)?)
     };
     if value_of("fortran_order")?.starts_with("True") {
         return Err(bad(".npy array is in Fortran order\nhint: save np.ascontiguousarray(a) instead"));
@@ -117,12 +198,12 @@ fn read(body: &[u8]) -> Result<(DatumType, Vec<usize>, &[u8]), BadRequest> {
         return Err(bad(format!(".npy array has rank {}; at most 32 is accepted", shape.len())));
     }
     let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).ok_or_else(|| bad(".npy shape overflows"))?;
-    let bytes = n.checked_mul(dt.size_of()).ok_or_else(|| bad(".npy shape overflows"))?;
+    let bytes = n.checked_mul(elem.width()).ok_or_else(|| bad(".npy shape overflows"))?;
     let data = &body[end..];
     if data.len() != bytes {
         return Err(bad(format!(".npy data holds {} bytes; shape {shape:?} of {descr} needs {bytes}", data.len())));
     }
-    Ok((dt, shape, data))
+    Ok((elem, shape, data))
 }
 
 #[cfg(test)]
@@ -170,5 +251,29 @@ mod tests {
         let at = f.windows(5).position(|w| w == b"False").unwrap();
         f[at..at + 5].copy_from_slice(b"True ");
         assert!(e(f).contains("Fortran"));
+    }
+
+    #[test]
+    fn fixed_width_text_arrays_become_string_inputs() {
+        let s = [TensorSpec {
+            name: "t".into(),
+            dtype: "string".into(),
+            shape: vec![Dim::Symbol("N".into())],
+            non_finite: false,
+        }];
+        // np.array(["héllo", "a"]) is <U5: UTF-32, NUL-padded
+        let u: Vec<u8> = "héllo".chars().chain("a\0\0\0\0".chars()).flat_map(|c| (c as u32).to_le_bytes()).collect();
+        let want = tensor1(&["héllo".to_string(), "a".to_string()]);
+        assert_eq!(parse(&npy("<U5", "(2,)", &u), &s).unwrap().inputs[0], want);
+        let b = [&"héllo".as_bytes()[..], b"a\0\0\0\0\0"].concat();
+        assert_eq!(parse(&npy("|S6", "(2,)", &b), &s).unwrap().inputs[0], want);
+        let e = |body: Vec<u8>| parse(&body, &s).unwrap_err().0;
+        assert!(e(npy("|S1", "(1,)", &[0xff])).contains("not UTF-8"));
+        assert!(e(npy("<U1", "(1,)", &0xd800u32.to_le_bytes())).contains("not a character"));
+        assert!(e(npy("<U5", "(3,)", &u)).contains("needs 60"));
+        assert!(e(npy("|O", "(1,)", &[0; 8])).contains("astype(str)"));
+        assert!(e(npy("<f4", "(1,)", &[0; 4])).contains("takes strings"));
+        let x = [spec(vec![Dim::Symbol("N".into())])];
+        assert!(parse(&npy("<U5", "(2,)", &u), &x).unwrap_err().0.contains("holds strings"));
     }
 }

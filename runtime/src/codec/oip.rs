@@ -178,7 +178,7 @@ fn decode_input(spec: &TensorSpec, inp: &Value, raw: Option<&[u8]>) -> Result<Te
     let elements = shape
         .iter()
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
-        .filter(|n| n.checked_mul(want.size()).is_some())
+        .filter(|n| n.checked_mul(want.size().unwrap_or(4)).is_some())
         .ok_or_else(|| bad(format!("input `{name}`: shape {shape:?} is too large")))?;
     if shape.len() != spec.shape.len() {
         return Err(bad(format!(
@@ -195,8 +195,14 @@ fn decode_input(spec: &TensorSpec, inp: &Value, raw: Option<&[u8]>) -> Result<Te
     if !fits {
         return Err(bad(format!("input `{name}` expects shape {}; got shape {shape:?}", shape_string(&spec.shape))));
     }
-    if let Some(raw) = raw {
-        let size = elements * want.size();
+    if let (Some(raw), None) = (raw, want.size()) {
+        // BYTES: each element a 4-byte little-endian length, then its bytes
+        let v = crate::tensors::read_strings(raw, elements)
+            .map_err(|e| bad(format!("input `{name}`: binary BYTES data for shape {shape:?}: {e}")))?;
+        return crate::tensors::string_tensor(&shape, v).map_err(|e| bad(format!("input `{name}`: {e}")));
+    }
+    if let (Some(raw), Some(width)) = (raw, want.size()) {
+        let size = elements * width;
         if raw.len() != size {
             return Err(bad(format!(
                 "input `{name}`: {} bytes of binary data for shape {shape:?} of {dt} ({size} expected)",
@@ -245,6 +251,8 @@ fn tensor_from_le(dt: DType, shape: &[usize], raw: &[u8]) -> TractResult<Tensor>
         DType::U16 => le!(u16),
         DType::U8 => le!(u8),
         DType::Bool => Tensor::from_shape(shape, &raw.iter().map(|b| *b != 0).collect::<Vec<bool>>())?,
+        DType::String => crate::tensors::read_strings(raw, shape.iter().product())
+            .and_then(|v| crate::tensors::string_tensor(shape, v))?,
         DType::F16 => {
             let v: Vec<f16> = raw.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
             Tensor::from_shape(shape, &v)?
@@ -273,6 +281,11 @@ fn tensor_to_le(t: &Tensor) -> TractResult<Vec<u8>> {
         DatumType::U8 => le!(u8),
         DatumType::F16 => p.as_slice::<f16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
         DatumType::Bool => p.as_slice::<bool>()?.iter().map(|b| *b as u8).collect(),
+        DatumType::String => {
+            let mut out = Vec::new();
+            crate::tensors::write_strings(p.as_slice::<String>()?, &mut out);
+            out
+        }
         other => anyhow::bail!("output type {other:?} cannot be sent as binary data"),
     })
 }
@@ -348,6 +361,48 @@ mod tests {
         let head: Value = serde_json::from_slice(&e.body[..n]).unwrap();
         assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 16);
         assert_eq!(i64::from_le_bytes(e.body[n + 8..n + 16].try_into().unwrap()), -1);
+    }
+
+    #[test]
+    fn bytes_tensors_as_json_strings_and_as_binary() {
+        let ins = vec![spec("t", "string", vec![Dim::Symbol("N".into())])];
+        let outs = vec![spec("u", "string", vec![Dim::Symbol("N".into())])];
+        let j = json!({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "data": ["héllo", ""]}]});
+        let (a, _) = decode(j.to_string().as_bytes(), None, &ins, &outs).unwrap();
+        let want = tensor1(&["héllo".to_string(), String::new()]);
+        assert_eq!(a.inputs[0], want);
+        let mut raw = Vec::new();
+        crate::tensors::write_strings(&["héllo".to_string(), String::new()], &mut raw);
+        let header =
+            json!({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": raw.len()}}]})
+                .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(&raw);
+        let (b, _) = decode(&body, Some(header.len()), &ins, &outs).unwrap();
+        assert_eq!(b.inputs[0], want);
+        // answers: JSON strings, or the same binary form
+        let e = encode(&Wanted::default(), "m", "1", &outs, &[want.clone()]).unwrap();
+        let v: Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(
+            (v["outputs"][0]["datatype"].as_str(), &v["outputs"][0]["data"][0]),
+            (Some("BYTES"), &json!("héllo"))
+        );
+        let e = encode(&Wanted { all_binary: true, ..Wanted::default() }, "m", "1", &outs, &[want]).unwrap();
+        assert_eq!(&e.body[e.json_len.unwrap()..], &raw[..]);
+        // bad: a number for a string, a length past the data, a wrong datatype
+        let j = json!({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": [5]}]});
+        let e = decode(j.to_string().as_bytes(), None, &ins, &outs).unwrap_err();
+        assert!(e.0.contains("not a string"), "{e}");
+        let header =
+            json!({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 5}}]})
+                .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend([9, 0, 0, 0, b'a']);
+        let e = decode(&body, Some(header.len()), &ins, &outs).unwrap_err();
+        assert!(e.0.contains("input `t`: binary BYTES data") && e.0.contains("runs past"), "{e}");
+        let j = json!({"inputs": [{"name": "t", "datatype": "FP32", "shape": [1], "data": [5]}]});
+        let e = decode(j.to_string().as_bytes(), None, &ins, &outs).unwrap_err();
+        assert!(e.0.contains("the model takes BYTES"), "{e}");
     }
 
     #[test]

@@ -365,12 +365,25 @@ macro_rules! with_element_type {
 
 /// The tract element type of onnxruntime's `ty`, for the types neorun carries.
 fn datum(ty: TensorElementType) -> Result<DatumType> {
+    if ty == TensorElementType::String {
+        return Ok(DatumType::String);
+    }
     with_element_type!(ty, T => Ok(T::datum_type()), bail!("onnxruntime type {ty}: neorun does not carry it"))
 }
 
-/// `t`, already of element type `ty`, as an onnxruntime value over the same memory (no copy).
+/// `t`, already of element type `ty`, as an onnxruntime value over the same
+/// memory (no copy); strings are copied (onnxruntime keeps its own).
 fn view(t: &Tensor, ty: TensorElementType) -> Result<ort::session::SessionInputValue<'_>> {
     let shape: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
+    if ty == TensorElementType::String {
+        let strings = t.try_as_plain_ram()?.as_slice::<String>()?;
+        if let Some(i) = strings.iter().position(|s| s.contains('\0')) {
+            bail!(BadRequest(format!("string {i} holds a NUL character, which onnxruntime's strings cannot")));
+        }
+        return Ok(ort::value::Tensor::from_string_array((shape, strings))
+            .map_err(|e| anyhow::anyhow!("onnxruntime input: {e}"))?
+            .into());
+    }
     with_element_type!(
         ty,
         T => Ok(TensorRef::from_array_view((shape, t.try_as_plain_ram()?.as_slice::<T>()?))
@@ -383,6 +396,11 @@ fn view(t: &Tensor, ty: TensorElementType) -> Result<ort::session::SessionInputV
 /// An onnxruntime output as a tract tensor (copied out of onnxruntime's memory).
 fn to_tensor(v: &ort::value::DynValueRef<'_>) -> Result<Tensor> {
     let ValueType::Tensor { ty, .. } = v.dtype() else { bail!("onnxruntime output is not a tensor") };
+    if *ty == TensorElementType::String {
+        let (shape, data) = v.try_extract_strings().map_err(|e| anyhow::anyhow!("onnxruntime output: {e}"))?;
+        let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+        return crate::tensors::string_tensor(&dims, data);
+    }
     with_element_type!(
         *ty,
         T => {
