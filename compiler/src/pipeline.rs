@@ -529,6 +529,21 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
         let lowered = o.lowered.as_ref().expect("verified");
         let mut m = o.manifest.clone().expect("verified");
         m.target = target_info(t, chosen.1);
+        let ort_cuda = chosen.0 == EngineKind::Onnxruntime && matches!(t.accelerator, Accelerator::Cuda { .. });
+        if ort_cuda {
+            // verified here on onnxruntime's CPU execution provider (the same
+            // library, the same graph); the device runs it on the CUDA one
+            m.engine.options.insert("execution_provider".into(), "cuda".into());
+            let note = format!(
+                "verified on this host with onnxruntime's CPU execution provider; on the device onnxruntime's CUDA execution provider runs it (onnxruntime-gpu), which neoc cannot run without a GPU: check it there with `neorun check` (bench/gpu/onnxruntime.sh){}",
+                m.verification.note.as_deref().map(|n| format!("; {n}")).unwrap_or_default()
+            );
+            m.verification.note = Some(note);
+            printer.note(&format!(
+                "{}: onnxruntime with its CUDA execution provider (onnxruntime-gpu on the device); verified here on the CPU execution provider only, not run on a GPU",
+                t.name
+            ));
+        }
         let mut files = vec![
             (lowered.engine.model_file.clone(), lowered.model_bytes.clone()),
             ("test_vectors.json".to_string(), o.vectors.0.clone()),
@@ -626,7 +641,7 @@ pub fn compile(src: &Source, opts: &Options, printer: &Printer, fetch_ms: u128) 
                 ),
             }
         }
-        if let (Accelerator::Cuda { .. }, false) = (t.accelerator, is_trees) {
+        if let (Accelerator::Cuda { .. }, false, false) = (t.accelerator, is_trees, ort_cuda) {
             timer.start("placement", "finding which operators tract's CUDA runtime runs on the GPU");
             use tract_core::framework::Framework;
             let model = neoc_runtime::engine::nnef()
@@ -726,8 +741,11 @@ pub fn candidates_for(
         if !arches.contains(&t.arch) {
             bail!("--engine {e}: {runs}; {} is {}\nhint: use --engine tract (or leave --engine out)", t.name, t.arch);
         }
-        if t.accelerator != Accelerator::None {
-            bail!("--engine {e}: target {} runs on its {} accelerator; neorun's {e} engine runs on the CPU\nhint: use a CPU target (x86_64, ml_c5, ml_c7i, …)", t.name, t.accelerator.as_str());
+        // onnxruntime drives CUDA GPUs through its CUDA execution provider
+        let gpu_ok = e == EngineKind::Onnxruntime && matches!(t.accelerator, Accelerator::Cuda { .. });
+        if t.accelerator != Accelerator::None && !gpu_ok {
+            let runs = if e == EngineKind::Onnxruntime { "the CPU and CUDA GPUs" } else { "the CPU" };
+            bail!("--engine {e}: target {} runs on its {} accelerator; neorun's {e} engine runs on {runs}\nhint: use a CPU target (x86_64, ml_c5, ml_c7i, …)", t.name, t.accelerator.as_str());
         }
         if trees {
             bail!("--engine {e}: tree ensembles run on the trees engine ({e} is given ONNX graphs, not ai.onnx.ml trees)\nhint: drop --engine");

@@ -43,7 +43,9 @@ pub enum LoadError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
     Cpu,
-    /// On the GPU through tract's CUDA runtime (`--features cuda` builds).
+    /// On the GPU: through tract's CUDA runtime (`--features cuda` builds),
+    /// or onnxruntime's CUDA execution provider (an onnxruntime bundle for a
+    /// CUDA target, on builds with the onnxruntime engine).
     Cuda,
     /// On an Inferentia NeuronCore through libnrt (`--features neuron`).
     Neuron,
@@ -57,7 +59,10 @@ pub enum Placement {
 pub fn check_placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placement, LoadError> {
     let what = match m.target.accelerator.as_str() {
         "none" => return Ok(Placement::Cpu),
-        "cuda" if crate::engine::CUDA_BUILD => return Ok(Placement::Cuda),
+        "cuda" if crate::engine::CUDA_BUILD && m.engine.name != crate::engine::ORT_ENGINE => {
+            return Ok(Placement::Cuda)
+        }
+        "cuda" if crate::engine::ORT_BUILD && m.engine.name == crate::engine::ORT_ENGINE => return Ok(Placement::Cuda),
         "cuda" => "an NVIDIA GPU (CUDA)",
         "neuron" if crate::engine::NEURON_BUILD => return Ok(Placement::Neuron),
         "neuron" => "AWS Neuron (Inferentia)",
@@ -76,7 +81,9 @@ pub fn check_placement(m: &Manifest, allow_cpu_fallback: bool) -> Result<Placeme
     } else {
         "hint: the bundle carries no CPU model; compile the model for a CPU target"
     };
-    let build = if m.target.accelerator == "cuda" {
+    let build = if m.target.accelerator == "cuda" && m.engine.name == crate::engine::ORT_ENGINE {
+        "this neorun was built without the onnxruntime engine, which runs this bundle on the GPU (cargo build --features onnxruntime)"
+    } else if m.target.accelerator == "cuda" {
         "this neorun was built without CUDA support (cargo build --features cuda)"
     } else {
         "this neorun was built without the Neuron engine (cargo build --features neuron)"
@@ -260,6 +267,31 @@ fn load_engine(
                 )));
             }
         },
+        // onnxruntime's CUDA execution provider; its CPU fallback is the same
+        // ONNX model on the CPU provider
+        #[cfg(feature = "onnxruntime")]
+        Placement::Cuda if m.engine.name == crate::engine::ORT_ENGINE => {
+            match Engine::load_info(&m.engine, params, model_bytes) {
+                Ok(e) => {
+                    running = format!("{} ({}, CUDA execution provider)", m.engine.name, m.target.precision);
+                    (e, Placement::Cuda)
+                }
+                Err(LoadError::Engine(e)) if options.allow_cpu_fallback && m.target.cpu_fallback => {
+                    tracing::warn!("onnxruntime cannot run this bundle on the GPU here ({e}); running it on the CPU");
+                    let mut cpu_info = m.engine.clone();
+                    cpu_info.options.remove("execution_provider");
+                    running = format!("{} ({}, CPU execution provider, fallback for CUDA)", m.engine.name, m.target.precision);
+                    (Engine::load_info(&cpu_info, params, model_bytes)?, Placement::CpuFallback)
+                }
+                Err(LoadError::Engine(e)) => {
+                    return Err(LoadError::Accelerator(format!(
+                        "bundle was compiled for {} (CUDA, onnxruntime), and onnxruntime cannot run it on the GPU here: {e}",
+                        m.target.name
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
         p => match Engine::load_info(&m.engine, params, model_bytes) {
             Ok(e) => (e, p),
             Err(LoadError::Engine(why)) if m.fallback_engine.is_some() => {

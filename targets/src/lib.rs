@@ -214,7 +214,10 @@ const TRACT: &[EngineKind] = &[EngineKind::Tract];
 /// x86-64 CPU targets with OpenVINO first.
 const OPENVINO_TRACT: &[EngineKind] = &[EngineKind::Openvino, EngineKind::Tract, EngineKind::Onnxruntime];
 /// CPU targets onnxruntime ships for (x86-64 and aarch64 wheels): tract
-/// first, onnxruntime where it is measured faster (or tract cannot run the model).
+/// first, onnxruntime where it is measured faster (or tract cannot run the
+/// model). CUDA targets too: tract's CUDA runtime first, onnxruntime's CUDA
+/// execution provider (onnxruntime-gpu on the device) where tract cannot
+/// run the model or `--engine onnxruntime` asks for it.
 const TRACT_ORT: &[EngineKind] = &[EngineKind::Tract, EngineKind::Onnxruntime];
 
 const X86_64_AVX512: &[&str] = &["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"];
@@ -376,7 +379,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::Cuda { sm: 87 },
         precisions: FP32_FP16,
         default_precision: Precision::Fp16,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: Some(8),
         device: Some("NVIDIA Jetson Orin (Ampere GPU sm_87, Cortex-A78AE CPU cores)"),
         description: "Jetson Orin: the model on its Ampere GPU through tract's CUDA runtime, the CPU model (fp16 on the A78AE cores) as fallback",
@@ -402,7 +405,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::Cuda { sm: 86 },
         precisions: FP32,
         default_precision: Precision::Fp32,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: None,
         device: Some("Amazon EC2 G5 (NVIDIA A10G, AMD EPYC 7R32)"),
         description: "SageMaker ml.g5 instances: the model on the A10G GPU, the CPU model as fallback",
@@ -415,7 +418,7 @@ pub static CATALOG: &[Target] = &[
         accelerator: Accelerator::Cuda { sm: 80 },
         precisions: FP32,
         default_precision: Precision::Fp32,
-        engines: TRACT,
+        engines: TRACT_ORT,
         threads: None,
         device: None,
         description: "any x86-64 Linux machine with an NVIDIA GPU of compute capability 8.0 or newer (A100, H100)",

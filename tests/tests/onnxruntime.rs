@@ -325,8 +325,8 @@ fn bad_libraries_sessions_and_requests_get_clear_errors() {
     // onnxruntime asked for where a target cannot have it
     let e = fails(compile_in(d, &cnn, "x.neo", &["--engine", "onnxruntime", "--target", "armv7"], &[(k, &v)]), 1);
     assert!(e.contains("x86-64 and aarch64") && e.contains("armv7 is armv7"), "{e}");
-    let e = fails(compile_in(d, &cnn, "x.neo", &["--engine", "onnxruntime", "--target", "ml_g5"], &[(k, &v)]), 1);
-    assert!(e.contains("cuda accelerator"), "{e}");
+    let e = fails(compile_in(d, &cnn, "x.neo", &["--engine", "onnxruntime", "--target", "ml_inf2"], &[(k, &v)]), 1);
+    assert!(e.contains("neuron accelerator") && e.contains("the CPU and CUDA GPUs"), "{e}");
     let e = fails(
         compile_in(
             d,
@@ -550,4 +550,68 @@ fn string_tensors_compile_verify_and_serve_through_every_codec() {
     let e = fails(compile_in(d, &tarball, "t.neo", &["--engine", "tract"], &[(k, &v)]), 4);
     assert!(e.contains("LabelEncoder"), "{e}");
     assert!(!d.join("t.neo").exists());
+}
+
+/// A CUDA target's onnxruntime bundle, on this host without a GPU: it is
+/// verified on onnxruntime's CPU execution provider and says so; the CPU
+/// wheel here has no CUDA provider, so opening it fails naming what the
+/// device needs, and `--cpu-fallback` runs the same model on the CPU. The
+/// GPU itself is exercised by bench/gpu/onnxruntime.sh on a GPU machine.
+#[test]
+fn cuda_targets_get_onnxruntime_bundles_for_its_cuda_provider() {
+    let dir = scratch();
+    let d = dir.path();
+    let (k, v) = ort_env();
+    let cnn = root().join("models/image-cnn/model.tar.gz");
+    let o = compile_in(d, &cnn, "g.neo", &["--engine", "onnxruntime", "--target", "cuda-sm80"], &[(k, &v)]);
+    let out = ok(o.clone()) + &stderr(&o);
+    assert!(out.contains("verified here on the CPU execution provider only, not run on a GPU"), "{out}");
+    let m = manifest(d, "g.neo");
+    assert_eq!(
+        (m["engine"]["name"].as_str(), m["target"]["accelerator"].as_str()),
+        (Some("onnxruntime"), Some("cuda"))
+    );
+    assert_eq!(m["engine"]["options"]["execution_provider"], "cuda", "{m:#}");
+    assert!(m["verification"]["note"].as_str().unwrap().contains("which neoc cannot run without a GPU"), "{m:#}");
+    assert!(m["gpu_placement"].is_null(), "tract's dry run is not onnxruntime's placement: {m:#}");
+    // a CPU bundle records no provider, so older neoruns still open it
+    ok(compile_in(d, &cnn, "c.neo", &["--engine", "onnxruntime"], &[(k, &v)]));
+    assert!(manifest(d, "c.neo")["engine"]["options"].get("execution_provider").is_none());
+
+    let check = |extra: &[&str], lib: &str| {
+        let args = [&["check", "g.neo", "--trusted-key", "k.pub"][..], extra].concat();
+        run("neorun", d, &args, &[(k, lib)], None)
+    };
+    let e = fails(check(&[], &v), 3);
+    assert!(
+        e.contains("compiled for cuda-sm80 (CUDA, onnxruntime)")
+            && e.contains("libonnxruntime_providers_cuda.so is missing")
+            && e.contains("pip install onnxruntime-gpu")
+            && e.contains("--cpu-fallback"),
+        "{e}"
+    );
+    let out = ok(check(&["--cpu-fallback"], &v));
+    assert!(
+        out.contains("onnxruntime (fp32, CPU execution provider, fallback for CUDA)") && out.contains("pass"),
+        "{out}"
+    );
+    // a provider file beside a CPU build: onnxruntime's own refusal, surfaced
+    let lib = d.join("ort");
+    std::fs::create_dir(&lib).unwrap();
+    for f in std::fs::read_dir(&v).unwrap().flatten() {
+        if f.file_name().to_string_lossy().starts_with("libonnxruntime") {
+            std::fs::copy(f.path(), lib.join(f.file_name())).unwrap();
+        }
+    }
+    std::fs::write(lib.join("libonnxruntime_providers_cuda.so"), b"not a library").unwrap();
+    let e = fails(check(&[], lib.to_str().unwrap()), 3);
+    assert!(e.contains("CUDA execution provider cannot start here") && e.contains("onnxruntime-gpu"), "{e}");
+    // tract's CUDA runtime stays the first choice of CUDA targets
+    let o = compile_in(d, &cnn, "t.neo", &["--target", "cuda-sm80"], &[(k, &v)]);
+    ok(o);
+    let m = manifest(d, "t.neo");
+    assert_eq!(m["engine"]["name"], "tract", "{m:#}");
+    let cands = m["engine_selection"]["candidates"].as_array().unwrap();
+    assert_eq!(cands[1]["engine"], "onnxruntime", "{m:#}");
+    assert_eq!(cands[1]["status"], "not chosen (later in the target's order)", "{m:#}");
 }

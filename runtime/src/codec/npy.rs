@@ -265,7 +265,7 @@ mod tests {
         let u: Vec<u8> = "héllo".chars().chain("a\0\0\0\0".chars()).flat_map(|c| (c as u32).to_le_bytes()).collect();
         let want = tensor1(&["héllo".to_string(), "a".to_string()]);
         assert_eq!(parse(&npy("<U5", "(2,)", &u), &s).unwrap().inputs[0], want);
-        let b = [&"héllo".as_bytes()[..], b"a\0\0\0\0\0"].concat();
+        let b = ["héllo".as_bytes(), b"a\0\0\0\0\0"].concat();
         assert_eq!(parse(&npy("|S6", "(2,)", &b), &s).unwrap().inputs[0], want);
         let e = |body: Vec<u8>| parse(&body, &s).unwrap_err().0;
         assert!(e(npy("|S1", "(1,)", &[0xff])).contains("not UTF-8"));

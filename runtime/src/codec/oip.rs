@@ -381,7 +381,7 @@ mod tests {
         let (b, _) = decode(&body, Some(header.len()), &ins, &outs).unwrap();
         assert_eq!(b.inputs[0], want);
         // answers: JSON strings, or the same binary form
-        let e = encode(&Wanted::default(), "m", "1", &outs, &[want.clone()]).unwrap();
+        let e = encode(&Wanted::default(), "m", "1", &outs, std::slice::from_ref(&want)).unwrap();
         let v: Value = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(
             (v["outputs"][0]["datatype"].as_str(), &v["outputs"][0]["data"][0]),

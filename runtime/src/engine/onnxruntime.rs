@@ -1,6 +1,9 @@
 //! The onnxruntime engine (`--features onnxruntime`): runs a bundle's ONNX
-//! model through onnxruntime's CPU execution provider, with `libonnxruntime`
-//! loaded at run time through the `ort` crate's dynamic loading.
+//! model through onnxruntime's CPU execution provider — or, for a CUDA
+//! target's bundle (engine option `execution_provider=cuda`), its CUDA
+//! execution provider, which only onnxruntime-gpu's builds have — with
+//! `libonnxruntime` loaded at run time through the `ort` crate's dynamic
+//! loading.
 //!
 //! Nothing of onnxruntime is needed to build neorun. The library is looked
 //! for when the first onnxruntime bundle is opened, in this order:
@@ -38,6 +41,12 @@ pub const MODEL_FORMAT: &str = "onnx";
 
 /// Oldest onnxruntime the bindings work with (C API version 17).
 pub const MIN_VERSION: (u32, u32) = (1, 17);
+
+/// What a CUDA bundle needs on the device.
+pub const CUDA_HINT: &str = "a CUDA bundle on onnxruntime needs onnxruntime-gpu (pip install onnxruntime-gpu: libonnxruntime_providers_cuda.so beside libonnxruntime.so), the CUDA and cuDNN libraries it was built for, and an NVIDIA driver; or pass --cpu-fallback to run the same model on the CPU";
+
+/// onnxruntime-gpu's CUDA provider library, looked for beside libonnxruntime.
+pub const CUDA_PROVIDER: &str = "libonnxruntime_providers_cuda.so";
 
 /// What to install when no usable library is found.
 pub const INSTALL_HINT: &str = "install onnxruntime (pip install onnxruntime, in the environment neorun runs from, or the release archive from github.com/microsoft/onnxruntime), or point ORT_DYLIB_PATH at libonnxruntime.so";
@@ -174,22 +183,42 @@ pub struct SessionSettings {
     pub graph_optimization_level: String,
     pub inter_op_threads: usize,
     pub memory_arena: bool,
+    /// `cpu`, or `cuda` (a CUDA target's bundle: the CUDA execution
+    /// provider first, nodes it lacks on the CPU one).
+    pub execution_provider: String,
 }
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        SessionSettings { graph_optimization_level: "all".into(), inter_op_threads: 1, memory_arena: true }
+        SessionSettings {
+            graph_optimization_level: "all".into(),
+            inter_op_threads: 1,
+            memory_arena: true,
+            execution_provider: "cpu".into(),
+        }
     }
 }
 
 impl SessionSettings {
-    /// As recorded in the manifest (`EngineInfo::options`).
+    /// As recorded in the manifest (`EngineInfo::options`); the execution
+    /// provider only when it is not the CPU's, so a CPU bundle opens on
+    /// every neorun with the engine, and a CUDA one is refused by name by
+    /// a neorun that predates it.
     pub fn to_options(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut o = BTreeMap::from([
             ("graph_optimization_level".to_string(), self.graph_optimization_level.clone()),
             ("inter_op_threads".to_string(), self.inter_op_threads.to_string()),
             ("memory_arena".to_string(), self.memory_arena.to_string()),
-        ])
+        ]);
+        if self.execution_provider != "cpu" {
+            o.insert("execution_provider".into(), self.execution_provider.clone());
+        }
+        o
+    }
+
+    /// Whether sessions start on the CUDA execution provider.
+    pub fn cuda(&self) -> bool {
+        self.execution_provider == "cuda"
     }
 
     /// From the manifest; an unknown key or value is an error naming it.
@@ -214,6 +243,12 @@ impl SessionSettings {
                     s.memory_arena = v
                         .parse()
                         .with_context(|| format!("engine option memory_arena=`{v}`: expected true or false"))?
+                }
+                "execution_provider" => {
+                    if !["cpu", "cuda"].contains(&v.as_str()) {
+                        bail!("engine option execution_provider=`{v}`: expected cpu or cuda");
+                    }
+                    s.execution_provider = v.clone();
                 }
                 other => bail!("unknown onnxruntime engine option `{other}` (a newer neoc made this bundle?)"),
             }
@@ -247,7 +282,29 @@ fn session(bytes: &[u8], s: &SessionSettings, threads: usize) -> Result<Session>
         _ => GraphOptimizationLevel::All,
     };
     let cpu = ort::ep::CPU::default().with_arena_allocator(s.memory_arena).build();
+    let mut providers = vec![cpu];
+    if s.cuda() {
+        let lib = library().map_err(anyhow::Error::msg)?;
+        // the CPU wheel has no CUDA provider: say so before onnxruntime does
+        let dir = lib.path.parent().unwrap_or(Path::new("."));
+        if !dir.join(CUDA_PROVIDER).exists() {
+            bail!(
+                "onnxruntime's CUDA execution provider is not in {} ({CUDA_PROVIDER} is missing: this is a CPU build of onnxruntime)\nhint: {CUDA_HINT}",
+                dir.display()
+            );
+        }
+        // first, and required: a session quietly on the CPU is not what a
+        // CUDA bundle promises
+        providers.insert(0, ort::ep::CUDA::default().with_device_id(0).build().error_on_failure());
+    }
     let e = |e: ort::Error| anyhow::anyhow!("{e}");
+    let e_cuda = |x: ort::Error| {
+        if s.cuda() {
+            anyhow::anyhow!("onnxruntime's CUDA execution provider cannot start here: {x}\nhint: {CUDA_HINT}")
+        } else {
+            e(x)
+        }
+    };
     Session::builder(env)
         .map_err(e)?
         // onnxruntime's warnings (unused initializers, old opsets) are not
@@ -260,8 +317,8 @@ fn session(bytes: &[u8], s: &SessionSettings, threads: usize) -> Result<Session>
         .map_err(|x| e(x.into()))?
         .with_inter_threads(s.inter_op_threads.max(1))
         .map_err(|x| e(x.into()))?
-        .with_execution_providers([cpu])
-        .map_err(|x| e(x.into()))?
+        .with_execution_providers(providers)
+        .map_err(|x| e_cuda(x.into()))?
         .commit_from_memory(bytes)
         .map_err(|x| anyhow::anyhow!("onnxruntime cannot create a session for this model: {x}"))
 }
@@ -300,6 +357,11 @@ impl OrtEngine {
                 .collect()
         };
         Ok((sig(s.inputs())?, sig(s.outputs())?))
+    }
+
+    /// Whether the session runs on the CUDA execution provider.
+    pub fn on_cuda(&self) -> bool {
+        self.settings.cuda()
     }
 
     /// A new session with `threads` intra-op threads (sessions fix their pool).
@@ -435,8 +497,19 @@ mod tests {
 
     #[test]
     fn options_round_trip_and_refuse_unknown() {
-        let s = SessionSettings { graph_optimization_level: "basic".into(), inter_op_threads: 2, memory_arena: false };
+        let s = SessionSettings {
+            graph_optimization_level: "basic".into(),
+            inter_op_threads: 2,
+            memory_arena: false,
+            execution_provider: "cpu".into(),
+        };
         assert_eq!(SessionSettings::from_options(&s.to_options()).unwrap(), s);
+        assert!(!s.to_options().contains_key("execution_provider"));
+        let cuda = SessionSettings { execution_provider: "cuda".into(), ..s };
+        assert_eq!(cuda.to_options()["execution_provider"], "cuda");
+        assert!(SessionSettings::from_options(&cuda.to_options()).unwrap().cuda());
+        let bad = BTreeMap::from([("execution_provider".to_string(), "tensorrt".to_string())]);
+        assert!(format!("{:#}", SessionSettings::from_options(&bad).unwrap_err()).contains("expected cpu or cuda"));
         let bad = BTreeMap::from([("graph_optimization_level".to_string(), "max".to_string())]);
         assert!(format!("{:#}", SessionSettings::from_options(&bad).unwrap_err()).contains("`max`"));
         let bad = BTreeMap::from([("inter_op_threads".to_string(), "0".to_string())]);
