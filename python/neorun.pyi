@@ -10,7 +10,7 @@ __version__: str
 
 class TensorInfo(TypedDict):
     name: str
-    #: numpy's name: "float32", "int64", …
+    #: numpy's name: "float32", "int64", …; "object" for strings (arrays of str)
     dtype: str
     #: ints, and the names of sizes chosen per call (e.g. "N")
     shape: List[Union[int, str]]
@@ -61,6 +61,7 @@ class Model:
         self, x: Union[npt.ArrayLike, Mapping[str, npt.ArrayLike]]
     ) -> Dict[str, np.ndarray]:
         """Runs the model on one array (a one-input model) or a dict of input name → array;
-        gives output name → array. Same-kind dtypes are converted (float64 → float32)."""
+        gives output name → array. Same-kind dtypes are converted (float64 → float32);
+        string inputs take str arrays or lists, string outputs are object arrays of str."""
     def self_test(self) -> SelfTest:
         """Runs the bundle's own test vectors against their expected outputs."""
