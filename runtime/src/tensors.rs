@@ -261,19 +261,42 @@ pub fn to_f64(t: &Tensor) -> TractResult<Vec<f64>> {
 /// The first NaN or infinity of a float tensor, with its index (none for
 /// other types); reads the tensor in place, as every request's check does.
 pub fn first_non_finite(t: &Tensor) -> Option<(usize, f64)> {
-    // a reduction without early exit first (it vectorizes: an image's 150k
-    // floats in well under a microsecond), the position only when one is bad
-    fn first<T: Datum + Copy>(t: &Tensor, finite: fn(T) -> bool, to: fn(T) -> f64) -> Option<(usize, f64)> {
+    // a reduction without early exit first, the position only when one is
+    // bad: the largest exponent field, as integers (a max over u32 lanes
+    // vectorizes; `fold` over `is_finite` did not, and took 9% of
+    // fraud-mlp's run at 8192 rows)
+    fn first<T: Datum + Copy, B: Ord + Copy + Default>(
+        t: &Tensor,
+        exponent: impl Fn(T) -> B,
+        all_ones: B,
+        to: impl Fn(T) -> f64,
+    ) -> Option<(usize, f64)> {
         let s = t.try_as_plain_ram().ok()?.as_slice::<T>().ok()?;
-        if s.iter().fold(true, |ok, x| ok & finite(*x)) {
+        if s.iter().fold(B::default(), |m, x| m.max(exponent(*x))) != all_ones {
             return None;
         }
-        s.iter().position(|x| !finite(*x)).map(|i| (i, to(s[i])))
+        s.iter().position(|x| exponent(*x) == all_ones).map(|i| (i, to(s[i])))
     }
     match t.datum_type() {
-        DatumType::F32 => first::<f32>(t, f32::is_finite, f64::from),
-        DatumType::F64 => first::<f64>(t, f64::is_finite, |x| x),
-        DatumType::F16 => first::<f16>(t, f16::is_finite, f16::to_f64),
+        #[cfg(target_arch = "x86_64")]
+        DatumType::F32 if std::arch::is_x86_feature_detected!("avx2") => {
+            /// # Safety
+            /// The CPU must have AVX2.
+            #[target_feature(enable = "avx2")]
+            unsafe fn all_finite(s: &[f32]) -> bool {
+                s.iter().fold(0u32, |m, x| m.max(x.to_bits() & 0x7f80_0000)) != 0x7f80_0000
+            }
+            let s = t.try_as_plain_ram().ok()?;
+            let s = s.as_slice::<f32>().ok()?;
+            // SAFETY: AVX2 was detected just above
+            if unsafe { all_finite(s) } {
+                return None;
+            }
+            s.iter().position(|x| !x.is_finite()).map(|i| (i, f64::from(s[i])))
+        }
+        DatumType::F32 => first::<f32, u32>(t, |x| x.to_bits() & 0x7f80_0000, 0x7f80_0000, f64::from),
+        DatumType::F64 => first::<f64, u64>(t, |x| x.to_bits() & 0x7ff0_0000_0000_0000, 0x7ff0_0000_0000_0000, |x| x),
+        DatumType::F16 => first::<f16, u16>(t, |x| x.to_bits() & 0x7c00, 0x7c00, f16::to_f64),
         _ => None,
     }
 }

@@ -49,6 +49,17 @@ const MIN_EINSUM_MACS: usize = 1 << 18;
 /// `substitute` weighs it against `MIN_EINSUM_MACS`: a serving batch.
 const SYMBOLIC_ROWS: usize = 256;
 
+/// Products of fewer weight rows than this (a classifier's last layer: one
+/// logit per row of data) are dot products of each data column with each
+/// weight row (`thin`), not calls into `gemm`: tract ran fraud-mlp's last
+/// layer (m = 1, k = 32) over 8192 rows in about 1 ms, packing the data
+/// first, for 262 Ki multiply-adds.
+const THIN_ROWS: usize = 8;
+
+/// Thin products this large (multiply-adds, a symbolic batch counted as
+/// `SYMBOLIC_ROWS`) are taken from tract.
+const MIN_THIN_MACS: usize = 1 << 13;
+
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`; every operand given by a
 /// pointer and its (row, column) strides in elements.
 #[derive(Clone, Copy)]
@@ -524,6 +535,7 @@ impl EvalOp for GemmEinSum {
         let w = w.as_slice::<f32>()?;
         let d = data.try_as_plain_ram()?;
         let d = d.as_slice::<f32>()?;
+        let is_thin = p.m < THIN_ROWS && p.rhs.0 == 1;
         let mut output = match &self.bias {
             Some(bias) => {
                 // the bias first, the product accumulated onto it
@@ -537,9 +549,13 @@ impl EvalOp for GemmEinSum {
                 let y = view.as_slice_mut::<f32>()?;
                 if inner == 1 {
                     // rows along the innermost axis (dense layers): the bias
-                    // is each row of the output
-                    for row in y.chunks_mut(p.m) {
-                        row.copy_from_slice(bias);
+                    // is each row of the output (copied element by element:
+                    // copy_from_slice called memmove per row, 8192 calls
+                    // for fraud-mlp's last layer at 8192 rows)
+                    for row in y.chunks_exact_mut(p.m) {
+                        for (o, b) in row.iter_mut().zip(bias) {
+                            *o = *b;
+                        }
                     }
                 } else {
                     for (i, run) in y.chunks_mut(inner).enumerate() {
@@ -552,7 +568,29 @@ impl EvalOp for GemmEinSum {
             None => unsafe { Tensor::uninitialized::<f32>(&oshape)? },
         };
         let loops: usize = runs.iter().map(|r| r.0).product();
-        if output.len() > 0 && p.k > 0 {
+        if is_thin && output.len() > 0 && p.k > 0 {
+            // each weight row, contiguous along k
+            let rows: Vec<Vec<f32>> = (0..p.m)
+                .map(|mi| (0..p.k).map(|kk| w[mi * p.lhs.0 as usize + kk * p.lhs.1 as usize]).collect())
+                .collect();
+            let mut view = output.try_as_plain_ram_mut()?;
+            let y = view.as_slice_mut::<f32>()?;
+            for i in 0..loops {
+                let (mut rest, mut doff, mut ooff) = (i, 0isize, 0isize);
+                for r in runs.iter().rev() {
+                    let j = (rest % r.0) as isize;
+                    rest /= r.0;
+                    doff += j * r.1;
+                    ooff += j * r.2;
+                }
+                for (mi, row) in rows.iter().enumerate() {
+                    // SAFETY: the CPU has AVX2 and FMA (`substitute` checked)
+                    unsafe {
+                        thin(y, ooff + mi as isize * p.dst.0, p.dst.1, d, doff, p.rhs.1, p.n, row, p.accumulate)
+                    }?;
+                }
+            }
+        } else if output.len() > 0 && p.k > 0 {
             let mut view = output.try_as_plain_ram_mut()?;
             let y = SendPtr(view.as_slice_mut::<f32>()?.as_mut_ptr());
             let (wp, dp) = (SendPtr(w.as_ptr() as *mut f32), SendPtr(d.as_ptr() as *mut f32));
@@ -581,12 +619,72 @@ impl EvalOp for GemmEinSum {
     }
 }
 
+/// `y[at + j·ystride] (+)= row · x[from + j·xstride ..][..k]` for the n
+/// columns j of one weight row: dot products of data contiguous along k,
+/// 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA. Every index is checked.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn thin(
+    y: &mut [f32],
+    at: isize,
+    ystride: isize,
+    x: &[f32],
+    from: isize,
+    xstride: isize,
+    n: usize,
+    row: &[f32],
+    accumulate: bool,
+) -> TractResult<()> {
+    let k = row.len();
+    let (body, tail) = row.split_at(k / 16 * 16);
+    for j in 0..n as isize {
+        let start = usize::try_from(from + j * xstride).context("thin product: data offset")?;
+        let col = x.get(start..start + k).context("thin product: data out of bounds")?;
+        let (cbody, ctail) = col.split_at(body.len());
+        let mut lanes = [0f32; 16];
+        for (w, c) in body.chunks_exact(16).zip(cbody.chunks_exact(16)) {
+            for l in 0..16 {
+                lanes[l] = w[l].mul_add(c[l], lanes[l]);
+            }
+        }
+        let mut sum: f32 = lanes.iter().sum();
+        for (w, c) in tail.iter().zip(ctail) {
+            sum = w.mul_add(*c, sum);
+        }
+        let o = usize::try_from(at + j * ystride).context("thin product: output offset")?;
+        let out = y.get_mut(o).context("thin product: output out of bounds")?;
+        *out = if accumulate { *out + sum } else { sum };
+    }
+    Ok(())
+}
+
 impl TypedOp for GemmEinSum {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         self.einsum.output_facts(inputs)
     }
 
     as_op!();
+}
+
+/// A constant rank-1 weight (tract's decluttering leaves one of a product
+/// with one output column, `nk,k->nm`) as a rank-2 one of one row, with the
+/// output's unit axis as its rows (`nk,mk->nm`): its slot, the einsum's new
+/// axes, the weight. `None` if the product has no such shape.
+fn one_row_weight(einsum: &EinSum, facts: &[TypedFact]) -> Option<(usize, AxesMapping, Tensor)> {
+    let slot = (0..2).find(|s| facts[*s].rank() == 1 && facts[*s].konst.is_some() && facts[1 - *s].konst.is_none())?;
+    let (mut inputs, outputs) = einsum.axes.to_strs();
+    let k = inputs[slot].chars().next()?;
+    // an axis only in the output: of extent 1 there
+    let unit = outputs.first()?.chars().find(|c| !inputs.iter().any(|i| i.contains(*c)))?;
+    inputs[slot] = format!("{unit}{k}");
+    let axes = AxesMapping::from_strs(&inputs, &outputs).ok()?;
+    let w = (**facts[slot].konst.as_ref()?).clone();
+    let len = w.len();
+    let row = w.into_shape(&[1, len]).ok()?;
+    Some((slot, axes, row))
 }
 
 /// Replaces f32 convolutions (depthwise ones are `depthwise.rs`'s) and
@@ -615,6 +713,17 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             if einsum.q_params.is_some() || einsum.operating_dt != f32_dt || facts.len() != 2 {
                 continue;
             }
+            let mut einsum = einsum.clone();
+            let mut facts = facts;
+            // a one-row weight tract made rank 1: as rank 2 (wired in below,
+            // once the product is taken)
+            let mut row_weight = None;
+            if let Some((slot, axes, row)) = one_row_weight(&einsum, &facts) {
+                einsum.axes = axes;
+                facts[slot] = TypedFact::try_from(row.clone())?;
+                row_weight = Some((slot, row));
+            }
+            let node = model.node(id);
             // the weight: a constant of rank 2
             let Some(weight_slot) = (0..2).find(|s| facts[*s].rank() == 2 && facts[*s].konst.is_some()) else {
                 continue;
@@ -632,14 +741,15 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             // and 3.4 µs, no worse)
             let cols: usize = roles.n.iter().map(|(d, _)| data.shape[*d].to_usize().unwrap_or(SYMBOLIC_ROWS)).product();
             let (m, k) = (wshape[roles.m.0], wshape[roles.k.0]);
-            if m < 8 || k < 8 || m * k * cols < MIN_EINSUM_MACS {
+            // the data contiguous along k (dense layers)
+            let k_innermost = roles.k.1 + 1 == data.rank();
+            let thin = m < THIN_ROWS && k_innermost && k >= 8 && m * k * cols >= MIN_THIN_MACS;
+            if !thin && (m < 8 || k < 8 || m * k * cols < MIN_EINSUM_MACS) {
                 continue;
             }
-            let mut einsum = einsum.clone();
             // the weight's layout that lets `Product::run` give gemm unit
             // strides on both sides: [k, m] when the data is contiguous
             // along k (dense layers), [m, k] otherwise (1x1 convolutions)
-            let k_innermost = roles.k.1 + 1 == data.rank();
             if (roles.m.0 == 1) != k_innermost {
                 let weight =
                     (**facts[weight_slot].konst.as_ref().context("constant weight")?).clone().permute_axes(&[1, 0])?;
@@ -649,6 +759,10 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
                 let name = format!("{}.weight_mk", node.name);
                 let konst = model.add_const(name, weight)?;
                 model.add_edge(konst, InletId::new(id, weight_slot))?;
+            } else if let Some((slot, row)) = row_weight {
+                let name = format!("{}.weight_row", node.name);
+                let konst = model.add_const(name, row)?;
+                model.add_edge(konst, InletId::new(id, slot))?;
             }
             // the roles of the (possibly re-laid) weight's axes
             let roles = axis_roles(&einsum.axes, weight_slot).context("the re-laid weight's axes")?;
@@ -853,7 +967,9 @@ mod tests {
             return Ok(());
         }
         let mut next = crate::seeded_values(0x5ca1_ab1e);
-        for (k, m_out, substituted) in [(30, 64, 1), (8, 16, 0)] {
+        // (64x30 and the thin 1x32 and 3x40 layers: substituted; 16x8 and
+        // 1x4 too small)
+        for (k, m_out, substituted) in [(30, 64, 1), (8, 16, 0), (32, 1, 1), (40, 3, 1), (4, 1, 0)] {
             let mut m = TypedModel::default();
             let n = m.symbols.sym("N");
             let x = m.add_source("x", f32::fact(&[n.to_dim(), k.to_dim()]))?;
@@ -887,6 +1003,11 @@ mod tests {
             // what tract's decluttering leaves of NCHW 1x1 convolutions
             ("mk,akbn->mbn", &[1, 64, 28, 28], &[96, 64]),
             ("mk,kbn->ambn", &[64, 28, 28], &[96, 64]),
+            // thin: a classifier's last layer (one or a few logits per
+            // row), k with and without a tail of 16 lanes
+            ("nk,km->nm", &[8192, 32], &[32, 1]),
+            ("mk,nk->mn", &[700, 37], &[1, 37]),
+            ("bsk,mk->bsm", &[3, 300, 20], &[5, 20]),
         ];
         for (expr, dshape, wshape) in cases {
             let axes: AxesMapping = expr.parse()?;

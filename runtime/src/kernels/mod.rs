@@ -10,7 +10,8 @@
 //!
 //! The module graph is one-way: `window` and `simd` are leaves; `lrn`,
 //! `pool`, `depthwise` and `gemm` use only them; `fuse` uses `depthwise`
-//! and `gemm` (it moves a following ReLU or bias into them).
+//! and `gemm` (it moves a following ReLU or bias into them); `scalar`
+//! stands alone.
 
 #[cfg(target_arch = "x86_64")]
 pub mod depthwise;
@@ -21,6 +22,7 @@ pub mod gemm;
 pub mod lrn;
 pub mod lstm;
 pub mod pool;
+pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 mod window;
@@ -32,8 +34,9 @@ use crate::options::Kernels;
 /// Swaps neorun's kernels into `model` (decluttered, not yet optimised):
 /// LRN and pooling everywhere; on x86-64 with AVX2 and FMA, depthwise
 /// convolutions, the other convolutions and large constant-weight products,
-/// then the ReLUs and biases that follow them. `Kernels::Tract` keeps
-/// tract's everywhere.
+/// then the ReLUs and biases that follow them; last, everywhere, arithmetic
+/// with a one-value constant (after `fuse`, which takes such additions into
+/// products first). `Kernels::Tract` keeps tract's everywhere.
 pub fn install(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
     if kernels == Kernels::Tract {
         return Ok(());
@@ -46,5 +49,6 @@ pub fn install(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
         gemm::substitute(model)?;
         fuse::fuse(model)?;
     }
+    scalar::substitute(model)?;
     Ok(())
 }
