@@ -913,6 +913,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // as neorun does, so that `--engine auto` times models as devices run them
+    neoc_runtime::tune_allocator();
     let cli = Cli::parse();
     neoc_compiler::cleanup::on_signals();
     let result = match cli.command {

@@ -39,6 +39,7 @@ use crate::cli::{Cli, Command};
 use crate::exit::Failure;
 
 fn main() -> ExitCode {
+    neoc_runtime::tune_allocator();
     let cli = Cli::parse();
     // a command whose output is piped into `head` ends quietly when the pipe
     // closes, as Unix tools do (Rust ignores SIGPIPE, so println! would

@@ -63,8 +63,10 @@ pub struct TractEngine {
 /// Runs at least this long (µs) go to tract's thread pool; shorter ones stay
 /// on the calling thread, single-threaded, where handing the run (or its
 /// operators) to a worker and back (about 25 µs measured on fraud-mlp, a 5
-/// µs model) would cost more than it saves.
-const POOL_MIN_US: u64 = 1000;
+/// µs model) would cost more than it saves. (1000 until fraud-mlp's 8192
+/// rows came down to 0.7 ms on one thread: its dense layers split their
+/// rows over two threads, 0.77 ms → see README's Benchmarks.)
+const POOL_MIN_US: u64 = 400;
 
 /// Runs `f` on a worker of tract's thread pool when it has one (`--threads`
 /// above 1), else here. tract parallelises matrix products only; run from
