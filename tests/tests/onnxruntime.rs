@@ -325,7 +325,9 @@ fn bad_libraries_sessions_and_requests_get_clear_errors() {
     // onnxruntime asked for where a target cannot have it
     let e = fails(compile_in(d, &cnn, "x.neo", &["--engine", "onnxruntime", "--target", "armv7"], &[(k, &v)]), 1);
     assert!(e.contains("x86-64 and aarch64") && e.contains("armv7 is armv7"), "{e}");
-    let e = fails(compile_in(d, &cnn, "x.neo", &["--engine", "onnxruntime", "--target", "ml_inf2"], &[(k, &v)]), 1);
+    // (--neuron-fallback: past the check for neuronx-cc, which is not here)
+    let args = ["--engine", "onnxruntime", "--target", "ml_inf2", "--neuron-fallback", "cpu"];
+    let e = fails(compile_in(d, &cnn, "x.neo", &args, &[(k, &v)]), 1);
     assert!(e.contains("neuron accelerator") && e.contains("the CPU and CUDA GPUs"), "{e}");
     let e = fails(
         compile_in(

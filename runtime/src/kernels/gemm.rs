@@ -707,40 +707,47 @@ unsafe fn dense512(
     assert!(bias.is_none_or(|b| b.len() == m));
     let mut j0 = 0;
     while j0 < m {
-        let left = m - j0;
-        let mut r0 = 0;
-        if left >= 64 {
-            while r0 + 6 <= rows {
-                dense_tile::<6, 4>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
-                r0 += 6;
-            }
-            while r0 < rows {
-                dense_tile::<1, 4>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
-                r0 += 1;
-            }
-            j0 += 64;
-        } else if left >= 32 {
-            while r0 + 8 <= rows {
-                dense_tile::<8, 2>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
-                r0 += 8;
-            }
-            while r0 < rows {
-                dense_tile::<1, 2>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
-                r0 += 1;
-            }
-            j0 += 32;
-        } else {
-            while r0 + 8 <= rows {
-                dense_tile::<8, 1>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
-                r0 += 8;
-            }
-            while r0 < rows {
-                dense_tile::<1, 1>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
-                r0 += 1;
-            }
-            j0 += 16;
-        }
+        // the widest block of columns left, with its row tile
+        j0 += match m - j0 {
+            64.. => dense_columns::<6, 4>(y, ys, x, xs, rows, w, k, m, j0, bias, relu),
+            32..=63 => dense_columns::<8, 2>(y, ys, x, xs, rows, w, k, m, j0, bias, relu),
+            _ => dense_columns::<8, 1>(y, ys, x, xs, rows, w, k, m, j0, bias, relu),
+        };
     }
+}
+
+/// Every row of the `V` × 16 columns from `j0`: tiles of `R` rows, then
+/// one row at a time; returns the columns done.
+///
+/// # Safety
+/// As `dense512`, whose checks cover every access here.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense_columns<const R: usize, const V: usize>(
+    y: &mut [f32],
+    ys: usize,
+    x: &[f32],
+    xs: usize,
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    m: usize,
+    j0: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> usize {
+    let mut r0 = 0;
+    while r0 + R <= rows {
+        dense_tile::<R, V>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
+        r0 += R;
+    }
+    while r0 < rows {
+        dense_tile::<1, V>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
+        r0 += 1;
+    }
+    V * 16
 }
 
 /// `R` rows × `V` registers of 16 columns from column `j0`.
