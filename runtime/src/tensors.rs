@@ -1,5 +1,11 @@
 //! Host tensors at the runtime's edges: dtype names, JSON values, and the
 //! typed data arrays written to responses and test vectors.
+//!
+//! (Over 600 lines on purpose: the JSON form (`Data`, `NamedTensor`), the
+//! stored test vectors and the comparison read and write the same typed
+//! arrays, strings included (`read_strings`/`write_strings`, which the OIP
+//! codec shares); a third of it is their unit tests, malformed data
+//! included.)
 
 use anyhow::{bail, ensure, Context};
 use neoc_bundle::dtype::DType;

@@ -5,7 +5,13 @@
 //! serves them, and outputs match onnxruntime in Python. The bad inputs: no
 //! library, a library that is not onnxruntime, one too old for neorun, one
 //! older than the bundle was verified with, a model onnxruntime cannot load,
-//! a request onnxruntime refuses.
+//! a request onnxruntime refuses. Strings, and the CUDA targets' bundles up
+//! to the GPU.
+//!
+//! (Over 600 lines on purpose: every test here shares the venv's library,
+//! the generated models of tests/onnxruntime/make_models.py and the helpers
+//! that compile against them and read answers; split, each file would
+//! carry its own copy.)
 
 use std::path::{Path, PathBuf};
 

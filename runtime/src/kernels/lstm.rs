@@ -1,6 +1,11 @@
 //! The ONNX LSTM as one operator over the whole sequence (`LstmSeq`,
 //! NNEF `neoc_lstm`), for every CPU.
 //!
+//! (Over 600 lines on purpose: the operator, its weight layout (`Panels`),
+//! the product kernels that read that layout and the NNEF form share
+//! private types that would be split across files only to be made public
+//! to each other; a quarter of it is the tests against the ONNX formulas.)
+//!
 //! tract imports an LSTM as a `Scan` whose body (two products, slices,
 //! additions and a fused gate step) is dispatched once per time step; on a
 //! 16-step head with 128 hidden units that loop was 92% of a run
@@ -20,11 +25,6 @@
 //! and the bidirectional layout of `layout = 1`. Peepholes too. Activations
 //! other than the default (sigmoid, tanh, tanh) and `input_forget` stay with
 //! tract's lowering.
-//!
-//! (Over 600 lines on purpose: the operator, its weight layout (`Panels`),
-//! the product kernels that read that layout and the NNEF form share
-//! private types that would be split across files only to be made public
-//! to each other; a quarter of it is the tests against the ONNX formulas.)
 //!
 //! The products are a register-tiled kernel (rows × a block of columns of
 //! accumulators held in registers), compiled for AVX-512, AVX2+FMA and the
