@@ -594,15 +594,16 @@ impl EvalOp for GemmEinSum {
         let loops: usize = runs.iter().map(|r| r.0).product();
         #[cfg(target_arch = "x86_64")]
         if dense && output.len() > 0 {
-            let bias = self.bias.as_ref().map(|b| b.try_as_plain_ram().and_then(|b| Ok(b.as_slice::<f32>()?.to_vec())));
-            let bias = bias.transpose()?;
+            let bias = self.bias.as_ref().map(|b| b.try_as_plain_ram()).transpose()?;
+            let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
             let mut view = output.try_as_plain_ram_mut()?;
             let y = view.as_slice_mut::<f32>()?;
             let (ys, xs) = (p.dst.1 as usize, p.rhs.1 as usize);
             ensure!(y.len() >= (p.n - 1) * ys + p.m && d.len() >= (p.n - 1) * xs + p.k && w.len() >= p.k * p.m);
+            let layer = Dense { x: d, xs, w, k: p.k, m: p.m, bias, relu: self.relu };
             let run = |y: &mut [f32], x: &[f32], rows: usize| {
                 // SAFETY: AVX-512F was detected above; the sizes were checked
-                unsafe { dense512(y, ys, x, xs, rows, w, p.k, p.m, bias.as_deref(), self.relu) }
+                unsafe { dense512(y, ys, rows, &Dense { x, ..layer }) }
             };
             let pool = match tract_linalg::multithread::current_tract_executor() {
                 tract_linalg::multithread::Executor::MultiThread(pool)
@@ -675,43 +676,48 @@ impl EvalOp for GemmEinSum {
     }
 }
 
-/// `y[r·ys ..][..m] = relu?(bias + x[r·xs ..][..k] · w)` for `rows` rows,
-/// w (k × m) row-major: tiles of 6 rows × 64 columns (24 accumulators of
-/// the 32 registers), 8 × 32 and 8 × 16, then one row at a time; the
-/// output written once.
+/// A dense layer's operands for `dense512`: rows of data `xs` apart, the
+/// weight (k × m, row-major), the bias per output, a ReLU after it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Dense<'a> {
+    x: &'a [f32],
+    xs: usize,
+    w: &'a [f32],
+    k: usize,
+    m: usize,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// `y[r·ys ..][..m] = relu?(bias + x[r·xs ..][..k] · w)` for `rows` rows:
+/// tiles of 6 rows × 64 columns (24 accumulators of the 32 registers),
+/// 8 × 32 and 8 × 16, then one row at a time; the output written once.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `m` a multiple of 16; `y`, `x` and `w` hold
 /// `rows` rows of `ys` and `xs` and k × m values (asserted).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dense512(
-    y: &mut [f32],
-    ys: usize,
-    x: &[f32],
-    xs: usize,
-    rows: usize,
-    w: &[f32],
-    k: usize,
-    m: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) {
+unsafe fn dense512(y: &mut [f32], ys: usize, rows: usize, l: &Dense) {
     if rows == 0 {
         return;
     }
+    let (m, k) = (l.m, l.k);
     assert!(
-        m.is_multiple_of(16) && y.len() >= (rows - 1) * ys + m && x.len() >= (rows - 1) * xs + k && w.len() >= k * m
+        m.is_multiple_of(16)
+            && y.len() >= (rows - 1) * ys + m
+            && l.x.len() >= (rows - 1) * l.xs + k
+            && l.w.len() >= k * m
     );
-    assert!(bias.is_none_or(|b| b.len() == m));
+    assert!(l.bias.is_none_or(|b| b.len() == m));
     let mut j0 = 0;
     while j0 < m {
         // the widest block of columns left, with its row tile
         j0 += match m - j0 {
-            64.. => dense_columns::<6, 4>(y, ys, x, xs, rows, w, k, m, j0, bias, relu),
-            32..=63 => dense_columns::<8, 2>(y, ys, x, xs, rows, w, k, m, j0, bias, relu),
-            _ => dense_columns::<8, 1>(y, ys, x, xs, rows, w, k, m, j0, bias, relu),
+            64.. => dense_columns::<6, 4>(y, ys, rows, l, j0),
+            32..=63 => dense_columns::<8, 2>(y, ys, rows, l, j0),
+            _ => dense_columns::<8, 1>(y, ys, rows, l, j0),
         };
     }
 }
@@ -724,27 +730,20 @@ unsafe fn dense512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn dense_columns<const R: usize, const V: usize>(
     y: &mut [f32],
     ys: usize,
-    x: &[f32],
-    xs: usize,
     rows: usize,
-    w: &[f32],
-    k: usize,
-    m: usize,
+    l: &Dense,
     j0: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
 ) -> usize {
     let mut r0 = 0;
     while r0 + R <= rows {
-        dense_tile::<R, V>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
+        dense_tile::<R, V>(y, ys, r0, l, j0);
         r0 += R;
     }
     while r0 < rows {
-        dense_tile::<1, V>(y, ys, x, xs, r0, w, k, m, j0, bias, relu);
+        dense_tile::<1, V>(y, ys, r0, l, j0);
         r0 += 1;
     }
     V * 16
@@ -757,21 +756,10 @@ unsafe fn dense_columns<const R: usize, const V: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn dense_tile<const R: usize, const V: usize>(
-    y: &mut [f32],
-    ys: usize,
-    x: &[f32],
-    xs: usize,
-    r0: usize,
-    w: &[f32],
-    k: usize,
-    m: usize,
-    j0: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) {
+#[allow(clippy::needless_range_loop)]
+unsafe fn dense_tile<const R: usize, const V: usize>(y: &mut [f32], ys: usize, r0: usize, l: &Dense, j0: usize) {
     use std::arch::x86_64::*;
+    let Dense { x, xs, w, k, m, bias, relu } = *l;
     let mut init = [_mm512_setzero_ps(); V];
     if let Some(b) = bias {
         for v in 0..V {
